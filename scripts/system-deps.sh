@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests use, only those missing. Idempotent; needs root
+# (or sudo). Commands checked -> package that provides them.
+set -euo pipefail
+
+declare -A WANT=(
+  [git]=git
+  [promtool]=prometheus
+  [chromium]=chromium
+  [openssl]=openssl
+  [curl]=curl
+)
+
+missing=()
+for cmd in "${!WANT[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${WANT[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian's prometheus package starts a server on :9090 on install; the tests start their own.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl stop prometheus >/dev/null 2>&1 || true
+fi
+pkill -x prometheus >/dev/null 2>&1 || true

@@ -1,0 +1,267 @@
+"""Durable pull consumers: fetch, run a handler per message with bounded concurrency, settle.
+
+Settlement lives here and nowhere else:
+  handler returns            -> ack (unless the handler settled the message itself)
+  RetryableError             -> nak with delay (its own, else exponential backoff with jitter)
+  PermanentError, bad decode -> copy to the DLQ, then term
+  any other exception        -> a bug: logged, nak with backoff; max_deliver bounds it
+  last attempt failing       -> copy to the DLQ, then term
+  cancelled by shutdown      -> nak at once, so another replica picks it up now
+The DLQ copy is acknowledged by JetStream before the original is terminated, so a crash
+between the two leaves the message redeliverable, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from conveyor.shared import subjects
+from conveyor.shared.errors import PermanentError, RetryableError
+from conveyor.shared.events import utcnow
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+def backoff_delay(attempt: int, base_s: float = 1.0, cap_s: float = 60.0) -> float:
+    """Exponential backoff with full jitter for the ``attempt``-th delivery (1-based)."""
+    ceiling = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def attempts_of(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # a core NATS message (tests): first attempt
+        return 1
+
+
+class ConsumerMetrics:
+    """Counters shared by every consumer of a service, on the service's registry."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.messages = Counter(
+            f"{prefix}_messages",
+            "Messages settled, by consumer and outcome.",
+            ["consumer", "outcome"],
+            registry=registry,
+        )
+        self.handle_seconds = Histogram(
+            f"{prefix}_message_handle_seconds",
+            "Time to handle one message, fetch to settle.",
+            ["consumer"],
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+        )
+        self.dead_letters = Counter(
+            "dlq_messages",
+            "Messages copied to the DLQ stream, by stage.",
+            ["stage"],
+            registry=registry,
+        )
+
+
+async def dead_letter(
+    js: JetStreamContext,
+    msg: Msg,
+    *,
+    stage: str,
+    error: str,
+    last_status: int | None = None,
+) -> None:
+    """Copy ``msg`` to ``dlq.<stage>.<subject>``: body byte for byte, the story in headers."""
+    headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
+    try:
+        md = msg.metadata
+        stream, seq = md.stream, md.sequence.stream
+    except Exception:
+        stream, seq = "", 0
+    if msg.headers and subjects.MSG_ID in msg.headers:
+        headers["Conveyor-Original-Msg-Id"] = msg.headers[subjects.MSG_ID]
+    headers.update(
+        {
+            subjects.H_ORIGINAL_SUBJECT: msg.subject,
+            subjects.H_ORIGINAL_STREAM: stream,
+            subjects.H_ORIGINAL_SEQ: str(seq),
+            subjects.H_STAGE: stage,
+            subjects.H_ERROR: error[:1000].replace("\r", " ").replace("\n", " "),
+            subjects.H_ATTEMPTS: str(attempts_of(msg)),
+            subjects.H_FAILED_AT: utcnow().isoformat(),
+            # One dead letter per original message even if this runs twice.
+            subjects.MSG_ID: f"dlq-{stage}-{stream}-{seq}" if seq else f"dlq-{stage}-{time.time_ns()}",
+        }
+    )
+    if last_status is not None:
+        headers[subjects.H_LAST_STATUS] = str(last_status)
+    await js.publish(subjects.dlq(stage, msg.subject), msg.data, stream=subjects.DLQ, headers=headers)
+
+
+@dataclass
+class Consumer:
+    """One durable pull consumer run by this process (several replicas share the durable)."""
+
+    js: JetStreamContext
+    stream: str
+    config: ConsumerConfig
+    handler: Handler
+    stage: str
+    metrics: ConsumerMetrics
+    concurrency: int = 5
+    batch: int = 64
+    poll_s: float = 1.0
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 60.0
+    _psub: JetStreamContext.PullSubscription | None = None
+    _task: asyncio.Task[None] | None = None
+    _inflight: set[asyncio.Task[None]] = field(default_factory=set)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        assert self.config.durable_name
+        return self.config.durable_name
+
+    @property
+    def max_deliver(self) -> int:
+        return self.config.max_deliver or -1
+
+    async def start(self) -> None:
+        """Create or converge the durable, bind to it, and start fetching."""
+        # The server's create is create-or-update for a durable: replicas converge on one config.
+        await self.js.add_consumer(self.stream, self.config)
+        self._psub = await self.js.pull_subscribe_bind(self.name, self.stream)
+        for outcome in ("ok", "retried", "dead_lettered", "error"):
+            self.metrics.messages.labels(self.name, outcome)
+        self._task = asyncio.create_task(self._loop(), name=f"consume-{self.name}")
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop fetching; let in-flight work finish for ``grace_s``; nak what is left."""
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._psub is not None:
+            # Unsubscribe before the connection drains (nats-py waits out a timed-out fetch otherwise).
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()
+
+    async def _loop(self) -> None:
+        assert self._psub is not None
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._inflight)
+            if free <= 0:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await self._psub.fetch(min(free, self.batch), timeout=self.poll_s)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+                return
+            except Exception as exc:  # NATS unreachable or restarting: keep trying
+                log.warning("fetch from %s failed: %s", self.name, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                if self._stopping.is_set():
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                    continue
+                task = asyncio.create_task(self._settle(msg))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _settle(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        outcome = await self.settle(msg)
+        self.metrics.messages.labels(self.name, outcome).inc()
+        self.metrics.handle_seconds.labels(self.name).observe(time.perf_counter() - started)
+
+    async def settle(self, msg: Msg) -> str:
+        attempt = attempts_of(msg)
+        last = self.max_deliver > 0 and attempt >= self.max_deliver
+        try:
+            await self.handler(msg)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                if not msg._ackd:
+                    await msg.nak()
+            raise
+        except (PermanentError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            log.error("dead-lettering %s: %s", msg.subject, exc)
+            return await self._dead_letter(msg, str(exc), getattr(exc, "status_code", None))
+        except RetryableError as exc:
+            if last:
+                log.error("dead-lettering %s after %d attempts: %s", msg.subject, attempt, exc)
+                return await self._dead_letter(msg, str(exc), exc.status_code)
+            delay = exc.delay_s if exc.delay_s is not None else self.retry_delay(attempt)
+            log.warning("retrying %s in %.1fs (attempt %d): %s", msg.subject, delay, attempt, exc)
+            if not msg._ackd:
+                await msg.nak(delay=delay)
+            return "retried"
+        except Exception as exc:
+            log.exception("unexpected error handling %s (attempt %d)", msg.subject, attempt)
+            if last:
+                return await self._dead_letter(msg, f"{type(exc).__name__}: {exc}", None)
+            if not msg._ackd:
+                await msg.nak(delay=self.retry_delay(attempt))
+            return "error"
+        if not msg._ackd:
+            await msg.ack()
+        return "ok"
+
+    def retry_delay(self, attempt: int) -> float:
+        return backoff_delay(attempt, self.retry_base_s, self.retry_cap_s)
+
+    async def _dead_letter(self, msg: Msg, error: str, status: int | None) -> str:
+        try:
+            await dead_letter(self.js, msg, stage=self.stage, error=error, last_status=status)
+        except Exception:
+            log.exception("could not dead-letter %s; leaving it for redelivery", msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=self.retry_delay(attempts_of(msg)))
+            return "error"
+        self.metrics.dead_letters.labels(self.stage).inc()
+        if not msg._ackd:
+            await msg.term()
+        return "dead_lettered"
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(msg: Msg, every_s: float) -> AsyncIterator[None]:
+    """Send in-progress acks every ``every_s`` while the block runs, so a long job is never
+    redelivered while its worker is alive, and a dead worker's job comes back after AckWait."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,187 @@
+"""Every message on a subject and every record in a KV bucket, as msgspec Structs.
+
+Rules (msgspec's schema-evolution guide): fields added later get defaults; a field's type
+never changes; a breaking change is a new ``v`` and a new Struct. Messages never forbid
+unknown fields, so an old reader survives a newer writer during a rolling deploy. Identity
+and timestamps are required on the wire: a message without them is rejected, not re-identified.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import msgspec
+
+JobStatus = Literal["queued", "processing", "completed", "failed", "timeout", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "timeout", "cancelled"})
+ResultStatus = Literal["completed", "failed", "timeout"]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of our own messages and records; ``v`` is the schema version."""
+
+    v: int = 1
+
+
+# --- The callback contract (field names fixed by the product) ---------------------------------
+
+
+class ResultBody(msgspec.Struct, frozen=True, kw_only=True):
+    summary: str
+    files_changed: list[str] = []
+    suggestions: list[str] = []
+    code_diff: str | msgspec.UnsetType = msgspec.UNSET  # "code_diff?": absent, not null, when none
+
+
+class AgentResult(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The callback body: jobId, lovableProjectId, agentId, status, result, executionTime, timestamp."""
+
+    job_id: str
+    lovable_project_id: str | None
+    agent_id: str
+    status: ResultStatus
+    result: ResultBody
+    execution_time: int  # milliseconds
+    timestamp: dt.datetime
+
+
+# --- events.<source>.<type> -------------------------------------------------------------------
+
+
+class WebhookEvent(Message, frozen=True, kw_only=True):
+    """A verified webhook, as the receiver accepted it. ``payload`` is the sender's JSON, unchanged."""
+
+    event_id: str  # the sender's delivery id; also the Nats-Msg-Id
+    job_id: str  # decided by the receiver so the 202 can name it
+    source: str
+    type: str
+    received_at: dt.datetime
+    payload: msgspec.Raw
+    project_id: str | None = None
+    callback_url: str | None = None
+    correlation_id: str | None = None
+
+
+# --- jobs.run.<agent> -------------------------------------------------------------------------
+
+
+class JobRequest(Message, frozen=True, kw_only=True):
+    """One agent run. Published by the router (from events) or by the receiver (API jobs)."""
+
+    job_id: str
+    agent: str
+    created_at: dt.datetime
+    source: str = "api"
+    event_type: str | None = None
+    prompt: str | None = None
+    input: msgspec.Raw = msgspec.Raw(b"{}")
+    project_id: str | None = None
+    callback_url: str | None = None
+    parent_id: str | None = None  # set on fan-out children
+    timeout_ms: int | None = None  # overrides the agent's own timeout
+    schedule_id: str | None = None
+    correlation_id: str | None = None
+
+
+# --- results.<job_id> -------------------------------------------------------------------------
+
+
+class JobResult(Message, frozen=True, kw_only=True):
+    """What the deliverer needs to call back: where, and the contract body."""
+
+    job_id: str
+    callback_url: str | None
+    source: str
+    result: AgentResult
+    correlation_id: str | None = None
+    kind: Literal["job", "test", "deployment"] = "job"
+
+
+# --- KV jobs ------------------------------------------------------------------------------------
+
+
+class JobRecord(Message, frozen=True, kw_only=True):
+    """The state of one job, in KV ``jobs`` under its id."""
+
+    job_id: str
+    status: JobStatus
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    agent: str | None = None
+    source: str = "api"
+    event_type: str | None = None
+    progress: int = 0
+    attempts: int = 0
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    backend: str | None = None
+    error: str | None = None
+    project_id: str | None = None
+    callback_url: str | None = None
+    parent_id: str | None = None
+    children: list[str] = []
+    schedule_id: str | None = None
+    result: AgentResult | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class CancelRequest(Message, frozen=True, kw_only=True):
+    """KV ``job_cancels``: presence means "stop this job"; workers watch the bucket."""
+
+    job_id: str
+    requested_at: dt.datetime
+    reason: str = "cancelled by request"
+
+
+# --- KV deliveries ------------------------------------------------------------------------------
+
+
+class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    at: dt.datetime
+    url: str
+    status_code: int | None
+    latency_ms: float
+    error: str | None = None
+    outcome: Literal["delivered", "retry", "failed", "dead_lettered", "skipped"] = "delivered"
+
+
+class DeliveryLog(Message, frozen=True, kw_only=True):
+    job_id: str
+    attempts: list[DeliveryAttempt] = []
+    delivered: bool = False
+
+
+# --- KV apikeys -------------------------------------------------------------------------------
+
+
+class ApiKeyRecord(Message, frozen=True, kw_only=True):
+    """Stored under sha256(key) hex; the key itself is shown once and never stored."""
+
+    key_id: str
+    name: str
+    created_at: dt.datetime
+    prefix: str  # first characters of the key, to recognise it in lists
+    admin: bool = False
+    per_minute: int = 60
+    per_day: int = 10_000
+    revoked: bool = False
+
+
+# Built once, reused (msgspec perf tips).
+encoder = msgspec.json.Encoder()
+webhook_event_decoder = msgspec.json.Decoder(WebhookEvent)
+job_request_decoder = msgspec.json.Decoder(JobRequest)
+job_result_decoder = msgspec.json.Decoder(JobResult)
+job_record_decoder = msgspec.json.Decoder(JobRecord)
+agent_result_decoder = msgspec.json.Decoder(AgentResult)
+cancel_request_decoder = msgspec.json.Decoder(CancelRequest)
+delivery_log_decoder = msgspec.json.Decoder(DeliveryLog)
+api_key_decoder = msgspec.json.Decoder(ApiKeyRecord)

@@ -1,0 +1,137 @@
+"""HTTP pieces every service shares: health, metrics, JSON errors, request metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+log = logging.getLogger(__name__)
+
+
+def json_error(status: int, error: str, message: str, **extra: Any) -> web.Response:
+    """A JSON error body: ``{"error": <code>, "message": <human text>, ...}``."""
+    body = {"error": error, "message": message, **extra}
+    return web.json_response(body, status=status)
+
+
+class HTTPError(Exception):
+    """Raise from a handler to answer with a JSON error; the middleware turns it into a response."""
+
+    def __init__(
+        self, status: int, error: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        resp = json_error(self.status, self.error, self.message, **self.extra)
+        resp.headers.update(self.headers)
+        return resp
+
+
+_REASONS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON; an unexpected exception is logged and answered 500 without detail."""
+    try:
+        return await handler(request)
+    except HTTPError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        code = _REASONS.get(exc.status, "error")
+        resp = json_error(exc.status, code, exc.reason if exc.text is None else str(exc.text))
+        for key in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if key in exc.headers:
+                resp.headers[key] = exc.headers[key]
+        return resp
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal", "internal error")
+
+
+class HttpMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests, by method, route and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request duration, by method and route.",
+            ["method", "route"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+
+def metrics_middleware(metrics: HttpMetrics) -> Callable[..., Any]:
+    @web.middleware
+    async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.requests.labels(request.method, route, str(status)).inc()
+            metrics.duration.labels(request.method, route).observe(time.perf_counter() - started)
+
+    return mw
+
+
+def health_routes(
+    app: web.Application,
+    registry: CollectorRegistry,
+    is_ready: Callable[[], bool],
+    details: Callable[[], dict[str, Any]] | None = None,
+) -> None:
+    """/health/live (the loop answers), /health/ready (NATS connected, not stopping), /metrics."""
+
+    async def live(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(_: web.Request) -> web.Response:
+        body = {"status": "ready" if is_ready() else "not_ready", **(details() if details else {})}
+        return web.json_response(
+            body, status=200 if is_ready() else 503, dumps=lambda o: json.dumps(o, default=str)
+        )
+
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))

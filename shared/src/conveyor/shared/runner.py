@@ -1,0 +1,278 @@
+"""The service runner all four services use.
+
+Start order: tracing -> HTTP (health answers at once, not ready) -> NATS (retried until it
+answers) -> streams and buckets -> the service's own components (consumers) -> ready.
+Stop order is the reverse: not ready -> components stop (no more fetching; in-flight work
+gets ``SHUTDOWN_GRACE_S``; the rest is NAKed for another replica) -> HTTP stops (requests in
+flight finish their publishes) -> pull subscriptions go, then the NATS connection drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import nats
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCollector, ProcessCollector
+
+from conveyor.shared.config import BaseSettings, load_settings
+from conveyor.shared.consumer import Consumer, ConsumerMetrics
+from conveyor.shared.errors import ConfigError
+from conveyor.shared.http import HttpMetrics, error_middleware, health_routes, metrics_middleware
+from conveyor.shared.logs import setup_logging
+from conveyor.shared.streams import ensure_kv, ensure_streams
+from conveyor.shared.telemetry import init_tracing
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+@dataclass
+class Runtime(Generic[S]):
+    """What a running service has: settings, NATS, KV handles, HTTP app, metrics, tracer."""
+
+    name: str
+    settings: S
+    registry: CollectorRegistry
+    tracer: trace.Tracer
+    nc: NATS
+    app: web.Application
+    consumer_metrics: ConsumerMetrics
+    instance: str
+    started_at: float = field(default_factory=time.time)
+    kv: dict[str, KeyValue] = field(default_factory=dict)
+    consumers: list[Consumer] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    http_port: int = 0
+    setup_done: bool = False
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.nc.jetstream()
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    def ready(self) -> bool:
+        return self.setup_done and self.connected and not self.stopping.is_set()
+
+    async def start_consumer(self, consumer: Consumer) -> Consumer:
+        await consumer.start()
+        self.consumers.append(consumer)
+        return consumer
+
+
+Components = Callable[[Runtime[Any]], AbstractAsyncContextManager[None]]
+Routes = Callable[[Runtime[Any]], None]
+
+
+@dataclass
+class ServiceSpec:
+    """How one service plugs into the runner."""
+
+    name: str
+    streams: list[str]
+    buckets: list[str]
+    components: Components | None = None  # entered once NATS is up; started consumers go here
+    routes: Routes | None = None  # extra HTTP routes, added before the server starts
+    details: Callable[[Runtime[Any]], dict[str, Any]] | None = None  # extra /health/ready fields
+    middlewares: list[Any] = field(default_factory=list)
+
+
+class Gauges:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pending = Gauge(
+            "consumer_pending_messages",
+            "Messages not yet delivered to a consumer, by stream and consumer.",
+            ["stream", "consumer"],
+            registry=registry,
+        )
+        self.ack_pending = Gauge(
+            "consumer_ack_pending_messages",
+            "Messages delivered and not yet acknowledged, by stream and consumer.",
+            ["stream", "consumer"],
+            registry=registry,
+        )
+        self.nats_connected = Gauge("nats_connected", "1 while the NATS connection is up.", registry=registry)
+
+
+async def _connect(settings: BaseSettings, name: str, stop: asyncio.Event) -> NATS:
+    servers = [s.strip() for s in settings.nats_url.split(",") if s.strip()]
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    delay = 0.2
+    while True:
+        try:
+            return await nats.connect(
+                servers=servers,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                connect_timeout=2,
+                allow_reconnect=True,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except Exception as exc:
+            if stop.is_set():
+                raise
+            log.warning("nats at %s not reachable (%s); retrying in %.1fs", settings.nats_url, exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                raise ConnectionError("stopped before NATS was reachable") from exc
+            delay = min(delay * 2, 5.0)
+
+
+async def _watch_consumers(rt: Runtime[Any], gauges: Gauges) -> None:
+    """Export pending counts of this service's consumers for dashboards and alerts."""
+    while not rt.stopping.is_set():
+        gauges.nats_connected.set(1 if rt.connected else 0)
+        for c in list(rt.consumers):
+            with contextlib.suppress(Exception):
+                info = await rt.js.consumer_info(c.stream, c.name, timeout=2)
+                gauges.pending.labels(c.stream, c.name).set(info.num_pending or 0)
+                gauges.ack_pending.labels(c.stream, c.name).set(info.num_ack_pending or 0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.stopping.wait(), 5)
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    spec: ServiceSpec,
+    settings: S,
+    *,
+    registry: CollectorRegistry | None = None,
+    span_exporter: SpanExporter | None = None,
+    stop: asyncio.Event | None = None,
+) -> AsyncIterator[Runtime[S]]:
+    """Run ``spec`` until the block exits; see the module docstring for the order of things."""
+    registry = registry or CollectorRegistry()
+    stop = stop or asyncio.Event()
+    if registry is not None:
+        with contextlib.suppress(ValueError):
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+    instance = settings.service_instance or f"{socket.gethostname()}:{os.getpid()}"
+    provider = init_tracing(f"conveyor-{spec.name}", instance, span_exporter)
+    tracer = provider.get_tracer(f"conveyor.{spec.name}")
+    gauges = Gauges(registry)
+
+    app = web.Application(
+        middlewares=[error_middleware, metrics_middleware(HttpMetrics(registry)), *spec.middlewares],
+        client_max_size=1024 * 1024,
+    )
+    rt: Runtime[S] = Runtime(
+        name=spec.name,
+        settings=settings,
+        registry=registry,
+        tracer=tracer,
+        nc=NATS(),
+        app=app,
+        consumer_metrics=ConsumerMetrics(registry, spec.name),
+        instance=instance,
+    )
+    health_routes(app, registry, rt.ready, (lambda: spec.details(rt)) if spec.details else None)
+    if spec.routes:
+        spec.routes(rt)
+
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=settings.shutdown_grace_s, access_log=None
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        rt.http_port = server.sockets[0].getsockname()[1]
+    log.info("%s http listening on %s:%d", spec.name, settings.host, rt.http_port)
+
+    watcher: asyncio.Task[None] | None = None
+    try:
+        rt.nc = await _connect(settings, f"conveyor-{spec.name}-{instance}", stop)
+        await ensure_streams(rt.js, spec.streams, replicas=settings.nats_replicas)
+        rt.kv = await ensure_kv(rt.js, spec.buckets, replicas=settings.nats_replicas)
+        async with contextlib.AsyncExitStack() as stack:
+            if spec.components:
+                await stack.enter_async_context(spec.components(rt))
+            rt.setup_done = True
+            watcher = asyncio.create_task(_watch_consumers(rt, gauges))
+            log.info("%s ready (nats %s)", spec.name, settings.nats_url)
+            try:
+                yield rt
+            finally:
+                rt.stopping.set()
+                log.info("%s stopping", spec.name)
+                grace = settings.shutdown_grace_s
+                await asyncio.gather(*(c.stop(grace) for c in rt.consumers), return_exceptions=True)
+    finally:
+        rt.stopping.set()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await runner.cleanup()
+        if rt.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(rt.nc.drain(), 10)
+        with contextlib.suppress(Exception):
+            await rt.nc.close()
+        provider.shutdown()
+        log.info("%s stopped", spec.name)
+
+
+def main(spec: ServiceSpec, settings_cls: type[S]) -> None:
+    """Console entry point: settings (fail fast, one line), logging, signals, run until SIGTERM."""
+    try:
+        settings = load_settings(settings_cls, section=spec.name)
+    except ConfigError as exc:
+        print(f"conveyor-{spec.name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_logging(spec.name, settings.log_level, settings.log_format)
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            async with serve(spec, settings, stop=stop):
+                await stop.wait()
+        except ConnectionError:
+            if not stop.is_set():
+                raise
+
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        asyncio.run(amain())
+    else:
+        uvloop.run(amain())

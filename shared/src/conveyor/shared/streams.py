@@ -1,0 +1,153 @@
+"""Stream and KV bucket configurations, and the idempotent bootstrap that declares them.
+
+Every service declares what it uses at start. Creating a stream that exists with the same
+config is a no-op on the server; one that exists with another config is converged with an
+update, so replicas starting at once, or a new release changing a limit, both end in the
+same state.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.kv import KeyValue
+
+from conveyor.shared import subjects
+
+log = logging.getLogger(__name__)
+
+DAY: Final = 24 * 3600.0
+MiB: Final = 1024 * 1024
+
+# How long the server remembers Nats-Msg-Id values: a webhook redelivered by its sender inside
+# this window is dropped by JetStream itself. Senders retry for minutes to hours; a day covers
+# the replay tolerance of every scheme we accept (5 minutes) with a wide margin.
+DUPLICATE_WINDOW_S: Final = DAY
+
+
+def stream_configs(replicas: int = 1) -> dict[str, StreamConfig]:
+    """All streams, keyed by name, at the given replica count (1 locally, 3 in a cluster)."""
+
+    def cfg(name: str, subs: list[str], **kw: object) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            subjects=subs,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_msg_size=2 * MiB,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    return {
+        subjects.EVENTS: cfg(
+            subjects.EVENTS,
+            ["events.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=7 * DAY,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        subjects.JOBS: cfg(
+            subjects.JOBS,
+            ["jobs.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_age=7 * DAY,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        subjects.RESULTS: cfg(
+            subjects.RESULTS,
+            ["results.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=7 * DAY,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        subjects.DEPLOYS: cfg(
+            subjects.DEPLOYS,
+            ["deploys.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=30 * DAY,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        subjects.DLQ: cfg(
+            subjects.DLQ,
+            ["dlq.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=30 * DAY,
+            duplicate_window=120.0,
+        ),
+        subjects.CONTROL: cfg(
+            subjects.CONTROL,
+            ["ctl.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=DAY,
+            duplicate_window=120.0,
+        ),
+        subjects.SCHEDULES: cfg(
+            subjects.SCHEDULES,
+            ["schedules.>"],
+            retention=RetentionPolicy.LIMITS,
+            allow_msg_schedules=True,
+            allow_msg_ttl=True,
+            max_age=0,
+            duplicate_window=120.0,
+        ),
+    }
+
+
+def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
+    """All KV buckets, keyed by bucket name."""
+
+    def kv(bucket: str, *, ttl: float | None = None, history: int = 1) -> KeyValueConfig:
+        return KeyValueConfig(
+            bucket=bucket,
+            ttl=ttl,
+            history=history,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            max_value_size=2 * MiB,
+        )
+
+    return {
+        subjects.KV_JOBS: kv(subjects.KV_JOBS, ttl=7 * DAY),
+        subjects.KV_CANCELS: kv(subjects.KV_CANCELS, ttl=7 * DAY),
+        subjects.KV_APIKEYS: kv(subjects.KV_APIKEYS),
+        subjects.KV_RATELIMITS: kv(subjects.KV_RATELIMITS, ttl=2 * DAY),
+        subjects.KV_DELIVERIES: kv(subjects.KV_DELIVERIES, ttl=7 * DAY),
+        subjects.KV_JOB_LOGS: kv(subjects.KV_JOB_LOGS, ttl=7 * DAY),
+        subjects.KV_SITES: kv(subjects.KV_SITES),
+        subjects.KV_DEPLOYMENTS: kv(subjects.KV_DEPLOYMENTS, ttl=30 * DAY),
+    }
+
+
+async def ensure_streams(js: JetStreamContext, names: list[str], *, replicas: int = 1) -> None:
+    """Create or converge the named streams; safe to run from every replica at once."""
+    configs = stream_configs(replicas)
+    for name in names:
+        config = configs[name]
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # Exists with another config (an older release, or a replica that won the race
+            # with different limits): converge to ours.
+            await js.update_stream(config)
+
+
+async def ensure_kv(js: JetStreamContext, buckets: list[str], *, replicas: int = 1) -> dict[str, KeyValue]:
+    """Create the named KV buckets if missing and return handles to them."""
+    configs = kv_configs(replicas)
+    handles: dict[str, KeyValue] = {}
+    for bucket in buckets:
+        try:
+            handles[bucket] = await js.create_key_value(configs[bucket])
+        except nats.js.errors.BadRequestError:
+            log.warning("kv bucket %s exists with another config; using it as it is", bucket)
+            handles[bucket] = await js.key_value(bucket)
+    return handles

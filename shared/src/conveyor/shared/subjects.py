@@ -1,0 +1,104 @@
+"""Stream, subject, bucket, consumer and header names: the only place they are spelled out.
+
+Streams are UPPER_SNAKE and filename-safe (no ".", "*", ">") per NATS ADR-6.
+Subjects are lower-case tokens from broad to narrow, so one wildcard selects a family.
+Anything user-supplied that becomes a subject token goes through :func:`token` first.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+# Streams ------------------------------------------------------------------------------------------
+EVENTS: Final = "EVENTS"  # events.<source>.<type...>        receiver -> executor router
+JOBS: Final = "JOBS"  # jobs.run.<agent>                     router/receiver -> executor workers
+RESULTS: Final = "RESULTS"  # results.<job_id>               executor -> deliverer
+DEPLOYS: Final = "DEPLOYS"  # deploys.{requested,status}.<site>
+DLQ: Final = "DLQ"  # dlq.<stage>.<original subject>         any stage -> operators
+CONTROL: Final = "CONTROL"  # ctl.<verb>.<id>                 receiver -> any service (test sends, ...)
+SCHEDULES: Final = "SCHEDULES"  # schedules.def.<id> (+ fired copies on schedules.fire.<id>)
+
+# KV buckets ---------------------------------------------------------------------------------------
+KV_JOBS: Final = "jobs"  # job_id -> JobRecord (written by executor; receiver creates "queued")
+KV_CANCELS: Final = "job_cancels"  # job_id -> CancelRequest (receiver writes, executor watches)
+KV_APIKEYS: Final = "apikeys"  # sha256(key) -> ApiKeyRecord
+KV_RATELIMITS: Final = "ratelimits"  # <scope>.<window> -> counter (per-key TTL)
+KV_DELIVERIES: Final = "deliveries"  # job_id -> DeliveryLog
+KV_JOB_LOGS: Final = "job_logs"  # job_id -> JobLog
+KV_SITES: Final = "sites"  # site_id -> SiteRecord
+KV_DEPLOYMENTS: Final = "deployments"  # deployment_id -> DeploymentRecord
+
+# Durable consumers --------------------------------------------------------------------------------
+ROUTER: Final = "executor-router"
+WORKERS: Final = "executor"
+DELIVERER: Final = "deliverer"
+DEPLOYER: Final = "deployer"
+
+# Headers we add (Nats-* ones are the server's) ----------------------------------------------------
+MSG_ID: Final = "Nats-Msg-Id"
+H_JOB_ID: Final = "Conveyor-Job-Id"
+H_CORRELATION_ID: Final = "Conveyor-Correlation-Id"
+H_ORIGINAL_SUBJECT: Final = "Conveyor-Original-Subject"
+H_ORIGINAL_STREAM: Final = "Conveyor-Original-Stream"
+H_ORIGINAL_SEQ: Final = "Conveyor-Original-Seq"
+H_ERROR: Final = "Conveyor-Error"
+H_ATTEMPTS: Final = "Conveyor-Attempts"
+H_FAILED_AT: Final = "Conveyor-Failed-At"
+H_LAST_STATUS: Final = "Conveyor-Last-Status"
+H_STAGE: Final = "Conveyor-Stage"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def token(value: str) -> str:
+    """Return ``value`` if it is safe as one subject token, else raise ``ValueError``."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"not a safe subject token: {value!r}")
+    return value
+
+
+def is_token(value: str) -> bool:
+    """Whether ``value`` may be used as one subject token or KV key."""
+    return bool(_TOKEN.match(value))
+
+
+def event(source: str, event_type: str) -> str:
+    """``events.<source>.<type>``; dotted types (``project.created``) keep their dots."""
+    parts = event_type.split(".")
+    for p in (source, *parts):
+        token(p)
+    return f"events.{source}.{event_type}"
+
+
+def job_run(agent: str) -> str:
+    return f"jobs.run.{token(agent)}"
+
+
+def result(job_id: str) -> str:
+    return f"results.{token(job_id)}"
+
+
+def deploy_requested(site: str) -> str:
+    return f"deploys.requested.{token(site)}"
+
+
+def deploy_status(site: str) -> str:
+    return f"deploys.status.{token(site)}"
+
+
+def dlq(stage: str, original_subject: str) -> str:
+    """Dead letter subject: the original subject after the stage, so a filter can pick either."""
+    return f"dlq.{token(stage)}.{original_subject}"
+
+
+def control(verb: str, ident: str) -> str:
+    return f"ctl.{token(verb)}.{token(ident)}"
+
+
+def schedule(schedule_id: str) -> str:
+    return f"schedules.def.{token(schedule_id)}"
+
+
+def schedule_fire(schedule_id: str) -> str:
+    return f"schedules.fire.{token(schedule_id)}"

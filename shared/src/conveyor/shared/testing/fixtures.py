@@ -1,0 +1,66 @@
+"""pytest fixtures: a fresh JetStream-enabled nats-server per test, clients, registries, polling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
+
+from conveyor.shared.testing.nats_server import NatsServer, start_nats_server
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    """A fresh server per test: no state leaks between tests."""
+    server = await start_nats_server(tmp_path / "js")
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_url)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def js(nc: Client) -> JetStreamContext:
+    return nc.jetstream()
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05
+) -> T:
+    """Poll ``check`` until it returns without raising (assertions poll; tests never sleep fixed)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await check()
+        except (AssertionError, LookupError, ValueError, OSError, TimeoutError, Exception) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"not true after {timeout}s: {exc!r}") from exc
+            await asyncio.sleep(interval)
