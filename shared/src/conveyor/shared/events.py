@@ -159,6 +159,33 @@ class DeliveryLog(Message, frozen=True, kw_only=True):
     delivered: bool = False
 
 
+class TestSendRequest(Message, frozen=True, kw_only=True):
+    """On ``ctl.test_send.<id>``: the receiver asks the deliverer to send a signed test event.
+    The deliverer writes the outcome as a DeliveryLog under ``test_<id>`` in KV ``deliveries``."""
+
+    id: str
+    url: str
+    requested_at: dt.datetime
+    event_type: str = "conveyor.test"
+
+
+# --- KV job_logs ----------------------------------------------------------------------------------
+
+
+class LogLine(msgspec.Struct, frozen=True, kw_only=True):
+    at: dt.datetime
+    level: str
+    message: str
+    attempt: int = 1
+
+
+class JobLog(Message, frozen=True, kw_only=True):
+    """An execution's log lines, in KV ``job_logs`` under the job id (GET /api/jobs/{id}/logs)."""
+
+    job_id: str
+    lines: list[LogLine] = []
+
+
 # --- KV apikeys -------------------------------------------------------------------------------
 
 
@@ -185,3 +212,5 @@ agent_result_decoder = msgspec.json.Decoder(AgentResult)
 cancel_request_decoder = msgspec.json.Decoder(CancelRequest)
 delivery_log_decoder = msgspec.json.Decoder(DeliveryLog)
 api_key_decoder = msgspec.json.Decoder(ApiKeyRecord)
+test_send_decoder = msgspec.json.Decoder(TestSendRequest)
+job_log_decoder = msgspec.json.Decoder(JobLog)
