@@ -1,0 +1,183 @@
+"""``make run``: nats-server (JetStream, data under .data/), the four services, a callback sink.
+
+Everything started here is a child of this process and is stopped by it on Ctrl-C (SIGINT)
+or SIGTERM: services first (they drain), then nats-server. Settings given in the
+environment override the defaults below; if NATS_URL is given, that server is used and no
+embedded one is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+from aiohttp import web
+
+from conveyor.shared.signing import SignatureError, standard_verify
+from conveyor.shared.testing.nats_server import start_nats_server
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / ".data"
+SERVICES = ("receiver", "executor", "deliverer", "deployer")
+DEFAULT_PORTS = {"receiver": 3100, "executor": 3101, "deliverer": 3102, "deployer": 3103}
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+async def run_sink(port: int, secrets: list[str], log_path: Path) -> web.AppRunner:
+    """A local callback endpoint: verifies the signature, appends each callback to a file."""
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            standard_verify(secrets, body, request.headers)
+            verified = "signature ok"
+        except SignatureError as exc:
+            verified = f"signature INVALID: {exc.reason}"
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = {"raw": body.decode(errors="replace")}
+        record = {"received_at": dt.datetime.now(dt.UTC).isoformat(), "verified": verified, "body": doc}
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        summary = (doc.get("result") or {}).get("summary", "") if isinstance(doc, dict) else ""
+        print(
+            f"\n>>> callback: job {doc.get('jobId')} agent {doc.get('agentId')} status {doc.get('status')} "
+            f"({verified})\n    {summary[:200]}",
+            flush=True,
+        )
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def wait_ready(name: str, url: str, proc: asyncio.subprocess.Process, timeout: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient(timeout=1) as client:
+        while asyncio.get_running_loop().time() < deadline:
+            if proc.returncode is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see .data/logs/{name}.log")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{url}/health/ready")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{name} not ready after {timeout}s; see .data/logs/{name}.log")
+
+
+async def main() -> int:
+    (DATA / "logs").mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    secret = env("LOVABLE_WEBHOOK_SECRET", "dev-secret-change-me")
+    signing = env("CALLBACK_SIGNING_SECRETS", "whsec_ZGV2LWNhbGxiYWNrLXNpZ25pbmcta2V5LTAx")
+    sink_port = int(env("SINK_PORT", "3199"))
+    sink_log = DATA / "callbacks.jsonl"
+    ports = {s: int(env(f"{s.upper()}_PORT", str(p))) for s, p in DEFAULT_PORTS.items()}
+    ports["receiver"] = int(env("PORT", str(ports["receiver"])))
+
+    nats = None
+    nats_url = os.environ.get("NATS_URL")
+    if not nats_url:
+        nats = await start_nats_server(
+            DATA / "nats", port=int(env("NATS_PORT", "4222")), extra=["-m", env("NATS_MONITOR_PORT", "8222")]
+        )
+        nats_url = nats.url
+    sink = await run_sink(sink_port, signing.split(","), sink_log)
+
+    common = {
+        "NATS_URL": nats_url,
+        "LOVABLE_WEBHOOK_SECRET": secret,
+        "LOVABLE_CALLBACK_URL": env("LOVABLE_CALLBACK_URL", f"http://127.0.0.1:{sink_port}/callbacks"),
+        "CALLBACK_ALLOWED_NETWORKS": env("CALLBACK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"),
+        "CALLBACK_SIGNING_SECRETS": signing,
+        "ADMIN_API_KEY": env("ADMIN_API_KEY", "dev-admin-key-change-me"),
+        "LOVABLE_API_KEY": env("LOVABLE_API_KEY", "dev-api-key-change-me"),
+        "DEPLOYER_DATA_DIR": env("DEPLOYER_DATA_DIR", str(DATA / "deployer")),
+        "LOG_LEVEL": env("LOG_LEVEL", "INFO"),
+    }
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    code = 0
+    try:
+        for name in SERVICES:
+            log = (DATA / "logs" / f"{name}.log").open("ab")
+            procs[name] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", f"conveyor.{name}",
+                env={**os.environ, **common, "PORT": str(ports[name]), "HOST": "127.0.0.1"},
+                stdout=log, stderr=log,
+            )  # fmt: skip
+            log.close()
+        await asyncio.gather(*(wait_ready(n, f"http://127.0.0.1:{ports[n]}", p) for n, p in procs.items()))
+
+        receiver = f"http://127.0.0.1:{ports['receiver']}"
+        print(f"""
+Conveyor is running.
+  receiver     {receiver}   (API, webhooks; /health, /openapi.json)
+  executor     http://127.0.0.1:{ports['executor']}/metrics
+  deliverer    http://127.0.0.1:{ports['deliverer']}/metrics
+  deployer     http://127.0.0.1:{ports['deployer']}/metrics   (published sites: http://<slug>.localhost:{ports['deployer']}/)
+  nats         {nats_url}   (data in .data/nats)
+  logs         .data/logs/<service>.log
+  callbacks    POSTed to {common['LOVABLE_CALLBACK_URL']}, printed here and appended to {sink_log.relative_to(ROOT)}
+
+Send a signed Lovable webhook (paste into another shell):
+
+  BODY='{{"id":"evt-'$(date +%s%N)'","type":"code.review_requested","project_id":"demo","data":{{"diff":"+password = \\"hunter2\\"\\n"}},"created_at":"'$(date -u +%FT%TZ)'"}}'
+  TS=$(date +%s); SIG=$(printf '%s.%s' "$TS" "$BODY" | openssl dgst -sha256 -hmac '{secret}' | sed 's/^.* //')
+  curl -sS {receiver}/api/webhooks/lovable -H 'Content-Type: application/json' \\
+    -H "X-Lovable-Timestamp: $TS" -H "X-Lovable-Signature: sha256=$SIG" -d "$BODY"
+
+or:  .venv/bin/python scripts/send_webhook.py --url {receiver}/api/webhooks/lovable --secret '{secret}'
+
+Then: curl -sS {receiver}/api/jobs/<job_id>     Ctrl-C stops everything.
+""", flush=True)  # fmt: skip
+
+        waiters = {asyncio.create_task(p.wait()): n for n, p in procs.items()}
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in waiters:
+                print(f"{waiters[task]} exited unexpectedly; see .data/logs/{waiters[task]}.log", flush=True)
+                code = 1
+        stopper.cancel()
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        code = 1
+    finally:
+        print("stopping: draining services...", flush=True)
+        for p in procs.values():
+            if p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in procs.items():
+            try:
+                await asyncio.wait_for(p.wait(), 40)
+            except TimeoutError:
+                print(f"{name} did not stop in time; killing it", flush=True)
+                p.kill()
+                await p.wait()
+        await sink.cleanup()
+        if nats is not None:
+            await nats.stop()
+        print("stopped.", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
