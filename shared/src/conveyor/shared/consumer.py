@@ -82,6 +82,7 @@ async def dead_letter(
     stage: str,
     error: str,
     last_status: int | None = None,
+    attempts: int | None = None,
 ) -> None:
     """Copy ``msg`` to ``dlq.<stage>.<subject>``: body byte for byte, the story in headers."""
     headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
@@ -99,7 +100,7 @@ async def dead_letter(
             subjects.H_ORIGINAL_SEQ: str(seq),
             subjects.H_STAGE: stage,
             subjects.H_ERROR: error[:1000].replace("\r", " ").replace("\n", " "),
-            subjects.H_ATTEMPTS: str(attempts_of(msg)),
+            subjects.H_ATTEMPTS: str(attempts if attempts is not None else attempts_of(msg)),
             subjects.H_FAILED_AT: utcnow().isoformat(),
             # One dead letter per original message even if this runs twice.
             subjects.MSG_ID: f"dlq-{stage}-{stream}-{seq}" if seq else f"dlq-{stage}-{time.time_ns()}",
@@ -209,7 +210,9 @@ class Consumer:
             raise
         except (PermanentError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             log.error("dead-lettering %s: %s", msg.subject, exc)
-            return await self._dead_letter(msg, str(exc), getattr(exc, "status_code", None))
+            return await self._dead_letter(
+                msg, str(exc), getattr(exc, "status_code", None), getattr(exc, "attempts", None)
+            )
         except RetryableError as exc:
             if last:
                 log.error("dead-lettering %s after %d attempts: %s", msg.subject, attempt, exc)
@@ -233,9 +236,13 @@ class Consumer:
     def retry_delay(self, attempt: int) -> float:
         return backoff_delay(attempt, self.retry_base_s, self.retry_cap_s)
 
-    async def _dead_letter(self, msg: Msg, error: str, status: int | None) -> str:
+    async def _dead_letter(
+        self, msg: Msg, error: str, status: int | None, attempts: int | None = None
+    ) -> str:
         try:
-            await dead_letter(self.js, msg, stage=self.stage, error=error, last_status=status)
+            await dead_letter(
+                self.js, msg, stage=self.stage, error=error, last_status=status, attempts=attempts
+            )
         except Exception:
             log.exception("could not dead-letter %s; leaving it for redelivery", msg.subject)
             with contextlib.suppress(Exception):

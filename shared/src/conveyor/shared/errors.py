@@ -36,8 +36,13 @@ class RetryableError(HandlerError):
 
 
 class PermanentError(HandlerError):
-    """The input can never be processed: dead-letter it and stop redelivery."""
+    """The input can never be processed: dead-letter it and stop redelivery.
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    ``attempts`` overrides the DLQ's attempt count when the handler counts attempts itself
+    (a delivery paused by a circuit breaker is redelivered without being an attempt).
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, attempts: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.attempts = attempts

@@ -34,6 +34,7 @@ ROUTER: Final = "executor-router"
 WORKERS: Final = "executor"
 DELIVERER: Final = "deliverer"
 DEPLOYER: Final = "deployer"
+DELIVERER_TEST_SENDS: Final = "deliverer-test-sends"  # on CONTROL, ctl.test_send.>
 
 # Headers we add (Nats-* ones are the server's) ----------------------------------------------------
 MSG_ID: Final = "Nats-Msg-Id"
@@ -97,6 +98,11 @@ def control(verb: str, ident: str) -> str:
 
 
 def schedule(schedule_id: str) -> str:
+# ctl.test_send.<id>: the receiver asks the deliverer to send a signed test event (TestSendRequest).
+TEST_SEND_VERB: Final = "test_send"
+TEST_SEND_FILTER: Final = "ctl.test_send.>"
+
+
     return f"schedules.def.{token(schedule_id)}"
 
 
