@@ -124,6 +124,7 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
         subjects.KV_JOB_LOGS: kv(subjects.KV_JOB_LOGS, ttl=7 * DAY),
         subjects.KV_SITES: kv(subjects.KV_SITES),
         subjects.KV_DEPLOYMENTS: kv(subjects.KV_DEPLOYMENTS, ttl=30 * DAY),
+        subjects.KV_DEPLOY_LEASES: kv(subjects.KV_DEPLOY_LEASES),
     }
 
 

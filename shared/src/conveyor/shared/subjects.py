@@ -28,13 +28,14 @@ KV_DELIVERIES: Final = "deliveries"  # job_id -> DeliveryLog
 KV_JOB_LOGS: Final = "job_logs"  # job_id -> JobLog
 KV_SITES: Final = "sites"  # site_id -> SiteRecord
 KV_DEPLOYMENTS: Final = "deployments"  # deployment_id -> DeploymentRecord
+KV_DEPLOY_LEASES: Final = "deploy_leases"  # site_id -> DeployLease (one active deployment per site)
 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"
 WORKERS: Final = "executor"
 DELIVERER: Final = "deliverer"
-DEPLOYER: Final = "deployer"
 DELIVERER_TEST_SENDS: Final = "deliverer-test-sends"  # on CONTROL, ctl.test_send.>
+DEPLOYER: Final = "deployer"
 
 # Headers we add (Nats-* ones are the server's) ----------------------------------------------------
 MSG_ID: Final = "Nats-Msg-Id"
@@ -97,12 +98,12 @@ def control(verb: str, ident: str) -> str:
     return f"ctl.{token(verb)}.{token(ident)}"
 
 
-def schedule(schedule_id: str) -> str:
 # ctl.test_send.<id>: the receiver asks the deliverer to send a signed test event (TestSendRequest).
 TEST_SEND_VERB: Final = "test_send"
 TEST_SEND_FILTER: Final = "ctl.test_send.>"
 
 
+def schedule(schedule_id: str) -> str:
     return f"schedules.def.{token(schedule_id)}"
 
 

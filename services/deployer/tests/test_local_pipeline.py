@@ -1,0 +1,61 @@
+"""The local provider end to end through the real service: publish, republish, rollback, preview."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+from conveyor.shared.deploys import SiteConfig
+
+
+def git_log(repo: Any, ref: str = "main") -> list[str]:
+    out = subprocess.run(
+        ["git", f"--git-dir={repo}", "log", "--format=%H %s", ref], capture_output=True, text=True, check=True
+    )
+    return out.stdout.splitlines()
+
+
+async def test_publish_republish_and_rollback(deployer: Any, site_config: Any) -> None:
+    first: SiteConfig = site_config("acme", "Fresh bread, every morning")
+    await deployer.store.save_draft(first)
+    a = (await deployer.store.request("acme", "publish")).deployment
+    done_a = await deployer.finished(a.deployment_id)
+    assert done_a.status == "success", done_a.error
+    assert [s.status for s in done_a.steps] == ["done"] * 5
+    assert done_a.url == f"http://acme.localhost:{deployer.port}/"
+
+    page = await deployer.aget("acme")
+    assert page.status_code == 200
+    assert "<title>Acme Bakery</title>" in page.text and "Fresh bread, every morning" in page.text
+    assert page.headers["X-Conveyor-Release"] == a.deployment_id
+
+    second = site_config("acme", "Now with croissants")
+    await deployer.store.save_draft(second)
+    b = (await deployer.store.request("acme", "publish")).deployment
+    done_b = await deployer.finished(b.deployment_id)
+    assert done_b.status == "success", done_b.error
+    page = await deployer.aget("acme")
+    assert "Now with croissants" in page.text and "Fresh bread" not in page.text
+
+    releases = deployer.data_dir / "acme" / "releases"
+    before = sorted(p.name for p in releases.iterdir())
+    r = (await deployer.store.request("acme", "rollback", rollback_of=a.deployment_id)).deployment
+    done_r = await deployer.finished(r.deployment_id)
+    assert done_r.status == "success", done_r.error
+    page = await deployer.aget("acme")
+    assert "Fresh bread, every morning" in page.text
+    assert page.headers["X-Conveyor-Release"] == a.deployment_id  # the first build, served again
+    building = done_r.step("building")
+    assert building is not None and building.status == "skipped"
+    assert done_r.external["reused_from"] == a.deployment_id
+    assert sorted(p.name for p in releases.iterdir()) == before  # nothing was rebuilt
+
+    site, _ = await deployer.store.site("acme")
+    assert site.live_deployment_id == r.deployment_id
+    history = git_log(deployer.data_dir / "acme" / "repo.git")
+    assert [line.split(" ", 1)[1] for line in history] == [
+        f"Roll back to {a.deployment_id}",
+        "Publish Acme Bakery",
+        "Publish Acme Bakery",
+    ]
+    assert done_b.external["commit_sha"] == history[1].split()[0]
