@@ -1,0 +1,294 @@
+"""Measurements shared by Conveyor and the baseline: drive load, wait for callbacks, compute."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import payloads, wrkload
+from bench.procs import Proc, Procs, cpu_seconds, memory_mb
+from bench.stats import summarize
+
+
+@dataclass
+class Ctx:
+    """What every measurement needs: where to write, the process table, the knobs."""
+
+    root: Path
+    procs: Procs
+    secret: str
+    quick: bool
+    connections: int  # closed-loop connections (wrk and the Python driver)
+    duration: float  # seconds of each timed load phase
+    use_wrk: bool
+    log: Any = print
+    counter: int = 0
+    phase_cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def file(self, name: str) -> Path:
+        self.counter += 1
+        return self.root / f"{self.counter:02d}-{name}"
+
+
+class CpuMeter:
+    """CPU seconds each watched process spends during a phase (where the cores went)."""
+
+    def __init__(self, procs: dict[str, Proc]) -> None:
+        self.procs = procs
+        self.start = {n: cpu_seconds(p.pid) for n, p in procs.items()}
+        self.t0 = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        wall = max(time.monotonic() - self.t0, 1e-9)
+        out = {n: round((cpu_seconds(p.pid) - self.start[n]) / wall, 3) for n, p in self.procs.items()}
+        out["_wall_s"] = round(wall, 2)
+        return out
+
+
+def memory(procs: dict[str, Proc]) -> dict[str, dict[str, float]]:
+    return {n: memory_mb(p.pid) for n, p in procs.items()}
+
+
+async def run_driver(
+    ctx: Ctx, name: str, port: int, requests: Path, *args: str, times: bool = False
+) -> dict[str, Any]:
+    out = ctx.file(f"{name}.json")
+    extra = ["--times", str(out.with_suffix(".times.json"))] if times else []
+    p = await ctx.procs.python(
+        name,
+        "bench.driver",
+        "--port",
+        str(port),
+        "--requests",
+        str(requests),
+        "--out",
+        str(out),
+        *args,
+        *extra,
+    )
+    await p.proc.wait()
+    await ctx.procs.stop(p)
+    if p.proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"driver {name} failed:\n{p.tail()}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    if times:
+        result["_times"] = json.loads(out.with_suffix(".times.json").read_text())
+    return result
+
+
+async def closed_probe(
+    ctx: Ctx, name: str, port: int, batch: payloads.Batch, seconds: float
+) -> dict[str, Any]:
+    """A short closed-loop run (also the warm-up): how fast is it, roughly?"""
+    f = payloads.write(ctx.file(f"{name}.req"), batch.requests)
+    return await run_driver(
+        ctx,
+        name,
+        port,
+        f,
+        "--mode",
+        "closed",
+        "--concurrency",
+        str(ctx.connections),
+        "--duration",
+        str(seconds),
+    )
+
+
+async def max_rate(
+    ctx: Ctx, name: str, port: int, make: Any, estimate_rps: float, watch: dict[str, Proc]
+) -> dict[str, Any]:
+    """Maximum rate, closed loop: wrk (C) when installed, else the Python driver.
+
+    ``make(n)`` builds n unique requests; the pool is sized from an estimate so wrk never
+    runs out (it would answer 404s, counted as errors, rather than replay).
+    """
+    n = int(max(estimate_rps, 500) * ctx.duration * 1.6) + 2000
+    batch = make(n)
+    f = payloads.write(ctx.file(f"{name}.req"), batch.requests)
+    meter = CpuMeter(watch)
+    if ctx.use_wrk:
+        r = await wrkload.run(
+            ctx.procs,
+            f"{name}-wrk",
+            f"http://127.0.0.1:{port}",
+            f,
+            duration=ctx.duration,
+            connections=ctx.connections,
+        )
+        res = {"driver": "wrk", **r.as_dict()}
+    else:
+        d = await run_driver(
+            ctx,
+            name,
+            port,
+            f,
+            "--mode",
+            "closed",
+            "--concurrency",
+            str(ctx.connections),
+            "--duration",
+            str(ctx.duration),
+        )
+        res = {
+            "driver": "python-closed",
+            "requests": d["sent"],
+            "ok": d["ok"],
+            "rate": d["rate"],
+            "errors": {**d["errors"], **{k: v for k, v in d["statuses"].items() if not k.startswith("2")}},
+            "latency_ms": d["latency_ms"],
+            "cpu_s": d["cpu_s"],
+            "ceiling_rps": d["ceiling_rps"],
+            "connections": ctx.connections,
+            "duration_s": d["elapsed_s"],
+            "pool": n,
+        }
+    res["cpu_cores"] = meter.stop()
+    res["body_bytes"] = batch.body_bytes
+    return res
+
+
+async def open_rate(
+    ctx: Ctx,
+    name: str,
+    port: int,
+    make: Any,
+    rate: float,
+    watch: dict[str, Proc],
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    """Fixed rate, open loop, latency from the scheduled send time."""
+    n = max(int(rate * (seconds or ctx.duration)), 50)
+    batch = make(n)
+    f = payloads.write(ctx.file(f"{name}.req"), batch.requests)
+    meter = CpuMeter(watch)
+    d = await run_driver(
+        ctx,
+        name,
+        port,
+        f,
+        "--mode",
+        "open",
+        "--rate",
+        f"{rate:.1f}",
+        "--concurrency",
+        str(min(ctx.connections, 64)),
+    )
+    d["cpu_cores"] = meter.stop()
+    return d
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+class SinkClient:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    async def stats(self) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=10) as c:
+            return dict((await c.get(f"{self.url}/stats")).json())
+
+    async def arrivals(self) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=30) as c:
+            return dict((await c.get(f"{self.url}/arrivals")).json())
+
+    async def reset(self) -> None:
+        async with httpx.AsyncClient(timeout=10) as c:
+            (await c.post(f"{self.url}/reset")).raise_for_status()
+
+    async def wait_for(
+        self, expected: int, *, stall_s: float, limit_s: float, settle_s: float = 1.0
+    ) -> dict[str, Any]:
+        """Poll until ``expected`` distinct jobs arrived, nothing new came for ``stall_s``, or
+        ``limit_s`` passed; then wait ``settle_s`` more so late duplicates are counted too."""
+        t0 = time.monotonic()
+        last_count, last_change = -1, time.monotonic()
+        while True:
+            s = await self.stats()
+            if s["unique"] >= expected:
+                break
+            if s["count"] != last_count:
+                last_count, last_change = s["count"], time.monotonic()
+            if time.monotonic() - last_change > stall_s or time.monotonic() - t0 > limit_s:
+                break
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(settle_s)
+        return await self.stats()
+
+
+def steady_rate(times: list[float], lo: float = 0.1, hi: float = 0.9) -> float:
+    """Arrivals per second between the lo and hi quantiles of arrival time (no ramp-up, no tail)."""
+    if len(times) < 20:
+        return float("nan")
+    t = sorted(times)
+    a, b = int(len(t) * lo), int(len(t) * hi) - 1
+    span = t[b] - t[a]
+    return (b - a) / span if span > 0 else float("nan")
+
+
+async def end_to_end(
+    ctx: Ctx,
+    name: str,
+    port: int,
+    sink: SinkClient,
+    batch: payloads.Batch,
+    *,
+    rate: float | None,
+    watch: dict[str, Proc],
+    concurrency: int | None = None,
+) -> dict[str, Any]:
+    """Send ``batch`` (closed loop at ``concurrency``, or open loop at ``rate``) and match every
+    accepted webhook with its callback: rate over the steady window, latency from the
+    scheduled send to the sink's arrival, lost and duplicated callbacks."""
+    await sink.reset()
+    f = payloads.write(ctx.file(f"{name}.req"), batch.requests)
+    meter = CpuMeter(watch)
+    if rate is None:
+        args = ["--mode", "closed", "--concurrency", str(concurrency or ctx.connections)]
+    else:
+        args = ["--mode", "open", "--rate", f"{rate:.1f}", "--concurrency", str(min(ctx.connections, 64))]
+    d = await run_driver(ctx, name, port, f, *args, times=True)
+    times = d.pop("_times")
+    n = len(batch.job_ids)
+    accepted = [i for i in range(n) if 200 <= times["status"][i] < 300]
+    limit = 60 + n / 50
+    stats = await sink.wait_for(len(accepted), stall_s=20 if not ctx.quick else 10, limit_s=limit)
+    cpu = meter.stop()
+    arr = await sink.arrivals()
+    first_arrival: dict[str, float] = {}
+    for job, t in zip(arr["jobs"], arr["times"], strict=True):
+        first_arrival.setdefault(job, t)
+    index = {batch.job_ids[i]: i for i in accepted}
+    lat_ms = [(first_arrival[j] - times["sched"][i]) * 1000 for j, i in index.items() if j in first_arrival]
+    ours = [t for j, t in first_arrival.items() if j in index]
+    lost = sum(1 for j in index if j not in first_arrival)
+    strangers = sum(1 for j in first_arrival if j not in index)
+    send_span = max(times["done"][:n]) - min(times["sched"][:n]) if n else 0
+    total_span = (max(ours) - min(times["sched"][:n])) if ours else float("nan")
+    return {
+        "sent": n,
+        "accepted": len(accepted),
+        "rejected": n - len(accepted),
+        "driver": {
+            k: d[k]
+            for k in ("mode", "rate", "rate_target", "statuses", "errors", "latency_ms", "lag_ms", "cpu_s")
+        },
+        "ingest_rate": len(accepted) / send_span if send_span > 0 else None,
+        "delivered": len(ours),
+        "lost": lost,
+        "duplicates": stats["count"] - stats["unique"],
+        "unexpected": strangers,
+        "bad_signature": stats["bad_signature"],
+        "not_completed": stats["not_completed"],
+        "jobs_per_s": steady_rate(ours),
+        "jobs_per_s_overall": len(ours) / total_span if total_span and total_span > 0 else None,
+        "latency_ms": summarize(lat_ms),
+        "cpu_cores": cpu,
+    }
