@@ -80,11 +80,9 @@ class Deployer:
     def port(self) -> int:
         return self.rt.http_port
 
-    def site_get(self, slug: str, deployment: str | None = None, path: str = "/") -> httpx.Response:
-        label = f"{deployment}--{slug}" if deployment else slug
-        return httpx.get(
-            f"http://127.0.0.1:{self.port}{path}", headers={"Host": f"{label}.localhost:{self.port}"}
-        )
+    async def metrics(self) -> str:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
 
     async def aget(self, slug: str, deployment: str | None = None, path: str = "/") -> httpx.Response:
         label = f"{deployment}--{slug}" if deployment else slug

@@ -59,3 +59,42 @@ async def test_publish_republish_and_rollback(deployer: Any, site_config: Any) -
         "Publish Acme Bakery",
     ]
     assert done_b.external["commit_sha"] == history[1].split()[0]
+
+
+async def test_preview_leaves_live_alone(deployer: Any, site_config: Any) -> None:
+    await deployer.store.save_draft(site_config("acme", "Live headline"))
+    live = (await deployer.store.request("acme", "publish")).deployment
+    assert (await deployer.finished(live.deployment_id)).status == "success"
+
+    await deployer.store.save_draft(site_config("acme", "Draft headline"))
+    pv = (await deployer.store.request("acme", "preview")).deployment
+    done = await deployer.finished(pv.deployment_id)
+    assert done.status == "success", done.error
+    assert done.url == f"http://{pv.deployment_id}--acme.localhost:{deployer.port}/"
+
+    assert "Draft headline" in (await deployer.aget("acme", pv.deployment_id)).text
+    page = await deployer.aget("acme")
+    assert "Live headline" in page.text and page.headers["X-Conveyor-Release"] == live.deployment_id
+    site, _ = await deployer.store.site("acme")
+    assert site.live_deployment_id == live.deployment_id and site.latest_preview == pv.deployment_id
+
+    repo = deployer.data_dir / "acme" / "repo.git"
+    assert len(git_log(repo, "main")) == 1  # previews commit to their own branch
+    assert git_log(repo, f"preview/{pv.deployment_id}")[0].endswith("Preview Acme Bakery")
+
+
+async def test_same_config_again_returns_the_existing_deployment(deployer: Any, site_config: Any) -> None:
+    await deployer.store.save_draft(site_config("acme"))
+    first = await deployer.store.request("acme", "publish")
+    again = await deployer.store.request("acme", "publish")
+    assert again.duplicate and again.deployment.deployment_id == first.deployment.deployment_id
+    assert (await deployer.finished(first.deployment.deployment_id)).status == "success"
+    after = await deployer.store.request("acme", "publish")
+    assert after.duplicate and after.deployment.deployment_id == first.deployment.deployment_id
+
+
+async def test_unknown_hosts_and_paths(deployer: Any) -> None:
+    assert (await deployer.aget("nosuchsite")).status_code == 404
+    async with __import__("httpx").AsyncClient() as client:
+        r = await client.get(f"http://127.0.0.1:{deployer.port}/health/live")
+        assert r.status_code == 200  # the service's own routes still answer on other hosts
