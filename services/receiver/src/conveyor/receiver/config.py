@@ -1,0 +1,116 @@
+"""Receiver settings: every field maps to an UPPER_CASE env var (or a key of ``[receiver]`` in
+the TOML file named by CONVEYOR_CONFIG); lists and tables take JSON from the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+import msgspec
+
+from conveyor.shared.config import BaseSettings, Secret
+from conveyor.shared.subjects import is_token
+
+Scheme = Literal["lovable", "github", "standard"]
+
+LOVABLE_EVENT_TYPES = ["project.created", "project.updated", "code.review_requested", "agent.task_requested"]
+GITHUB_EVENT_TYPES = ["pull_request", "push"]
+DEFAULT_AGENTS = ("dev", "qa", "architect", "pm", "ux-design-expert")
+
+
+class WebhookSource(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One sender of webhooks, answering at POST /api/webhooks/{name}."""
+
+    name: str
+    scheme: Scheme
+    secrets: list[Secret] = []
+    """Active secrets; any one verifies (rotation: add the new one, later drop the old)."""
+    event_types: list[str] = []
+    """Accepted event types. Empty: the scheme's default (lovable: its four; github: pull_request,
+    push; standard: any well-formed type)."""
+    unknown_events: Literal["reject", "ignore"] | None = None
+    """What an event type outside ``event_types`` gets: reject = 422, ignore = 202 "ignored".
+    Default: ignore for github (GitHub sends every event the hook subscribes to), else reject."""
+    allow_ips: list[str] = []
+    """Client addresses or CIDRs allowed to send; empty allows any."""
+    tolerance_s: int = 300
+    """Accepted clock difference for signed timestamps, both ways (lovable, standard)."""
+    callback_url: str | None = None
+    """Default callback for this source's results (else the deliverer's per-source default)."""
+
+    def __post_init__(self) -> None:
+        if not is_token(self.name) or self.name == "test":  # /api/webhooks/test is the test-send API
+            raise ValueError(
+                f"webhook source name {self.name!r} must match [A-Za-z0-9_-]{{1,128}}, not 'test'"
+            )
+        if not self.secrets:
+            raise ValueError(f"webhook source {self.name!r} has no secrets")
+        for net in self.allow_ips:
+            ipaddress.ip_network(net, strict=False)
+
+
+class Settings(BaseSettings, frozen=True, kw_only=True):
+    """Receiver settings (the HTTP edge)."""
+
+    port: int = 3100
+    """PORT: the public HTTP port (API, webhooks, health, metrics)."""
+    public_url: str = ""
+    """PUBLIC_URL: prefix for status_url/stream_url in answers (empty: relative paths)."""
+
+    lovable_webhook_secret: Secret | None = None
+    """LOVABLE_WEBHOOK_SECRET: HMAC secret of the lovable source; several comma-separated during a
+    rotation. Enough on its own to enable POST /api/webhooks/lovable."""
+    lovable_callback_url: str | None = None
+    """LOVABLE_CALLBACK_URL: where Lovable results go (used by the deliverer; shown in /health/lovable)."""
+    lovable_api_key: Secret | None = None
+    """LOVABLE_API_KEY: a static API key for the jobs API (limits of a new key)."""
+    github_webhook_secret: Secret | None = None
+    """GITHUB_WEBHOOK_SECRET: enables POST /api/webhooks/github with this secret (comma-separated)."""
+    webhook_sources: list[WebhookSource] = []
+    """WEBHOOK_SOURCES: JSON list (or [[receiver.webhook_sources]] in TOML) of extra sources."""
+    trusted_proxies: str = ""
+    """TRUSTED_PROXIES: comma-separated CIDRs whose X-Forwarded-For is believed."""
+
+    admin_api_key: Secret | None = None
+    """ADMIN_API_KEY: guards /api/admin/keys (no admin API without it, unless admin keys exist)."""
+    api_key_per_minute: int = 60
+    """API_KEY_PER_MINUTE: default per-key limit for new keys and LOVABLE_API_KEY."""
+    api_key_per_day: int = 10_000
+    """API_KEY_PER_DAY: default per-key daily limit."""
+    apikey_cache_s: float = 5.0
+    """APIKEY_CACHE_S: how long a replica trusts its cached copy of a key record (revocations made
+    on another replica take effect within this time; on this replica at once)."""
+
+    rate_limit_max: int = 100
+    """RATE_LIMIT_MAX: webhooks per window per project (x-lovable-project-id) or client address; 0 = off."""
+    rate_limit_window_ms: int = 60_000
+    """RATE_LIMIT_WINDOW_MS: the webhook rate-limit window."""
+
+    agents: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_AGENTS))
+    """AGENTS: JSON list of agent names POST /api/jobs accepts."""
+    max_body_bytes: int = 1024 * 1024
+    """MAX_BODY_BYTES: larger bodies get 413 without being read."""
+    max_prompt_chars: int = 5000
+    """MAX_PROMPT_CHARS: longest prompt POST /api/jobs accepts."""
+
+    publish_timeout_s: float = 2.0
+    """PUBLISH_TIMEOUT_S: how long a write waits for JetStream before answering 503."""
+    retry_after_s: int = 5
+    """RETRY_AFTER_S: Retry-After sent with 503 while NATS is unreachable."""
+    sse_heartbeat_s: float = 15.0
+    """SSE_HEARTBEAT_S: interval of the heartbeat comment on /stream."""
+    sse_max_s: float = 3600.0
+    """SSE_MAX_S: a stream closes after this long; clients resume with Last-Event-ID."""
+    test_send_wait_s: float = 15.0
+    """TEST_SEND_WAIT_S: how long POST /api/webhooks/test waits for the deliverer's outcome
+    before answering 202 with a status URL."""
+
+    def __post_init__(self) -> None:
+        for net in filter(None, (p.strip() for p in self.trusted_proxies.split(","))):
+            ipaddress.ip_network(net, strict=False)
+        for agent in self.agents:
+            if not is_token(agent):
+                raise ValueError(f"agent name {agent!r} must match [A-Za-z0-9_-]{{1,128}}")
+        names = [s.name for s in self.webhook_sources]
+        if len(names) != len(set(names)):
+            raise ValueError("webhook_sources: each name may appear once")

@@ -1,0 +1,197 @@
+"""The jobs API: submit (POST /api/jobs), read, result, cancel, logs and deliveries."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import msgspec
+import nats.js.errors
+from aiohttp import web
+
+from conveyor.receiver.handlers.webhooks import respond
+from conveyor.receiver.schemas import Accepted, CancelAccepted, JobCreate, JobResultView
+from conveyor.receiver.sources import decode_json
+from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
+from conveyor.shared import ids, subjects
+from conveyor.shared.events import (
+    CancelRequest,
+    DeliveryLog,
+    JobLog,
+    JobRecord,
+    JobRequest,
+    delivery_log_decoder,
+    encoder,
+    job_log_decoder,
+    job_record_decoder,
+    utcnow,
+)
+from conveyor.shared.http import HTTPError
+
+_job_create_decoder = msgspec.json.Decoder(JobCreate)
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def _invalid(field: str, message: str) -> HTTPError:
+    return HTTPError(422, "invalid_field", f"{field}: {message}", field=field)
+
+
+def valid_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
+
+
+async def create(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    principal = await st.authenticate(request)
+    await st.limit_key(request, principal)
+    st.require_nats()
+    body: JobCreate = decode_json(_job_create_decoder, await st.read_body(request))
+    if body.agent not in st.settings.agents:
+        raise HTTPError(
+            422,
+            "unknown_agent",
+            f"agent: unknown agent {body.agent[:64]!r}; known: {', '.join(st.settings.agents)}",
+            field="agent",
+        )
+    if len(body.prompt) > st.settings.max_prompt_chars:
+        raise _invalid("prompt", f"longer than {st.settings.max_prompt_chars} characters")
+    if body.callback_url is not None and not valid_url(body.callback_url):
+        raise _invalid("callback_url", "must be an absolute http(s) URL")
+
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        job_id = ids.new_id("job")
+    elif _IDEMPOTENCY_KEY.match(key):
+        job_id = ids.derived_id("job", "api", principal.key_id, key)
+    else:
+        raise HTTPError(
+            400,
+            "invalid_header",
+            "Idempotency-Key must be 1-255 printable characters",
+            field="Idempotency-Key",
+        )
+
+    now = utcnow()
+    correlation = request[CORRELATION_ID]
+    job = JobRequest(
+        job_id=job_id,
+        agent=body.agent,
+        created_at=now,
+        source="api",
+        prompt=body.prompt,
+        input=msgspec.Raw(encoder.encode(body.input)),
+        project_id=body.project_id,
+        callback_url=body.callback_url,
+        timeout_ms=body.timeout_ms,
+        correlation_id=correlation,
+    )
+    record = JobRecord(
+        job_id=job_id,
+        status="queued",
+        created_at=now,
+        updated_at=now,
+        agent=body.agent,
+        source="api",
+        project_id=body.project_id,
+        callback_url=body.callback_url,
+    )
+    duplicate = await st.accept(
+        subject=subjects.job_run(body.agent),
+        stream=subjects.JOBS,
+        data=encoder.encode(job),
+        msg_id=job_id,
+        record=record,
+        correlation_id=correlation,
+    )
+    st.metrics.jobs.labels(body.agent, "duplicate" if duplicate else "accepted").inc()
+    status_url, stream_url = st.urls(job_id)
+    return respond(
+        202,
+        Accepted(job_id=job_id, status_url=status_url, stream_url=stream_url, duplicate=duplicate),
+        {"Location": status_url},
+    )
+
+
+async def load(st: Receiver, job_id: str) -> tuple[JobRecord, int]:
+    """The job's record and KV revision; 404 when there is none."""
+    if not subjects.is_token(job_id):
+        raise _not_found(job_id)
+    kv = st.bucket(subjects.KV_JOBS)
+    with st.nats_errors():
+        try:
+            entry = await kv.get(job_id)
+        except nats.js.errors.KeyNotFoundError:
+            raise _not_found(job_id) from None
+    return job_record_decoder.decode(entry.value or b""), entry.revision or 0
+
+
+def _not_found(job_id: str) -> HTTPError:
+    return HTTPError(404, "job_not_found", f"no job {job_id[:100]!r}")
+
+
+async def _authorised(request: web.Request) -> tuple[Receiver, str]:
+    st = request.app[STATE]
+    principal = await st.authenticate(request)
+    await st.limit_key(request, principal)
+    return st, request.match_info["job_id"]
+
+
+async def get(request: web.Request) -> web.Response:
+    st, job_id = await _authorised(request)
+    record, _ = await load(st, job_id)
+    return respond(200, record)
+
+
+async def result(request: web.Request) -> web.Response:
+    st, job_id = await _authorised(request)
+    record, _ = await load(st, job_id)
+    view = JobResultView(
+        job_id=record.job_id,
+        status=record.status,
+        finished=record.terminal,
+        result=record.result,
+        error=record.error,
+    )
+    return respond(200, view)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    st, job_id = await _authorised(request)
+    record, _ = await load(st, job_id)
+    if record.terminal:
+        raise HTTPError(
+            409, "job_finished", f"job already {record.status}; nothing to cancel", status=record.status
+        )
+    req = CancelRequest(job_id=record.job_id, requested_at=utcnow())
+    kv = st.bucket(subjects.KV_CANCELS)
+    with st.nats_errors():
+        await kv.put(record.job_id, encoder.encode(req))
+    return respond(202, CancelAccepted(job_id=record.job_id, status=record.status))
+
+
+async def logs(request: web.Request) -> web.Response:
+    st, job_id = await _authorised(request)
+    record, _ = await load(st, job_id)
+    raw = await _optional(st, subjects.KV_JOB_LOGS, job_id)
+    return respond(200, job_log_decoder.decode(raw) if raw else JobLog(job_id=record.job_id))
+
+
+async def deliveries(request: web.Request) -> web.Response:
+    st, job_id = await _authorised(request)
+    record, _ = await load(st, job_id)
+    raw = await _optional(st, subjects.KV_DELIVERIES, job_id)
+    return respond(200, delivery_log_decoder.decode(raw) if raw else DeliveryLog(job_id=record.job_id))
+
+
+async def _optional(st: Receiver, bucket: str, key: str) -> bytes | None:
+    kv = st.bucket(bucket)
+    with st.nats_errors():
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+    return entry.value or None

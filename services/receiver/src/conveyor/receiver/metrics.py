@@ -1,0 +1,64 @@
+"""Receiver metrics (http_requests_total and http_request_duration_seconds come from the runner)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+WEBHOOK_OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "ignored",
+    "unauthorized",
+    "bad_request",
+    "invalid",
+    "too_large",
+    "forbidden",
+    "rate_limited",
+    "unavailable",
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.webhooks = Counter(
+            "receiver_webhooks",
+            "Webhooks answered, by source and outcome.",
+            ["source", "outcome"],
+            registry=registry,
+        )
+        self.jobs = Counter(
+            "receiver_jobs_submitted",
+            "POST /api/jobs answers, by agent and outcome (accepted, duplicate).",
+            ["agent", "outcome"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "receiver_rate_limited",
+            "Requests refused with 429, by scope (webhook, api_key).",
+            ["scope"],
+            registry=registry,
+        )
+        self.publish_seconds = Histogram(
+            "receiver_publish_seconds",
+            "Time from publish to PubAck plus KV record, by stream.",
+            ["stream"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.sse_streams = Gauge(
+            "receiver_sse_streams", "Server-Sent Event streams open now.", registry=registry
+        )
+        self.last_webhook = Gauge(
+            "receiver_last_webhook_timestamp_seconds",
+            "Unix time of the last accepted webhook, by source.",
+            ["source"],
+            registry=registry,
+        )
+
+    def preset(self, sources: list[str]) -> None:
+        """Label values known at start, so dashboards see zeros rather than gaps."""
+        for source in sources:
+            for outcome in WEBHOOK_OUTCOMES:
+                self.webhooks.labels(source, outcome)
+        for scope in ("webhook", "api_key"):
+            self.rate_limited.labels(scope)

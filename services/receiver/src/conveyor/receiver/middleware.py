@@ -1,0 +1,83 @@
+"""The edge middleware: correlation id in and out, a server span per request, JSON errors
+that keep our headers (correlation id, rate-limit figures, Retry-After)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from opentelemetry import propagate, trace
+
+from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE
+from conveyor.shared import logs
+from conveyor.shared.http import HTTPError, json_error
+
+log = logging.getLogger(__name__)
+
+_CORRELATION = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    429: "rate_limited",
+    503: "unavailable",
+}
+_KEEP = ("Allow", "Retry-After", "WWW-Authenticate")
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get("X-Correlation-ID", "")
+    correlation = given if _CORRELATION.match(given) else uuid.uuid4().hex
+    request[CORRELATION_ID] = correlation
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    tracer = request.app[STATE].rt.tracer
+    with (
+        logs.bound(correlation=correlation),
+        tracer.start_as_current_span(
+            f"{request.method} {route}",
+            context=propagate.extract(request.headers),
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
+        ) as span,
+    ):
+        resp = await _answer(request, handler)
+        span.set_attribute("http.response.status_code", resp.status)
+        if not resp.prepared:
+            resp.headers["X-Correlation-ID"] = correlation
+            if (decision := request.get(RATE_LIMIT)) is not None:
+                resp.headers.update(decision.headers())
+        return resp
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HTTPError as exc:
+        resp = exc.response()
+        if exc.status == 413:
+            resp.force_close()  # the rest of the body is not read; the connection cannot be reused
+        return resp
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        text = exc.text or ""
+        message = exc.reason if not text or text.startswith(f"{exc.status}:") else text
+        resp = json_error(exc.status, _CODES.get(exc.status, "error"), message)
+        for key in _KEEP:
+            if key in exc.headers:
+                resp.headers[key] = exc.headers[key]
+        return resp
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal", "internal error")

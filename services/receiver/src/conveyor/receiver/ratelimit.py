@@ -1,0 +1,190 @@
+"""Rate limits whose counts live in JetStream KV (bucket ``ratelimits``), so every replica
+counts against the same number.
+
+One KV key per scope holds ``"<window start ms> <count>"``. A window opens at the first hit
+after the previous one ended and lasts ``window_s``. Every change is a compare-and-set
+(``kv.create`` for a new key, ``kv.update`` with the revision last seen); a conflict means
+another replica counted first, so the key is re-read and the step retried. Hits on one key
+that arrive while a write is in flight are counted together in the next write: one KV round
+trip per batch, not per request, which keeps a busy key fast and conflicts rare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+
+class LimiterUnavailable(Exception):
+    """The count could not be read or written (NATS down, or too many conflicts)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: float  # seconds until the window ends
+
+    def headers(self) -> dict[str, str]:
+        out = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(max(0, math.ceil(self.reset_s))),
+        }
+        if not self.allowed:
+            out["Retry-After"] = str(max(1, math.ceil(self.reset_s)))
+        return out
+
+
+UNLIMITED = Decision(True, 0, 0, 0.0)
+
+
+@dataclass(slots=True)
+class _Window:
+    revision: int
+    start: float  # unix seconds
+    count: int
+
+    def encode(self) -> bytes:
+        return f"{int(self.start * 1000)} {self.count}".encode()
+
+
+@dataclass(slots=True)
+class _Key:
+    window_s: float
+    window: _Window | None = None  # last value this process saw (None: unknown)
+    waiting: list[asyncio.Future[Decision]] = field(default_factory=list)
+    busy: bool = False
+
+
+class RateLimiter:
+    """Counts hits per key in KV; see the module docstring for the algorithm."""
+
+    def __init__(
+        self, kv: KeyValue, *, clock: Callable[[], float] = time.time, max_conflicts: int = 50
+    ) -> None:
+        self._kv = kv
+        self._clock = clock
+        self._max_conflicts = max_conflicts
+        self._keys: dict[str, _Key] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def hit(self, key: str, limit: int, window_s: float) -> Decision:
+        """Count one hit on ``key``; ``limit`` <= 0 means unlimited."""
+        if limit <= 0:
+            return UNLIMITED
+        state = self._keys.get(key)
+        if state is None:
+            if len(self._keys) >= 20_000:
+                self._prune()
+            state = self._keys[key] = _Key(window_s)
+        now = self._clock()
+        w = state.window
+        # Counts only grow inside a window, so a full one seen here is full everywhere.
+        if w is not None and now < w.start + window_s and w.count >= limit:
+            return Decision(False, limit, 0, w.start + window_s - now)
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        state.waiting.append(fut)
+        if not state.busy:
+            state.busy = True
+            task = asyncio.create_task(self._drain(key, state, limit, window_s))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await fut
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _drain(self, key: str, state: _Key, limit: int, window_s: float) -> None:
+        try:
+            while state.waiting:
+                batch, state.waiting = state.waiting, []
+                try:
+                    first, granted, window = await self._take(key, state, len(batch), limit, window_s)
+                except Exception as exc:
+                    err = exc if isinstance(exc, LimiterUnavailable) else LimiterUnavailable(str(exc))
+                    for f in batch:
+                        if not f.done():
+                            f.set_exception(err)
+                    continue
+                reset = window.start + window_s - self._clock()
+                for i, f in enumerate(batch):
+                    if f.done():  # the request went away; its slot stays used
+                        continue
+                    if i < granted:
+                        f.set_result(Decision(True, limit, max(0, limit - (first + i + 1)), reset))
+                    else:
+                        f.set_result(Decision(False, limit, 0, reset))
+        finally:
+            state.busy = False
+            for f in state.waiting:  # cancelled mid-write (shutdown)
+                if not f.done():
+                    f.set_exception(LimiterUnavailable("rate limiter stopped"))
+            state.waiting.clear()
+
+    async def _take(
+        self, key: str, state: _Key, n: int, limit: int, window_s: float
+    ) -> tuple[int, int, _Window]:
+        """Add up to ``n`` hits; return (count before, hits granted, the window written)."""
+        for _ in range(self._max_conflicts):
+            if state.window is None:
+                state.window = await self._read(key)
+            w = state.window
+            now = self._clock()
+            if w is None:
+                new = _Window(0, now, min(n, limit))
+                try:
+                    new.revision = await self._kv.create(key, new.encode())
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue  # another replica created it first: read it next round
+                state.window = new
+                return 0, new.count, new
+            if now >= w.start + window_s:
+                first, new = 0, _Window(0, now, min(n, limit))
+            elif w.count >= limit:
+                return w.count, 0, w
+            else:
+                first, new = w.count, _Window(0, w.start, w.count + min(n, limit - w.count))
+            try:
+                new.revision = await self._kv.update(key, new.encode(), last=w.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                state.window = None
+                continue
+            state.window = new
+            return first, new.count - first, new
+        raise LimiterUnavailable(f"too many concurrent updates of {key}")
+
+    async def _read(self, key: str) -> _Window | None:
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        try:
+            start_ms, count = (entry.value or b"").split()
+            return _Window(entry.revision, int(start_ms) / 1000, int(count))
+        except ValueError:  # unreadable: start a new window over it
+            return _Window(entry.revision, 0.0, 0)
+
+    def _prune(self) -> None:
+        """Forget ended windows; if that is not enough, forget every idle key (the cache only
+        saves round trips: a forgotten key is read again on its next hit)."""
+        now = self._clock()
+        for key, state in list(self._keys.items()):
+            w = state.window
+            if not state.busy and (w is None or now >= w.start + state.window_s):
+                del self._keys[key]
+        if len(self._keys) >= 10_000:
+            for key, state in list(self._keys.items()):
+                if not state.busy:
+                    del self._keys[key]

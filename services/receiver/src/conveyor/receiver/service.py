@@ -1,0 +1,304 @@
+"""The receiver's ServiceSpec: streams and buckets it uses, its routes, its NATS-side state."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from importlib import metadata
+from typing import Any
+
+from aiohttp import web
+
+from conveyor.receiver import sites_api
+from conveyor.receiver.apikeys import ApiKeys
+from conveyor.receiver.config import Settings
+from conveyor.receiver.handlers import admin, health, jobs, stream, test_send, webhooks
+from conveyor.receiver.metrics import Metrics
+from conveyor.receiver.middleware import edge_middleware
+from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document
+from conveyor.receiver.ratelimit import RateLimiter
+from conveyor.receiver.schemas import (
+    Accepted,
+    AgentHealth,
+    CancelAccepted,
+    Health,
+    Ignored,
+    JobCreate,
+    JobResultView,
+    KeyCreate,
+    KeyCreated,
+    KeyList,
+    KeyView,
+    Live,
+    LovableHealth,
+    Ready,
+    TestSendCreate,
+    TestSendOutcome,
+)
+from conveyor.receiver.sources import build_sources, parse_networks
+from conveyor.receiver.state import STATE, Receiver
+from conveyor.shared import subjects
+from conveyor.shared.events import DeliveryLog, JobLog, JobRecord
+from conveyor.shared.runner import Runtime, ServiceSpec
+
+STREAMS = [subjects.EVENTS, subjects.JOBS, subjects.CONTROL, subjects.DEPLOYS]
+BUCKETS = [
+    subjects.KV_JOBS,
+    subjects.KV_CANCELS,
+    subjects.KV_APIKEYS,
+    subjects.KV_RATELIMITS,
+    subjects.KV_DELIVERIES,
+    subjects.KV_JOB_LOGS,
+    subjects.KV_SITES,
+    subjects.KV_DEPLOYMENTS,
+]
+
+E = None  # an error answer: ErrorBody
+_KEYED = {401: E, 429: E, 503: E}  # every API-key route can answer these
+_WEBHOOK_HEADERS = tuple(
+    Param(name, "header", desc)
+    for name, desc in (
+        ("X-Lovable-Timestamp", "lovable: unix seconds"),
+        ("X-Lovable-Signature", 'lovable: "sha256=" + hex HMAC-SHA256 of "{timestamp}.{body}"'),
+        ("X-Lovable-Delivery", "lovable: delivery id (default: the body's id)"),
+        ("X-Lovable-Project-Id", "lovable: rate-limit key (default: client address)"),
+        ("X-Hub-Signature-256", 'github: "sha256=" + hex HMAC-SHA256 of the body'),
+        ("X-GitHub-Event", "github: event name"),
+        ("X-GitHub-Delivery", "github: delivery id"),
+        ("webhook-id", "standard: message id"),
+        ("webhook-timestamp", "standard: unix seconds"),
+        ("webhook-signature", 'standard: space-separated "v1,<base64>" signatures'),
+    )
+)
+_API_KEY_QUERY = (Param("api_key", "query", "The API key, when an Authorization header cannot be sent."),)
+_JOB = "/api/jobs/{job_id}"
+
+
+def _job_reads() -> list[Operation]:
+    def read(path: str, handler: Any, summary: str, ok: Any, deprecated: bool = False) -> Operation:
+        return Operation(
+            "GET",
+            path,
+            handler,
+            summary,
+            "jobs",
+            {200: ok, 404: E, **_KEYED},
+            auth="api_key",
+            params=_API_KEY_QUERY,
+            deprecated=deprecated,
+        )
+
+    cancel_responses = {202: CancelAccepted, 404: E, 409: E, **_KEYED}
+    return [
+        read(_JOB, jobs.get, "The job's record", JobRecord),
+        read(
+            f"{_JOB}/result", jobs.result, "The job's result (the callback body) once finished", JobResultView
+        ),
+        Operation(
+            "POST",
+            f"{_JOB}/cancel",
+            jobs.cancel,
+            "Cancel the job (409 when it has finished)",
+            "jobs",
+            cancel_responses,
+            auth="api_key",
+            params=_API_KEY_QUERY,
+        ),
+        Operation(
+            "GET",
+            f"{_JOB}/stream",
+            stream.stream,
+            "Status and progress as Server-Sent Events",
+            "jobs",
+            {200: SSE, 404: E, **_KEYED},
+            auth="api_key",
+            params=(*_API_KEY_QUERY, Param("Last-Event-ID", "header", "Resume after this event id.")),
+        ),
+        read(f"{_JOB}/logs", jobs.logs, "The execution's log lines", JobLog),
+        read(f"{_JOB}/deliveries", jobs.deliveries, "Callback delivery attempts", DeliveryLog),
+        read(
+            "/api/agents/status/{job_id}", jobs.get, "Seed alias of GET /api/jobs/{job_id}", JobRecord, True
+        ),
+        read(
+            "/api/results/{job_id}",
+            jobs.result,
+            "Seed alias of GET /api/jobs/{job_id}/result",
+            JobResultView,
+            True,
+        ),
+        Operation(
+            "POST",
+            "/api/agents/cancel/{job_id}",
+            jobs.cancel,
+            "Seed alias of POST /api/jobs/{job_id}/cancel",
+            "jobs",
+            cancel_responses,
+            auth="api_key",
+            params=_API_KEY_QUERY,
+            deprecated=True,
+        ),
+    ]
+
+
+def operations() -> list[Operation]:
+    """Every route of the receiver, in registration order (fixed paths before templates)."""
+    ops = [
+        Operation(
+            "POST",
+            "/api/webhooks/test",
+            test_send.create,
+            "Send a signed test event to a URL through the deliverer",
+            "webhooks",
+            {200: TestSendOutcome, 202: TestSendOutcome, 400: E, 413: E, 422: E, **_KEYED},
+            body=TestSendCreate,
+            auth="api_key",
+            params=_API_KEY_QUERY,
+            description="200 with the outcome when the deliverer reports within TEST_SEND_WAIT_S, "
+            "else 202 with status pending and a status URL.",
+        ),
+        Operation(
+            "GET",
+            "/api/webhooks/test/{test_id}",
+            test_send.status,
+            "The outcome of a test send",
+            "webhooks",
+            {200: TestSendOutcome, 202: TestSendOutcome, 404: E, **_KEYED},
+            auth="api_key",
+            params=_API_KEY_QUERY,
+        ),
+        Operation(
+            "POST",
+            "/api/webhooks/{source}",
+            webhooks.receive,
+            "Receive a signed webhook",
+            "webhooks",
+            {202: (Accepted, Ignored), 400: E, 401: E, 403: E, 404: E, 413: E, 422: E, 429: E, 503: E},
+            body=dict,
+            auth="webhook",
+            params=_WEBHOOK_HEADERS,
+            description="Schemes: lovable, github, standard (Standard Webhooks). 202 only after JetStream "
+            "acknowledged the event and the job record exists; a repeated delivery id answers the same "
+            'job with duplicate=true; a GitHub event no route wants answers status "ignored".',
+        ),
+        Operation(
+            "POST",
+            "/api/jobs",
+            jobs.create,
+            "Submit a job to an agent",
+            "jobs",
+            {202: Accepted, 400: E, 413: E, 422: E, **_KEYED},
+            body=JobCreate,
+            auth="api_key",
+            params=(*_API_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first job.")),
+        ),
+        *_job_reads(),
+        Operation(
+            "GET",
+            "/api/admin/keys",
+            admin.list_keys,
+            "List API keys",
+            "admin",
+            {200: KeyList, 401: E, 403: E, 503: E},
+            auth="admin",
+            params=_API_KEY_QUERY,
+        ),
+        Operation(
+            "POST",
+            "/api/admin/keys",
+            admin.create_key,
+            "Create an API key (shown once)",
+            "admin",
+            {201: KeyCreated, 400: E, 401: E, 403: E, 413: E, 422: E, 503: E},
+            body=KeyCreate,
+            auth="admin",
+            params=_API_KEY_QUERY,
+        ),
+        Operation(
+            "DELETE",
+            "/api/admin/keys/{key_id}",
+            admin.revoke_key,
+            "Revoke an API key",
+            "admin",
+            {200: KeyView, 401: E, 403: E, 404: E, 503: E},
+            auth="admin",
+            params=_API_KEY_QUERY,
+        ),
+        Operation("GET", "/health", health.health, "Summary health", "health", {200: Health, 503: Health}),
+        Operation("GET", "/health/agent", health.agent, "Agent health", "health", {200: AgentHealth, 503: E}),
+        Operation(
+            "GET", "/health/lovable", health.lovable, "Lovable webhook health", "health", {200: LovableHealth}
+        ),
+        Operation("GET", "/health/live", None, "Liveness", "health", {200: Live}),
+        Operation(
+            "GET",
+            "/health/ready",
+            None,
+            "Readiness (503 while NATS is unreachable)",
+            "health",
+            {200: Ready, 503: Ready},
+        ),
+        Operation("GET", "/metrics", None, "Prometheus metrics", "health", {200: TEXT}),
+        Operation("GET", "/openapi.json", None, "This document", "health", {200: ANY_JSON}),
+    ]
+    return ops
+
+
+def routes(rt: Runtime[Any]) -> None:
+    settings: Settings = rt.settings
+    st = Receiver(
+        rt=rt,
+        settings=settings,
+        sources=build_sources(settings),
+        trusted=parse_networks(settings.trusted_proxies),
+        keys=ApiKeys(settings),
+        metrics=Metrics(rt.registry),
+    )
+    st.metrics.preset(list(st.sources))
+    rt.app[STATE] = st
+    health.install(rt.app)
+    ops = operations()
+    for op in ops:
+        if op.handler is not None:
+            rt.app.router.add_route(op.method, op.path, op.handler)
+    spec = document(ops, title="Conveyor receiver", version=_version())
+    body = web.json_response(spec).body
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    rt.app.router.add_get("/openapi.json", openapi)
+    sites_api.add_routes(rt)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("conveyor-receiver")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+@contextlib.asynccontextmanager
+async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
+    """Once NATS is up: KV handles on a context with the short publish timeout, the limiter."""
+    st = rt.app[STATE]
+    js = rt.nc.jetstream(timeout=st.settings.publish_timeout_s)
+    st.kv = {bucket: await js.key_value(bucket) for bucket in BUCKETS}
+    st.keys.kv = st.kv[subjects.KV_APIKEYS]
+    st.limiter = RateLimiter(st.kv[subjects.KV_RATELIMITS])
+    st.js = js
+    yield
+
+
+def _details(rt: Runtime[Any]) -> dict[str, Any]:
+    return {"nats_connected": rt.connected, "instance": rt.instance}
+
+
+SPEC = ServiceSpec(
+    name="receiver",
+    streams=STREAMS,
+    buckets=BUCKETS,
+    components=components,
+    routes=routes,
+    details=_details,
+    middlewares=[edge_middleware],
+)

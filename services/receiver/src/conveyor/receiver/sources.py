@@ -1,0 +1,256 @@
+"""Webhook sources and their schemes: who may send, how a request proves it, what it carries.
+
+Each scheme turns (headers, raw body) into an :class:`Inbound` or raises :class:`HTTPError`
+with the status the product fixes: 401 for missing, malformed or wrong signatures and for
+stale or future timestamps; 400 for an empty body or invalid JSON; 422 for a well-formed body
+of the wrong shape or an unknown event type.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from conveyor.receiver.config import GITHUB_EVENT_TYPES, LOVABLE_EVENT_TYPES, Settings, WebhookSource
+from conveyor.shared import signing, subjects
+from conveyor.shared.config import Secret
+from conveyor.shared.http import HTTPError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_DELIVERY_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+class LovableWebhook(msgspec.Struct, frozen=True, kw_only=True):
+    """The Lovable body: {id, type, project_id, data, created_at}."""
+
+    id: str
+    type: str
+    project_id: str
+    data: dict[str, Any]
+    created_at: str
+
+
+class StandardWebhook(msgspec.Struct, frozen=True, kw_only=True):
+    """A Standard Webhooks payload: {type, timestamp, data}; only ``type`` is required here."""
+
+    type: str
+    timestamp: str | None = None
+    data: Any = None
+
+
+class GithubWebhook(msgspec.Struct, frozen=True, kw_only=True):
+    """GitHub bodies vary by event; they are all JSON objects."""
+
+    action: str | None = None
+
+
+_lovable_decoder = msgspec.json.Decoder(LovableWebhook)
+_standard_decoder = msgspec.json.Decoder(StandardWebhook)
+_github_decoder = msgspec.json.Decoder(GithubWebhook)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A verified webhook, ready to publish."""
+
+    delivery_id: str
+    event_type: str
+    project_id: str | None
+    ignored: bool = False  # an event type the source accepts but does not route (github)
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    scheme: str
+    secrets: tuple[str, ...]
+    event_types: frozenset[str]  # empty: any well-formed type
+    ignore_unknown: bool
+    networks: tuple[Network, ...]
+    tolerance_s: int
+    callback_url: str | None
+
+    def allows(self, address: str | None) -> bool:
+        if not self.networks:
+            return True
+        if address is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+    def verify(self, headers: Mapping[str, str], body: bytes, now: float | None = None) -> Inbound:
+        """Authenticate then parse; signature problems come before body problems."""
+        now = time.time() if now is None else now
+        if self.scheme == "lovable":
+            return self._lovable(headers, body, now)
+        if self.scheme == "github":
+            return self._github(headers, body)
+        return self._standard(headers, body, now)
+
+    # --- schemes ------------------------------------------------------------------------------
+
+    def _lovable(self, headers: Mapping[str, str], body: bytes, now: float) -> Inbound:
+        try:
+            signing.lovable_verify(
+                self.secrets,
+                body,
+                headers.get("X-Lovable-Timestamp"),
+                headers.get("X-Lovable-Signature"),
+                tolerance_s=self.tolerance_s,
+                now=now,
+            )
+        except signing.SignatureError as exc:
+            raise _unauthorized(exc.reason) from None
+        parsed = decode_json(_lovable_decoder, body)
+        event_type = self._event_type(parsed.type)
+        delivery = headers.get("X-Lovable-Delivery") or parsed.id
+        return Inbound(_delivery_id(delivery, "X-Lovable-Delivery or id"), event_type, parsed.project_id)
+
+    def _github(self, headers: Mapping[str, str], body: bytes) -> Inbound:
+        try:
+            signing.github_verify(self.secrets, body, headers.get("X-Hub-Signature-256"))
+        except signing.SignatureError as exc:
+            raise _unauthorized(exc.reason) from None
+        event = headers.get("X-GitHub-Event")
+        if not event:
+            raise HTTPError(400, "missing_header", "missing X-GitHub-Event header", field="X-GitHub-Event")
+        delivery = _delivery_id(headers.get("X-GitHub-Delivery"), "X-GitHub-Delivery")
+        decode_json(_github_decoder, body)
+        if (self.event_types and event not in self.event_types) or not subjects.is_token(event):
+            if self.ignore_unknown:
+                return Inbound(delivery, event, None, ignored=True)
+            raise _unknown_type(event)
+        return Inbound(delivery, event, None)
+
+    def _standard(self, headers: Mapping[str, str], body: bytes, now: float) -> Inbound:
+        try:
+            msg_id = signing.standard_verify(
+                self.secrets, body, headers, tolerance_s=self.tolerance_s, now=now
+            )
+        except signing.SignatureError as exc:
+            raise _unauthorized(exc.reason) from None
+        parsed = decode_json(_standard_decoder, body)
+        return Inbound(_delivery_id(msg_id, "webhook-id"), self._event_type(parsed.type), None)
+
+    def _event_type(self, event_type: str) -> str:
+        known = event_type in self.event_types if self.event_types else _well_formed(event_type)
+        if not known:
+            raise _unknown_type(event_type)
+        return event_type
+
+
+def _well_formed(event_type: str) -> bool:
+    return all(subjects.is_token(part) for part in event_type.split(".")) and len(event_type) <= 200
+
+
+def _unauthorized(reason: str) -> HTTPError:
+    return HTTPError(401, "invalid_signature", reason, headers={"WWW-Authenticate": "Signature"})
+
+
+def _unknown_type(event_type: str) -> HTTPError:
+    return HTTPError(422, "unknown_event_type", f"unknown event type {event_type[:100]!r}", field="type")
+
+
+def _delivery_id(value: str | None, name: str) -> str:
+    if not value:
+        raise HTTPError(400, "missing_delivery_id", f"missing delivery id ({name})", field=name)
+    if not _DELIVERY_ID.match(value):
+        raise HTTPError(400, "invalid_delivery_id", f"{name} must be 1-200 printable characters", field=name)
+    return value
+
+
+def decode_json(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise invalid_field(exc) from None
+    except msgspec.DecodeError as exc:
+        raise HTTPError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+_AT = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+def invalid_field(exc: msgspec.ValidationError) -> HTTPError:
+    """A 422 naming the field msgspec complained about (``$.input.x`` -> ``input.x``)."""
+    text = str(exc)
+    field = None
+    if m := _MISSING.search(text):
+        prefix = _AT.search(text)
+        field = ".".join(p for p in ((prefix.group(1) if prefix else ""), m.group(1)) if p)
+    elif m := _AT.search(text):
+        field = m.group(1) or None
+    if field is None and text.startswith("Expected `object`"):
+        return HTTPError(422, "invalid_body", f"body must be a JSON object: {text}")
+    return HTTPError(422, "invalid_field", f"{field or 'body'}: {text}", field=field or "body")
+
+
+def build_sources(settings: Settings) -> dict[str, Source]:
+    """Configured sources, plus lovable/github from their single-secret settings."""
+    configs: dict[str, WebhookSource] = {s.name: s for s in settings.webhook_sources}
+    shortcuts = (("lovable", settings.lovable_webhook_secret), ("github", settings.github_webhook_secret))
+    for name, secret in shortcuts:
+        if secret and name not in configs:
+            secrets = [s.strip() for s in secret.reveal().split(",") if s.strip()]
+            configs[name] = msgspec.convert(
+                {"name": name, "scheme": name, "secrets": secrets}, WebhookSource, dec_hook=_secret
+            )
+    return {name: _source(cfg) for name, cfg in configs.items()}
+
+
+def _secret(type_: type, obj: Any) -> Any:
+    if type_ is Secret and isinstance(obj, str):
+        return Secret(obj)
+    raise NotImplementedError
+
+
+def _source(cfg: WebhookSource) -> Source:
+    default_types = {"lovable": LOVABLE_EVENT_TYPES, "github": GITHUB_EVENT_TYPES, "standard": []}
+    types = cfg.event_types or default_types[cfg.scheme]
+    ignore = cfg.unknown_events == "ignore" if cfg.unknown_events else cfg.scheme == "github"
+    return Source(
+        name=cfg.name,
+        scheme=cfg.scheme,
+        secrets=tuple(s.reveal() for s in cfg.secrets),
+        event_types=frozenset(types),
+        ignore_unknown=ignore,
+        networks=tuple(ipaddress.ip_network(n, strict=False) for n in cfg.allow_ips),
+        tolerance_s=cfg.tolerance_s,
+        callback_url=cfg.callback_url,
+    )
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in text.split(",") if p.strip())
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str | None:
+    """The client's address: the peer, unless the peer is a trusted proxy, in which case the
+    right-most X-Forwarded-For entry that is not itself a trusted proxy."""
+    if not trusted or not forwarded_for or not _in(peer, trusted):
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _in(address: str | None, nets: tuple[Network, ...]) -> bool:
+    if address is None:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in n for n in nets)

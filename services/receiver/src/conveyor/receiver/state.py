@@ -1,0 +1,262 @@
+"""The receiver's per-process state and the steps every handler shares: NATS guard, body
+limit, API-key authentication, rate limits, and accepting work into JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+from aiohttp import web
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from conveyor.receiver.apikeys import ApiKeys, KeyRevoked, Principal
+from conveyor.receiver.config import Settings
+from conveyor.receiver.metrics import Metrics
+from conveyor.receiver.ratelimit import Decision, LimiterUnavailable, RateLimiter
+from conveyor.receiver.sources import Network, Source, client_address
+from conveyor.shared import subjects
+from conveyor.shared.events import JobRecord, encoder
+from conveyor.shared.http import HTTPError
+from conveyor.shared.runner import Runtime
+from conveyor.shared.telemetry import inject_headers
+
+CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
+RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
+
+MINUTE = 60.0
+DAY = 86_400.0
+
+# Anything that means "JetStream did not answer": the request may be retried later.
+NATS_DOWN = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.UnexpectedEOF,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServerError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    LimiterUnavailable,
+)
+
+
+@dataclass
+class Receiver:
+    rt: Runtime[Settings]
+    settings: Settings
+    sources: dict[str, Source]
+    trusted: tuple[Network, ...]
+    keys: ApiKeys
+    metrics: Metrics
+    js: JetStreamContext | None = None
+    kv: dict[str, KeyValue] = field(default_factory=dict)
+    limiter: RateLimiter | None = None
+    started: float = field(default_factory=time.time)
+
+    # --- availability -----------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self.js is not None and self.rt.connected and not self.rt.stopping.is_set()
+
+    def unavailable(self, what: str = "NATS JetStream is unreachable") -> HTTPError:
+        return HTTPError(
+            503,
+            "unavailable",
+            f"{what}; nothing was accepted, retry later",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+        )
+
+    def require_nats(self) -> JetStreamContext:
+        """Fail fast with 503 when the connection is down, rather than queue in the client."""
+        if not self.available or self.js is None:
+            raise self.unavailable()
+        return self.js
+
+    @contextlib.contextmanager
+    def nats_errors(self) -> Iterator[None]:
+        """Map "JetStream did not answer" to 503 + Retry-After."""
+        try:
+            yield
+        except NATS_DOWN as exc:
+            raise self.unavailable(f"NATS JetStream did not answer ({type(exc).__name__})") from None
+
+    def bucket(self, name: str) -> KeyValue:
+        self.require_nats()
+        return self.kv[name]
+
+    # --- request helpers --------------------------------------------------------------------
+
+    def client_address(self, request: web.Request) -> str | None:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        return client_address(host, request.headers.get("X-Forwarded-For"), self.trusted)
+
+    def urls(self, job_id: str) -> tuple[str, str]:
+        base = f"{self.settings.public_url.rstrip('/')}/api/jobs/{job_id}"
+        return base, f"{base}/stream"
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """The raw body, refusing more than MAX_BODY_BYTES without reading past the limit."""
+        limit = self.settings.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        if not body.strip():
+            raise HTTPError(400, "empty_body", "request body is empty")
+        return body
+
+    # --- API keys and limits ----------------------------------------------------------------
+
+    async def authenticate(self, request: web.Request, *, admin: bool = False) -> Principal:
+        """Bearer token or ?api_key=; 401 without a valid key, 403 for a non-admin on admin routes."""
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.query.get("api_key", "")
+        challenge = {"WWW-Authenticate": 'Bearer realm="conveyor"'}
+        if not token:
+            raise HTTPError(401, "missing_api_key", "an API key is required", headers=challenge)
+        try:
+            principal = await self.keys.authenticate(token)
+        except KeyRevoked:
+            raise HTTPError(401, "revoked_api_key", "this API key was revoked", headers=challenge) from None
+        except (KeyError, AssertionError):
+            raise self.unavailable() from None
+        except NATS_DOWN:
+            raise self.unavailable("API keys cannot be checked while NATS is unreachable") from None
+        if principal is None:
+            raise HTTPError(401, "invalid_api_key", "unknown API key", headers=challenge)
+        if admin and not principal.admin:
+            raise HTTPError(403, "forbidden", "this key is not an admin key")
+        return principal
+
+    async def limit_key(self, request: web.Request, principal: Principal) -> None:
+        """Per-key limits: per minute and per day, both counted in KV."""
+        if principal.per_minute <= 0 and principal.per_day <= 0:
+            return
+        limiter = self._limiter()
+        with self.nats_errors():
+            minute, day = await asyncio.gather(
+                limiter.hit(f"k.{principal.key_id}.m", principal.per_minute, MINUTE),
+                limiter.hit(f"k.{principal.key_id}.d", principal.per_day, DAY),
+            )
+        decisions = [d for d in (minute, day) if d.limit > 0]
+        refused = [d for d in decisions if not d.allowed]
+        decision = refused[0] if refused else min(decisions, key=lambda d: d.remaining)
+        self._apply(request, decision, "api_key")
+
+    async def limit_webhook(self, request: web.Request, source: str, project_id: str | None) -> None:
+        """Webhook limits: RATE_LIMIT_MAX per window per project id (header) or client address."""
+        if self.settings.rate_limit_max <= 0:
+            return
+        scope = f"p:{project_id}" if project_id else f"a:{self.client_address(request)}"
+        digest = hashlib.blake2b(scope.encode(), digest_size=12).hexdigest()
+        limiter = self._limiter()
+        with self.nats_errors():
+            decision = await limiter.hit(
+                f"w.{source}.{digest}",
+                self.settings.rate_limit_max,
+                self.settings.rate_limit_window_ms / 1000,
+            )
+        self._apply(request, decision, "webhook")
+
+    def _limiter(self) -> RateLimiter:
+        self.require_nats()
+        assert self.limiter is not None
+        return self.limiter
+
+    def _apply(self, request: web.Request, decision: Decision, scope: str) -> None:
+        request[RATE_LIMIT] = decision
+        if not decision.allowed:
+            self.metrics.rate_limited.labels(scope).inc()
+            raise HTTPError(429, "rate_limited", f"rate limit of {decision.limit} reached; retry later")
+
+    # --- accepting work ---------------------------------------------------------------------
+
+    async def accept(
+        self,
+        *,
+        subject: str,
+        stream: str,
+        data: bytes,
+        msg_id: str,
+        record: JobRecord,
+        correlation_id: str,
+    ) -> bool:
+        """Publish and create the "queued" record; True when JetStream saw the message before.
+
+        Both must succeed before the caller may answer 202. They run at once: a failed publish
+        after a successful create removes the record again, so no job is left queued forever;
+        a failed create after a successful publish answers 503 and the sender's retry is
+        deduplicated by Nats-Msg-Id.
+        """
+        js = self.require_nats()
+        kv = self.kv[subjects.KV_JOBS]
+        headers = inject_headers(
+            {
+                subjects.MSG_ID: msg_id,
+                subjects.H_JOB_ID: record.job_id,
+                subjects.H_CORRELATION_ID: correlation_id,
+            }
+        )
+        started = time.perf_counter()
+        pub, created = await asyncio.gather(
+            js.publish(
+                subject, data, timeout=self.settings.publish_timeout_s, stream=stream, headers=headers
+            ),
+            _create(kv, record),
+            return_exceptions=True,
+        )
+        if isinstance(pub, BaseException):
+            if isinstance(created, int):
+                with contextlib.suppress(Exception):
+                    await kv.delete(record.job_id, last=created)
+            raise self._publish_error(pub)
+        if isinstance(created, BaseException):
+            raise self._publish_error(created)
+        self.metrics.publish_seconds.labels(stream).observe(time.perf_counter() - started)
+        return bool(pub.duplicate)
+
+    def _publish_error(self, exc: BaseException) -> HTTPError:
+        if isinstance(exc, NATS_DOWN):
+            return self.unavailable(f"NATS JetStream did not acknowledge ({type(exc).__name__})")
+        if isinstance(exc, nats.js.errors.APIError):
+            return self.unavailable(f"NATS JetStream refused the message ({exc.description})")
+        raise exc
+
+
+async def _create(kv: KeyValue, record: JobRecord) -> int | None:
+    """Create the job record; None when it exists (a repeat, or the executor got there first)."""
+    try:
+        return await kv.create(record.job_id, encoder.encode(record))
+    except nats.js.errors.KeyWrongLastSequenceError:
+        return None
+
+
+def too_large(limit: int) -> HTTPError:
+    return HTTPError(413, "payload_too_large", f"body is larger than {limit} bytes", limit=limit)
+
+
+STATE: web.AppKey[Receiver] = web.AppKey("receiver", Receiver)
