@@ -39,7 +39,7 @@ def make_config(slug: str = "acme", headline: str = "Fresh bread, every morning"
             },
             "features": {
                 "items": [
-                    {"title": "Slow fermentation", "description": "48-hour doughs.", "icon": "🍞"},
+                    {"title": "Slow fermentation", "description": "48-hour doughs.", "icon": "★"},
                     {"title": "Local flour", "description": "Milled 20 km away."},
                     {"title": "Open early", "description": "From 6 am, every day."},
                 ]
@@ -145,3 +145,9 @@ def site_config() -> Callable[..., SiteConfig]:
 def start_deployer(nats_url: str, js: JetStreamContext, tmp_path: Path) -> Callable[..., Any]:
     """``async with start_deployer(**settings) as d``: another in-process deployer, same data dir."""
     return lambda **over: running_deployer(nats_url, js, tmp_path / "sites", **over)
+
+
+@pytest.fixture
+async def store(js: JetStreamContext) -> DeployStore:
+    """The deploy store on the test's own connection (what the receiver's sites API uses)."""
+    return await make_store(js)

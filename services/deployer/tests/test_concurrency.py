@@ -42,7 +42,9 @@ async def test_newer_publish_supersedes_queued_and_runs_never_overlap(
         assert 'deployment_step_duration_seconds_count{step="building"} 2.0' in metrics
 
 
-async def test_simultaneous_publishes_of_one_config_make_one_deployment(deployer: Any, site_config: Any) -> None:
+async def test_simultaneous_publishes_of_one_config_make_one_deployment(
+    deployer: Any, site_config: Any
+) -> None:
     await deployer.store.save_draft(site_config("acme"))
     results = await asyncio.gather(*(deployer.store.request("acme", "publish") for _ in range(5)))
     assert len({r.deployment.deployment_id for r in results}) == 1
@@ -93,7 +95,14 @@ async def test_status_events_and_success_callback(deployer: Any, site_config: An
     while not seen or seen[-1] != "success":
         msg = await sub.next_msg(timeout=5)
         seen.append(msgspec.json.decode(msg.data)["status"])
-    assert seen == ["creating_repo", "committing_config", "creating_service", "building", "deploying", "success"]
+    assert seen == [
+        "creating_repo",
+        "committing_config",
+        "creating_service",
+        "building",
+        "deploying",
+        "success",
+    ]
     msg = await js.get_last_msg(subjects.RESULTS, subjects.result(dep.deployment_id))
     result = msgspec.json.decode(msg.data, type=JobResult)
     assert result.result.status == "completed" and "acme.localhost" in result.result.result.summary

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
+from conveyor.deployer.providers.gitcli import git
 from conveyor.shared.deploys import SiteConfig
 
 
-def git_log(repo: Any, ref: str = "main") -> list[str]:
-    out = subprocess.run(
-        ["git", f"--git-dir={repo}", "log", "--format=%H %s", ref], capture_output=True, text=True, check=True
-    )
-    return out.stdout.splitlines()
+async def git_log(repo: Any, ref: str = "main") -> list[str]:
+    return (await git("log", "--format=%H %s", ref, git_dir=repo)).decode().splitlines()
 
 
 async def test_publish_republish_and_rollback(deployer: Any, site_config: Any) -> None:
@@ -52,7 +49,7 @@ async def test_publish_republish_and_rollback(deployer: Any, site_config: Any) -
 
     site, _ = await deployer.store.site("acme")
     assert site.live_deployment_id == r.deployment_id
-    history = git_log(deployer.data_dir / "acme" / "repo.git")
+    history = await git_log(deployer.data_dir / "acme" / "repo.git")
     assert [line.split(" ", 1)[1] for line in history] == [
         f"Roll back to {a.deployment_id}",
         "Publish Acme Bakery",
@@ -79,8 +76,8 @@ async def test_preview_leaves_live_alone(deployer: Any, site_config: Any) -> Non
     assert site.live_deployment_id == live.deployment_id and site.latest_preview == pv.deployment_id
 
     repo = deployer.data_dir / "acme" / "repo.git"
-    assert len(git_log(repo, "main")) == 1  # previews commit to their own branch
-    assert git_log(repo, f"preview/{pv.deployment_id}")[0].endswith("Preview Acme Bakery")
+    assert len(await git_log(repo, "main")) == 1  # previews commit to their own branch
+    assert await git_log(repo, f"preview/{pv.deployment_id}")[0].endswith("Preview Acme Bakery")
 
 
 async def test_same_config_again_returns_the_existing_deployment(deployer: Any, site_config: Any) -> None:
