@@ -77,7 +77,7 @@ async def test_preview_leaves_live_alone(deployer: Any, site_config: Any) -> Non
 
     repo = deployer.data_dir / "acme" / "repo.git"
     assert len(await git_log(repo, "main")) == 1  # previews commit to their own branch
-    assert await git_log(repo, f"preview/{pv.deployment_id}")[0].endswith("Preview Acme Bakery")
+    assert (await git_log(repo, f"preview/{pv.deployment_id}"))[0].endswith("Preview Acme Bakery")
 
 
 async def test_same_config_again_returns_the_existing_deployment(deployer: Any, site_config: Any) -> None:
