@@ -9,7 +9,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 PROJECT_FILES := pyproject.toml uv.lock shared/pyproject.toml cli/pyproject.toml $(wildcard services/*/pyproject.toml)
 
-.PHONY: run test lint fmt bench images compose-up compose-down smoke system-deps clean help
+.PHONY: run test lint fmt bench images compose-up compose-down smoke ops-check system-deps clean help
 
 help:
 	@echo "make run      start nats-server and the four services locally (Ctrl-C stops all)"
@@ -48,6 +48,24 @@ fmt: $(VENV)/.synced
 
 bench: $(VENV)/.synced
 	$(BIN)/python -m bench
+
+# Containers (docs/operations.md): podman + podman-compose; slow, so not part of `make test`.
+images: $(VENV)/.synced
+	bash scripts/images.sh
+
+compose-up: $(VENV)/.synced
+	bash scripts/compose.sh up
+
+compose-down: $(VENV)/.synced
+	bash scripts/compose.sh down
+
+smoke: $(VENV)/.synced
+	bash scripts/smoke.sh
+
+# Prometheus config, alert rules and their unit tests, Grafana dashboard, compose file; the live
+# scrape and trace tests (also part of `make test`).
+ops-check: $(VENV)/.synced system-deps
+	$(BIN)/python -m pytest tests/ops -q
 
 clean:
 	rm -rf .data test-artifacts
