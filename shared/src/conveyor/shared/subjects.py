@@ -13,6 +13,7 @@ from typing import Final
 # Streams ------------------------------------------------------------------------------------------
 EVENTS: Final = "EVENTS"  # events.<source>.<type...>        receiver -> executor router
 JOBS: Final = "JOBS"  # jobs.run.<agent>                     router/receiver -> executor workers
+#                       jobs.fanout.<parent_id>              router -> executor (a fan-out's deadline)
 RESULTS: Final = "RESULTS"  # results.<job_id>               executor -> deliverer
 DEPLOYS: Final = "DEPLOYS"  # deploys.{requested,status}.<site>
 DLQ: Final = "DLQ"  # dlq.<stage>.<original subject>         any stage -> operators
@@ -33,6 +34,7 @@ KV_DEPLOY_LEASES: Final = "deploy_leases"  # site_id -> DeployLease (one active 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"
 WORKERS: Final = "executor"
+FANOUT: Final = "executor-fanout"  # on JOBS, jobs.fanout.>: fan-out parents' deadlines
 DELIVERER: Final = "deliverer"
 DELIVERER_TEST_SENDS: Final = "deliverer-test-sends"  # on CONTROL, ctl.test_send.>
 DEPLOYER: Final = "deployer"
@@ -75,6 +77,11 @@ def event(source: str, event_type: str) -> str:
 
 def job_run(agent: str) -> str:
     return f"jobs.run.{token(agent)}"
+
+
+def fanout_deadline(parent_id: str) -> str:
+    """The executor's timer for a fan-out parent (JOBS is a work queue: one consumer per filter)."""
+    return f"jobs.fanout.{token(parent_id)}"
 
 
 def result(job_id: str) -> str:

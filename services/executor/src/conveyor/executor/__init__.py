@@ -1,0 +1,1 @@
+"""Conveyor executor: routes events to agents and runs them (timeouts, retries, cancellation, fan-out)."""

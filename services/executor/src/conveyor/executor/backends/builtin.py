@@ -1,0 +1,52 @@
+"""The builtin backend: the offline analyses in ``conveyor.executor.builtin``, plus ``sleep``."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from conveyor.executor.backends.base import AgentError, AgentJob
+from conveyor.executor.builtin import ANALYSES, Payload
+from conveyor.shared.events import ResultBody
+
+# Payloads above this are analysed in a thread so a big upload never stalls other jobs.
+INLINE_BYTES = 64 * 1024
+MAX_SLEEP_MS = 24 * 3600 * 1000
+
+
+def sleep_ms(payload: Payload) -> int:
+    for key in ("ms", "sleep_ms", "duration_ms"):
+        v = payload.data.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            if not 0 <= v <= MAX_SLEEP_MS:
+                raise AgentError(f"sleep: {key} must be between 0 and {MAX_SLEEP_MS}")
+            return int(v)
+    if payload.prompt and payload.prompt.strip().isdigit():
+        return int(payload.prompt.strip())
+    return 1000
+
+
+class BuiltinBackend:
+    name = "builtin"
+
+    async def run(self, job: AgentJob) -> ResultBody:
+        name = job.agent.builtin
+        if name == "noop":
+            return ResultBody(summary=f"{job.agent.name}: nothing to do (noop agent)")
+        raw = bytes(job.request.input)
+        try:
+            value = msgspec.json.decode(raw) if raw else {}
+        except msgspec.DecodeError as exc:
+            raise AgentError(f"input is not JSON: {exc}") from exc
+        payload = Payload.of(value, job.request.prompt)
+        if name == "sleep":
+            ms = sleep_ms(payload)
+            await asyncio.sleep(ms / 1000)
+            return ResultBody(summary=f"{job.agent.name}: slept {ms} ms")
+        analysis = ANALYSES.get(name)
+        if analysis is None:
+            raise AgentError(f"no builtin analysis named {name!r}")
+        if len(raw) > INLINE_BYTES:
+            return await asyncio.to_thread(analysis, payload, job.agent.name)
+        return analysis(payload, job.agent.name)

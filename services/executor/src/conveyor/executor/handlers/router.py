@@ -1,0 +1,205 @@
+"""The router: ``events.<source>.<type>`` -> one ``JobRequest`` per routed agent.
+
+One agent: the job id is the event's job id, published on ``jobs.run.<agent>`` with
+Nats-Msg-Id = job id, so routing the same event twice queues it once. Several agents: a
+fan-out (see fanout.py). An event no agent can take (no route, no or an unknown agent named
+in the payload) ends its job "failed" at once, with a failed result so the caller hears.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from msgspec.structs import replace
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from opentelemetry import trace
+
+from conveyor.executor.config import PAYLOAD_AGENT
+from conveyor.executor.handlers.fanout import Fanout
+from conveyor.executor.handlers.jobstore import JobStore
+from conveyor.executor.handlers.results import Results
+from conveyor.executor.metrics import Metrics
+from conveyor.executor.registry import Agent, route_for
+from conveyor.shared import subjects
+from conveyor.shared.errors import PermanentError
+from conveyor.shared.events import (
+    AgentResult,
+    JobRecord,
+    JobRequest,
+    ResultBody,
+    WebhookEvent,
+    utcnow,
+    webhook_event_decoder,
+)
+from conveyor.shared.logs import bound
+from conveyor.shared.telemetry import consumer_span, inject_headers
+
+log = logging.getLogger(__name__)
+
+_encoder = msgspec.json.Encoder()
+
+
+class Unroutable(Exception):
+    def __init__(self, message: str, agent: str | None = None) -> None:
+        super().__init__(message)
+        self.agent = agent
+
+
+def named_agents(payload: Any) -> list[str]:
+    """Agents the payload names: agent / agents, at the top or under data."""
+    if not isinstance(payload, dict):
+        return []
+    scopes = [payload, *([payload["data"]] if isinstance(payload.get("data"), dict) else [])]
+    for scope in scopes:
+        for key in ("agent", "agent_id", "agentId"):
+            if isinstance(scope.get(key), str) and scope[key]:
+                return [scope[key]]
+        if isinstance(scope.get("agents"), list):
+            return [a for a in scope["agents"] if isinstance(a, str) and a]
+    return []
+
+
+def prompt_of(payload: Any) -> str | None:
+    if not isinstance(payload, dict):
+        return None
+    for scope in (payload.get("data"), payload):
+        if isinstance(scope, dict):
+            for key in ("prompt", "task", "instructions"):
+                if isinstance(scope.get(key), str) and scope[key].strip():
+                    return str(scope[key])
+    return None
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        agents: dict[str, Agent],
+        routes: dict[str, tuple[str, ...]],
+        store: JobStore,
+        results: Results,
+        fanout: Fanout,
+        metrics: Metrics,
+        cancel_reason: Callable[[str, str | None], str | None],
+        cancel_queued: Callable[[str, str], Awaitable[None]],
+        tracer: trace.Tracer,
+    ) -> None:
+        self.js = js
+        self.agents = agents
+        self.routes = routes
+        self.store = store
+        self.results = results
+        self.fanout = fanout
+        self.metrics = metrics
+        self.cancel_reason = cancel_reason
+        self.cancel_queued = cancel_queued
+        self.tracer = tracer
+
+    def resolve(self, event: WebhookEvent, payload: Any) -> list[Agent]:
+        route = route_for(self.routes, event.source, event.type)
+        if not route:
+            raise Unroutable(f"no agent is routed for event type {event.type!r} from {event.source!r}")
+        names: list[str] = []
+        for name in route:
+            if name != PAYLOAD_AGENT:
+                names.append(name)
+                continue
+            named = named_agents(payload)
+            if not named:
+                raise Unroutable(f"a {event.type} event must name its agent (data.agent)")
+            for n in named:
+                if n not in self.agents:
+                    known = ", ".join(sorted(self.agents))
+                    raise Unroutable(f"unknown agent {n!r} named in the payload (known: {known})", agent=n)
+            names += named
+        return [self.agents[n] for n in dict.fromkeys(names)]
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            event = webhook_event_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise PermanentError(f"not a WebhookEvent: {exc}") from exc
+        if not subjects.is_token(event.job_id):
+            raise PermanentError(f"job id {event.job_id!r} cannot be a subject token or KV key")
+        with (
+            bound(job=event.job_id, correlation=event.correlation_id),
+            consumer_span(self.tracer, "events.* process", msg.headers, msg.subject),
+        ):
+            await self.route(event)
+
+    async def route(self, event: WebhookEvent) -> None:
+        try:
+            payload = msgspec.json.decode(event.payload) if event.payload else None
+        except msgspec.DecodeError:
+            payload = None
+        try:
+            agents = self.resolve(event, payload)
+        except Unroutable as exc:
+            self.metrics.routed.labels("unroutable").inc()
+            log.warning("event %s (%s) not routed: %s", event.event_id, event.type, exc)
+            await self.fail(event, str(exc), exc.agent)
+            return
+        if (reason := self.cancel_reason(event.job_id, None)) is not None:
+            await self.cancel_queued(event.job_id, reason)  # cancelled before it was routed: never starts
+            return
+        prompt = prompt_of(payload)
+        if len(agents) > 1:
+            self.metrics.routed.labels("fanout").inc()
+            await self.fanout.start(event, agents, prompt)
+            return
+        self.metrics.routed.labels("single").inc()
+        request = JobRequest(
+            job_id=event.job_id,
+            agent=agents[0].name,
+            created_at=event.received_at,
+            source=event.source,
+            event_type=event.type,
+            prompt=prompt,
+            input=event.payload,
+            project_id=event.project_id,
+            callback_url=event.callback_url,
+            correlation_id=event.correlation_id,
+        )
+        await self.js.publish(
+            subjects.job_run(request.agent),
+            _encoder.encode(request),
+            stream=subjects.JOBS,
+            headers=inject_headers({subjects.MSG_ID: request.job_id}),
+        )
+
+    async def fail(self, event: WebhookEvent, error: str, agent: str | None) -> None:
+        now = utcnow()
+        result = AgentResult(
+            job_id=event.job_id,
+            lovable_project_id=event.project_id,
+            agent_id=agent or "router",
+            status="failed",
+            result=ResultBody(summary=f"not run: {error}"),
+            execution_time=0,
+            timestamp=now,
+        )
+
+        def change(r: JobRecord | None) -> JobRecord | None:
+            if r is not None and r.terminal:
+                return None
+            base = r or JobRecord(
+                job_id=event.job_id,
+                status="queued",
+                created_at=event.received_at,
+                updated_at=now,
+                source=event.source,
+                event_type=event.type,
+                project_id=event.project_id,
+                callback_url=event.callback_url,
+            )
+            return replace(base, status="failed", progress=100, error=error, result=result, agent=agent,
+                           finished_at=now, updated_at=now)  # fmt: skip
+
+        _, cur = await self.store.advance(event.job_id, await self.store.load(event.job_id), change)
+        if cur.record is not None:
+            await self.results.republish(cur.record, event.correlation_id)

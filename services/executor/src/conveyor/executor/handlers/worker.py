@@ -1,0 +1,505 @@
+"""Workers: run one job from ``jobs.run.<agent>`` to its end.
+
+For each delivery: read the record (a terminal record means the job is over: publish its
+stored result again, which JetStream deduplicates, and ack); check for a cancel; count the
+attempt; write "processing" (compare-and-set, so a cancel or another executor that got
+there first wins); run the backend under the agent's timeout with in-progress acks; then
+either finish (record -> result -> ack), retry (record back to "queued", NAK with backoff),
+or give up (DLQ copy -> record "failed" -> failed result -> term).
+
+Attempts are counted in the record when an attempt starts, not from JetStream's delivery
+count, so a NAK that only hands a job to another replica never uses up a retry, while an
+executor that died mid-attempt does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+from msgspec.structs import replace
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from opentelemetry import trace
+
+from conveyor.executor.backends import AgentError, AgentJob, Backend
+from conveyor.executor.config import Settings
+from conveyor.executor.handlers.jobstore import JobStore, Versioned
+from conveyor.executor.handlers.results import Results
+from conveyor.executor.metrics import Metrics
+from conveyor.executor.registry import Agent
+from conveyor.shared import subjects
+from conveyor.shared.consumer import backoff_delay, dead_letter, heartbeat
+from conveyor.shared.errors import PermanentError, RetryableError
+from conveyor.shared.events import (
+    AgentResult,
+    JobRecord,
+    JobRequest,
+    LogLine,
+    ResultBody,
+    job_request_decoder,
+    utcnow,
+)
+from conveyor.shared.logs import bound
+from conveyor.shared.telemetry import consumer_span
+
+log = logging.getLogger(__name__)
+
+STAGE = "executor"
+SATURATED_DELAY_S = 1.0
+PROGRESS_EVERY_S = 1.0
+
+
+@dataclass
+class Outcome:
+    status: str  # completed | failed | timeout | cancelled
+    body: ResultBody | None = None
+    error: str | None = None
+    transient: bool = False
+    retry_after_s: float | None = None
+
+
+@dataclass
+class Running:
+    """A job this executor is running; the cancel watcher reaches it through here."""
+
+    job_id: str
+    parent_id: str | None
+    task: asyncio.Task[ResultBody] | None = None
+    cancel_reason: str | None = None
+
+    def cancel(self, reason: str) -> None:
+        self.cancel_reason = reason
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+@dataclass
+class Attempt:
+    """One attempt's state: its record (kept current across progress writes) and its log."""
+
+    store: JobStore
+    job_id: str
+    number: int
+    cur: Versioned
+    lines: list[LogLine] = field(default_factory=list)
+    previous: list[LogLine] | None = None  # earlier attempts' lines (read once, on retries)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _progress: int | None = None
+    _progress_task: asyncio.Task[None] | None = None
+    _progress_at: float = 0.0
+
+    def log(self, level: str, message: str) -> None:
+        self.lines.append(LogLine(at=utcnow(), level=level, message=message, attempt=self.number))
+
+    async def write(self, change: Callable[[JobRecord | None], JobRecord | None]) -> bool:
+        async with self._lock:
+            ok, self.cur = await self.store.advance(self.job_id, self.cur, change)
+            return ok
+
+    def progress(self, value: int) -> None:
+        """Record progress reported by the agent, at most once a second."""
+        self._progress = value
+        if self._progress_task is None or self._progress_task.done():
+            self._progress_task = asyncio.create_task(self._write_progress())
+
+    async def _write_progress(self) -> None:
+        wait = self._progress_at + PROGRESS_EVERY_S - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        value, self._progress_at = self._progress, time.monotonic()
+
+        def change(r: JobRecord | None) -> JobRecord | None:
+            if r is None or r.terminal or r.attempts != self.number or value is None or value <= r.progress:
+                return None
+            return replace(r, progress=value, updated_at=utcnow())
+
+        with contextlib.suppress(Exception):
+            await self.write(change)
+
+    async def settle_progress(self) -> None:
+        if self._progress_task is not None and not self._progress_task.done():
+            self._progress_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._progress_task
+
+    async def flush_log(self) -> None:
+        if self.previous is None:
+            self.previous = [ln for ln in await self.store.read_log(self.job_id) if ln.attempt < self.number]
+        await self.store.write_log(self.job_id, [*self.previous, *self.lines])
+
+
+def _leave(msg: Msg) -> None:
+    """Another executor owns this job now: settle nothing (its in-progress acks keep the
+    message; if it dies, JetStream redelivers)."""
+    msg._ackd = True
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        settings: Settings,
+        agents: dict[str, Agent],
+        backends: dict[str, Backend],
+        store: JobStore,
+        results: Results,
+        metrics: Metrics,
+        dead_letters: Callable[[], None],
+        cancel_reason: Callable[[str, str | None], str | None],
+        child_done: Callable[[str], Awaitable[None]],
+        tracer: trace.Tracer,
+        instance: str,
+    ) -> None:
+        self.js = js
+        self.settings = settings
+        self.agents = agents
+        self.backends = backends
+        self.store = store
+        self.results = results
+        self.metrics = metrics
+        self.count_dead_letter = dead_letters
+        self.cancel_reason = cancel_reason
+        self.child_done = child_done
+        self.tracer = tracer
+        self.instance = instance
+        self.running: dict[str, Running] = {}
+        self.slots = {n: asyncio.Semaphore(a.concurrency) for n, a in agents.items() if a.concurrency}
+        self.heartbeat_s = max(0.5, settings.ack_wait_s / 3)
+
+    # --- entry point ---------------------------------------------------------------------------
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            req = job_request_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise PermanentError(f"not a JobRequest: {exc}") from exc
+        if not subjects.is_token(req.job_id):
+            raise PermanentError(f"job id {req.job_id!r} cannot be a subject token or KV key")
+        with (
+            bound(job=req.job_id, correlation=req.correlation_id),
+            consumer_span(self.tracer, "jobs.run.* process", msg.headers, msg.subject),
+        ):
+            await self._handle(msg, req)
+
+    async def _handle(self, msg: Msg, req: JobRequest) -> None:
+        cur = await self.store.load(req.job_id)
+        if cur.terminal:
+            await self._settle_finished(msg, cur, req)
+            return
+        agent = self.agents.get(req.agent)
+        previous = cur.record.attempts if cur.record else 0
+        if agent is None:
+            known = ", ".join(sorted(self.agents))
+            await self._give_up(msg, req, req.agent, Attempt(self.store, req.job_id, previous + 1, cur),
+                                f"unknown agent {req.agent!r} (known: {known})", backend=None)  # fmt: skip
+            return
+        attempt = Attempt(self.store, req.job_id, previous + 1, cur)
+        if (reason := self.cancel_reason(req.job_id, req.parent_id)) is not None:
+            attempt.number = max(1, previous)
+            await self._conclude(msg, req, agent, attempt, Outcome("cancelled", error=reason), 0)
+            return
+        if attempt.number > agent.max_attempts:
+            attempt.number = previous
+            await self._give_up(msg, req, agent.name, attempt,
+                                f"the executor running attempt {previous} stopped without an answer",
+                                backend=agent.backend)  # fmt: skip
+            return
+        slot = self.slots.get(agent.name)
+        if slot is not None and slot.locked():
+            # This agent is at its concurrency here: hand the job to another replica, or to us later.
+            await msg.nak(delay=SATURATED_DELAY_S)
+            return
+        async with slot if slot is not None else contextlib.nullcontext():
+            await self._run(msg, req, agent, attempt)
+
+    # --- one attempt -------------------------------------------------------------------------------
+
+    async def _run(self, msg: Msg, req: JobRequest, agent: Agent, attempt: Attempt) -> None:
+        job_id = req.job_id
+        started = utcnow()
+        attempt.log("info", f"attempt {attempt.number} of {agent.max_attempts} on {self.instance} "
+                            f"({agent.backend} backend)")  # fmt: skip
+        if attempt.number > 1:
+            attempt.previous = None  # read the earlier attempts' lines before writing ours
+        else:
+            attempt.previous = []
+        run = Running(job_id, req.parent_id)
+        self.running[job_id] = run
+        self.metrics.in_progress.labels(agent.name).inc()
+        t0 = time.perf_counter()
+        try:
+            if not agent.instant:
+                if not await attempt.write(
+                    lambda r: self._processing(r, req, agent, attempt.number, started)
+                ):
+                    # A cancel or another executor got there first.
+                    if attempt.cur.terminal:
+                        await self._settle_finished(msg, attempt.cur, req)
+                    else:
+                        _leave(msg)
+                    return
+                await attempt.flush_log()
+                async with heartbeat(msg, self.heartbeat_s):
+                    outcome = await self._execute(agent, req, attempt, run)
+            else:
+                outcome = await self._execute_instant(agent, req, attempt)
+        except asyncio.CancelledError:
+            # Shutdown: give the attempt back so the next executor does not count it.
+            if not agent.instant:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        self._requeue(attempt, "interrupted by executor shutdown", counted=False), 2
+                    )
+            raise
+        finally:
+            self.running.pop(job_id, None)
+            self.metrics.in_progress.labels(agent.name).dec()
+            await attempt.settle_progress()
+        elapsed = time.perf_counter() - t0
+        self.metrics.duration.labels(agent.name, outcome.status).observe(elapsed)
+        if outcome.status == "failed" and outcome.transient and attempt.number < agent.max_attempts:
+            await self._retry(msg, agent, attempt, outcome)
+            return
+        if outcome.status == "failed":
+            error = outcome.error or "failed"
+            await self._give_up(msg, req, agent.name, attempt, error, backend=agent.backend,
+                                body=outcome.body, elapsed_ms=int(elapsed * 1000))  # fmt: skip
+            return
+        await self._conclude(msg, req, agent, attempt, outcome, int(elapsed * 1000))
+
+    def _job(self, agent: Agent, req: JobRequest, attempt: Attempt) -> AgentJob:
+        timeout = req.timeout_ms / 1000 if req.timeout_ms else agent.timeout_s
+        return AgentJob(
+            agent=agent,
+            request=req,
+            attempt=attempt.number,
+            deadline=time.monotonic() + timeout,
+            log=attempt.log,
+            progress=attempt.progress,
+        )
+
+    async def _execute_instant(self, agent: Agent, req: JobRequest, attempt: Attempt) -> Outcome:
+        try:
+            return Outcome(
+                "completed", body=await self.backends[agent.backend].run(self._job(agent, req, attempt))
+            )
+        except AgentError as exc:
+            return Outcome("failed", error=str(exc), transient=exc.transient)
+
+    async def _execute(self, agent: Agent, req: JobRequest, attempt: Attempt, run: Running) -> Outcome:
+        """Run the backend under the timeout; a cancel request cancels the backend's task."""
+        if run.cancel_reason is not None:
+            return Outcome("cancelled", error=run.cancel_reason)
+        job = self._job(agent, req, attempt)
+        timeout = job.remaining_s
+        task = asyncio.create_task(self.backends[agent.backend].run(job))
+        run.task = task
+        try:
+            async with asyncio.timeout(timeout):
+                body = await task
+            attempt.log("info", f"finished in {time.monotonic() - (job.deadline - timeout):.3f} s")
+            return Outcome("completed", body=body)
+        except TimeoutError:
+            if run.cancel_reason is not None:
+                return Outcome("cancelled", error=run.cancel_reason)
+            attempt.log("error", f"no answer within {timeout:g} s: stopped")
+            return Outcome(
+                "timeout",
+                error=f"{agent.name} did not finish within {timeout:g} s",
+                body=ResultBody(summary=f"{agent.name} did not finish within {timeout:g} s and was stopped."),
+            )
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if run.cancel_reason is not None and me is not None and me.cancelling() == 0:
+                attempt.log("warning", f"cancelled: {run.cancel_reason}")
+                return Outcome("cancelled", error=run.cancel_reason)
+            raise
+        except AgentError as exc:
+            attempt.log("error", str(exc))
+            return Outcome("failed", error=str(exc), transient=exc.transient,
+                           retry_after_s=getattr(exc, "retry_after_s", None))  # fmt: skip
+        except Exception as exc:  # a bug in a backend: count it as a failed attempt, keep serving
+            log.exception("backend %s failed on job %s", agent.backend, req.job_id)
+            attempt.log("error", f"{type(exc).__name__}: {exc}")
+            return Outcome("failed", error=f"{type(exc).__name__}: {exc}", transient=True)
+        finally:
+            run.task = None
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    # --- endings ---------------------------------------------------------------------------------
+
+    def _new_record(self, req: JobRequest) -> JobRecord:
+        now = utcnow()
+        return JobRecord(
+            job_id=req.job_id,
+            status="queued",
+            created_at=req.created_at,
+            updated_at=now,
+            agent=req.agent,
+            source=req.source,
+            event_type=req.event_type,
+            project_id=req.project_id,
+            callback_url=req.callback_url,
+            parent_id=req.parent_id,
+            schedule_id=req.schedule_id,
+        )
+
+    def _processing(
+        self, r: JobRecord | None, req: JobRequest, agent: Agent, number: int, now: object
+    ) -> JobRecord | None:
+        if r is not None and (r.terminal or r.attempts >= number):
+            return None
+        base = r or self._new_record(req)
+        return replace(
+            base,
+            status="processing",
+            progress=10,
+            attempts=number,
+            started_at=now,
+            updated_at=utcnow(),
+            agent=agent.name,
+            backend=agent.backend,
+            error=None,
+        )
+
+    async def _requeue(self, attempt: Attempt, error: str, *, counted: bool) -> None:
+        number = attempt.number
+
+        def change(r: JobRecord | None) -> JobRecord | None:
+            if r is None or r.terminal or r.attempts > number:
+                return None
+            return replace(r, status="queued", progress=0, attempts=number if counted else number - 1,
+                           error=error, updated_at=utcnow())  # fmt: skip
+
+        await attempt.write(change)
+
+    async def _retry(self, msg: Msg, agent: Agent, attempt: Attempt, outcome: Outcome) -> None:
+        base, cap = self.settings.retry_base_ms / 1000, self.settings.retry_cap_ms / 1000
+        delay = (
+            outcome.retry_after_s
+            if outcome.retry_after_s is not None
+            else backoff_delay(attempt.number, base, cap)
+        )
+        text = f"attempt {attempt.number} failed: {outcome.error}; retrying in {delay:.1f} s"
+        attempt.log("warning", text)
+        self.metrics.retries.labels(agent.name).inc()
+        await self._requeue(attempt, text, counted=True)
+        await attempt.flush_log()
+        raise RetryableError(text, delay_s=delay)
+
+    async def _give_up(
+        self,
+        msg: Msg,
+        req: JobRequest,
+        agent_name: str,
+        attempt: Attempt,
+        error: str,
+        *,
+        backend: str | None,
+        body: ResultBody | None = None,
+        elapsed_ms: int = 0,
+    ) -> None:
+        """Last attempt failed (or the input is bad): DLQ copy first, then the record and result."""
+        attempt.log("error", f"giving up after {attempt.number} attempt(s): {error}")
+        await dead_letter(self.js, msg, stage=STAGE, error=error)
+        self.count_dead_letter()
+        summary = f"{agent_name} failed after {attempt.number} attempt(s): {error}"
+        outcome = Outcome("failed", body=body or ResultBody(summary=summary), error=error)
+        if await self._finish(req, agent_name, backend, attempt, outcome, elapsed_ms, msg):
+            await msg.term()
+
+    async def _conclude(self, msg: Msg, req: JobRequest, agent: Agent, attempt: Attempt, outcome: Outcome,
+                        elapsed_ms: int) -> None:  # fmt: skip
+        if await self._finish(req, agent.name, agent.backend, attempt, outcome, elapsed_ms, msg):
+            await msg.ack()
+
+    async def _finish(
+        self,
+        req: JobRequest,
+        agent_name: str,
+        backend: str | None,
+        attempt: Attempt,
+        outcome: Outcome,
+        elapsed_ms: int,
+        msg: Msg,
+    ) -> bool:
+        """Write the terminal record, publish the result, tell the fan-out parent.
+        Returns False when someone else had already decided the job's end."""
+        now = utcnow()
+        result = None
+        if outcome.status != "cancelled":
+            result = AgentResult(
+                job_id=req.job_id,
+                lovable_project_id=req.project_id,
+                agent_id=agent_name,
+                status=outcome.status,  # type: ignore[arg-type]
+                result=outcome.body or ResultBody(summary=outcome.error or outcome.status),
+                execution_time=elapsed_ms,
+                timestamp=now,
+            )
+        number = attempt.number
+
+        def change(r: JobRecord | None) -> JobRecord | None:
+            if r is not None and (r.terminal or r.attempts > number):
+                return None
+            base = r or self._new_record(req)
+            return replace(
+                base,
+                status=outcome.status,
+                progress=100,
+                attempts=max(number, base.attempts),
+                started_at=base.started_at or now,
+                finished_at=now,
+                updated_at=now,
+                agent=agent_name,
+                backend=backend or base.backend,
+                error=outcome.error,
+                result=result,
+                project_id=base.project_id or req.project_id,
+                callback_url=base.callback_url or req.callback_url,
+            )
+
+        if not await attempt.write(change):
+            if attempt.cur.terminal:
+                await self._settle_finished(msg, attempt.cur, req)
+            else:
+                _leave(msg)
+            return False
+        stored = attempt.cur.record
+        assert stored is not None
+        log.info("job %s %s (%s, attempt %d)", req.job_id, outcome.status, agent_name, number,
+                 extra={"agent": agent_name, "status": outcome.status})  # fmt: skip
+        publish = self.results.republish(stored, req.correlation_id)
+        await asyncio.gather(publish, attempt.flush_log())
+        if req.parent_id is not None:
+            await self.child_done(req.parent_id)
+        return True
+
+    async def _settle_finished(self, msg: Msg, cur: Versioned, req: JobRequest) -> None:
+        """The job already ended: make sure its result is out, then drop this delivery."""
+        assert cur.record is not None
+        await self.results.republish(cur.record, req.correlation_id)
+        if req.parent_id is not None:
+            await self.child_done(req.parent_id)
+        if not msg._ackd:
+            await msg.ack()
+
+    # --- cancellation ----------------------------------------------------------------------------
+
+    def cancel_running(self, job_id: str, reason: str) -> bool:
+        """Stop a job (or a fan-out parent's children) running here; True if there was one."""
+        hit = False
+        for run in list(self.running.values()):
+            if job_id in (run.job_id, run.parent_id):
+                run.cancel(reason)
+                hit = True
+        return hit

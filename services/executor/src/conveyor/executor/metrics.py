@@ -1,0 +1,43 @@
+"""The executor's Prometheus metrics (dlq_messages_total{stage} comes from the shared consumer)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STATUSES = ("completed", "failed", "timeout", "cancelled")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, agents: Iterable[str]) -> None:
+        self.duration = Histogram(
+            "agent_execution_duration_seconds",
+            "Time one attempt of an agent ran, by agent and outcome.",
+            ["agent", "status"],
+            registry=registry,
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900, 1800),
+        )
+        self.in_progress = Gauge(
+            "jobs_in_progress",
+            "Agent runs in progress in this executor, by agent.",
+            ["agent"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "job_retries", "Attempts that failed transiently and were scheduled again, by agent.", ["agent"],
+            registry=registry,
+        )  # fmt: skip
+        self.routed = Counter(
+            "executor_events_routed",
+            "Events routed to agents, by outcome (single, fanout, unroutable).",
+            ["outcome"],
+            registry=registry,
+        )
+        for agent in agents:
+            self.in_progress.labels(agent)
+            self.retries.labels(agent)
+            for status in STATUSES:
+                self.duration.labels(agent, status)
+        for outcome in ("single", "fanout", "unroutable"):
+            self.routed.labels(outcome)

@@ -1,0 +1,152 @@
+"""The executor as a service: what it declares in JetStream and the consumers it runs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from conveyor.executor.backends import make_backends
+from conveyor.executor.config import Settings
+from conveyor.executor.handlers.cancels import Canceller, Cancels
+from conveyor.executor.handlers.fanout import Fanout
+from conveyor.executor.handlers.jobstore import JobStore
+from conveyor.executor.handlers.results import Results
+from conveyor.executor.handlers.router import Router
+from conveyor.executor.handlers.worker import STAGE, Worker
+from conveyor.executor.metrics import Metrics
+from conveyor.executor.registry import build_registry, build_routes
+from conveyor.shared import subjects
+from conveyor.shared.consumer import Consumer
+from conveyor.shared.runner import Runtime, ServiceSpec
+
+
+def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
+    return {
+        subjects.ROUTER: ConsumerConfig(
+            durable_name=subjects.ROUTER,
+            filter_subject="events.>",
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30,
+            max_deliver=10,
+            max_ack_pending=10_000,
+        ),
+        # Attempts are counted in the job record, so JetStream may redeliver without limit:
+        # a redelivery after the last attempt is failed and dead-lettered by the worker.
+        subjects.WORKERS: ConsumerConfig(
+            durable_name=subjects.WORKERS,
+            filter_subject="jobs.run.>",
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=10_000,
+        ),
+        # Deadline messages wait out their time as delayed NAKs: many may be pending at once.
+        subjects.FANOUT: ConsumerConfig(
+            durable_name=subjects.FANOUT,
+            filter_subject="jobs.fanout.>",
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30,
+            max_deliver=-1,
+            max_ack_pending=100_000,
+        ),
+    }
+
+
+@contextlib.asynccontextmanager
+async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
+    settings: Settings = rt.settings
+    agents = build_registry(settings)
+    routes = build_routes(settings, agents)
+    metrics = Metrics(rt.registry, agents)
+    store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS])
+    results = Results(rt.js)
+    cancels = Cancels(rt.kv[subjects.KV_CANCELS])
+    dlq = rt.consumer_metrics.dead_letters.labels(STAGE)
+    async with httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        follow_redirects=False,
+        timeout=httpx.Timeout(settings.aios_agent_timeout_ms / 1000),
+    ) as http:
+        fanout = Fanout(
+            js=rt.js,
+            store=store,
+            results=results,
+            cancels_kv=rt.kv[subjects.KV_CANCELS],
+            cancel_reason=cancels.reason,
+            deadline_ms=settings.fanout_deadline_ms,
+        )
+        worker = Worker(
+            js=rt.js,
+            settings=settings,
+            agents=agents,
+            backends=make_backends(settings, http),
+            store=store,
+            results=results,
+            metrics=metrics,
+            dead_letters=dlq.inc,
+            cancel_reason=cancels.reason,
+            child_done=fanout.child_done,
+            tracer=rt.tracer,
+            instance=rt.instance,
+        )
+        canceller = Canceller(store, worker.cancel_running, fanout.child_done)
+        router = Router(
+            js=rt.js,
+            agents=agents,
+            routes=routes,
+            store=store,
+            results=results,
+            fanout=fanout,
+            metrics=metrics,
+            cancel_reason=cancels.reason,
+            cancel_queued=canceller.cancel_queued,
+            tracer=rt.tracer,
+        )
+        await cancels.start(canceller.on_cancel)
+        configs = consumer_configs(settings)
+
+        def consumer(name: str, stream: str, handler: Any, concurrency: int) -> Consumer:
+            return Consumer(
+                js=rt.js,
+                stream=stream,
+                config=configs[name],
+                handler=handler,
+                stage=STAGE,
+                metrics=rt.consumer_metrics,
+                concurrency=concurrency,
+                batch=max(1, min(256, concurrency)),
+                retry_base_s=settings.retry_base_ms / 1000,
+                retry_cap_s=settings.retry_cap_ms / 1000,
+            )
+
+        try:
+            await rt.start_consumer(
+                consumer(subjects.WORKERS, subjects.JOBS, worker.handle, settings.concurrency)
+            )
+            await rt.start_consumer(consumer(subjects.FANOUT, subjects.JOBS, fanout.on_deadline, 64))
+            await rt.start_consumer(
+                consumer(subjects.ROUTER, subjects.EVENTS, router.handle, settings.router_concurrency)
+            )
+            rt.app["executor_agents"] = agents
+            yield
+        finally:
+            await cancels.stop()
+
+
+def details(rt: Runtime[Any]) -> dict[str, Any]:
+    agents = rt.app.get("executor_agents") or {}
+    return {"agents": {name: a.backend for name, a in agents.items()}}
+
+
+SPEC = ServiceSpec(
+    name="executor",
+    streams=[subjects.EVENTS, subjects.JOBS, subjects.RESULTS, subjects.DLQ],
+    buckets=[subjects.KV_JOBS, subjects.KV_CANCELS, subjects.KV_JOB_LOGS],
+    components=components,
+    details=details,
+)
