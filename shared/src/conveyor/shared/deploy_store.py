@@ -10,8 +10,9 @@ request live in one place:
 * the site record's ``latest_request`` is moved with compare-and-set, so of two concurrent
   publishes exactly one is the newest, and the deployer supersedes the other if it is
   still queued;
-* the record is written before the message is published, and the message's Nats-Msg-Id is
-  the deployment id, so a retried request after a failed publish republishes safely.
+* the record is written before the site points at it and before the message is published,
+  and the message's Nats-Msg-Id is the deployment id, so a retried request after a failed
+  publish republishes safely.
 """
 
 from __future__ import annotations
@@ -253,11 +254,14 @@ class DeployStore:
                 deployments=[deployment_id, *site.deployments][:MAX_LISTED],
                 **pointers,
             )
+            # The record first: whoever reads the site's pointer can always read what it names.
+            await self.deployments.create(deployment_id, encoder.encode(record))
             try:
                 await self.sites.update(site_id, encoder.encode(new_site), last=rev)
             except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # another request won; look again (it may be ours to deduplicate)
-            await self.deployments.create(deployment_id, encoder.encode(record))
+                # Another request won; drop ours and look again (it may be ours to deduplicate).
+                await self.deployments.purge(deployment_id)
+                continue
             await self._publish(record)
             return Requested(record, duplicate=False)
         raise DeployStoreError(409, "conflict", f"site {site_id} is being changed concurrently; retry")
