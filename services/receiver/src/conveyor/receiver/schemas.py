@@ -18,6 +18,8 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     error: str
     message: str
     field: str | None = None
+    job_status: str | None = None  # 409 on cancel: the status the job ended in
+    limit: int | None = None  # 413: the byte limit
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):

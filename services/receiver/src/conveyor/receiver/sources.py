@@ -178,7 +178,7 @@ def decode_json(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
 
 
 _AT = re.compile(r"at `\$\.?([^`]*)`")
-_MISSING = re.compile(r"missing required field `([^`]+)`")
+_MISSING = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 
 
 def invalid_field(exc: msgspec.ValidationError) -> HTTPError:

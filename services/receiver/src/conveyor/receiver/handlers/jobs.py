@@ -164,7 +164,7 @@ async def cancel(request: web.Request) -> web.Response:
     record, _ = await load(st, job_id)
     if record.terminal:
         raise HTTPError(
-            409, "job_finished", f"job already {record.status}; nothing to cancel", status=record.status
+            409, "job_finished", f"job already {record.status}; nothing to cancel", job_status=record.status
         )
     req = CancelRequest(job_id=record.job_id, requested_at=utcnow())
     kv = st.bucket(subjects.KV_CANCELS)

@@ -1,0 +1,122 @@
+"""Rate limits counted in JetStream KV: exact under concurrency, per key, and across three
+receiver processes sharing one NATS."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+from conveyor.receiver.ratelimit import RateLimiter
+from conveyor.shared import subjects
+from conveyor.shared.streams import ensure_kv
+from conveyor.shared.testing.procs import ServiceProcess, service_env
+
+
+async def test_limit_is_exact_across_independent_limiters(nats_url: str) -> None:
+    """Three limiters on three connections (as three replicas would be) race for one key."""
+    conns = [await nats.connect(nats_url) for _ in range(3)]
+    try:
+        await ensure_kv(conns[0].jetstream(), [subjects.KV_RATELIMITS])
+        limiters = [RateLimiter(await c.jetstream().key_value(subjects.KV_RATELIMITS)) for c in conns]
+        hits = [limiters[i % 3].hit("w.test.k", 25, 60.0) for i in range(90)]
+        decisions = await asyncio.gather(*hits)
+        assert sum(d.allowed for d in decisions) == 25
+        remaining = sorted(d.remaining for d in decisions if d.allowed)
+        assert remaining == list(range(25))  # every granted slot was counted exactly once
+        refused = [d for d in decisions if not d.allowed]
+        assert all(d.remaining == 0 and 0 < d.reset_s <= 60 for d in refused)
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_window_reopens_after_it_ends(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        kv = (await ensure_kv(nc.jetstream(), [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
+        now = [1000.0]
+        limiter = RateLimiter(kv, clock=lambda: now[0])
+        assert [(await limiter.hit("k", 2, 10.0)).allowed for _ in range(3)] == [True, True, False]
+        now[0] += 10.0
+        assert (await limiter.hit("k", 2, 10.0)).allowed
+        # A second limiter (another replica) sees the same window.
+        other = RateLimiter(kv, clock=lambda: now[0])
+        assert [(await other.hit("k", 2, 10.0)).allowed for _ in range(2)] == [True, False]
+    finally:
+        await nc.close()
+
+
+async def test_per_key_limit(receiver, new_key) -> None:
+    key = await new_key(receiver, per_minute=3, per_day=100)
+    h = {"Authorization": f"Bearer {key}"}
+    answers = [await receiver.http.get("/api/jobs/job_x", headers=h) for _ in range(4)]
+    assert [a.status_code for a in answers] == [404, 404, 404, 429]
+    assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0", "0"]
+    assert answers[3].headers["X-RateLimit-Limit"] == "3"
+    assert 1 <= int(answers[3].headers["Retry-After"]) <= 60
+    assert answers[3].json()["error"] == "rate_limited"
+
+    day = await new_key(receiver, per_minute=100, per_day=2)
+    h = {"Authorization": f"Bearer {day}"}
+    answers = [await receiver.http.get("/api/jobs/job_x", headers=h) for _ in range(3)]
+    assert [a.status_code for a in answers] == [404, 404, 429]
+    assert answers[2].headers["X-RateLimit-Limit"] == "2"
+    assert int(answers[2].headers["Retry-After"]) > 3600
+
+
+@pytest.fixture
+async def three_receivers(nats_url: str, tmp_path: Path):
+    env = service_env(
+        nats_url,
+        LOVABLE_WEBHOOK_SECRET="lovable-test-secret",
+        ADMIN_API_KEY="admin-test-key",
+        RATE_LIMIT_MAX="10",
+        RATE_LIMIT_WINDOW_MS="60000",
+        LOG_LEVEL="WARNING",
+    )
+    procs = [ServiceProcess("receiver", env, tmp_path / f"receiver-{i}.log") for i in range(3)]
+    try:
+        await asyncio.gather(*(p.start() for p in procs))
+        yield procs
+    finally:
+        await asyncio.gather(*(p.stop() for p in procs))
+
+
+async def test_limits_hold_across_three_receiver_processes(three_receivers, lovable, bus) -> None:
+    async with httpx.AsyncClient(timeout=15) as http:
+
+        async def send(i: int) -> httpx.Response:
+            body = lovable.body(id=f"evt_{i}")
+            headers = lovable.headers(body) | {"X-Lovable-Project-Id": "shared-project"}
+            return await http.post(
+                f"{three_receivers[i % 3].url}/api/webhooks/lovable", content=body, headers=headers
+            )
+
+        answers = await asyncio.gather(*(send(i) for i in range(30)))
+        codes = [a.status_code for a in answers]
+        assert codes.count(202) == 10 and codes.count(429) == 20, codes
+        assert all("Retry-After" in a.headers for a in answers if a.status_code == 429)
+        assert await bus.count(subjects.EVENTS) == 10
+
+        # Per-key limits too: a key made on one replica, used on all three.
+        made = await http.post(
+            f"{three_receivers[0].url}/api/admin/keys",
+            json={"name": "shared", "per_minute": 5},
+            headers={"Authorization": "Bearer admin-test-key"},
+        )
+        h = {"Authorization": f"Bearer {made.json()['key']}"}
+        jobs = await asyncio.gather(
+            *(
+                http.post(
+                    f"{three_receivers[i % 3].url}/api/jobs", json={"agent": "dev", "prompt": "x"}, headers=h
+                )
+                for i in range(12)
+            )
+        )
+        codes = [j.status_code for j in jobs]
+        assert codes.count(202) == 5 and codes.count(429) == 7, codes
+        assert await bus.count(subjects.JOBS) == 5

@@ -1,0 +1,234 @@
+"""Every webhook rejection: its status, its JSON error body, and that nothing reached JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from conveyor.receiver.config import WebhookSource
+from conveyor.shared.config import Secret
+
+Case = Callable[[Any], tuple[str, bytes, dict[str, str]]]
+URL = "/api/webhooks/lovable"
+
+
+def _valid(lv: Any, **over: Any) -> tuple[bytes, dict[str, str]]:
+    body = lv.body(**over)
+    return body, lv.headers(body)
+
+
+def missing_signature(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body, headers = _valid(lv)
+    del headers["X-Lovable-Signature"]
+    return URL, body, headers
+
+
+def malformed_signature(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body, headers = _valid(lv)
+    headers["X-Lovable-Signature"] = "md5=abc"
+    return URL, body, headers
+
+
+def wrong_signature(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body = lv.body()
+    return URL, body, lv.headers(body, secret="not-the-secret")
+
+
+def tampered_body(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body, headers = _valid(lv)
+    return URL, body.replace(b"demo", b"evil"), headers
+
+
+def missing_timestamp(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body, headers = _valid(lv)
+    del headers["X-Lovable-Timestamp"]
+    return URL, body, headers
+
+
+def stale_timestamp(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body = lv.body()
+    return URL, body, lv.headers(body, timestamp=int(time.time()) - 301)
+
+
+def future_timestamp(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body = lv.body()
+    return URL, body, lv.headers(body, timestamp=int(time.time()) + 301)
+
+
+def empty_body(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    return URL, b"", lv.headers(b"")
+
+
+def invalid_json(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body = b'{"id": "x", "type": '
+    return URL, body, lv.headers(body)
+
+
+def not_an_object(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body = b"[1, 2, 3]"
+    return URL, body, lv.headers(body)
+
+
+def missing_field(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    payload = json.loads(lv.body())
+    del payload["project_id"]
+    body = json.dumps(payload).encode()
+    return URL, body, lv.headers(body)
+
+
+def unknown_event_type(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body, headers = _valid(lv, event_type="project.exploded")
+    return URL, body, headers
+
+
+def unknown_source(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body, headers = _valid(lv)
+    return "/api/webhooks/nobody", body, headers
+
+
+# name -> (request, status, error code, words in the message)
+CASES: dict[str, tuple[Case, int, str, str]] = {
+    "missing signature": (missing_signature, 401, "invalid_signature", "missing X-Lovable-Signature"),
+    "malformed signature": (malformed_signature, 401, "invalid_signature", "malformed"),
+    "wrong signature": (wrong_signature, 401, "invalid_signature", "does not match"),
+    "tampered body": (tampered_body, 401, "invalid_signature", "does not match"),
+    "missing timestamp": (missing_timestamp, 401, "invalid_signature", "missing timestamp"),
+    "stale timestamp": (stale_timestamp, 401, "invalid_signature", "too old"),
+    "future timestamp": (future_timestamp, 401, "invalid_signature", "in the future"),
+    "empty body": (empty_body, 400, "empty_body", "empty"),
+    "invalid json": (invalid_json, 400, "invalid_json", "not valid JSON"),
+    "body not an object": (not_an_object, 422, "invalid_body", "JSON object"),
+    "missing field": (missing_field, 422, "invalid_field", "project_id"),
+    "unknown event type": (unknown_event_type, 422, "unknown_event_type", "project.exploded"),
+    "unknown source": (unknown_source, 404, "unknown_source", "nobody"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_rejection(name: str, receiver, lovable, bus) -> None:
+    build, status, code, words = CASES[name]
+    url, body, headers = build(lovable)
+    resp = await receiver.http.post(url, content=body, headers=headers)
+    assert resp.status_code == status, resp.text
+    error = resp.json()
+    assert error["error"] == code
+    assert words in error["message"]
+    assert resp.headers["Content-Type"].startswith("application/json")
+    if status == 401:
+        assert resp.headers["WWW-Authenticate"] == "Signature"
+    if code == "invalid_field":
+        assert error["field"] == "project_id"
+    await bus.assert_nothing_accepted()
+
+
+async def _raw_request(port: int, head: bytes, body: bytes) -> AsyncIterator[bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        yield await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+
+
+async def test_too_large_by_content_length_answered_before_the_body_arrives(receiver, lovable, bus) -> None:
+    announced = 2 * 1024 * 1024
+    partial = lovable.body()  # a few hundred bytes of the 2 MiB announced; the rest never comes
+    sig = lovable.headers(partial)
+    head = (
+        f"POST {URL} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"X-Lovable-Timestamp: {sig['X-Lovable-Timestamp']}\r\nX-Lovable-Signature: {sig['X-Lovable-Signature']}\r\n"
+        f"Content-Length: {announced}\r\n\r\n"
+    ).encode()
+    async for answer in _raw_request(receiver.rt.http_port, head, partial):
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
+        assert b"Connection: close" in rest
+        body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+        assert body["error"] == "payload_too_large"
+    await bus.assert_nothing_accepted()
+
+
+async def test_too_large_chunked_body_refused(receiver, lovable, bus) -> None:
+    chunk = b" " * 65536
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):  # 1.25 MiB, no Content-Length
+            yield chunk
+
+    resp = await receiver.http.post(URL, content=chunks(), headers=lovable.headers(b"{}"))
+    assert resp.status_code == 413
+    assert resp.json()["error"] == "payload_too_large"
+    await bus.assert_nothing_accepted()
+
+
+def _source(**kw: Any) -> WebhookSource:
+    raw = {"name": "lovable", "scheme": "lovable", "secrets": ["lovable-test-secret"], **kw}
+    return msgspec.convert(raw, WebhookSource, dec_hook=lambda t, v: Secret(v) if t is Secret else v)
+
+
+async def test_address_outside_allowlist_forbidden(start_receiver, lovable, bus) -> None:
+    async with start_receiver(webhook_sources=[_source(allow_ips=["10.9.0.0/16"])]) as r:
+        body, headers = _valid(lovable)
+        resp = await r.http.post(URL, content=body, headers=headers)
+        assert resp.status_code == 403
+        assert resp.json()["error"] == "forbidden_address"
+        # X-Forwarded-For from an untrusted peer is not believed.
+        resp = await r.http.post(URL, content=body, headers=headers | {"X-Forwarded-For": "10.9.1.1"})
+        assert resp.status_code == 403
+    await bus.assert_nothing_accepted()
+
+
+async def test_forwarded_for_honoured_only_from_trusted_proxies(start_receiver, lovable, bus) -> None:
+    async with start_receiver(
+        webhook_sources=[_source(allow_ips=["10.9.0.0/16"])], trusted_proxies="127.0.0.0/8"
+    ) as r:
+        body, headers = _valid(lovable)
+        # The loopback peer is a trusted proxy: the right-most untrusted hop is the client.
+        resp = await r.http.post(
+            URL, content=body, headers=headers | {"X-Forwarded-For": "10.9.1.1, 127.0.0.5"}
+        )
+        assert resp.status_code == 202, resp.text
+        resp = await r.http.post(
+            URL, content=body, headers=headers | {"X-Forwarded-For": "10.9.1.1, 192.0.2.7"}
+        )
+        assert resp.status_code == 403
+        assert await bus.count("EVENTS") == 1
+
+
+async def test_rate_limited_webhook_gets_429_with_retry_after(start_receiver, lovable, bus) -> None:
+    async with start_receiver(rate_limit_max=2, rate_limit_window_ms=60_000) as r:
+        answers = []
+        for _ in range(3):
+            body, headers = _valid(lovable)
+            answers.append(
+                await r.http.post(URL, content=body, headers=headers | {"X-Lovable-Project-Id": "p1"})
+            )
+        assert [a.status_code for a in answers] == [202, 202, 429]
+        assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["1", "0", "0"]
+        refused = answers[2]
+        assert refused.json()["error"] == "rate_limited"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert refused.headers["X-RateLimit-Limit"] == "2"
+        # Another project has its own budget.
+        body, headers = _valid(lovable)
+        resp = await r.http.post(URL, content=body, headers=headers | {"X-Lovable-Project-Id": "p2"})
+        assert resp.status_code == 202
+        assert await bus.count("EVENTS") == 3
+
+
+async def test_replayed_delivery_is_accepted_once(receiver, lovable, bus) -> None:
+    body, headers = _valid(lovable, id="evt_same")
+    first = await receiver.http.post(URL, content=body, headers=headers)
+    again = await receiver.http.post(URL, content=body, headers=lovable.headers(body))
+    assert first.status_code == again.status_code == 202
+    assert first.json()["duplicate"] is False and again.json()["duplicate"] is True
+    assert first.json()["job_id"] == again.json()["job_id"]
+    assert await bus.count("EVENTS") == 1
+    assert len(await bus.job_keys()) == 1

@@ -1,0 +1,101 @@
+"""GET /api/jobs/{id}/stream: events from a KV watch, id: lines, Last-Event-ID, heartbeats,
+and the stream closing after the terminal state."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+from nats.js import JetStreamContext
+
+from conveyor.shared import subjects
+from conveyor.shared.events import encoder, job_record_decoder
+
+
+async def events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Parse an SSE body into {"id", "event", "data"} dicts; comments come as {"comment"}."""
+    current: dict[str, Any] = {}
+    async for line in resp.aiter_lines():
+        if line == "":
+            if current:
+                yield current
+            current = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            name, _, value = line.partition(": ")
+            current[name] = json.loads(value) if name == "data" else value
+
+
+async def update(js: JetStreamContext, job_id: str, **changes: Any) -> None:
+    kv = await js.key_value(subjects.KV_JOBS)
+    record = job_record_decoder.decode((await kv.get(job_id)).value)
+    changes.setdefault("updated_at", dt.datetime.now(dt.UTC))
+    await kv.put(job_id, encoder.encode(msgspec.structs.replace(record, **changes)))
+
+
+async def test_stream_follows_the_job_to_its_end(start_receiver, new_key, js) -> None:
+    async with start_receiver(sse_heartbeat_s=0.2) as r:
+        key = await new_key(r)
+        h = {"Authorization": f"Bearer {key}"}
+        job = (await r.http.post("/api/jobs", json={"agent": "dev", "prompt": "x"}, headers=h)).json()
+        seen: list[dict[str, Any]] = []
+        async with r.http.stream("GET", job["stream_url"], headers=h) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["Content-Type"] == "text/event-stream"
+            assert resp.headers["X-RateLimit-Limit"] == "60"
+            async for ev in events(resp):
+                seen.append(ev)
+                data = [e for e in seen if "data" in e]
+                if len(data) == 1 and ev.get("comment") == "heartbeat":
+                    await update(js, job["job_id"], status="processing", progress=10)
+                elif data and data[-1]["data"]["progress"] == 10 and "data" in ev:
+                    await update(js, job["job_id"], progress=60)
+                elif data and data[-1]["data"]["progress"] == 60 and "data" in ev:
+                    await update(js, job["job_id"], status="completed", progress=100)
+        # The server closed the stream after "completed".
+        data = [e for e in seen if "data" in e]
+        assert [(e["event"], e["data"]["status"], e["data"]["progress"]) for e in data] == [
+            ("status", "queued", 0),
+            ("status", "processing", 10),
+            ("progress", "processing", 60),
+            ("status", "completed", 100),
+        ]
+        ids = [int(e["id"]) for e in data]
+        assert ids == sorted(ids) and len(set(ids)) == 4
+        assert {"comment": "heartbeat"} in seen
+
+        # Resuming after the second event replays only what came after it.
+        async with r.http.stream(
+            "GET", job["stream_url"], headers=h | {"Last-Event-ID": str(ids[1])}
+        ) as resp:
+            replay = [e async for e in events(resp) if "data" in e]
+        assert [e["data"]["status"] for e in replay] == ["completed"]
+
+
+async def test_stream_of_unknown_job_is_404(receiver, new_key) -> None:
+    key = await new_key(receiver)
+    resp = await receiver.http.get("/api/jobs/job_missing/stream", headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 404 and resp.json()["error"] == "job_not_found"
+
+
+async def test_any_replica_streams_a_job_another_accepted(start_receiver, new_key, js, lovable) -> None:
+    async with start_receiver() as a, start_receiver() as b:
+        key = await new_key(a)
+        body = lovable.body()
+        job = (await a.http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body))).json()
+        h = {"Authorization": f"Bearer {key}"}
+        async with b.http.stream("GET", job["stream_url"], headers=h) as resp:
+            first = True
+            async for ev in events(resp):
+                if "data" in ev and first:
+                    first = False
+                    assert ev["data"]["status"] == "queued"
+                    await update(js, job["job_id"], status="failed", error="boom")
+                elif "data" in ev:
+                    assert ev["data"]["status"] == "failed" and ev["data"]["error"] == "boom"
+        assert not first  # saw the queued event, then the stream ended after "failed"
