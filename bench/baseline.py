@@ -47,8 +47,13 @@ def try_install_redis(log: object = print) -> None:
         return
     log("installing Debian package redis-server for the baseline ...")  # type: ignore[operator]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"],
-                   env=env, check=False, capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"],
+        env=env,
+        check=False,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 def ensure_node_modules(log: object = print) -> None:
@@ -60,8 +65,12 @@ def ensure_node_modules(log: object = print) -> None:
     log("installing the baseline's Node packages (npm ci) ...")  # type: ignore[operator]
     r = subprocess.run(
         ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=HERE, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     if r.returncode != 0:
         raise RuntimeError(f"npm ci failed in {HERE}:\n{r.stderr[-2000:]}")
     stamp.write_text(digest)
@@ -104,11 +113,27 @@ async def start(
     rport = free_port()
     redis = await procs.start(
         "redis",
-        ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--dir", str(data),
-         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
-         "--maxmemory-policy", "noeviction"],
+        [
+            "redis-server",
+            "--port",
+            str(rport),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
         port=rport,
-    )  # fmt: skip
+    )
     await wait_port(redis, rport)
     port = free_port()
     env = {

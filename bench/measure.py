@@ -28,8 +28,11 @@ class Ctx:
     duration: float  # seconds of each timed load phase
     use_wrk: bool
     log: Any = print
+    log_level: str = "INFO"
+    profile: list[str] = field(default_factory=list)
+    sink_url: str = ""
+    warnings: list[str] = field(default_factory=list)
     counter: int = 0
-    phase_cpu: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def file(self, name: str) -> Path:
         self.counter += 1

@@ -84,11 +84,12 @@ def build(
     port: int,
     event_type: str,
     agent: str | None = None,
+    extra: dict[str, object] | None = None,
     host: str = "127.0.0.1",
     path: str = WEBHOOK_PATH,
 ) -> Batch:
     """``n`` unique signed webhooks; ``prefix`` keeps delivery ids unique across phases."""
-    data = default_data(agent)
+    data = {**default_data(agent), **(extra or {})}
     requests, deliveries, jobs = [], [], []
     size = 0
     for seq in range(n):

@@ -1,0 +1,122 @@
+"""Sampling profiles of running services with py-spy (``--profile receiver,executor``).
+
+py-spy attaches to a PID from outside (``--nonblocking``: the target is never paused), so
+the services run unmodified. It writes collapsed stacks; the report keeps, per service,
+the functions with the most samples on top of the stack (self) and anywhere in the stack
+(inclusive); the raw stacks stay in the work directory (``--keep``) for a flame graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import signal
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.procs import Proc
+
+_LINE = re.compile(r"\s*\(([^()]*?):\d+\)$")
+
+
+@dataclass
+class Running:
+    service: str
+    proc: Proc
+    raw: Path
+
+
+def py_spy() -> str | None:
+    return shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+
+
+async def start(ctx: Any, services: dict[str, Proc], which: list[str], rate: int = 100) -> list[Running]:
+    exe = py_spy()
+    if exe is None:
+        ctx.warnings.append("py-spy not installed: no profile taken")
+        return []
+    out: list[Running] = []
+    for name in which:
+        target = services.get(name)
+        if target is None:
+            ctx.warnings.append(f"--profile {name}: no such service in this run")
+            continue
+        raw = ctx.file(f"profile-{name}.txt")
+        p = await ctx.procs.start(
+            f"py-spy-{name}",
+            [
+                exe,
+                "record",
+                "--pid",
+                str(target.pid),
+                "--rate",
+                str(rate),
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+            ],
+        )
+        out.append(Running(name, p, raw))
+    await asyncio.sleep(1)  # attach before the load starts
+    return out
+
+
+def _frame(frame: str) -> str:
+    """'f (conveyor/receiver/app.py:42)' -> 'f (conveyor/receiver/app.py)': one entry per function."""
+    return _LINE.sub(lambda m: f" ({_short(m.group(1))})", frame)
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "/src/", "lib/python3"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+def summarize(raw: Path, top: int = 15) -> dict[str, Any]:
+    self_: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_frame(f) for f in stack.split(";")[1:]]  # the first entry names the thread
+        if not frames:
+            continue
+        total += n
+        self_[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    pct = (lambda c: round(100 * c / total, 1)) if total else (lambda c: 0.0)
+    return {
+        "samples": total,
+        "self": [[f, pct(c)] for f, c in self_.most_common(top)],
+        "inclusive": [
+            [f, pct(c)] for f, c in incl.most_common(top) if not f.startswith(("<module>", "run ("))
+        ],
+    }
+
+
+async def stop(ctx: Any, running: list[Running]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for r in running:
+        if r.proc.alive:
+            with contextlib.suppress(ProcessLookupError):
+                r.proc.proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(r.proc.proc.wait(), 20)
+        await ctx.procs.stop(r.proc)
+        if r.raw.exists():
+            out[r.service] = {"file": str(r.raw), **summarize(r.raw)}
+        else:
+            out[r.service] = {"error": r.proc.tail(5)}
+    return out
