@@ -1,0 +1,81 @@
+"""deploy/compose.yml and the Dockerfiles: the shape the operations issue asks for."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Any
+
+import yaml
+
+from conveyor.shared.testing.nats_server import nats_server_binary
+
+from .conftest import DEPLOY, ROOT, SERVICES
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose.yml").read_text())
+
+
+def test_three_node_nats_cluster_and_r3_everywhere() -> None:
+    services = compose()["services"]
+    nodes = [f"nats-{i}" for i in (1, 2, 3)]
+    for node in nodes:
+        assert services[node]["environment"]["NATS_SERVER_NAME"] == node
+        assert services[node]["image"].endswith("/nats:${IMAGE_TAG:-latest}")
+    conf = (DEPLOY / "nats" / "nats.conf").read_text()
+    assert all(f"nats://{n}:6222" in conf for n in nodes) and "jetstream" in conf
+    for svc in SERVICES:
+        env = services[svc]["environment"]
+        assert env["NATS_REPLICAS"] == "3", svc
+        assert env["NATS_URL"] == ",".join(f"nats://{n}:4222" for n in nodes), svc
+        assert set(services[svc]["depends_on"]) == set(nodes)
+
+
+def test_replicas() -> None:
+    services = compose()["services"]
+    replicas = {svc: services[svc].get("deploy", {}).get("replicas", 1) for svc in SERVICES}
+    assert replicas == {"receiver": 2, "executor": 2, "deliverer": 1, "deployer": 1}
+    assert {"prometheus", "grafana", "node-exporter", "edge"} <= set(services)
+
+
+def test_only_the_edge_and_grafana_are_published_and_on_loopback() -> None:
+    services = compose()["services"]
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert set(published) == {"edge", "grafana"}
+    for ports in published.values():
+        for port in ports:
+            assert port.startswith("127.0.0.1:"), port
+    # The edge is the receiver's port: it forwards to every receiver replica.
+    assert "server-template receiver" in (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    assert "receiver:3100" in (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+
+
+def test_grafana_and_the_smoke_sink_are_behind_profiles() -> None:
+    services = compose()["services"]
+    assert services["grafana"]["profiles"] == ["grafana"]
+    assert services["callback-sink"]["profiles"] == ["smoke"]
+    assert compose()["x-podman"]["in_pod"] is False
+
+
+def test_nats_config_is_valid() -> None:
+    proc = subprocess.run(
+        [nats_server_binary(), "-c", str(DEPLOY / "nats" / "nats.conf"), "-t"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"NATS_SERVER_NAME": "nats-1"},
+    )
+    assert proc.returncode == 0 and "is valid" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_service_dockerfiles() -> None:
+    for svc in SERVICES:
+        text = (ROOT / "services" / svc / "Dockerfile").read_text()
+        assert "ARG BASE_IMAGE=python:3.11-slim" in text
+        assert len(re.findall(r"^FROM \$\{BASE_IMAGE\}", text, re.M)) == 2, "multi-stage"
+        assert f"COPY build/images/{svc}/ /wheelhouse/" in text, "only this service's wheels"
+        assert "PIP_NO_INDEX=1" in text
+        assert re.search(r"^USER conveyor$", text, re.M), "non-root"
+        assert "HEALTHCHECK" in text and "/health/live" in text
+        assert f'ENTRYPOINT ["conveyor-{svc}"]' in text
