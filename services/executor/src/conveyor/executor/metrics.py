@@ -25,9 +25,11 @@ class Metrics:
             registry=registry,
         )
         self.retries = Counter(
-            "job_retries", "Attempts that failed transiently and were scheduled again, by agent.", ["agent"],
+            "job_retries",
+            "Attempts that failed transiently and were scheduled again, by agent.",
+            ["agent"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.routed = Counter(
             "executor_events_routed",
             "Events routed to agents, by outcome (single, fanout, unroutable).",

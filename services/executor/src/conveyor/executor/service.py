@@ -132,15 +132,14 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             await rt.start_consumer(
                 consumer(subjects.ROUTER, subjects.EVENTS, router.handle, settings.router_concurrency)
             )
-            rt.app["executor_agents"] = agents
             yield
         finally:
             await cancels.stop()
 
 
 def details(rt: Runtime[Any]) -> dict[str, Any]:
-    agents = rt.app.get("executor_agents") or {}
-    return {"agents": {name: a.backend for name, a in agents.items()}}
+    """/health/ready also says which backend each agent uses."""
+    return {"agents": {name: a.backend for name, a in build_registry(rt.settings).items()}}
 
 
 SPEC = ServiceSpec(

@@ -109,8 +109,12 @@ def parse_output(text: str | bytes, source: str) -> ResultBody:
                 problem = "has an empty summary"
                 continue
             if body.code_diff:
-                return ResultBody(summary=body.summary, files_changed=body.files_changed,
-                                  suggestions=body.suggestions, code_diff=body.code_diff)  # fmt: skip
+                return ResultBody(
+                    summary=body.summary,
+                    files_changed=body.files_changed,
+                    suggestions=body.suggestions,
+                    code_diff=body.code_diff,
+                )
             return ResultBody(
                 summary=body.summary, files_changed=body.files_changed, suggestions=body.suggestions
             )

@@ -18,9 +18,17 @@ _ATTR = re.compile(r"([:@a-zA-Z_][-a-zA-Z0-9_:.]*)(?:\s*=\s*(\"[^\"]*\"|'[^']*'|
 _RULE = re.compile(r"([^{}]+)\{([^{}]*)\}")
 _HEX = re.compile(r"#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})\b")
 _RGB = re.compile(r"rgba?\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)")
-NAMED = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128), "grey": (128, 128, 128),
-         "silver": (192, 192, 192), "red": (255, 0, 0), "yellow": (255, 255, 0), "lightgray": (211, 211, 211),
-         "lightgrey": (211, 211, 211)}  # fmt: skip
+NAMED = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+    "grey": (128, 128, 128),
+    "silver": (192, 192, 192),
+    "red": (255, 0, 0),
+    "yellow": (255, 255, 0),
+    "lightgray": (211, 211, 211),
+    "lightgrey": (211, 211, 211),
+}
 
 
 def _attrs(raw: str) -> dict[str, str]:

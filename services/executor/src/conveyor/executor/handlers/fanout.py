@@ -174,8 +174,9 @@ class Fanout:
             self._schedule(parent_id, deadline, list(children)),
         )
 
-    async def _start_child(self, event: WebhookEvent, child_id: str, agent: Agent, prompt: str | None,
-                           now: dt.datetime) -> None:  # fmt: skip
+    async def _start_child(
+        self, event: WebhookEvent, child_id: str, agent: Agent, prompt: str | None, now: dt.datetime
+    ) -> None:
         record = JobRecord(
             job_id=child_id,
             status="queued",

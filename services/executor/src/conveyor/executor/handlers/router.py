@@ -197,8 +197,16 @@ class Router:
                 project_id=event.project_id,
                 callback_url=event.callback_url,
             )
-            return replace(base, status="failed", progress=100, error=error, result=result, agent=agent,
-                           finished_at=now, updated_at=now)  # fmt: skip
+            return replace(
+                base,
+                status="failed",
+                progress=100,
+                error=error,
+                result=result,
+                agent=agent,
+                finished_at=now,
+                updated_at=now,
+            )
 
         _, cur = await self.store.advance(event.job_id, await self.store.load(event.job_id), change)
         if cur.record is not None:

@@ -62,6 +62,7 @@ class Outcome:
     error: str | None = None
     transient: bool = False
     retry_after_s: float | None = None
+    ran: bool = True  # False: ended before an attempt started
 
 
 @dataclass
@@ -197,19 +198,32 @@ class Worker:
         previous = cur.record.attempts if cur.record else 0
         if agent is None:
             known = ", ".join(sorted(self.agents))
-            await self._give_up(msg, req, req.agent, Attempt(self.store, req.job_id, previous + 1, cur),
-                                f"unknown agent {req.agent!r} (known: {known})", backend=None)  # fmt: skip
+            await self._give_up(
+                msg,
+                req,
+                req.agent,
+                Attempt(self.store, req.job_id, previous, cur),
+                f"unknown agent {req.agent!r} (known: {known})",
+                backend=None,
+                ran=False,
+            )
             return
         attempt = Attempt(self.store, req.job_id, previous + 1, cur)
         if (reason := self.cancel_reason(req.job_id, req.parent_id)) is not None:
-            attempt.number = max(1, previous)
-            await self._conclude(msg, req, agent, attempt, Outcome("cancelled", error=reason), 0)
+            attempt.number = previous  # it never starts: no attempt is used
+            await self._conclude(msg, req, agent, attempt, Outcome("cancelled", error=reason, ran=False), 0)
             return
         if attempt.number > agent.max_attempts:
             attempt.number = previous
-            await self._give_up(msg, req, agent.name, attempt,
-                                f"the executor running attempt {previous} stopped without an answer",
-                                backend=agent.backend)  # fmt: skip
+            await self._give_up(
+                msg,
+                req,
+                agent.name,
+                attempt,
+                f"the executor running attempt {previous} stopped without an answer",
+                backend=agent.backend,
+                ran=False,
+            )
             return
         slot = self.slots.get(agent.name)
         if slot is not None and slot.locked():
@@ -224,8 +238,10 @@ class Worker:
     async def _run(self, msg: Msg, req: JobRequest, agent: Agent, attempt: Attempt) -> None:
         job_id = req.job_id
         started = utcnow()
-        attempt.log("info", f"attempt {attempt.number} of {agent.max_attempts} on {self.instance} "
-                            f"({agent.backend} backend)")  # fmt: skip
+        attempt.log(
+            "info",
+            f"attempt {attempt.number} of {agent.max_attempts} on {self.instance} ({agent.backend} backend)",
+        )
         if attempt.number > 1:
             attempt.previous = None  # read the earlier attempts' lines before writing ours
         else:
@@ -269,8 +285,16 @@ class Worker:
             return
         if outcome.status == "failed":
             error = outcome.error or "failed"
-            await self._give_up(msg, req, agent.name, attempt, error, backend=agent.backend,
-                                body=outcome.body, elapsed_ms=int(elapsed * 1000))  # fmt: skip
+            await self._give_up(
+                msg,
+                req,
+                agent.name,
+                attempt,
+                error,
+                backend=agent.backend,
+                body=outcome.body,
+                elapsed_ms=int(elapsed * 1000),
+            )
             return
         await self._conclude(msg, req, agent, attempt, outcome, int(elapsed * 1000))
 
@@ -323,8 +347,12 @@ class Worker:
             raise
         except AgentError as exc:
             attempt.log("error", str(exc))
-            return Outcome("failed", error=str(exc), transient=exc.transient,
-                           retry_after_s=getattr(exc, "retry_after_s", None))  # fmt: skip
+            return Outcome(
+                "failed",
+                error=str(exc),
+                transient=exc.transient,
+                retry_after_s=getattr(exc, "retry_after_s", None),
+            )
         except Exception as exc:  # a bug in a backend: count it as a failed attempt, keep serving
             log.exception("backend %s failed on job %s", agent.backend, req.job_id)
             attempt.log("error", f"{type(exc).__name__}: {exc}")
@@ -377,8 +405,14 @@ class Worker:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is None or r.terminal or r.attempts > number:
                 return None
-            return replace(r, status="queued", progress=0, attempts=number if counted else number - 1,
-                           error=error, updated_at=utcnow())  # fmt: skip
+            return replace(
+                r,
+                status="queued",
+                progress=0,
+                attempts=number if counted else number - 1,
+                error=error,
+                updated_at=utcnow(),
+            )
 
         await attempt.write(change)
 
@@ -407,18 +441,24 @@ class Worker:
         backend: str | None,
         body: ResultBody | None = None,
         elapsed_ms: int = 0,
+        ran: bool = True,
     ) -> None:
         """Last attempt failed (or the input is bad): DLQ copy first, then the record and result."""
         attempt.log("error", f"giving up after {attempt.number} attempt(s): {error}")
         await dead_letter(self.js, msg, stage=STAGE, error=error)
         self.count_dead_letter()
-        summary = f"{agent_name} failed after {attempt.number} attempt(s): {error}"
-        outcome = Outcome("failed", body=body or ResultBody(summary=summary), error=error)
+        summary = (
+            f"{agent_name} failed after {attempt.number} attempt(s): {error}"
+            if ran
+            else f"{agent_name}: {error}"
+        )
+        outcome = Outcome("failed", body=body or ResultBody(summary=summary), error=error, ran=ran)
         if await self._finish(req, agent_name, backend, attempt, outcome, elapsed_ms, msg):
             await msg.term()
 
-    async def _conclude(self, msg: Msg, req: JobRequest, agent: Agent, attempt: Attempt, outcome: Outcome,
-                        elapsed_ms: int) -> None:  # fmt: skip
+    async def _conclude(
+        self, msg: Msg, req: JobRequest, agent: Agent, attempt: Attempt, outcome: Outcome, elapsed_ms: int
+    ) -> None:
         if await self._finish(req, agent.name, agent.backend, attempt, outcome, elapsed_ms, msg):
             await msg.ack()
 
@@ -457,7 +497,7 @@ class Worker:
                 status=outcome.status,
                 progress=100,
                 attempts=max(number, base.attempts),
-                started_at=base.started_at or now,
+                started_at=base.started_at or (now if outcome.ran else None),
                 finished_at=now,
                 updated_at=now,
                 agent=agent_name,
@@ -476,8 +516,14 @@ class Worker:
             return False
         stored = attempt.cur.record
         assert stored is not None
-        log.info("job %s %s (%s, attempt %d)", req.job_id, outcome.status, agent_name, number,
-                 extra={"agent": agent_name, "status": outcome.status})  # fmt: skip
+        log.info(
+            "job %s %s (%s, attempt %d)",
+            req.job_id,
+            outcome.status,
+            agent_name,
+            number,
+            extra={"agent": agent_name, "status": outcome.status},
+        )
         publish = self.results.republish(stored, req.correlation_id)
         await asyncio.gather(publish, attempt.flush_log())
         if req.parent_id is not None:
