@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from bench import payloads, wrkload
-from bench.procs import Proc, Procs, cpu_seconds, memory_mb
+from bench.procs import CLK_TCK, Proc, Procs, cpu_seconds, memory_mb
 from bench.stats import summarize
 
 
@@ -39,17 +39,28 @@ class Ctx:
         return self.root / f"{self.counter:02d}-{name}"
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy so far (all processes, all cores)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
 class CpuMeter:
-    """CPU seconds each watched process spends during a phase (where the cores went)."""
+    """Cores each watched process used during a phase (where the CPU went), and how busy the
+    whole machine was: ``_machine`` well above the sum of ours plus the driver means someone
+    else was using the cores too, and the phase's numbers are low by that much."""
 
     def __init__(self, procs: dict[str, Proc]) -> None:
         self.procs = procs
         self.start = {n: cpu_seconds(p.pid) for n, p in procs.items()}
+        self.machine = machine_busy_s()
         self.t0 = time.monotonic()
 
     def stop(self) -> dict[str, float]:
         wall = max(time.monotonic() - self.t0, 1e-9)
         out = {n: round((cpu_seconds(p.pid) - self.start[n]) / wall, 3) for n, p in self.procs.items()}
+        out["_machine"] = round((machine_busy_s() - self.machine) / wall, 3)
         out["_wall_s"] = round(wall, 2)
         return out
 

@@ -32,6 +32,14 @@ def _rate(x: Any, unit: str) -> str:
     return f"{x:,.0f} {unit}" if _num(x) else "n/a"
 
 
+def _cpu(c: Any) -> str:
+    """'receiver 0.73, nats-server 0.12 | machine 1.95': where the cores went during a phase."""
+    if not isinstance(c, dict):
+        return "n/a"
+    ours = ", ".join(f"{k} {v:.2f}" for k, v in c.items() if not k.startswith("_") and v >= 0.01)
+    return f"{ours} | whole machine {c.get('_machine', float('nan')):.2f}"
+
+
 def _verdict(ok: bool | None) -> str:
     return "" if ok is None else ("ok" if ok else "MISS")
 
@@ -109,6 +117,8 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
             p99 <= 10 if _num(p99) else None,
         )
         add("ingest", "  of which driver lag p50/p99 (scheduled -> sent)", _ms(half["lag_ms"], "p50", "p99"))
+        add("ingest", "  cores used at max rate", _cpu(mx.get("cpu_cores")))
+        add("ingest", "  cores used at half rate", _cpu(half.get("cpu_cores")))
         bad = {k: v for k, v in half["statuses"].items() if not k.startswith("2")}
         if bad:
             add("ingest", "Receiver at half rate: non-2xx answers", str(bad), "none", False)
@@ -135,6 +145,7 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 mx["lost"] == 0 and mx["rejected"] == 0,
             )
             add("end to end", "Webhook -> callback at max rate: p50/p99", _ms(mx["latency_ms"], "p50", "p99"))
+            add("end to end", "  cores used at max rate", _cpu(mx.get("cpu_cores")))
         half = e.get("half") or {}
         if half:
             p50 = _get(half, "latency_ms", "p50")
@@ -215,6 +226,7 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
             "Express ingest, max rate: accepted/s",
             _rate(bmx, "/s") + (f"; Conveyor/baseline = {cmx / bmx:.2f}x" if _num(cmx) and _num(bmx) else ""),
         )
+        add("baseline", "  cores used at max ingest rate", _cpu(_get(b, "ingest", "max", "cpu_cores")))
         bh = _get(b, "ingest", "half")
         if bh:
             add(
@@ -232,6 +244,7 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 + f", {b['e2e_max']['lost']}/{b['e2e_max']['duplicates']}"
                 + (f"; Conveyor/baseline = {cj / bj:.2f}x" if _num(cj) and _num(bj) else ""),
             )
+            add("baseline", "  cores used end to end", _cpu(b["e2e_max"].get("cpu_cores")))
         if b.get("e2e_half"):
             add(
                 "baseline",
@@ -266,7 +279,8 @@ def table(r: dict[str, Any], rs: list[dict[str, str]]) -> str:
     head = (
         f"Conveyor benchmark ({m.get('mode')}, {m.get('started_at')}, commit {_get(m, 'git', 'commit')}"
         f"{' dirty' if _get(m, 'git', 'dirty') else ''}; {_get(m, 'machine', 'cpus')} CPUs, load "
-        f"{', '.join(f'{x:.1f}' for x in _get(m, 'machine', 'loadavg_start') or [])} at start; "
+        f"{', '.join(f'{x:.1f}' for x in _get(m, 'machine', 'loadavg_start') or [])} at start, "
+        f"{_get(m, 'machine', 'background_cores')} cores busy before it; "
         f"JetStream file storage, sync_interval 1s; event loop {m.get('event_loop')}; "
         f"services at LOG_LEVEL {m.get('log_level')})"
     )
@@ -299,14 +313,15 @@ def chart(r: dict[str, Any], path: Path) -> None:
     )
 
     def bars(ax: Any, labels: list[str], values: list[Any], title: str, unit: str, colors: list[str]) -> None:
-        vals = [v if _num(v) else 0 for v in values]
+        vals = [v if _num(v) and v > 1 else 1 for v in values]
         ax.barh(labels, vals, color=colors)
         for i, v in enumerate(values):
-            ax.text(vals[i], i, f" {v:,.0f}" if _num(v) else " n/a", va="center", fontsize=8)
+            ax.text(max(vals[i], 1), i, f" {v:,.0f}" if _num(v) else " n/a", va="center", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(unit)
+        ax.set_xscale("log")
         ax.invert_yaxis()
-        ax.margins(x=0.2)
+        ax.margins(x=0.3)
 
     conv, base, ref = "#2b6cb0", "#c05621", "#a0aec0"
     bars(
@@ -328,7 +343,7 @@ def chart(r: dict[str, Any], path: Path) -> None:
             _get(r, "baseline", "e2e_max", "jobs_per_s"),
         ],
         "Throughput at maximum rate",
-        "per second",
+        "per second (log scale)",
         [ref, ref, conv, base, conv, base],
     )
 

@@ -25,7 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from bench import baseline, conveyor_sys, payloads, profile, report, wrkload
-from bench.measure import CpuMeter, Ctx, SinkClient, closed_probe, end_to_end, max_rate, memory, open_rate
+from bench.measure import (
+    CpuMeter,
+    Ctx,
+    SinkClient,
+    closed_probe,
+    end_to_end,
+    machine_busy_s,
+    max_rate,
+    memory,
+    open_rate,
+)
 from bench.procs import Procs, free_port, start_nats, wait_port
 from conveyor.shared.testing.nats_server import nats_server_binary
 
@@ -313,6 +323,13 @@ async def run_baseline(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]
                 await ctx.procs.stop(p)
 
 
+async def background_load(seconds: float = 2.0) -> float:
+    """Cores busy on the machine before we start anything (other users, other tests)."""
+    t0, b0 = time.monotonic(), machine_busy_s()
+    await asyncio.sleep(seconds)
+    return round((machine_busy_s() - b0) / (time.monotonic() - t0), 2)
+
+
 async def drain_sink(sink: SinkClient, *, stall_s: float, limit_s: float) -> None:
     """Wait until callbacks stop arriving (a backlog from an earlier phase has been delivered)."""
     await sink.wait_for(10**9, stall_s=stall_s, limit_s=limit_s, settle_s=0)
@@ -404,6 +421,13 @@ async def amain(args: argparse.Namespace) -> int:
     if not use_wrk:
         ctx.warnings.append("wrk not installed (Debian package wrk): maximum rates use the Python driver")
     results: dict[str, Any] = {"meta": meta(plan, args, ctx)}
+    background = await background_load()
+    results["meta"]["machine"]["background_cores"] = background
+    if background > 0.3:
+        ctx.warnings.append(
+            f"the machine was already using {background:.1f} cores before the run started: "
+            "absolute numbers are low by about that share; same-run ratios still hold roughly"
+        )
     log(f"{'quick' if args.quick else 'full'} run; sections {', '.join(sections)}; work dir {work}")
     t0 = time.monotonic()
     try:
