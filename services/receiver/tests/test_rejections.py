@@ -143,7 +143,8 @@ async def test_too_large_by_content_length_answered_before_the_body_arrives(rece
     sig = lovable.headers(partial)
     head = (
         f"POST {URL} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"X-Lovable-Timestamp: {sig['X-Lovable-Timestamp']}\r\nX-Lovable-Signature: {sig['X-Lovable-Signature']}\r\n"
+        f"X-Lovable-Timestamp: {sig['X-Lovable-Timestamp']}\r\n"
+        f"X-Lovable-Signature: {sig['X-Lovable-Signature']}\r\n"
         f"Content-Length: {announced}\r\n\r\n"
     ).encode()
     async for answer in _raw_request(receiver.rt.http_port, head, partial):

@@ -12,7 +12,7 @@ from aiohttp import web
 from conveyor.receiver import sites_api
 from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings
-from conveyor.receiver.handlers import admin, health, jobs, stream, test_send, webhooks
+from conveyor.receiver.handlers import admin, health, jobs, send_test_event, stream, webhooks
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.middleware import edge_middleware
 from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document
@@ -146,7 +146,7 @@ def operations() -> list[Operation]:
         Operation(
             "POST",
             "/api/webhooks/test",
-            test_send.create,
+            send_test_event.create,
             "Send a signed test event to a URL through the deliverer",
             "webhooks",
             {200: TestSendOutcome, 202: TestSendOutcome, 400: E, 413: E, 422: E, **_KEYED},
@@ -159,7 +159,7 @@ def operations() -> list[Operation]:
         Operation(
             "GET",
             "/api/webhooks/test/{test_id}",
-            test_send.status,
+            send_test_event.status,
             "The outcome of a test send",
             "webhooks",
             {200: TestSendOutcome, 202: TestSendOutcome, 404: E, **_KEYED},
@@ -261,6 +261,11 @@ def routes(rt: Runtime[Any]) -> None:
         if op.handler is not None:
             rt.app.router.add_route(op.method, op.path, op.handler)
     spec = document(ops, title="Conveyor receiver", version=_version())
+    # What this deployment accepts is known at start: say so in the document.
+    spec["components"]["schemas"]["JobCreate"]["properties"]["agent"]["enum"] = list(settings.agents)
+    for param in spec["paths"]["/api/webhooks/{source}"]["post"]["parameters"]:
+        if param["name"] == "source" and st.sources:
+            param["schema"]["enum"] = sorted(st.sources)
     body = web.json_response(spec).body
 
     async def openapi(_: web.Request) -> web.Response:
