@@ -344,7 +344,7 @@ class FakeLightsail:
             svc["state"] = "RUNNING"
             svc["url"] = f"https://{name}.a1b2c3.us-east-1.cs.amazonlightsail.com/"
 
-    def op_GetContainerServices(self, body: dict[str, Any]) -> Any:  # noqa: N802 - the API's name
+    def op_GetContainerServices(self, body: dict[str, Any]) -> Any:
         name = body.get("serviceName")
         if name is None:
             return {"containerServices": list(self.services.values())}
@@ -353,7 +353,7 @@ class FakeLightsail:
         self._advance(name)
         return {"containerServices": [self.services[name]]}
 
-    def op_CreateContainerService(self, body: dict[str, Any]) -> Any:  # noqa: N802
+    def op_CreateContainerService(self, body: dict[str, Any]) -> Any:
         name = body["serviceName"]
         if name in self.services:
             return self._error("InvalidInputException", f"A container service named {name} already exists.")
@@ -369,7 +369,7 @@ class FakeLightsail:
         self.polls[name] = 0
         return {"containerService": self.services[name]}
 
-    def op_CreateContainerServiceDeployment(self, body: dict[str, Any]) -> Any:  # noqa: N802
+    def op_CreateContainerServiceDeployment(self, body: dict[str, Any]) -> Any:
         name = body["serviceName"]
         svc = self.services[name]
         if svc["state"] not in ("READY", "RUNNING"):
@@ -387,7 +387,7 @@ class FakeLightsail:
         self.polls[name] = 0
         return {"containerService": svc}
 
-    def op_GetContainerServiceDeployments(self, body: dict[str, Any]) -> Any:  # noqa: N802
+    def op_GetContainerServiceDeployments(self, body: dict[str, Any]) -> Any:
         self._advance(body["serviceName"])
         return {"deployments": self.deployments[body["serviceName"]][::-1]}
 
