@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -22,6 +23,14 @@ import httpx
 from conveyor.shared.testing.nats_server import nats_server_binary
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the harness dies, so nothing outlives a run
+    even when the harness itself is killed."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -99,6 +108,7 @@ class Procs:
                 stdout=fh,
                 stderr=fh,
                 start_new_session=True,  # Ctrl-C at the terminal reaches the harness only
+                preexec_fn=_die_with_parent,
             )
         finally:
             fh.close()

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -402,6 +403,9 @@ async def amain(args: argparse.Namespace) -> int:
         print(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
 
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = Path(tempfile.mkdtemp(prefix=f"conveyor-bench-{stamp}-"))
     procs = Procs(work)
@@ -520,4 +524,8 @@ def main() -> int:
     p.add_argument("--out", help="directory for <timestamp>.json/.png (default bench/results)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, raw driver output)")
     args = p.parse_args()
-    return asyncio.run(amain(args))
+    try:
+        return asyncio.run(amain(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted: everything the benchmark started has been stopped", file=sys.stderr)
+        return 130
