@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from msgspec import Meta
+
 from conveyor.shared.config import BaseSettings, Secret
+
+_PROVIDER = "(?:local|github|lightsail|dns)"
 
 
 class Settings(BaseSettings, frozen=True, kw_only=True):
     port: int = 3103
     """PORT: health, metrics, and the published sites (by Host header)."""
 
-    providers: str = "local"
+    providers: Annotated[str, Meta(pattern=f"^{_PROVIDER}(?:,{_PROVIDER})*$")] = "local"
     """PROVIDERS: "local" (offline, the default) or a comma list of github, lightsail, dns."""
     data_dir: str = ".data/deployer"
     """DATA_DIR: local provider's git repositories and releases."""

@@ -303,7 +303,8 @@ async def cancel_deployment(request: web.Request) -> web.Response:
 
 async def stream_deployment(request: web.Request) -> web.StreamResponse:
     """SSE from a KV watch: ``id:`` is the KV revision (Last-Event-ID resumes), ``event: status``
-    at each change, a heartbeat comment every SSE_HEARTBEAT_S, closed after a final status."""
+    when the status changes and ``event: progress`` for other updates of the record, a heartbeat
+    comment every SSE_HEARTBEAT_S, closed after a final status."""
     st, principal = await _caller(request)
     deployment_id = _deployment_id(request)
     await _own_deployment(st, principal, deployment_id)
@@ -319,6 +320,7 @@ async def stream_deployment(request: web.Request) -> web.StreamResponse:
     beat_s = st.settings.sse_heartbeat_s
     deadline = loop.time() + st.settings.sse_max_s
     next_beat = loop.time() + beat_s
+    previous: str | None = None
     try:
         await resp.prepare(request)
         while not st.rt.stopping.is_set() and loop.time() < deadline:
@@ -339,8 +341,11 @@ async def stream_deployment(request: web.Request) -> web.StreamResponse:
                 continue
             record = deployment_decoder.decode(entry.value)
             if last_id is None or (entry.revision or 0) > last_id:
+                # "status" when the state moved on, "progress" for a step's ids and timings.
+                kind = b"status" if record.status != previous else b"progress"
                 data = encoder.encode(record)
-                await resp.write(b"id: %d\nevent: status\ndata: %s\n\n" % (entry.revision or 0, data))
+                await resp.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (entry.revision or 0, kind, data))
+            previous = record.status
             if record.terminal:
                 break
     except ConnectionError:
