@@ -155,11 +155,10 @@ class CommandBackend:
             await kill_group(proc)
             await asyncio.gather(waiter, io, return_exceptions=True)
             shutil.rmtree(workdir, ignore_errors=True)
+        program = os.path.basename(agent.command[0])
         if code == 0:
-            return parse_output(out, f"command {agent.command[0]}")
-        why = f"command {agent.command[0]} exited with {code}" + (
-            f": {' | '.join(tail[-3:])}" if tail else ""
-        )
+            return parse_output(out, f"command {program}")
+        why = f"command {program} exited with {code}" + (f": {' | '.join(tail[-3:])}" if tail else "")
         if code == EX_DATAERR:
             raise AgentError(why)
         raise TransientError(why)

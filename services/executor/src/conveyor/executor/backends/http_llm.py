@@ -49,8 +49,10 @@ class _HttpBackend:
         self.retry_after_cap_s = retry_after_cap_s
 
     async def post(self, job: AgentJob, url: str, headers: dict[str, str], body: dict[str, Any]) -> Any:
+        # The agent's own deadline ends a slow answer (status "timeout"); httpx's read timeout sits
+        # just past it so it never wins that race. Connecting is bounded separately (transient).
         remaining = job.remaining_s
-        timeout = httpx.Timeout(remaining, connect=min(self.connect_timeout_s, remaining))
+        timeout = httpx.Timeout(remaining + 1.0, connect=min(self.connect_timeout_s, remaining))
         try:
             resp = await self.client.post(
                 url, headers=headers, content=msgspec.json.encode(body), timeout=timeout

@@ -322,13 +322,13 @@ class Worker:
         if run.cancel_reason is not None:
             return Outcome("cancelled", error=run.cancel_reason)
         job = self._job(agent, req, attempt)
-        timeout = job.remaining_s
+        timeout = req.timeout_ms / 1000 if req.timeout_ms else agent.timeout_s
         task = asyncio.create_task(self.backends[agent.backend].run(job))
         run.task = task
         try:
             async with asyncio.timeout(timeout):
                 body = await task
-            attempt.log("info", f"finished in {time.monotonic() - (job.deadline - timeout):.3f} s")
+            attempt.log("info", f"finished in {timeout - job.remaining_s:.3f} s")
             return Outcome("completed", body=body)
         except TimeoutError:
             if run.cancel_reason is not None:
