@@ -135,6 +135,7 @@ async def max_rate(
             f,
             duration=ctx.duration,
             connections=ctx.connections,
+            pool=n,
         )
         res = {"driver": "wrk", **r.as_dict()}
     else:

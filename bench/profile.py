@@ -44,8 +44,7 @@ async def start(ctx: Any, services: dict[str, Proc], which: list[str], rate: int
     for name in which:
         target = services.get(name)
         if target is None:
-            ctx.warnings.append(f"--profile {name}: no such service in this run")
-            continue
+            continue  # not part of this section's system
         raw = ctx.file(f"profile-{name}.txt")
         p = await ctx.procs.start(
             f"py-spy-{name}",
@@ -80,9 +79,25 @@ def _short(path: str) -> str:
     return path
 
 
-def summarize(raw: Path, top: int = 15) -> dict[str, Any]:
+_GENERIC = ("asyncio/", "<frozen", "selectors.py", "runpy")
+
+
+def _package(frame: str) -> str:
+    """The library a frame belongs to: 'nats', 'aiohttp', 'conveyor/receiver', 'asyncio', ..."""
+    m = re.search(r"\(([^()]*)\)$", frame)
+    path = m.group(1) if m else frame
+    parts = path.split("/")
+    if parts[0] == "conveyor" and len(parts) > 1:
+        return f"conveyor/{parts[1]}"
+    if parts[0] in ("<frozen", "") or len(parts) == 1:
+        return "stdlib" if not path.startswith("<frozen") else path.split()[0] + ">"
+    return parts[0]
+
+
+def summarize(raw: Path, top: int = 20) -> dict[str, Any]:
     self_: Counter[str] = Counter()
     incl: Counter[str] = Counter()
+    pkgs: Counter[str] = Counter()
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -94,15 +109,16 @@ def summarize(raw: Path, top: int = 15) -> dict[str, Any]:
             continue
         total += n
         self_[frames[-1]] += n
+        pkgs[_package(frames[-1])] += n
         for f in set(frames):
-            incl[f] += n
+            if not any(g in f for g in _GENERIC) and not f.startswith(("main (", "_run_code")):
+                incl[f] += n
     pct = (lambda c: round(100 * c / total, 1)) if total else (lambda c: 0.0)
     return {
         "samples": total,
         "self": [[f, pct(c)] for f, c in self_.most_common(top)],
-        "inclusive": [
-            [f, pct(c)] for f, c in incl.most_common(top) if not f.startswith(("<module>", "run ("))
-        ],
+        "inclusive": [[f, pct(c)] for f, c in incl.most_common(top)],
+        "self_by_package": [[p, pct(c)] for p, c in pkgs.most_common(12)],
     }
 
 

@@ -154,7 +154,10 @@ async def ingest(ctx: Ctx, plan: Plan) -> dict[str, Any]:
         make = maker(port, "ingest", "agent.task_requested", "noop")
         probe = await closed_probe(ctx, "ingest-probe", port, make(20_000), 2)
         log(f"receiver probe {probe['rate']:.0f}/s; now {plan.duration:.0f}s at max rate")
+        prof = await profile.start(ctx, system.services, ctx.profile) if ctx.profile else None
         mx = await max_rate(ctx, "ingest-max", port, make, probe["rate"], system.watch())
+        if prof:
+            mx["profile"] = await profile.stop(ctx, prof)
         log(f"receiver max {mx['rate']:.0f}/s; now {plan.duration:.0f}s at {mx['rate'] / 2:.0f}/s")
         half = await open_rate(ctx, "ingest-half", port, make, mx["rate"] / 2, system.watch())
         return {"probe": {k: probe[k] for k in ("rate", "statuses")}, "max": mx, "half": half}
