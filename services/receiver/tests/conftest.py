@@ -47,7 +47,7 @@ def start_receiver(nats_url: str) -> Start:
     """``async with start_receiver(**settings) as r``: a receiver on this test's nats-server."""
 
     @contextlib.asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[Receiver]:
+    async def start(*, span_exporter: Any = None, **overrides: Any) -> AsyncIterator[Receiver]:
         values: dict[str, Any] = {
             "nats_url": nats_url,
             "port": 0,
@@ -56,7 +56,8 @@ def start_receiver(nats_url: str) -> Start:
             "shutdown_grace_s": 1.0,
             **overrides,
         }
-        async with serve(SPEC, Settings(**values), registry=CollectorRegistry()) as rt:
+        settings = Settings(**values)
+        async with serve(SPEC, settings, registry=CollectorRegistry(), span_exporter=span_exporter) as rt:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}", timeout=15) as http:
                 yield Receiver(rt, http)
 

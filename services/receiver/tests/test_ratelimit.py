@@ -10,7 +10,7 @@ import httpx
 import nats
 import pytest
 
-from conveyor.receiver.ratelimit import RateLimiter
+from conveyor.receiver.ratelimit import PREFETCH_MAX, RateLimiter
 from conveyor.shared import subjects
 from conveyor.shared.streams import ensure_kv
 from conveyor.shared.testing.procs import ServiceProcess, service_env
@@ -29,6 +29,25 @@ async def test_limit_is_exact_across_independent_limiters(nats_url: str) -> None
         assert remaining == list(range(25))  # every granted slot was counted exactly once
         refused = [d for d in decisions if not d.allowed]
         assert all(d.remaining == 0 and 0 < d.reset_s <= 60 for d in refused)
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_large_budgets_are_claimed_ahead_but_never_exceeded(nats_url: str) -> None:
+    conns = [await nats.connect(nats_url) for _ in range(3)]
+    try:
+        kv = (await ensure_kv(conns[0].jetstream(), [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
+        limiters = [RateLimiter(await c.jetstream().key_value(subjects.KV_RATELIMITS)) for c in conns]
+        decisions = await asyncio.gather(*(limiters[i % 3].hit("w.big", 1000, 60.0) for i in range(1500)))
+        granted = sum(d.allowed for d in decisions)
+        # Slots claimed ahead by a replica whose requests ran out stay unused: never more than
+        # the limit, and at most PREFETCH_MAX per replica fewer.
+        assert 1000 - 3 * PREFETCH_MAX <= granted <= 1000
+        _, count = (await kv.get("w.big")).value.split()
+        assert int(count) == 1000
+        writes = (await conns[0].jetstream().stream_info(f"KV_{subjects.KV_RATELIMITS}")).state.last_seq
+        assert writes < granted  # fewer KV writes than hits: batches and claimed slots
     finally:
         for c in conns:
             await c.close()

@@ -9,7 +9,7 @@ import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
 
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE
 from conveyor.shared import logs
@@ -39,24 +39,37 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     given = request.headers.get("X-Correlation-ID", "")
     correlation = given if _CORRELATION.match(given) else uuid.uuid4().hex
     request[CORRELATION_ID] = correlation
+    st = request.app[STATE]
+    with logs.bound(correlation=correlation):
+        if st.tracing:
+            resp = await _traced(request, handler, st.rt.tracer)
+        elif "traceparent" in request.headers:
+            # No exporter here, but the caller's trace still continues downstream.
+            token = context.attach(propagate.extract(request.headers))
+            try:
+                resp = await _answer(request, handler)
+            finally:
+                context.detach(token)
+        else:
+            resp = await _answer(request, handler)
+    if not resp.prepared:
+        resp.headers["X-Correlation-ID"] = correlation
+        if (decision := request.get(RATE_LIMIT)) is not None:
+            resp.headers.update(decision.headers())
+    return resp
+
+
+async def _traced(request: web.Request, handler: Handler, tracer: trace.Tracer) -> web.StreamResponse:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    tracer = request.app[STATE].rt.tracer
-    with (
-        logs.bound(correlation=correlation),
-        tracer.start_as_current_span(
-            f"{request.method} {route}",
-            context=propagate.extract(request.headers),
-            kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
-        ) as span,
-    ):
+    with tracer.start_as_current_span(
+        f"{request.method} {route}",
+        context=propagate.extract(request.headers),
+        kind=trace.SpanKind.SERVER,
+        attributes={"http.request.method": request.method, "http.route": route, "url.path": request.path},
+    ) as span:
         resp = await _answer(request, handler)
         span.set_attribute("http.response.status_code", resp.status)
-        if not resp.prepared:
-            resp.headers["X-Correlation-ID"] = correlation
-            if (decision := request.get(RATE_LIMIT)) is not None:
-                resp.headers.update(decision.headers())
         return resp
 
 

@@ -7,6 +7,12 @@ after the previous one ended and lasts ``window_s``. Every change is a compare-a
 another replica counted first, so the key is re-read and the step retried. Hits on one key
 that arrive while a write is in flight are counted together in the next write: one KV round
 trip per batch, not per request, which keeps a busy key fast and conflicts rare.
+
+When a window still has a large budget (at least ``PREFETCH_FROM`` left), a write also
+claims a few slots ahead (1% of what is left, at most ``PREFETCH_MAX``) that this process
+then hands out without a round trip. The count in KV always includes them, so the limit is
+never exceeded; claimed slots a process did not use by the end of the window are simply
+not used (at most 1% of a large budget per replica). Small limits are counted exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from dataclasses import dataclass, field
 
 import nats.js.errors
 from nats.js.kv import KeyValue
+
+PREFETCH_FROM = 200
+PREFETCH_MAX = 256
 
 
 class LimiterUnavailable(Exception):
@@ -61,6 +70,7 @@ class _Window:
 class _Key:
     window_s: float
     window: _Window | None = None  # last value this process saw (None: unknown)
+    reserved: int = 0  # slots of ``window`` claimed in KV and not yet handed out
     waiting: list[asyncio.Future[Decision]] = field(default_factory=list)
     busy: bool = False
 
@@ -88,9 +98,13 @@ class RateLimiter:
             state = self._keys[key] = _Key(window_s)
         now = self._clock()
         w = state.window
-        # Counts only grow inside a window, so a full one seen here is full everywhere.
-        if w is not None and now < w.start + window_s and w.count >= limit:
-            return Decision(False, limit, 0, w.start + window_s - now)
+        if w is not None and now < w.start + window_s:
+            if state.reserved > 0:  # claimed ahead: no round trip
+                state.reserved -= 1
+                return Decision(True, limit, limit - w.count + state.reserved, w.start + window_s - now)
+            # Counts only grow inside a window, so a full one seen here is full everywhere.
+            if w.count >= limit:
+                return Decision(False, limit, 0, w.start + window_s - now)
         fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         state.waiting.append(fut)
         if not state.busy:
@@ -119,11 +133,12 @@ class RateLimiter:
                             f.set_exception(err)
                     continue
                 reset = window.start + window_s - self._clock()
+                ahead = state.reserved
                 for i, f in enumerate(batch):
                     if f.done():  # the request went away; its slot stays used
                         continue
                     if i < granted:
-                        f.set_result(Decision(True, limit, max(0, limit - (first + i + 1)), reset))
+                        f.set_result(Decision(True, limit, max(0, limit - (first + i + 1) + ahead), reset))
                     else:
                         f.set_result(Decision(False, limit, 0, reset))
         finally:
@@ -136,33 +151,35 @@ class RateLimiter:
     async def _take(
         self, key: str, state: _Key, n: int, limit: int, window_s: float
     ) -> tuple[int, int, _Window]:
-        """Add up to ``n`` hits; return (count before, hits granted, the window written)."""
+        """Add up to ``n`` hits (plus a prefetch); return (count before, hits granted to the
+        batch, the window written). What is claimed beyond the batch goes to ``reserved``."""
+        state.reserved = 0  # a new write is only needed once the reservation is spent
         for _ in range(self._max_conflicts):
             if state.window is None:
                 state.window = await self._read(key)
             w = state.window
             now = self._clock()
-            if w is None:
-                new = _Window(0, now, min(n, limit))
-                try:
-                    new.revision = await self._kv.create(key, new.encode())
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    continue  # another replica created it first: read it next round
-                state.window = new
-                return 0, new.count, new
-            if now >= w.start + window_s:
-                first, new = 0, _Window(0, now, min(n, limit))
+            if w is None or now >= w.start + window_s:
+                first, start = 0, now
             elif w.count >= limit:
                 return w.count, 0, w
             else:
-                first, new = w.count, _Window(0, w.start, w.count + min(n, limit - w.count))
+                first, start = w.count, w.start
+            left = limit - first
+            claim = min(left, n + (min(PREFETCH_MAX, left // 100) if left >= PREFETCH_FROM else 0))
+            new = _Window(0, start, first + claim)
             try:
-                new.revision = await self._kv.update(key, new.encode(), last=w.revision)
+                if w is None:
+                    new.revision = await self._kv.create(key, new.encode())
+                else:
+                    new.revision = await self._kv.update(key, new.encode(), last=w.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
-                state.window = None
+                state.window = None  # another replica counted first: read it next round
                 continue
             state.window = new
-            return first, new.count - first, new
+            granted = min(n, claim)
+            state.reserved = claim - granted
+            return first, granted, new
         raise LimiterUnavailable(f"too many concurrent updates of {key}")
 
     async def _read(self, key: str) -> _Window | None:

@@ -64,6 +64,7 @@ class Receiver:
     kv: dict[str, KeyValue] = field(default_factory=dict)
     limiter: RateLimiter | None = None
     started: float = field(default_factory=time.time)
+    tracing: bool = True  # False when spans would go nowhere: then none are made per request
 
     # --- availability -----------------------------------------------------------------------
 
@@ -210,7 +211,7 @@ class Receiver:
         Both must succeed before the caller may answer 202. They run at once: a failed publish
         after a successful create removes the record again, so no job is left queued forever;
         a failed create after a successful publish answers 503 and the sender's retry is
-        deduplicated by Nats-Msg-Id.
+        deduplicated by Nats-Msg-Id (and finds the record or creates it).
         """
         js = self.require_nats()
         kv = self.kv[subjects.KV_JOBS]
@@ -222,24 +223,26 @@ class Receiver:
             }
         )
         started = time.perf_counter()
-        pub, created = await asyncio.gather(
-            js.publish(
+        # The record is written while the publish is in flight (one task, not two).
+        create = asyncio.ensure_future(_create(kv, record))
+        try:
+            pub = await js.publish(
                 subject, data, timeout=self.settings.publish_timeout_s, stream=stream, headers=headers
-            ),
-            _create(kv, record),
-            return_exceptions=True,
-        )
-        if isinstance(pub, BaseException):
-            if isinstance(created, int):
+            )
+        except Exception as exc:
+            created = await asyncio.gather(create, return_exceptions=True)
+            if isinstance(created[0], int):
                 with contextlib.suppress(Exception):
-                    await kv.delete(record.job_id, last=created)
-            raise self._publish_error(pub)
-        if isinstance(created, BaseException):
-            raise self._publish_error(created)
+                    await kv.delete(record.job_id, last=created[0])
+            raise self._publish_error(exc) from None
+        try:
+            await create
+        except Exception as exc:
+            raise self._publish_error(exc) from None
         self.metrics.publish_seconds.labels(stream).observe(time.perf_counter() - started)
         return bool(pub.duplicate)
 
-    def _publish_error(self, exc: BaseException) -> HTTPError:
+    def _publish_error(self, exc: Exception) -> HTTPError:
         if isinstance(exc, NATS_DOWN):
             return self.unavailable(f"NATS JetStream did not acknowledge ({type(exc).__name__})")
         if isinstance(exc, nats.js.errors.APIError):

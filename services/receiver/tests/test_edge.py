@@ -1,0 +1,126 @@
+"""Cross-cutting behaviour of the edge: correlation ids, trace context into NATS, metrics,
+health endpoints, settings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from conveyor.receiver.config import Settings
+from conveyor.shared import subjects
+from conveyor.shared.config import load_settings
+from conveyor.shared.errors import ConfigError
+from conveyor.shared.events import JobRecord, encoder
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_server_span_is_the_parent_of_the_published_event(start_receiver, lovable, js) -> None:
+    spans = InMemorySpanExporter()
+    async with start_receiver(span_exporter=spans) as r:
+        body = lovable.body()
+        headers = lovable.headers(body) | {"traceparent": TRACEPARENT, "X-Correlation-ID": "c-1"}
+        resp = await r.http.post("/api/webhooks/lovable", content=body, headers=headers)
+        assert resp.status_code == 202
+        assert resp.headers["X-Correlation-ID"] == "c-1"
+    msg = await js.get_last_msg(subjects.EVENTS, "events.lovable.project.created")
+    assert msg.headers is not None
+    assert msg.headers["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+    assert msg.headers[subjects.H_CORRELATION_ID] == "c-1"
+    (span,) = [s for s in spans.get_finished_spans() if s.name == "POST /api/webhooks/{source}"]
+    assert format(span.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+    assert span.attributes and span.attributes["http.response.status_code"] == 202
+
+
+async def test_without_an_exporter_the_callers_trace_still_travels(receiver, lovable, js) -> None:
+    body = lovable.body()
+    headers = lovable.headers(body) | {"traceparent": TRACEPARENT}
+    assert (
+        await receiver.http.post("/api/webhooks/lovable", content=body, headers=headers)
+    ).status_code == 202
+    msg = await js.get_last_msg(subjects.EVENTS, "events.lovable.project.created")
+    assert msg.headers is not None and msg.headers["traceparent"] == TRACEPARENT
+
+
+async def test_correlation_id_made_when_missing_or_unusable(receiver) -> None:
+    resp = await receiver.http.get("/api/jobs/x")
+    assert len(resp.headers["X-Correlation-ID"]) == 32
+    resp = await receiver.http.get("/api/jobs/x", headers={"X-Correlation-ID": "bad value with spaces"})
+    assert resp.headers["X-Correlation-ID"] != "bad value with spaces"
+    assert resp.json()["error"] == "missing_api_key"
+
+
+async def test_metrics(receiver, lovable) -> None:
+    body = lovable.body()
+    await receiver.http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body))
+    await receiver.http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body, secret="x"))
+    text = (await receiver.http.get("/metrics")).text
+    assert 'http_requests_total{method="POST",route="/api/webhooks/{source}",status="202"} 1.0' in text
+    assert "http_request_duration_seconds_bucket" in text
+    assert 'receiver_webhooks_total{outcome="accepted",source="lovable"} 1.0' in text
+    assert 'receiver_webhooks_total{outcome="unauthorized",source="lovable"} 1.0' in text
+    assert 'receiver_publish_seconds_count{stream="EVENTS"} 1.0' in text
+
+
+async def test_health_endpoints(receiver, lovable, js) -> None:
+    health = (await receiver.http.get("/health")).json()
+    assert health["status"] == "ok" and health["nats_connected"] is True and health["queue_depth"] == 0
+    assert health["uptime"] >= 0
+    lov = (await receiver.http.get("/health/lovable")).json()
+    assert lov == {"last_webhook_received": None, "secret_configured": True, "callback_url_configured": False}
+    body = lovable.body()
+    await receiver.http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body))
+    lov = (await receiver.http.get("/health/lovable")).json()
+    assert lov["last_webhook_received"] is not None
+
+    kv = await js.key_value(subjects.KV_JOBS)
+    now = dt.datetime.now(dt.UTC)
+    for n, status in enumerate(["completed", "completed", "failed", "timeout", "processing"]):
+        record = JobRecord(job_id=f"job_{n}", status=status, created_at=now, updated_at=now, finished_at=now)  # type: ignore[arg-type]
+        await kv.put(record.job_id, encoder.encode(record))
+    agent = (await receiver.http.get("/health/agent")).json()
+    assert agent["agents_available"] == ["dev", "qa", "architect", "pm", "ux-design-expert"]
+    assert agent["error_rate"] == 0.5 and agent["sample_size"] == 6
+    assert agent["last_execution"] is not None and agent["workers_waiting"] == 0
+
+
+def test_settings_from_env_and_toml(tmp_path: Path) -> None:
+    s = load_settings(Settings, {"LOVABLE_WEBHOOK_SECRET": "s", "RATE_LIMIT_MAX": "7"}, section="receiver")
+    assert s.port == 3100 and s.rate_limit_max == 7 and s.rate_limit_window_ms == 60_000
+    assert s.agents == ["dev", "qa", "architect", "pm", "ux-design-expert"]
+
+    toml = tmp_path / "conveyor.toml"
+    toml.write_text(
+        "[receiver]\n"
+        'agents = ["dev", "reviewer"]\n'
+        "[[receiver.webhook_sources]]\n"
+        'name = "acme"\nscheme = "standard"\nsecrets = ["whsec_YWJj"]\nallow_ips = ["10.0.0.0/8"]\n'
+    )
+    s = load_settings(Settings, {"CONVEYOR_CONFIG": str(toml), "PORT": "4000"}, section="receiver")
+    assert s.port == 4000 and s.agents == ["dev", "reviewer"]
+    assert [(w.name, w.scheme, w.allow_ips) for w in s.webhook_sources] == [
+        ("acme", "standard", ["10.0.0.0/8"])
+    ]
+
+    env_sources = '[{"name": "gh", "scheme": "github", "secrets": ["x"], "event_types": ["push"]}]'
+    s = load_settings(Settings, {"WEBHOOK_SOURCES": env_sources}, section="receiver")
+    assert s.webhook_sources[0].event_types == ["push"]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"WEBHOOK_SOURCES": '[{"name": "x", "scheme": "ftp", "secrets": ["s"]}]'}, "WEBHOOK_SOURCES"),
+        ({"WEBHOOK_SOURCES": '[{"name": "x", "scheme": "github", "secrets": []}]'}, "WEBHOOK_SOURCES"),
+        ({"WEBHOOK_SOURCES": '[{"name": "test", "scheme": "github", "secrets": ["s"]}]'}, "WEBHOOK_SOURCES"),
+        ({"RATE_LIMIT_MAX": "lots"}, "RATE_LIMIT_MAX"),
+        ({"TRUSTED_PROXIES": "not-a-network"}, ""),
+    ],
+)
+def test_bad_settings_fail_naming_the_setting(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(Settings, env, section="receiver")
+    assert named in str(err.value)
