@@ -2,7 +2,8 @@
 # `make compose-up` / `make compose-down`: deploy/compose.yml with podman-compose.
 #   scripts/compose.sh up      start the stack (Grafana too unless COMPOSE_PROFILES says otherwise)
 #   scripts/compose.sh down    stop and remove the containers (volumes stay; VOLUMES=1 removes them)
-#   scripts/compose.sh ARGS    any other podman-compose command, e.g. `ps` or `logs receiver`
+#   scripts/compose.sh ARGS    any other podman-compose command, e.g. `ps`, `logs receiver`,
+#                              `run --rm cli dlq list` (operator commands on the compose network)
 # Secrets come from deploy/.env, written with random values the first time.
 set -euo pipefail
 source "$(dirname "$0")/podman-env.sh"
@@ -40,10 +41,12 @@ case "${1:-}" in
     ;;
   down)
     shift
-    export COMPOSE_PROFILES="grafana,smoke"
+    export COMPOSE_PROFILES="grafana,smoke,tools"
     if [ "${VOLUMES:-0}" = 1 ]; then compose down -v "$@"; else compose down "$@"; fi
     ;;
   *)
+    # `run --rm cli ...` needs the tools profile; Grafana stays in view for ps and logs.
+    export COMPOSE_PROFILES="${COMPOSE_PROFILES-grafana,tools}"
     compose "$@"
     ;;
 esac

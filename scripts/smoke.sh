@@ -131,11 +131,11 @@ print(f"callback: job {cb['jobId']} agent {cb['agentId']} status {cb['status']},
 EOF
 
 log "job record through the edge"
-status=$(curl -fsS "$EDGE/api/jobs/$job_id" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["status"])')
+status=$(curl -fsS -H "Authorization: Bearer $LOVABLE_API_KEY" "$EDGE/api/jobs/$job_id" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["status"])')
 [ "$status" = completed ] || fail "GET /api/jobs/$job_id says $status"
 
 log "cluster: three NATS nodes, streams at three replicas"
-podman exec "$(container receiver)" python3 - <<'EOF' || fail "JetStream cluster"
+podman exec -i "$(container receiver)" python3 - <<'EOF' || fail "JetStream cluster"
 import asyncio, os
 import nats
 
@@ -152,6 +152,10 @@ async def main() -> None:
 asyncio.run(main())
 EOF
 
+log "operator CLI on the compose network"
+COMPOSE_PROFILES=smoke,tools compose run --rm cli dlq list >"$ARTIFACTS/cli.log" 2>&1 || { cat "$ARTIFACTS/cli.log" >&2; fail "conveyor dlq list"; }
+sed 's/^/  /' "$ARTIFACTS/cli.log" | grep -v "systemd" | tail -3
+
 log "image health checks"
 for c in $(podman ps --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}'); do
   case "$c" in *receiver* | *executor* | *deliverer* | *deployer* | *nats*)
@@ -162,7 +166,7 @@ done
 
 log "prometheus scrapes every service replica"
 prom=$(container prometheus)
-until podman exec "$prom" python3 - <<'EOF' 2>/dev/null
+until podman exec -i "$prom" python3 - <<'EOF' 2>/dev/null
 import json, sys, urllib.parse, urllib.request
 url = "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote('count by (job) (up == 1)')
 rows = json.load(urllib.request.urlopen(url, timeout=5))["data"]["result"]

@@ -36,6 +36,8 @@ def test_replicas() -> None:
     services = compose()["services"]
     replicas = {svc: services[svc].get("deploy", {}).get("replicas", 1) for svc in SERVICES}
     assert replicas == {"receiver": 2, "executor": 2, "deliverer": 1, "deployer": 1}
+    # podman-compose honours deploy.replicas only with the mode spelled out.
+    assert all(services[s]["deploy"]["mode"] == "replicated" for s in ("receiver", "executor"))
     assert {"prometheus", "grafana", "node-exporter", "edge"} <= set(services)
 
 
