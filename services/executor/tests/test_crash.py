@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.procs import ServiceProcess, service_env
 
 
@@ -24,7 +25,8 @@ async def test_sigkill_mid_job_completes_on_the_other_executor_with_one_result(
         await asyncio.gather(*(p.start() for p in procs.values()))
         job_id = await bus.job("sleep", {"ms": 3000})
         await bus.until(job_id, "processing")
-        [first] = await bus.log_lines(job_id)
+        # The attempt's first log line (written just after "processing") names its executor.
+        [first] = await eventually(lambda: bus.log_lines(job_id))
         victim = next(name for name in procs if f" on {name} " in first)
         await procs[victim].kill()
 

@@ -14,6 +14,7 @@ from conveyor.executor.service import SPEC
 from conveyor.shared import subjects
 from conveyor.shared.events import JobRecord, JobRequest
 from conveyor.shared.runner import serve
+from conveyor.shared.testing.fixtures import eventually
 
 FILES = {"app/main.py": "import os\n\ndef main():\n    return 1\n", "app/util.py": "X = 1\n"}
 
@@ -113,7 +114,11 @@ async def test_cancel_stops_a_running_job(bus, make_settings) -> None:
         rec = await bus.until(job_id, "cancelled", timeout=5)
         assert rec.error == "user pressed stop" and rec.result is None
         assert await bus.results(job_id) == []
-        assert any("cancelled: user pressed stop" in line for line in await bus.log_lines(job_id))
+
+        async def logged() -> None:  # the log is written just after the record
+            assert any("cancelled: user pressed stop" in line for line in await bus.log_lines(job_id))
+
+        await eventually(logged)
 
 
 async def test_cancel_of_a_fan_out_parent_cancels_its_children(bus, make_settings) -> None:

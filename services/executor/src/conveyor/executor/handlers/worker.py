@@ -508,6 +508,8 @@ class Worker:
                 callback_url=base.callback_url or req.callback_url,
             )
 
+        # The log first: once a client sees the terminal record, the log it fetches is complete.
+        await attempt.flush_log()
         if not await attempt.write(change):
             if attempt.cur.terminal:
                 await self._settle_finished(msg, attempt.cur, req)
@@ -524,8 +526,7 @@ class Worker:
             number,
             extra={"agent": agent_name, "status": outcome.status},
         )
-        publish = self.results.republish(stored, req.correlation_id)
-        await asyncio.gather(publish, attempt.flush_log())
+        await self.results.republish(stored, req.correlation_id)
         if req.parent_id is not None:
             await self.child_done(req.parent_id)
         return True
