@@ -46,9 +46,11 @@ async def test_without_an_exporter_the_callers_trace_still_travels(receiver, lov
 
 
 async def test_correlation_id_made_when_missing_or_unusable(receiver) -> None:
-    resp = await receiver.http.get("/api/jobs/x")
+    resp = await receiver.http.post("/api/jobs", json={})
     assert len(resp.headers["X-Correlation-ID"]) == 32
-    resp = await receiver.http.get("/api/jobs/x", headers={"X-Correlation-ID": "bad value with spaces"})
+    resp = await receiver.http.post(
+        "/api/jobs", json={}, headers={"X-Correlation-ID": "bad value with spaces"}
+    )
     assert resp.headers["X-Correlation-ID"] != "bad value with spaces"
     assert resp.json()["error"] == "missing_api_key"
 

@@ -153,6 +153,24 @@ async def test_api_key_required(receiver, new_key, bus) -> None:
     assert resp.status_code == 202
 
 
+async def test_reads_without_a_key(start_receiver, new_key) -> None:
+    async with start_receiver(read_rate_limit_max=3) as r:
+        key = await new_key(r)
+        job = (await r.http.post("/api/jobs", json={"agent": "dev", "prompt": "x"}, headers=auth(key))).json()
+        # The status URL a webhook sender gets works without a key, limited per client address.
+        answers = [await r.http.get(job["status_url"]) for _ in range(4)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert answers[0].headers["X-RateLimit-Limit"] == "3"
+        # A key given is a key checked, and its own budget applies.
+        assert (await r.http.get(job["status_url"], headers=auth("cvk_wrong"))).status_code == 401
+        assert (await r.http.get(job["status_url"], headers=auth(key))).status_code == 200
+        # Writes always need a key.
+        assert (await r.http.post(f"{job['status_url']}/cancel")).status_code == 401
+    async with start_receiver(reads_require_api_key=True) as r:
+        resp = await r.http.get(job["status_url"])
+        assert (resp.status_code, resp.json()["error"]) == (401, "missing_api_key")
+
+
 async def test_unknown_job_is_404(receiver, new_key) -> None:
     key = await new_key(receiver)
     for path in (

@@ -81,6 +81,12 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """APIKEY_CACHE_S: how long a replica trusts its cached copy of a key record (revocations made
     on another replica take effect within this time; on this replica at once)."""
 
+    reads_require_api_key: bool = False
+    """READS_REQUIRE_API_KEY: whether GET /api/jobs/{id}[/...] needs a key. Off by default: job
+    ids are unguessable and the 202 of a webhook hands its status_url to a sender that has no
+    API key. Without a key, reads are limited per client address (READ_RATE_LIMIT_MAX)."""
+    read_rate_limit_max: int = 600
+    """READ_RATE_LIMIT_MAX: reads without an API key per RATE_LIMIT_WINDOW_MS per client address."""
     rate_limit_max: int = 100
     """RATE_LIMIT_MAX: webhooks per window per project (x-lovable-project-id) or client address; 0 = off."""
     rate_limit_window_ms: int = 60_000

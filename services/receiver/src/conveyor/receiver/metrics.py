@@ -34,7 +34,7 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "receiver_rate_limited",
-            "Requests refused with 429, by scope (webhook, api_key).",
+            "Requests refused with 429, by scope (webhook, api_key, read).",
             ["scope"],
             registry=registry,
         )
@@ -60,5 +60,5 @@ class Metrics:
         for source in sources:
             for outcome in WEBHOOK_OUTCOMES:
                 self.webhooks.labels(source, outcome)
-        for scope in ("webhook", "api_key"):
+        for scope in ("webhook", "api_key", "read"):
             self.rate_limited.labels(scope)

@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 
 from conveyor.receiver.schemas import ErrorBody
 
-Auth = Literal["none", "api_key", "admin", "webhook"]
+Auth = Literal["none", "api_key", "read", "admin", "webhook"]  # read: a key is optional
 SSE = "text/event-stream"
 TEXT = "text/plain"
 ANY_JSON = "any-json"
@@ -134,6 +134,8 @@ def _operation(op: Operation, schema_of: dict[Any, Any]) -> dict[str, Any]:
         }
     if op.auth in ("api_key", "admin"):
         out["security"] = [{"bearer": []}, {"apiKeyQuery": []}]
+    elif op.auth == "read":
+        out["security"] = [{}, {"bearer": []}, {"apiKeyQuery": []}]
     responses: dict[str, Any] = {}
     for status, kind in sorted(op.responses.items()):
         responses[str(status)] = _response(status, kind, op, schema_of)
@@ -158,7 +160,7 @@ def _response(status: int, kind: Any, op: Operation, schema_of: dict[Any, Any]) 
     headers: dict[str, Any] = {"X-Correlation-ID": {"schema": {"type": "string"}}}
     if status in (429, 503):
         headers["Retry-After"] = {"schema": {"type": "string"}, "description": "Seconds to wait."}
-    if op.auth in ("api_key", "webhook") and status not in (404,):
+    if op.auth in ("api_key", "read", "webhook") and status not in (404,):
         for name in _RATE_HEADERS:
             headers[name] = {"schema": {"type": "string"}}
     resp["headers"] = headers

@@ -83,7 +83,7 @@ def _job_reads() -> list[Operation]:
             summary,
             "jobs",
             {200: ok, 404: E, **_KEYED},
-            auth="api_key",
+            auth="read",
             params=_API_KEY_QUERY,
             deprecated=deprecated,
         )
@@ -111,7 +111,7 @@ def _job_reads() -> list[Operation]:
             "Status and progress as Server-Sent Events",
             "jobs",
             {200: SSE, 404: E, **_KEYED},
-            auth="api_key",
+            auth="read",
             params=(*_API_KEY_QUERY, Param("Last-Event-ID", "header", "Resume after this event id.")),
         ),
         read(f"{_JOB}/logs", jobs.logs, "The execution's log lines", JobLog),
@@ -262,7 +262,7 @@ def routes(rt: Runtime[Any]) -> None:
     for op in ops:
         if op.handler is not None:
             rt.app.router.add_route(op.method, op.path, op.handler)
-    spec = document(ops, title="Conveyor receiver", version=_version())
+    spec = document([*ops, *sites_api.operations()], title="Conveyor receiver", version=_version())
     # What this deployment accepts is known at start: say so in the document.
     spec["components"]["schemas"]["JobCreate"]["properties"]["agent"]["enum"] = list(settings.agents)
     for param in spec["paths"]["/api/webhooks/{source}"]["post"]["parameters"]:

@@ -153,6 +153,23 @@ class Receiver:
             raise HTTPError(403, "forbidden", "this key is not an admin key")
         return principal
 
+    async def reader(self, request: web.Request) -> Principal | None:
+        """Reads by job id: a key when one is given (its limits apply), else, unless
+        READS_REQUIRE_API_KEY, anonymous and limited per client address."""
+        given = "Authorization" in request.headers or "api_key" in request.query
+        if given or self.settings.reads_require_api_key:
+            principal = await self.authenticate(request)
+            await self.limit_key(request, principal)
+            return principal
+        if self.settings.read_rate_limit_max > 0:
+            limiter = self._limiter()
+            scope = hashlib.blake2b(f"{self.client_address(request)}".encode(), digest_size=12).hexdigest()
+            window_s = self.settings.rate_limit_window_ms / 1000
+            with self.nats_errors():
+                decision = await limiter.hit(f"r.{scope}", self.settings.read_rate_limit_max, window_s)
+            self._apply(request, decision, "read")
+        return None
+
     async def limit_key(self, request: web.Request, principal: Principal) -> None:
         """Per-key limits: per minute and per day, both counted in KV."""
         if principal.per_minute <= 0 and principal.per_day <= 0:

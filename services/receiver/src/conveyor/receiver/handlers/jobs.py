@@ -133,21 +133,29 @@ def _not_found(job_id: str) -> HTTPError:
     return HTTPError(404, "job_not_found", f"no job {job_id[:100]!r}")
 
 
-async def _authorised(request: web.Request) -> tuple[Receiver, str]:
+async def write_access(request: web.Request) -> tuple[Receiver, str]:
+    """A write on a job: an API key is required."""
     st = request.app[STATE]
     principal = await st.authenticate(request)
     await st.limit_key(request, principal)
     return st, request.match_info["job_id"]
 
 
+async def read_access(request: web.Request) -> tuple[Receiver, str]:
+    """A read of a job: a key if given, else anonymous (see READS_REQUIRE_API_KEY)."""
+    st = request.app[STATE]
+    await st.reader(request)
+    return st, request.match_info["job_id"]
+
+
 async def get(request: web.Request) -> web.Response:
-    st, job_id = await _authorised(request)
+    st, job_id = await read_access(request)
     record, _ = await load(st, job_id)
     return respond(200, record)
 
 
 async def result(request: web.Request) -> web.Response:
-    st, job_id = await _authorised(request)
+    st, job_id = await read_access(request)
     record, _ = await load(st, job_id)
     view = JobResultView(
         job_id=record.job_id,
@@ -160,7 +168,7 @@ async def result(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    st, job_id = await _authorised(request)
+    st, job_id = await write_access(request)
     record, _ = await load(st, job_id)
     if record.terminal:
         raise HTTPError(
@@ -174,14 +182,14 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def logs(request: web.Request) -> web.Response:
-    st, job_id = await _authorised(request)
+    st, job_id = await read_access(request)
     record, _ = await load(st, job_id)
     raw = await _optional(st, subjects.KV_JOB_LOGS, job_id)
     return respond(200, job_log_decoder.decode(raw) if raw else JobLog(job_id=record.job_id))
 
 
 async def deliveries(request: web.Request) -> web.Response:
-    st, job_id = await _authorised(request)
+    st, job_id = await read_access(request)
     record, _ = await load(st, job_id)
     raw = await _optional(st, subjects.KV_DELIVERIES, job_id)
     return respond(200, delivery_log_decoder.decode(raw) if raw else DeliveryLog(job_id=record.job_id))
