@@ -1,0 +1,1 @@
+"""Message handlers: results to callbacks, and test sends."""

@@ -1,0 +1,155 @@
+"""``results.<job_id>`` -> a signed POST of the AgentResult to the job's callback URL.
+
+Settlement goes through conveyor.shared.consumer: returning acks; RetryableError NAKs with
+our delay (a retry is a JetStream redelivery, so it survives a restart); PermanentError
+copies the result to ``dlq.deliver.results.<job_id>`` and, once that is stored, terminates it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import httpx
+from nats.aio.msg import Msg
+from opentelemetry import trace
+
+from conveyor.deliverer.attempt_log import AttemptLog, round_attempts
+from conveyor.deliverer.breaker import Breakers
+from conveyor.deliverer.config import Settings
+from conveyor.deliverer.metrics import Metrics
+from conveyor.deliverer.retry import RetryPolicy
+from conveyor.deliverer.sender import endpoint_of, post
+from conveyor.deliverer.signing_keys import SigningKeys
+from conveyor.shared.consumer import attempts_of
+from conveyor.shared.errors import PermanentError, RetryableError
+from conveyor.shared.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
+from conveyor.shared.logs import bound
+from conveyor.shared.signing import standard_headers
+from conveyor.shared.telemetry import consumer_span, inject_headers
+
+log = logging.getLogger(__name__)
+
+STAGE = "deliver"  # dead letters go to dlq.deliver.results.<job_id>
+
+
+def webhook_id(job_id: str) -> str:
+    """Stable per job result: a receiver that saw it already can drop a repeat."""
+    return f"result-{job_id}"
+
+
+@dataclass
+class DeliverCallback:
+    settings: Settings
+    client: httpx.AsyncClient
+    attempts: AttemptLog
+    breakers: Breakers
+    policy: RetryPolicy
+    keys: SigningKeys
+    metrics: Metrics
+    tracer: trace.Tracer
+
+    def target(self, job: JobResult) -> str | None:
+        """The job's own URL, else the source's default (LOVABLE_CALLBACK_URL for lovable)."""
+        if job.callback_url:
+            return job.callback_url
+        if job.source == "lovable" and self.settings.lovable_callback_url:
+            return self.settings.lovable_callback_url
+        return self.settings.callback_default_urls.get(job.source) or None
+
+    async def __call__(self, msg: Msg) -> None:
+        job = job_result_decoder.decode(msg.data)
+        with (
+            bound(job=job.job_id, correlation=job.correlation_id),
+            consumer_span(self.tracer, "results.* process", msg.headers, msg.subject),
+        ):
+            await self.deliver(msg, job)
+
+    async def deliver(self, msg: Msg, job: JobResult) -> None:
+        url = self.target(job)
+        first = attempts_of(msg) == 1
+        if url is None:
+            log.info("job %s (source %s) has no callback URL: skipped", job.job_id, job.source)
+            self.metrics.callbacks.labels("skipped").inc()
+            skipped = DeliveryAttempt(
+                at=utcnow(),
+                url="",
+                status_code=None,
+                latency_ms=0.0,
+                error="no callback URL",
+                outcome="skipped",
+            )
+            await self.attempts.append_later(job.job_id, skipped, known=False, entry=None)
+            return
+
+        endpoint = endpoint_of(url)
+        if (pause := self.breakers.wait_s(endpoint)) is not None:
+            # Not an attempt: nothing is recorded, so the attempt count does not move.
+            self.metrics.callbacks.labels("paused").inc()
+            raise RetryableError(f"circuit open for {endpoint}; paused {pause:.1f}s", delay_s=pause)
+
+        try:
+            entry = None if first else await self.attempts.read(job.job_id)
+        except Exception as exc:
+            self.breakers.abandon(endpoint)
+            raise RetryableError(f"cannot read the delivery log: {exc}") from exc
+        number = (0 if first else round_attempts(entry)) + 1
+
+        body = encoder.encode(job.result)
+        headers = inject_headers(
+            {
+                "Content-Type": "application/json",
+                **standard_headers(self.keys.for_url(url), webhook_id(job.job_id), body),
+            }
+        )
+        at = utcnow()
+        try:
+            result = await post(self.client, url, body, headers, timeout_s=self.settings.callback_timeout_s)
+        except BaseException:
+            self.breakers.abandon(endpoint)
+            raise
+        if result.kind == "retry":
+            self.breakers.failure(endpoint)
+        elif result.kind == "refused":
+            self.breakers.abandon(endpoint)
+        else:  # it answered: the endpoint is up even when it rejects this result
+            self.breakers.success(endpoint)
+
+        if result.kind == "ok":
+            outcome = "delivered"
+        elif result.kind == "retry" and not self.policy.exhausted(number):
+            outcome = "retry"
+        else:
+            outcome = "dead_lettered"
+        record = DeliveryAttempt(
+            at=at,
+            url=url,
+            status_code=result.status_code,
+            latency_ms=round(result.latency_s * 1000, 3),
+            error=result.error,
+            outcome=outcome,
+        )
+        self.metrics.callbacks.labels(outcome).inc()
+        self.metrics.duration.labels(outcome).observe(result.latency_s)
+
+        if outcome == "delivered":
+            log.info(
+                "delivered job %s to %s on attempt %d (%d)", job.job_id, endpoint, number, result.status_code
+            )
+            # Nothing reads this record back before the result is settled: write it off the hot path.
+            await self.attempts.append_later(job.job_id, record, known=not first, entry=entry)
+            return
+        # A retry reads this record to count attempts, so it is stored before the NAK.
+        await self.attempts.append(job.job_id, record, known=not first, entry=entry)
+        if outcome == "retry":
+            delay = self.policy.delay(number, result.retry_after_s)
+            raise RetryableError(
+                f"attempt {number} of {self.policy.max_attempts} to {endpoint} failed: {result.error}",
+                delay_s=delay,
+                status_code=result.status_code,
+            )
+        raise PermanentError(
+            f"{result.error} (attempt {number} of {self.policy.max_attempts}, {url})",
+            status_code=result.status_code,
+            attempts=number,
+        )

@@ -1,0 +1,54 @@
+"""Deliverer metrics, on the service's registry.
+
+The DLQ depth gauge is ``dlq_depth_messages``, not ``dlq_messages``: every service already
+registers the counter ``dlq_messages`` (exposed as ``dlq_messages_total``, dead letters
+written), and a gauge of the same family name would clash in the registry and in the
+OpenMetrics exposition Prometheus negotiates.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OUTCOMES = ("delivered", "retry", "dead_lettered", "skipped", "paused")
+TEST_OUTCOMES = ("delivered", "failed", "expired")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.callbacks = Counter(
+            "callbacks",
+            "Callback deliveries by outcome: delivered, retry (an attempt failed, another is "
+            "scheduled), dead_lettered, skipped (no callback URL), paused (circuit open, no attempt).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "callback_duration_seconds",
+            "Time of one callback attempt, DNS to answer, by outcome.",
+            ["outcome"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.dlq_depth = Gauge(
+            "dlq_depth_messages",
+            "Messages now in the DLQ stream (every stage), refreshed from stream info.",
+            registry=registry,
+        )
+        self.open_circuits = Gauge(
+            "callback_circuits_open",
+            "Endpoints whose circuit breaker is open in this process.",
+            registry=registry,
+        )
+        self.test_sends = Counter(
+            "callback_test_sends",
+            "Test events sent on request, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in OUTCOMES:
+            self.callbacks.labels(outcome)
+        for outcome in ("delivered", "retry", "dead_lettered"):
+            self.duration.labels(outcome)
+        for outcome in TEST_OUTCOMES:
+            self.test_sends.labels(outcome)

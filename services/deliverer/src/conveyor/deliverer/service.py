@@ -1,0 +1,138 @@
+"""The deliverer as the runner sees it: streams, buckets, consumers, background gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from conveyor.deliverer.attempt_log import AttemptLog
+from conveyor.deliverer.breaker import Breakers
+from conveyor.deliverer.config import (
+    Settings,
+    allowed_networks,
+    endpoint_secrets,
+    retry_schedule,
+    signing_secrets,
+)
+from conveyor.deliverer.handlers.callbacks import STAGE, DeliverCallback
+from conveyor.deliverer.handlers.send_test_event import SendTestEvent
+from conveyor.deliverer.metrics import Metrics
+from conveyor.deliverer.retry import RetryPolicy
+from conveyor.deliverer.sender import build_client
+from conveyor.deliverer.signing_keys import SigningKeys
+from conveyor.deliverer.ssrf import AddressPolicy
+from conveyor.shared import subjects
+from conveyor.shared.consumer import Consumer
+from conveyor.shared.runner import Runtime, ServiceSpec
+
+TEST_SEND_CONCURRENCY = 8
+
+
+def ack_wait_s(settings: Settings) -> float:
+    """Above the longest a handler can hold a result (the attempt plus KV reads and writes),
+    so JetStream never hands a result to a second deliverer while the first is still calling."""
+    return settings.callback_timeout_s + 30.0
+
+
+def results_consumer(settings: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=subjects.DELIVERER,
+        filter_subject="results.>",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s(settings),
+        # Attempts are counted from the delivery log, not by JetStream: a delivery paused by an
+        # open circuit is redelivered without being an attempt. The handler dead-letters.
+        max_deliver=-1,
+        max_ack_pending=settings.callback_max_ack_pending,
+    )
+
+
+def test_sends_consumer(settings: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=subjects.DELIVERER_TEST_SENDS,
+        filter_subject=subjects.TEST_SEND_FILTER,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s(settings),
+        max_deliver=3,
+    )
+
+
+async def _refresh_gauges(rt: Runtime[Settings], metrics: Metrics, breakers: Breakers) -> None:
+    """dlq_depth_messages from the DLQ stream's state; open circuits from this process."""
+    while not rt.stopping.is_set():
+        with contextlib.suppress(Exception):
+            info = await rt.js.stream_info(subjects.DLQ)
+            metrics.dlq_depth.set(info.state.messages or 0)
+        metrics.open_circuits.set(breakers.open_count())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.stopping.wait(), rt.settings.dlq_gauge_interval_s)
+
+
+@contextlib.asynccontextmanager
+async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
+    s = rt.settings
+    metrics = Metrics(rt.registry)
+    breakers = Breakers(s.callback_breaker_threshold, s.callback_breaker_cooldown_s)
+    keys = SigningKeys(signing_secrets(s), endpoint_secrets(s))
+    attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES])
+    client = build_client(
+        AddressPolicy(allowed_networks(s)),
+        timeout_s=s.callback_timeout_s,
+        max_connections=s.callback_concurrency + TEST_SEND_CONCURRENCY,
+    )
+    policy = RetryPolicy(
+        schedule_s=retry_schedule(s),
+        max_attempts=s.callback_max_attempts,
+        jitter=s.callback_retry_jitter,
+        max_delay_s=s.callback_retry_max_delay_s,
+        retry_after_max_s=s.callback_retry_after_max_s,
+    )
+    deliver = DeliverCallback(s, client, attempts, breakers, policy, keys, metrics, rt.tracer)
+    send_test = SendTestEvent(s, client, attempts, keys, metrics)
+    gauges = asyncio.create_task(_refresh_gauges(rt, metrics, breakers), name="deliverer-gauges")
+    try:
+        await rt.start_consumer(
+            Consumer(
+                js=rt.js,
+                stream=subjects.RESULTS,
+                config=results_consumer(s),
+                handler=deliver,
+                stage=STAGE,
+                metrics=rt.consumer_metrics,
+                concurrency=s.callback_concurrency,
+                batch=s.callback_batch,
+            )
+        )
+        await rt.start_consumer(
+            Consumer(
+                js=rt.js,
+                stream=subjects.CONTROL,
+                config=test_sends_consumer(s),
+                handler=send_test,
+                stage=STAGE,
+                metrics=rt.consumer_metrics,
+                concurrency=TEST_SEND_CONCURRENCY,
+                batch=TEST_SEND_CONCURRENCY,
+            )
+        )
+        yield
+    finally:
+        # The runner has stopped the consumers by now: in-flight callbacks are settled.
+        gauges.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gauges
+        await attempts.flush()
+        await client.aclose()
+
+
+SPEC = ServiceSpec(
+    name="deliverer",
+    streams=[subjects.RESULTS, subjects.DLQ, subjects.CONTROL],
+    buckets=[subjects.KV_DELIVERIES],
+    components=components,
+)
