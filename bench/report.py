@@ -40,6 +40,22 @@ def _cpu(c: Any) -> str:
     return f"{ours} | whole machine {c.get('_machine', float('nan')):.2f}"
 
 
+def _per(c: Any, count: Any) -> dict[str, float]:
+    """CPU microseconds per request (or job) for each process: cores x wall / count. Unlike a
+    rate, this does not depend on how much of the machine others were using."""
+    if not isinstance(c, dict) or not _num(count) or not count:
+        return {}
+    wall = c.get("_wall_s", 0)
+    return {k: v * wall / count * 1e6 for k, v in c.items() if not k.startswith("_") and v * wall > 0}
+
+
+def _per_text(per: dict[str, float]) -> str:
+    if not per:
+        return "n/a"
+    parts = ", ".join(f"{k} {v:,.0f}" for k, v in per.items() if v >= 1)
+    return f"{parts}; total {sum(per.values()):,.0f} us"
+
+
 def _verdict(ok: bool | None) -> str:
     return "" if ok is None else ("ok" if ok else "MISS")
 
@@ -118,6 +134,14 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
         )
         add("ingest", "  of which driver lag p50/p99 (scheduled -> sent)", _ms(half["lag_ms"], "p50", "p99"))
         add("ingest", "  cores used at max rate", _cpu(mx.get("cpu_cores")))
+        per = _per(mx.get("cpu_cores"), mx.get("ok"))
+        fper = _per(_get(r, "floors", "http", "cpu_cores"), _get(r, "floors", "http", "ok"))
+        eff = (
+            f"; bare aiohttp {fper['bare-aiohttp']:,.0f} us = {fper['bare-aiohttp'] / per['receiver']:.2f}x"
+            if "bare-aiohttp" in fper and per.get("receiver")
+            else ""
+        )
+        add("ingest", "  CPU per accepted webhook at max rate", _per_text(per) + eff)
         add("ingest", "  cores used at half rate", _cpu(half.get("cpu_cores")))
         bad = {k: v for k, v in half["statuses"].items() if not k.startswith("2")}
         if bad:
@@ -146,6 +170,11 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
             )
             add("end to end", "Webhook -> callback at max rate: p50/p99", _ms(mx["latency_ms"], "p50", "p99"))
             add("end to end", "  cores used at max rate", _cpu(mx.get("cpu_cores")))
+            add(
+                "end to end",
+                "  CPU per job, by process",
+                _per_text(_per(mx.get("cpu_cores"), mx.get("delivered"))),
+            )
         half = e.get("half") or {}
         if half:
             p50 = _get(half, "latency_ms", "p50")
@@ -227,6 +256,11 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
             _rate(bmx, "/s") + (f"; Conveyor/baseline = {cmx / bmx:.2f}x" if _num(cmx) and _num(bmx) else ""),
         )
         add("baseline", "  cores used at max ingest rate", _cpu(_get(b, "ingest", "max", "cpu_cores")))
+        add(
+            "baseline",
+            "  CPU per accepted webhook",
+            _per_text(_per(_get(b, "ingest", "max", "cpu_cores"), _get(b, "ingest", "max", "ok"))),
+        )
         bh = _get(b, "ingest", "half")
         if bh:
             add(
@@ -245,6 +279,11 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 + (f"; Conveyor/baseline = {cj / bj:.2f}x" if _num(cj) and _num(bj) else ""),
             )
             add("baseline", "  cores used end to end", _cpu(b["e2e_max"].get("cpu_cores")))
+            add(
+                "baseline",
+                "  CPU per job, by process",
+                _per_text(_per(b["e2e_max"].get("cpu_cores"), b["e2e_max"].get("delivered"))),
+            )
         if b.get("e2e_half"):
             add(
                 "baseline",
