@@ -1,0 +1,359 @@
+"""The deliverer in-process against a real nats-server and a real callback sink."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from prometheus_client import CollectorRegistry
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from conveyor.deliverer.config import Settings
+from conveyor.deliverer.service import SPEC
+from conveyor.shared import events, subjects
+from conveyor.shared.config import Secret
+from conveyor.shared.events import DeliveryLog, delivery_log_decoder, encoder, utcnow
+from conveyor.shared.runner import Runtime, serve
+from conveyor.shared.testing.fixtures import eventually
+
+SECRET_OLD = "whsec_b2xkLWNhbGxiYWNrLXNpZ25pbmcta2V5LTAwMQ=="
+SECRET_NEW = "whsec_bmV3LWNhbGxiYWNrLXNpZ25pbmcta2V5LTAwMg=="
+
+
+def settings(nats_url: str, **kw: Any) -> Settings:
+    base: dict[str, Any] = {
+        "nats_url": nats_url,
+        "port": 0,
+        "callback_signing_secrets": Secret(SECRET_NEW),
+        "callback_allowed_networks": "127.0.0.0/8,::1/128",
+        "callback_retry_schedule_s": "0.2,0.4",
+        "callback_timeout_s": 5.0,
+        "dlq_gauge_interval_s": 0.1,
+        "shutdown_grace_s": 2.0,
+    }
+    return Settings(**{**base, **kw})
+
+
+@asynccontextmanager
+async def deliverer(
+    s: Settings, registry: CollectorRegistry | None = None
+) -> AsyncIterator[Runtime[Settings]]:
+    async with serve(SPEC, s, registry=registry) as rt:
+        yield rt
+
+
+async def read_log(kv: KeyValue, key: str) -> DeliveryLog:
+    return delivery_log_decoder.decode((await kv.get(key)).value or b"")
+
+
+async def log_when(kv: KeyValue, key: str, outcomes: list[str], timeout: float = 15) -> DeliveryLog:
+    async def check() -> DeliveryLog:
+        log = await read_log(kv, key)
+        assert [a.outcome for a in log.attempts] == outcomes
+        return log
+
+    return await eventually(check, timeout=timeout)
+
+
+async def scrape(rt: Runtime[Settings]) -> str:
+    async with httpx.AsyncClient() as http:
+        return (await http.get(f"http://127.0.0.1:{rt.http_port}/metrics")).text
+
+
+async def test_fails_twice_then_delivered_on_the_third_attempt(
+    nats_url: str,
+    js: JetStreamContext,
+    sink: Any,
+    publish_result: Any,
+    make_result: Any,
+    registry: CollectorRegistry,
+) -> None:
+    sink.plan = [500, 503]
+    async with deliverer(settings(nats_url), registry) as rt:
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_flaky", sink.url())
+        log = await log_when(kv, "job_flaky", ["retry", "retry", "delivered"])
+        metrics = await scrape(rt)
+
+    assert log.delivered and log.job_id == "job_flaky"
+    assert [a.status_code for a in log.attempts] == [500, 503, 200]
+    assert [a.url for a in log.attempts] == [sink.url()] * 3
+    assert log.attempts[0].error is not None and log.attempts[0].error.startswith("HTTP 500")
+    assert all(a.latency_ms >= 0 for a in log.attempts) and log.attempts[0].at < log.attempts[2].at
+    assert [r.answered for r in sink.requests] == [500, 503, 200]
+
+    expected = msgspec.json.decode(encoder.encode(make_result("job_flaky", sink.url()).result))
+    for r in sink.requests:
+        assert r.headers["webhook-id"] == "result-job_flaky"
+        assert r.headers["content-type"] == "application/json"
+        assert Webhook(SECRET_NEW).verify(r.body, r.headers) == expected
+    body = json.loads(sink.requests[-1].body)
+    assert body["jobId"] == "job_flaky" and body["lovableProjectId"] == "proj-7" and body["agentId"] == "qa"
+    assert body["status"] == "completed" and body["executionTime"] == 1234
+    assert body["result"] == {
+        "summary": "3 findings",
+        "files_changed": ["app.py"],
+        "suggestions": ["add tests"],
+    }
+
+    assert 'callbacks_total{outcome="delivered"} 1.0' in metrics
+    assert 'callbacks_total{outcome="retry"} 2.0' in metrics
+    assert 'callback_duration_seconds_count{outcome="delivered"} 1.0' in metrics
+    assert 'deliverer_messages_total{consumer="deliverer",outcome="retried"} 2.0' in metrics
+
+
+async def test_dead_letter_then_cli_replay_delivers_exactly_once(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any, registry: CollectorRegistry
+) -> None:
+    sink.status = 500
+    async with deliverer(settings(nats_url, callback_max_attempts=2), registry) as rt:
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        published = await publish_result("job_dead", sink.url())
+        await log_when(kv, "job_dead", ["retry", "dead_lettered"])
+
+        async def dead() -> Any:
+            return await js.get_last_msg(subjects.DLQ, "dlq.deliver.results.job_dead")
+
+        letter = await eventually(dead)
+        assert letter.data == published  # byte for byte
+        h = letter.headers or {}
+        assert h[subjects.H_ORIGINAL_SUBJECT] == "results.job_dead"
+        assert h[subjects.H_ORIGINAL_STREAM] == subjects.RESULTS
+        assert h[subjects.H_STAGE] == "deliver"
+        assert h[subjects.H_LAST_STATUS] == "500"
+        assert h[subjects.H_ATTEMPTS] == "2"
+        assert h[subjects.H_ERROR].startswith("HTTP 500") and "attempt 2 of 2" in h[subjects.H_ERROR]
+        assert dt.datetime.fromisoformat(h[subjects.H_FAILED_AT]) <= utcnow()
+        assert sink.answered(500) == 2
+
+        async def gauge_shows(n: int) -> None:
+            assert f"dlq_depth_messages {n:.1f}" in await scrape(rt)
+
+        await eventually(lambda: gauge_shows(1))
+        assert 'callbacks_total{outcome="dead_lettered"} 1.0' in await scrape(rt)
+        assert 'dlq_messages_total{stage="deliver"} 1.0' in await scrape(rt)
+
+        sink.status = 200  # the endpoint is fixed
+        listed = await conveyor_cli(nats_url, "dlq", "list", "--json")
+        rows = [json.loads(line) for line in listed.splitlines()]
+        assert [(r["seq"], r["original_subject"], r["last_status"]) for r in rows] == [
+            (letter.seq, "results.job_dead", "500")
+        ]
+        out = await conveyor_cli(nats_url, "dlq", "replay", str(letter.seq))
+        assert "replayed 1 of 1" in out
+
+        log = await log_when(kv, "job_dead", ["retry", "dead_lettered", "delivered"])
+        assert log.delivered
+        await assert_settled(js)
+        assert (await js.stream_info(subjects.DLQ)).state.messages == 0
+        await eventually(lambda: gauge_shows(0))
+    assert sink.answered(200) == 1  # delivered exactly once
+    assert Webhook(SECRET_NEW).verify(sink.requests[-1].body, sink.requests[-1].headers)
+
+
+async def assert_settled(js: JetStreamContext) -> None:
+    """Nothing left for the deliverer: no message pending, none awaiting an ack or a retry."""
+
+    async def settled() -> None:
+        info = await js.consumer_info(subjects.RESULTS, subjects.DELIVERER)
+        assert info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(settled)
+
+
+async def conveyor_cli(nats_url: str, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "conveyor.cli",
+        *args,
+        "--server",
+        nats_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, (out, err)
+    return out.decode()
+
+
+async def test_client_errors_and_redirects_are_final_at_once(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any
+) -> None:
+    sink.status = 400
+    async with deliverer(settings(nats_url, callback_max_attempts=5)):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_400", sink.url())
+        log = await log_when(kv, "job_400", ["dead_lettered"])
+        assert log.attempts[0].status_code == 400 and not log.delivered
+        sink.status = 302
+        sink.answer_headers = {"Location": "http://127.0.0.1:1/elsewhere"}
+        await publish_result("job_302", sink.url())
+        log = await log_when(kv, "job_302", ["dead_lettered"])
+        assert log.attempts[0].error is not None and "not followed" in log.attempts[0].error
+        dead = await js.get_last_msg(subjects.DLQ, "dlq.deliver.results.job_302")
+        assert (dead.headers or {})[subjects.H_LAST_STATUS] == "302"
+        assert (dead.headers or {})[subjects.H_ATTEMPTS] == "1"
+    assert [r.answered for r in sink.requests] == [400, 302]
+
+
+async def test_429_and_timeouts_are_retried(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any
+) -> None:
+    sink.plan = [429, 408]
+    sink.answer_headers = {"Retry-After": "0"}
+    async with deliverer(settings(nats_url, callback_max_attempts=4)):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_429", sink.url())
+        log = await log_when(kv, "job_429", ["retry", "retry", "delivered"])
+        assert [a.status_code for a in log.attempts] == [429, 408, 200]
+        # Nothing listens here: a connection error is retried, then dead-lettered.
+        await publish_result("job_refused", "http://127.0.0.1:9/nothing-listens")
+        log = await log_when(kv, "job_refused", ["retry", "retry", "retry", "dead_lettered"])
+        assert all(a.status_code is None and a.error for a in log.attempts)
+
+
+async def test_secret_rotation_signs_with_every_secret(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any
+) -> None:
+    other = "whsec_ZW5kcG9pbnQtb25seS1zZWNyZXQ="
+    s = settings(
+        nats_url,
+        callback_signing_secrets=Secret(f"{SECRET_NEW},{SECRET_OLD}"),
+        callback_endpoint_secrets=Secret(json.dumps({sink.url("/special"): other})),
+    )
+    async with deliverer(s):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_rotate", sink.url())
+        await publish_result("job_special", sink.url("/special"))
+        await log_when(kv, "job_rotate", ["delivered"])
+        await log_when(kv, "job_special", ["delivered"])
+
+    by_id = {r.headers["webhook-id"]: r for r in sink.requests}
+    rotated = by_id["result-job_rotate"]
+    assert len(rotated.headers["webhook-signature"].split()) == 2
+    # A receiver still on the old secret and one already on the new both accept it.
+    Webhook(SECRET_OLD).verify(rotated.body, rotated.headers)
+    Webhook(SECRET_NEW).verify(rotated.body, rotated.headers)
+    special = by_id["result-job_special"]
+    Webhook(other).verify(special.body, special.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET_NEW).verify(special.body, special.headers)
+
+
+async def test_ssrf_guard_dead_letters_internal_urls(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any
+) -> None:
+    async with deliverer(settings(nats_url, callback_allowed_networks="")):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        cases = {
+            "job_lo": (sink.url(), "loopback"),
+            "job_private": ("http://10.0.0.1/cb", "private"),
+            "job_meta": ("http://169.254.169.254/latest/meta-data/", "cloud metadata"),
+            "job_v6": (f"http://[::1]:{sink.port}/cb", "loopback"),
+            "job_name": (f"http://localhost:{sink.port}/cb", "loopback"),
+        }
+        for job, (url, _) in cases.items():
+            await publish_result(job, url)
+        for job, (_, reason) in cases.items():
+            log = await log_when(kv, job, ["dead_lettered"])
+            assert log.attempts[0].error and f"is a {reason} address" in log.attempts[0].error
+            dead = await js.get_last_msg(subjects.DLQ, f"dlq.deliver.results.{job}")
+            assert f"is a {reason} address" in (dead.headers or {})[subjects.H_ERROR]
+    assert sink.requests == []
+
+
+async def test_no_url_is_skipped_and_lovable_uses_its_default(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any
+) -> None:
+    async with deliverer(settings(nats_url, lovable_callback_url=sink.url("/lovable"))):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_nourl", None, source="api")
+        await publish_result("job_lovable", None, source="lovable")
+        log = await log_when(kv, "job_nourl", ["skipped"])
+        assert log.attempts[0].error == "no callback URL" and not log.delivered
+        await log_when(kv, "job_lovable", ["delivered"])
+        await assert_settled(js)
+    assert [r.headers["webhook-id"] for r in sink.requests] == ["result-job_lovable"]
+
+
+async def test_circuit_breaker_pauses_without_counting_attempts(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any, registry: CollectorRegistry
+) -> None:
+    sink.status = 503
+    s = settings(
+        nats_url,
+        callback_breaker_threshold=2,
+        callback_breaker_cooldown_s=0.5,
+        callback_retry_schedule_s="0.05",
+        callback_retry_jitter=0.0,
+        callback_max_attempts=50,
+    )
+    async with deliverer(s, registry) as rt:
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_cb", sink.url())
+
+        async def paused_a_few_times() -> None:
+            assert registry.get_sample_value("callbacks_total", {"outcome": "paused"}) >= 3
+
+        await eventually(paused_a_few_times)
+        sink.status = 200
+        log = await log_when_delivered(kv, "job_cb")
+        info = await js.consumer_info(subjects.RESULTS, subjects.DELIVERER)
+        paused = registry.get_sample_value("callbacks_total", {"outcome": "paused"})
+        metrics = await scrape(rt)
+
+    # Every recorded attempt reached the sink; paused deliveries reached nothing and count for nothing.
+    assert len(log.attempts) == len(sink.requests)
+    assert info.delivered.consumer_seq >= len(log.attempts) + paused  # type: ignore[union-attr]
+    assert paused >= 3
+    assert "callback_circuits_open" in metrics
+
+
+async def log_when_delivered(kv: KeyValue, key: str) -> DeliveryLog:
+    async def check() -> DeliveryLog:
+        log = await read_log(kv, key)
+        assert log.delivered
+        return log
+
+    return await eventually(check, timeout=15)
+
+
+async def test_test_send_posts_one_signed_event(nats_url: str, js: JetStreamContext, sink: Any) -> None:
+    async with deliverer(settings(nats_url)):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        requests = {
+            "ok1": events.TestSendRequest(id="ok1", url=sink.url("/hook"), requested_at=utcnow()),
+            "internal": events.TestSendRequest(
+                id="internal", url="http://10.0.0.1/hook", requested_at=utcnow()
+            ),
+            "old": events.TestSendRequest(
+                id="old", url=sink.url("/hook"), requested_at=utcnow() - dt.timedelta(minutes=30)
+            ),
+        }
+        for rid, req in requests.items():
+            await js.publish(subjects.control(subjects.TEST_SEND_VERB, rid), encoder.encode(req))
+        ok = await log_when(kv, "test_ok1", ["delivered"])
+        assert ok.delivered and ok.attempts[0].status_code == 200 and ok.job_id == "test_ok1"
+        internal = await log_when(kv, "test_internal", ["failed"])
+        assert internal.attempts[0].error and "is a private address" in internal.attempts[0].error
+        old = await log_when(kv, "test_old", ["failed"])
+        assert old.attempts[0].error and old.attempts[0].error.startswith("request expired")
+
+    assert len(sink.requests) == 1
+    r = sink.requests[0]
+    assert r.headers["webhook-id"] == "test_ok1"
+    event = Webhook(SECRET_NEW).verify(r.body, r.headers)
+    assert event["type"] == "conveyor.test" and event["data"]["id"] == "ok1"
+    assert dt.datetime.fromisoformat(event["timestamp"]) <= utcnow()
