@@ -83,14 +83,9 @@ async def test_submit_read_and_idempotency(receiver, new_key, js, bus) -> None:
 
     record = (await receiver.http.get(job["status_url"], headers=auth(key))).json()
     assert (record["job_id"], record["status"], record["agent"]) == (job["job_id"], "queued", "qa")
-    result = (await receiver.http.get(f"{job['status_url']}/result", headers=auth(key))).json()
-    assert result == {
-        "job_id": job["job_id"],
-        "status": "queued",
-        "finished": False,
-        "result": None,
-        "error": None,
-    }
+    result = await receiver.http.get(f"{job['status_url']}/result", headers=auth(key))
+    assert result.status_code == 202
+    assert result.json() == {"job_id": job["job_id"], "status": "queued", "progress": 0}
 
     other = await receiver.http.post("/api/jobs", json=body, headers=auth(key))
     assert other.json()["job_id"] != job["job_id"]
@@ -193,9 +188,17 @@ async def test_result_logs_deliveries_and_aliases(receiver, new_key, js) -> None
     key = await new_key(receiver)
     await put_record(js, finished("job_done"))
     result = (await receiver.http.get("/api/jobs/job_done/result", headers=auth(key))).json()
-    assert result["finished"] is True and result["status"] == "completed"
-    assert result["result"]["jobId"] == "job_done" and result["result"]["executionTime"] == 1200
-    assert result["result"]["result"]["files_changed"] == ["a.py"]
+    assert (
+        result["jobId"] == "job_done" and result["executionTime"] == 1200 and result["status"] == "completed"
+    )
+    assert result["result"]["files_changed"] == ["a.py"]
+    await put_record(js, finished("job_cancelled", "cancelled"))
+    resp = await receiver.http.get("/api/jobs/job_cancelled/result", headers=auth(key))
+    assert (resp.status_code, resp.json()["error"], resp.json()["job_status"]) == (
+        409,
+        "no_result",
+        "cancelled",
+    )
     alias = (await receiver.http.get("/api/results/job_done", headers=auth(key))).json()
     assert alias == result
     status = (await receiver.http.get("/api/agents/status/job_done", headers=auth(key))).json()

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from conveyor.shared.events import AgentResult, DeliveryAttempt, JobStatus
+from conveyor.shared.events import DeliveryAttempt, JobStatus
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,14 +51,12 @@ class JobCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     timeout_ms: Annotated[int, Meta(ge=1000, le=86_400_000)] | None = None
 
 
-class JobResultView(msgspec.Struct, frozen=True, kw_only=True):
-    """GET /api/jobs/{id}/result: the callback body once the job has finished."""
+class JobPending(msgspec.Struct, frozen=True, kw_only=True):
+    """202 from GET /api/jobs/{id}/result while the job has not finished."""
 
     job_id: str
     status: JobStatus
-    finished: bool
-    result: AgentResult | None = None  # the callback body (camelCase) once finished
-    error: str | None = None
+    progress: int
 
 
 class CancelAccepted(msgspec.Struct, frozen=True, kw_only=True):

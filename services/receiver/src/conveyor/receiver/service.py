@@ -24,7 +24,7 @@ from conveyor.receiver.schemas import (
     Health,
     Ignored,
     JobCreate,
-    JobResultView,
+    JobPending,
     KeyCreate,
     KeyCreated,
     KeyList,
@@ -38,7 +38,7 @@ from conveyor.receiver.schemas import (
 from conveyor.receiver.sources import build_sources, parse_networks
 from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
-from conveyor.shared.events import DeliveryLog, JobLog, JobRecord
+from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
 from conveyor.shared.runner import Runtime, ServiceSpec
 
 STREAMS = [subjects.EVENTS, subjects.JOBS, subjects.CONTROL, subjects.DEPLOYS]
@@ -82,7 +82,8 @@ def _job_reads() -> list[Operation]:
             handler,
             summary,
             "jobs",
-            {200: ok, 404: E, **_KEYED},
+            # A result: 202 while the job runs, 409 when it ended without one.
+            {200: ok, 404: E, **_KEYED, **({202: JobPending, 409: E} if ok is AgentResult else {})},
             auth="read",
             params=_API_KEY_QUERY,
             deprecated=deprecated,
@@ -91,9 +92,7 @@ def _job_reads() -> list[Operation]:
     cancel_responses = {202: CancelAccepted, 404: E, 409: E, **_KEYED}
     return [
         read(_JOB, jobs.get, "The job's record", JobRecord),
-        read(
-            f"{_JOB}/result", jobs.result, "The job's result (the callback body) once finished", JobResultView
-        ),
+        read(f"{_JOB}/result", jobs.result, "The callback body (camelCase) once there is one", AgentResult),
         Operation(
             "POST",
             f"{_JOB}/cancel",
@@ -123,7 +122,7 @@ def _job_reads() -> list[Operation]:
             "/api/results/{job_id}",
             jobs.result,
             "Seed alias of GET /api/jobs/{job_id}/result",
-            JobResultView,
+            AgentResult,
             True,
         ),
         Operation(

@@ -10,7 +10,7 @@ import nats.js.errors
 from aiohttp import web
 
 from conveyor.receiver.handlers.webhooks import respond
-from conveyor.receiver.schemas import Accepted, CancelAccepted, JobCreate, JobResultView
+from conveyor.receiver.schemas import Accepted, CancelAccepted, JobCreate, JobPending
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
 from conveyor.shared import ids, subjects
@@ -155,16 +155,21 @@ async def get(request: web.Request) -> web.Response:
 
 
 async def result(request: web.Request) -> web.Response:
+    """The callback body (AgentResult) once there is one; 202 while the job runs; 409 when it
+    finished without one (cancelled, or failed before producing a result)."""
     st, job_id = await read_access(request)
     record, _ = await load(st, job_id)
-    view = JobResultView(
-        job_id=record.job_id,
-        status=record.status,
-        finished=record.terminal,
-        result=record.result,
-        error=record.error,
+    if record.result is not None:
+        return respond(200, record.result)
+    if not record.terminal:
+        pending = JobPending(job_id=record.job_id, status=record.status, progress=record.progress)
+        return respond(202, pending, {"Retry-After": "1"})
+    raise HTTPError(
+        409,
+        "no_result",
+        f"job ended {record.status} without a result" + (f": {record.error}" if record.error else ""),
+        job_status=record.status,
     )
-    return respond(200, view)
 
 
 async def cancel(request: web.Request) -> web.Response:
