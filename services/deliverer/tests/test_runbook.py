@@ -1,0 +1,204 @@
+"""docs/runbook.md, checked: the JetStream API requests the NATS CLI commands in the runbook
+make, sent raw with nc.request, against dead letters the deliverer wrote; replays delivered.
+
+    runbook command                                   API request made here
+    nats stream ls                                    $JS.API.STREAM.LIST
+    nats stream info DLQ                              $JS.API.STREAM.INFO.DLQ
+    nats stream subjects DLQ                          $JS.API.STREAM.INFO.DLQ {"subjects_filter": ">"}
+    nats stream view DLQ --subject 'dlq.deliver.>'    $JS.API.CONSUMER.CREATE.DLQ.<pager> + MSG.NEXT
+    nats stream get DLQ <seq> --json                  $JS.API.STREAM.MSG.GET.DLQ {"seq": N}
+    nats stream get DLQ --last-for <subject> --json   $JS.API.STREAM.MSG.GET.DLQ {"last_by_subj": S}
+    ... | nats pub --jetstream <subject> -H Nats-Msg-Id:replay-DLQ-<seq>   publish to <subject>
+    nats stream rmm DLQ <seq> -f                      $JS.API.STREAM.MSG.DELETE.DLQ {"seq": N}
+    nats stream purge DLQ --subject 'dlq.deliver.>' -f   $JS.API.STREAM.PURGE.DLQ {"filter": ...}
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from conveyor.deliverer.config import Settings
+from conveyor.deliverer.service import SPEC
+from conveyor.shared import subjects
+from conveyor.shared.config import Secret
+from conveyor.shared.events import delivery_log_decoder
+from conveyor.shared.runner import serve
+from conveyor.shared.testing.fixtures import eventually
+
+NO_MESSAGE_FOUND = 10037  # the API's err_code for a sequence that was deleted or purged
+
+
+async def api(nc: Client, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    reply = await nc.request(subject, json.dumps(body).encode() if body is not None else b"", timeout=5)
+    return json.loads(reply.data)
+
+
+def ok(resp: dict[str, Any]) -> dict[str, Any]:
+    assert "error" not in resp, resp
+    return resp
+
+
+def nats_headers(hdrs_b64: str) -> dict[str, str]:
+    """What `jq -r .hdrs | base64 -d` shows: a NATS/1.0 header block."""
+    lines = base64.b64decode(hdrs_b64).decode().split("\r\n")
+    assert lines[0].startswith("NATS/1.0")
+    return dict(line.split(": ", 1) for line in lines[1:] if line)
+
+
+async def replay_like_the_runbook(nc: Client, seq: int) -> dict[str, Any] | None:
+    """The runbook's "replay one": get --json, subject minus 'dlq.<stage>.', body via base64 -d,
+    nats pub --jetstream with the replay id, then rmm. None when the sequence is a gap."""
+    got = await api(nc, f"$JS.API.STREAM.MSG.GET.{subjects.DLQ}", {"seq": seq})
+    if got.get("error", {}).get("err_code") == NO_MESSAGE_FOUND:
+        return None
+    message = ok(got)["message"]  # `nats stream get --json` prints this object
+    target = message["subject"].split(".", 2)[2]  # cut -d. -f3-
+    body = base64.b64decode(message["data"])  # jq -r .data | base64 -d
+    pub = await nc.request(target, body, timeout=5, headers={subjects.MSG_ID: f"replay-DLQ-{seq}"})
+    ack = json.loads(pub.data)
+    ok(await api(nc, f"$JS.API.STREAM.MSG.DELETE.{subjects.DLQ}", {"seq": seq}))
+    return {"target": target, "body": body, "ack": ack, "headers": nats_headers(message["hdrs"])}
+
+
+async def test_runbook_commands_against_real_dead_letters(
+    nats_url: str, nc: Client, js: JetStreamContext, sink: Any, publish_result: Any
+) -> None:
+    settings = Settings(
+        nats_url=nats_url,
+        port=0,
+        callback_signing_secrets=Secret("whsec_cnVuYm9vay10ZXN0LWtleQ=="),
+        callback_allowed_networks="127.0.0.0/8",
+        callback_max_attempts=1,
+        dlq_gauge_interval_s=0.2,
+    )
+    sink.status = 500
+    async with serve(SPEC, settings):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        published = {job: await publish_result(job, sink.url()) for job in ("job_a", "job_b", "job_c")}
+
+        async def three_dead() -> None:
+            assert (await js.stream_info(subjects.DLQ)).state.messages == 3
+
+        await eventually(three_dead)
+        sink.status = 200  # the endpoint is fixed; now the operator replays
+
+        # nats stream ls / nats stream info DLQ
+        names = [s["config"]["name"] for s in ok(await api(nc, "$JS.API.STREAM.LIST", {}))["streams"]]
+        assert subjects.DLQ in names
+        info = ok(await api(nc, f"$JS.API.STREAM.INFO.{subjects.DLQ}"))
+        assert info["state"]["messages"] == 3
+        first, last = info["state"]["first_seq"], info["state"]["last_seq"]
+
+        # nats stream subjects DLQ
+        subj = ok(await api(nc, f"$JS.API.STREAM.INFO.{subjects.DLQ}", {"subjects_filter": ">"}))
+        assert subj["state"]["subjects"] == {f"dlq.deliver.results.{j}": 1 for j in published}
+
+        # nats stream view DLQ --subject 'dlq.deliver.>': a pager consumer, one page, then deleted
+        viewed = await view(nc, "dlq.deliver.>")
+        assert [m.subject for m in viewed] == [f"dlq.deliver.results.{j}" for j in published]
+        assert all((m.headers or {})[subjects.H_LAST_STATUS] == "500" for m in viewed)
+
+        # nats stream get DLQ --last-for dlq.deliver.results.job_a --json
+        last_a = ok(
+            await api(
+                nc, f"$JS.API.STREAM.MSG.GET.{subjects.DLQ}", {"last_by_subj": "dlq.deliver.results.job_a"}
+            )
+        )
+        seq_a = last_a["message"]["seq"]
+        assert seq_a == first
+
+        # Replay one
+        replayed = await replay_like_the_runbook(nc, seq_a)
+        assert replayed is not None
+        assert replayed["target"] == "results.job_a" == replayed["headers"][subjects.H_ORIGINAL_SUBJECT]
+        assert replayed["body"] == published["job_a"]  # byte for byte
+        assert replayed["ack"]["stream"] == subjects.RESULTS and not replayed["ack"].get("duplicate")
+        # Run again by mistake (the dead letter is gone, but say the publish is repeated):
+        again = await nc.request(
+            "results.job_a", replayed["body"], timeout=5, headers={subjects.MSG_ID: f"replay-DLQ-{seq_a}"}
+        )
+        assert json.loads(again.data)["duplicate"] is True  # the duplicate window drops it
+
+        # Replay all: the loop over first..last skips the gap left by the replay above
+        done = [r for seq in range(first, last + 1) if (r := await replay_like_the_runbook(nc, seq))]
+        assert [r["target"] for r in done] == ["results.job_b", "results.job_c"]
+        assert ok(await api(nc, f"$JS.API.STREAM.INFO.{subjects.DLQ}"))["state"]["messages"] == 0
+
+        async def all_delivered() -> None:
+            for job in published:
+                log = delivery_log_decoder.decode((await kv.get(job)).value or b"")
+                assert [a.outcome for a in log.attempts] == ["dead_lettered", "delivered"], job
+
+        await eventually(all_delivered)
+
+        async def settled() -> None:
+            ci = await js.consumer_info(subjects.RESULTS, subjects.DELIVERER)
+            assert ci.num_pending == 0 and ci.num_ack_pending == 0
+
+        await eventually(settled)
+        assert sorted(r.headers["webhook-id"] for r in sink.requests if r.answered == 200) == [
+            "result-job_a",
+            "result-job_b",
+            "result-job_c",
+        ]  # each replayed result delivered exactly once
+
+        # Purge with a subject filter
+        sink.status = 500
+        for job in ("job_d", "job_e"):
+            await publish_result(job, sink.url())
+
+        async def two_dead() -> None:
+            assert (await js.stream_info(subjects.DLQ)).state.messages == 2
+
+        await eventually(two_dead)
+        purged = ok(await api(nc, f"$JS.API.STREAM.PURGE.{subjects.DLQ}", {"filter": "dlq.deliver.>"}))
+        assert purged["success"] is True and purged["purged"] == 2
+        assert ok(await api(nc, f"$JS.API.STREAM.INFO.{subjects.DLQ}"))["state"]["messages"] == 0
+
+
+async def view(nc: Client, filter_subject: str) -> list[Any]:
+    """What `nats stream view` does on a limits stream: a short-lived pager consumer, pulled a
+    page at a time with no_wait until the server says there is nothing more."""
+    name = "stream_pager_runbook"
+    ok(
+        await api(
+            nc,
+            f"$JS.API.CONSUMER.CREATE.{subjects.DLQ}.{name}",
+            {
+                "stream_name": subjects.DLQ,
+                "config": {
+                    "durable_name": name,
+                    "deliver_policy": "all",
+                    "ack_policy": "explicit",
+                    "filter_subject": filter_subject,
+                    "mem_storage": True,
+                    "num_replicas": 1,
+                    "inactive_threshold": 3600 * 10**9,
+                },
+            },
+        )
+    )
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    got = []
+    try:
+        await nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{subjects.DLQ}.{name}",
+            json.dumps({"batch": 25, "no_wait": True}).encode(),
+            reply=inbox,
+        )
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            if (msg.headers or {}).get("Status") in ("404", "408"):
+                break
+            await msg.ack()
+            got.append(msg)
+    finally:
+        await sub.unsubscribe()
+        ok(await api(nc, f"$JS.API.CONSUMER.DELETE.{subjects.DLQ}.{name}"))
+    return got
