@@ -90,6 +90,7 @@ class Attempt:
     cur: Versioned
     lines: list[LogLine] = field(default_factory=list)
     previous: list[LogLine] | None = None  # earlier attempts' lines (read once, on retries)
+    quiet: bool = False  # an instant agent: a successful run writes no log (one write less per job)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _progress: int | None = None
     _progress_task: asyncio.Task[None] | None = None
@@ -208,7 +209,7 @@ class Worker:
                 ran=False,
             )
             return
-        attempt = Attempt(self.store, req.job_id, previous + 1, cur)
+        attempt = Attempt(self.store, req.job_id, previous + 1, cur, quiet=agent.instant)
         if (reason := self.cancel_reason(req.job_id, req.parent_id)) is not None:
             attempt.number = previous  # it never starts: no attempt is used
             await self._conclude(msg, req, agent, attempt, Outcome("cancelled", error=reason, ran=False), 0)
@@ -509,7 +510,8 @@ class Worker:
             )
 
         # The log first: once a client sees the terminal record, the log it fetches is complete.
-        await attempt.flush_log()
+        if not (attempt.quiet and outcome.status == "completed"):
+            await attempt.flush_log()
         if not await attempt.write(change):
             if attempt.cur.terminal:
                 await self._settle_finished(msg, attempt.cur, req)
