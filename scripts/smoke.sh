@@ -28,6 +28,7 @@ if [ "${SKIP_IMAGES:-0}" != 1 ]; then
 else
   ensure_commands podman runc aardvark-dns
 fi
+ensure_commands curl
 
 # Fresh secrets for this run only; the sink checks callbacks with the same signing secret.
 rand() { "$PY" -c 'import secrets; print(secrets.token_urlsafe(24))'; }
@@ -153,8 +154,8 @@ asyncio.run(main())
 EOF
 
 log "operator CLI on the compose network"
-COMPOSE_PROFILES=smoke,tools compose run --rm cli dlq list >"$ARTIFACTS/cli.log" 2>&1 || { cat "$ARTIFACTS/cli.log" >&2; fail "conveyor dlq list"; }
-sed 's/^/  /' "$ARTIFACTS/cli.log" | grep -v "systemd" | tail -3
+COMPOSE_PROFILES=smoke,tools compose run --rm -T cli dlq list >"$ARTIFACTS/cli.log" 2>&1 || { cat "$ARTIFACTS/cli.log" >&2; fail "conveyor dlq list"; }
+grep -v "level=" "$ARTIFACTS/cli.log" | sed 's/^/  /' | tail -3
 
 log "image health checks"
 for c in $(podman ps --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}'); do
@@ -172,8 +173,9 @@ url = "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote('count by
 rows = json.load(urllib.request.urlopen(url, timeout=5))["data"]["result"]
 up = {r["metric"]["job"]: int(r["value"][1]) for r in rows}
 want = {"receiver": 2, "executor": 2, "deliverer": 1, "deployer": 1, "node": 1}
-print(up)
-sys.exit(0 if all(up.get(k, 0) >= v for k, v in want.items()) else 1)
+if any(up.get(k, 0) < v for k, v in want.items()):
+    sys.exit(1)
+print("  targets up:", ", ".join(f"{k} {v}" for k, v in sorted(up.items())))
 EOF
 do
   time_left || fail "prometheus does not see every target up"

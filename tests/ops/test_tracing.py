@@ -257,3 +257,37 @@ async def test_one_trace_from_webhook_to_callback(
             assert all(d.get("correlation_id") == correlation for d in lines), (svc, lines)
 
     await eventually(logged, timeout=10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="deploys.requested is published without trace context (DeployStore._publish in "
+    "shared/src/conveyor/shared/deploy_store.py sends only Nats-Msg-Id), so the deployer's span "
+    "starts a new trace",
+)
+async def test_one_trace_from_publish_request_to_deployment(
+    system: dict[str, ServiceProcess], collector: tuple[Collector, Server]
+) -> None:
+    spans = collector[0].spans
+    site = {
+        "name": "Trace Bakery",
+        "slug": f"trace-{uuid.uuid4().hex[:8]}",
+        "theme": {"preset": "light", "primary_color": "#b45309"},
+        "sections": {"hero": {"headline": "Fresh bread", "cta_text": "Visit", "cta_url": "#contact"}},
+    }
+    auth = {"Authorization": "Bearer trace-admin-key"}
+    async with httpx.AsyncClient(base_url=system["receiver"].url, timeout=10, headers=auth) as http:
+        r = await http.post("/api/sites", json={"config": site})
+        assert r.status_code == 201, r.text
+        site_id = r.json()["site"]["site_id"]
+        r = await http.post(f"/api/sites/{site_id}/publish")
+        assert r.status_code == 202, r.text
+
+    publish_span = "POST /api/sites/{site_id}/publish"
+
+    async def deployment_in_trace() -> None:
+        (root,) = [s for s in spans if s.service == "conveyor-receiver" and s.name == publish_span]
+        names = {(s.service, s.name) for s in spans if s.trace_id == root.trace_id}
+        assert ("conveyor-deployer", "deploys.requested.* process") in names, sorted(names)
+
+    await eventually(deployment_in_trace, timeout=10)
