@@ -3,8 +3,11 @@ clear 503, and the receiver recovers by itself when NATS comes back on the same 
 
 from __future__ import annotations
 
+import httpx
+
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer, start_nats_server
+from conveyor.shared.testing.procs import ServiceProcess, free_port, service_env
 
 
 async def test_outage_and_recovery(nats_server: NatsServer, start_receiver, new_key, lovable) -> None:
@@ -62,3 +65,33 @@ async def test_outage_and_recovery(nats_server: NatsServer, start_receiver, new_
         finally:
             if restarted is not None:
                 await restarted.stop()
+
+
+async def test_started_before_nats_answers_503_then_serves(tmp_path, lovable) -> None:
+    port = free_port()
+    env = service_env(
+        f"nats://127.0.0.1:{port}", LOVABLE_WEBHOOK_SECRET="lovable-test-secret", LOG_LEVEL="WARNING"
+    )
+    proc = ServiceProcess("receiver", env, tmp_path / "receiver.log")
+    await proc.start(wait_ready=False)
+    server: NatsServer | None = None
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=10) as http:
+
+            async def live() -> None:
+                assert (await http.get("/health/live")).status_code == 200
+
+            await eventually(live, timeout=20)
+            assert (await http.get("/health/ready")).status_code == 503
+            body = lovable.body()
+            resp = await http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body))
+            assert resp.status_code == 503 and "Retry-After" in resp.headers
+
+            server = await start_nats_server(tmp_path / "js", port=port)
+            await proc.wait_ready(timeout=30)
+            resp = await http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body))
+            assert resp.status_code == 202, resp.text
+    finally:
+        await proc.stop()
+        if server is not None:
+            await server.stop()

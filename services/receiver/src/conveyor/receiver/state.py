@@ -65,6 +65,7 @@ class Receiver:
     limiter: RateLimiter | None = None
     started: float = field(default_factory=time.time)
     tracing: bool = True  # False when spans would go nowhere: then none are made per request
+    last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
 
     # --- availability -----------------------------------------------------------------------
 

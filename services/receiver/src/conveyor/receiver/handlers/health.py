@@ -145,7 +145,7 @@ async def lovable(request: web.Request) -> web.Response:
             msg = await st.js.get_last_msg(subjects.EVENTS, "events.lovable.>")
             last = msg.time
     if last is None:  # NATS unreachable, or nothing stored: what this replica saw
-        seen = st.metrics.last_webhook.labels("lovable")._value.get()
+        seen = st.last_webhook.get("lovable")
         last = dt.datetime.fromtimestamp(seen, dt.UTC) if seen else None
     body = LovableHealth(
         last_webhook_received=last,

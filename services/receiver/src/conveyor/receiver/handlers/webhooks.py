@@ -93,7 +93,9 @@ async def _receive(request: web.Request, st: Receiver, name: str) -> web.Respons
         correlation_id=correlation,
     )
     st.metrics.webhooks.labels(name, "duplicate" if duplicate else "accepted").inc()
-    st.metrics.last_webhook.labels(name).set(time.time())
+    now_s = time.time()
+    st.last_webhook[name] = now_s
+    st.metrics.last_webhook.labels(name).set(now_s)
     status_url, stream_url = st.urls(job_id)
     return respond(
         202,
