@@ -77,8 +77,9 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     command_env_allowlist: list[str] = msgspec.field(default_factory=lambda: ["PATH", "LANG", "LC_ALL", "TZ"])
     max_output_bytes: int = 4 * 1024 * 1024
     """MAX_OUTPUT_BYTES: the most a command agent may write to stdout (or an LLM answer)."""
-    agents: list[AgentConfig] = []
-    """AGENTS: agents added to, or overriding fields of, the shipped ones."""
+    agents: list[AgentConfig | str] = []
+    """AGENTS: agents added to, or overriding fields of, the shipped ones. A bare name is an agent
+    with every field at its default (so the receiver's list of names is valid here too)."""
     routes: dict[str, list[str]] = {}
     """ROUTES: event type (or "<source>:<type>", or "*") -> agents; merged over the defaults."""
 

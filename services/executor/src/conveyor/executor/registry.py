@@ -139,7 +139,8 @@ def _auto_backend(settings: Settings) -> str:
 def build_registry(settings: Settings) -> dict[str, Agent]:
     """Resolve shipped + configured agents; raise ValueError naming the agent and the problem."""
     configs: dict[str, AgentConfig] = {a.name: a for a in SHIPPED}
-    for cfg in settings.agents:
+    for item in settings.agents:
+        cfg = AgentConfig(name=item) if isinstance(item, str) else item
         configs[cfg.name] = _merge(configs.get(cfg.name), cfg)
     agents: dict[str, Agent] = {}
     for name, cfg in configs.items():

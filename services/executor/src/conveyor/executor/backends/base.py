@@ -68,14 +68,6 @@ class _Output(msgspec.Struct, kw_only=True):
     code_diff: str | None = None
 
 
-class _Wrapped(msgspec.Struct, kw_only=True):
-    result: _Output
-
-
-_output = msgspec.json.Decoder(_Output)
-_wrapped = msgspec.json.Decoder(_Wrapped)
-
-
 def _candidates(text: str) -> list[str]:
     """The text itself, the inside of a ```json fence, and the outermost {...} span."""
     out = [text.strip()]
@@ -96,28 +88,30 @@ def parse_output(text: str | bytes, source: str) -> ResultBody:
         raise MalformedOutput(f"{source} returned an empty answer")
     problem = "no JSON object found"
     for candidate in _candidates(text):
-        for decoder in (_output, _wrapped):
-            try:
-                out = decoder.decode(candidate)
-            except msgspec.ValidationError as exc:
-                problem = f"does not match the result contract: {exc}"
-                continue
-            except msgspec.DecodeError:
-                continue
-            body = out.result if isinstance(out, _Wrapped) else out
-            if not body.summary.strip():
-                problem = "has an empty summary"
-                continue
-            if body.code_diff:
-                return ResultBody(
-                    summary=body.summary,
-                    files_changed=body.files_changed,
-                    suggestions=body.suggestions,
-                    code_diff=body.code_diff,
-                )
+        try:
+            value = msgspec.json.decode(candidate)
+        except msgspec.DecodeError:
+            continue
+        if isinstance(value, dict) and isinstance(value.get("result"), dict) and "summary" not in value:
+            value = value["result"]  # {"result": {...}}: the contract's own nesting
+        try:
+            body = msgspec.convert(value, _Output)
+        except msgspec.ValidationError as exc:
+            problem = f"does not match the result contract: {exc}"
+            continue
+        if not body.summary.strip():
+            problem = "has an empty summary"
+            continue
+        if body.code_diff:
             return ResultBody(
-                summary=body.summary, files_changed=body.files_changed, suggestions=body.suggestions
+                summary=body.summary,
+                files_changed=body.files_changed,
+                suggestions=body.suggestions,
+                code_diff=body.code_diff,
             )
+        return ResultBody(
+            summary=body.summary, files_changed=body.files_changed, suggestions=body.suggestions
+        )
     snippet = text.strip().replace("\n", " ")[:200]
     raise MalformedOutput(f"{source} output {problem}: {snippet!r}")
 
