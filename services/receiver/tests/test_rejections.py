@@ -156,6 +156,17 @@ async def test_too_large_by_content_length_answered_before_the_body_arrives(rece
     await bus.assert_nothing_accepted()
 
 
+async def test_too_large_with_expect_continue_refused_before_the_body_is_sent(receiver, lovable, bus) -> None:
+    head = (
+        f"POST {URL} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Expect: 100-continue\r\nContent-Length: {2 * 1024 * 1024}\r\n\r\n"
+    ).encode()
+    async for answer in _raw_request(receiver.rt.http_port, head, b""):
+        assert answer.startswith(b"HTTP/1.1 413 ")  # not "100 Continue": the body is never sent
+        assert b'"payload_too_large"' in answer
+    await bus.assert_nothing_accepted()
+
+
 async def test_too_large_chunked_body_refused(receiver, lovable, bus) -> None:
     chunk = b" " * 65536
 

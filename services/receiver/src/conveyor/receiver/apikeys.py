@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats.js.errors
@@ -50,9 +51,14 @@ class KeyRevoked(Exception):
     pass
 
 
+class KeysUnavailable(Exception):
+    """A key not in the cache cannot be looked up (NATS unreachable)."""
+
+
 class ApiKeys:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, connected: Callable[[], bool] = lambda: True) -> None:
         self.kv: KeyValue | None = None
+        self._connected = connected
         self._cache_s = settings.apikey_cache_s
         self._cache: dict[str, tuple[float, ApiKeyRecord | None]] = {}
         self._static: dict[str, Principal] = {}
@@ -82,7 +88,8 @@ class ApiKeys:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        assert self.kv is not None
+        if self.kv is None or not self._connected():
+            raise KeysUnavailable  # at once, rather than after the request timeout
         try:
             entry = await self.kv.get(digest)
             record: ApiKeyRecord | None = api_key_decoder.decode(entry.value or b"")

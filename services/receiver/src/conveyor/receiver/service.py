@@ -14,7 +14,7 @@ from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings
 from conveyor.receiver.handlers import admin, health, jobs, send_test_event, stream, webhooks
 from conveyor.receiver.metrics import Metrics
-from conveyor.receiver.middleware import edge_middleware
+from conveyor.receiver.middleware import edge_middleware, expect_handler
 from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document
 from conveyor.receiver.ratelimit import RateLimiter
 from conveyor.receiver.schemas import (
@@ -249,7 +249,7 @@ def routes(rt: Runtime[Any]) -> None:
         settings=settings,
         sources=build_sources(settings),
         trusted=parse_networks(settings.trusted_proxies),
-        keys=ApiKeys(settings),
+        keys=ApiKeys(settings, lambda: rt.connected and not rt.stopping.is_set()),
         metrics=Metrics(rt.registry),
     )
     st.metrics.preset(list(st.sources))
@@ -258,9 +258,10 @@ def routes(rt: Runtime[Any]) -> None:
     rt.app[STATE] = st
     health.install(rt.app)
     ops = operations()
+    expect = expect_handler(settings.max_body_bytes)
     for op in ops:
         if op.handler is not None:
-            rt.app.router.add_route(op.method, op.path, op.handler)
+            rt.app.router.add_route(op.method, op.path, op.handler, expect_handler=expect)
     spec = document([*ops, *sites_api.operations()], title="Conveyor receiver", version=_version())
     # What this deployment accepts is known at start: say so in the document.
     spec["components"]["schemas"]["JobCreate"]["properties"]["agent"]["enum"] = list(settings.agents)

@@ -16,7 +16,7 @@ from aiohttp import web
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from conveyor.receiver.apikeys import ApiKeys, KeyRevoked, Principal
+from conveyor.receiver.apikeys import ApiKeys, KeyRevoked, KeysUnavailable, Principal
 from conveyor.receiver.config import Settings
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.ratelimit import Decision, LimiterUnavailable, RateLimiter
@@ -83,6 +83,8 @@ class Receiver:
 
     def require_nats(self) -> JetStreamContext:
         """Fail fast with 503 when the connection is down, rather than queue in the client."""
+        if self.rt.stopping.is_set():
+            raise self.unavailable("this receiver is shutting down")
         if not self.available or self.js is None:
             raise self.unavailable()
         return self.js
@@ -144,9 +146,7 @@ class Receiver:
             principal = await self.keys.authenticate(token)
         except KeyRevoked:
             raise HTTPError(401, "revoked_api_key", "this API key was revoked", headers=challenge) from None
-        except (KeyError, AssertionError):
-            raise self.unavailable() from None
-        except NATS_DOWN:
+        except (KeysUnavailable, *NATS_DOWN):
             raise self.unavailable("API keys cannot be checked while NATS is unreachable") from None
         if principal is None:
             raise HTTPError(401, "invalid_api_key", "unknown API key", headers=challenge)
