@@ -36,8 +36,9 @@ case "${1:-}" in
     export COMPOSE_PROFILES="${COMPOSE_PROFILES-grafana}"
     compose up -d "$@"
     echo "receiver (via edge): http://127.0.0.1:${CONVEYOR_HTTP_PORT:-3100}"
-    [[ ",$COMPOSE_PROFILES," == *",grafana,"* ]] &&
+    if [[ ",$COMPOSE_PROFILES," == *",grafana,"* ]]; then
       echo "grafana: http://127.0.0.1:${GRAFANA_PORT:-3000} (admin / GRAFANA_ADMIN_PASSWORD in $ENV_FILE)"
+    fi
     ;;
   down)
     shift
