@@ -27,7 +27,7 @@ OUT=build/images
 
 log() { printf '\033[1m== %s\033[0m\n' "$*"; }
 
-ensure_commands podman runc aardvark-dns prometheus prometheus-node-exporter
+ensure_commands podman runc iptables aardvark-dns prometheus prometheus-node-exporter
 [ -n "${BASE_IMAGE:-}" ] || ensure_commands debootstrap
 [ -x "$UV" ] || { echo "no $UV: run 'make venv' first" >&2; exit 1; }
 "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || {

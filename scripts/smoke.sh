@@ -26,7 +26,7 @@ time_left() { [ "$(date +%s)" -lt "$deadline" ]; }
 if [ "${SKIP_IMAGES:-0}" != 1 ]; then
   bash scripts/images.sh
 else
-  ensure_commands podman runc aardvark-dns
+  ensure_commands podman runc iptables aardvark-dns
 fi
 ensure_commands curl
 

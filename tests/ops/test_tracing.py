@@ -290,4 +290,4 @@ async def test_one_trace_from_publish_request_to_deployment(
         names = {(s.service, s.name) for s in spans if s.trace_id == root.trace_id}
         assert ("conveyor-deployer", "deploys.requested.* process") in names, sorted(names)
 
-    await eventually(deployment_in_trace, timeout=10)
+    await eventually(deployment_in_trace, timeout=5)
