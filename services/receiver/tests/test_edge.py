@@ -92,7 +92,7 @@ async def test_health_endpoints(receiver, lovable, js) -> None:
 def test_settings_from_env_and_toml(tmp_path: Path) -> None:
     s = load_settings(Settings, {"LOVABLE_WEBHOOK_SECRET": "s", "RATE_LIMIT_MAX": "7"}, section="receiver")
     assert s.port == 3100 and s.rate_limit_max == 7 and s.rate_limit_window_ms == 60_000
-    assert s.agents == ["dev", "qa", "architect", "pm", "ux-design-expert"]
+    assert s.known_agents == ["dev", "qa", "architect", "pm", "ux-design-expert"]
 
     toml = tmp_path / "conveyor.toml"
     toml.write_text(
@@ -102,14 +102,24 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
         'name = "acme"\nscheme = "standard"\nsecrets = ["whsec_YWJj"]\nallow_ips = ["10.0.0.0/8"]\n'
     )
     s = load_settings(Settings, {"CONVEYOR_CONFIG": str(toml), "PORT": "4000"}, section="receiver")
-    assert s.port == 4000 and s.agents == ["dev", "reviewer"]
+    assert s.port == 4000 and s.known_agents == [
+        "dev",
+        "qa",
+        "architect",
+        "pm",
+        "ux-design-expert",
+        "reviewer",
+    ]
     assert [(w.name, w.scheme, w.allow_ips) for w in s.webhook_sources] == [
         ("acme", "standard", ["10.0.0.0/8"])
     ]
 
     env_sources = '[{"name": "gh", "scheme": "github", "secrets": ["x"], "event_types": ["push"]}]'
-    s = load_settings(Settings, {"WEBHOOK_SOURCES": env_sources}, section="receiver")
+    # The executor's agent tables in AGENTS are understood too (only the name matters here).
+    agents = '["lint", {"name": "docs", "backend": "builtin"}]'
+    s = load_settings(Settings, {"WEBHOOK_SOURCES": env_sources, "AGENTS": agents}, section="receiver")
     assert s.webhook_sources[0].event_types == ["push"]
+    assert s.known_agents[-2:] == ["lint", "docs"]
 
 
 @pytest.mark.parametrize(
@@ -120,6 +130,7 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
         ({"WEBHOOK_SOURCES": '[{"name": "test", "scheme": "github", "secrets": ["s"]}]'}, "WEBHOOK_SOURCES"),
         ({"RATE_LIMIT_MAX": "lots"}, "RATE_LIMIT_MAX"),
         ({"TRUSTED_PROXIES": "not-a-network"}, ""),
+        ({"AGENTS": '["bad agent"]'}, "AGENTS"),
     ],
 )
 def test_bad_settings_fail_naming_the_setting(env: dict[str, str], named: str) -> None:

@@ -4,7 +4,7 @@ the TOML file named by CONVEYOR_CONFIG); lists and tables take JSON from the env
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -92,8 +92,9 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     rate_limit_window_ms: int = 60_000
     """RATE_LIMIT_WINDOW_MS: the webhook rate-limit window."""
 
-    agents: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_AGENTS))
-    """AGENTS: JSON list of agent names POST /api/jobs accepts."""
+    agents: list[str | dict[str, Any]] = []
+    """AGENTS: agents added to the shipped ones (DEFAULT_AGENTS); names, or the executor's agent
+    tables (only ``name`` is read here), so one AGENTS value serves both services."""
     max_body_bytes: int = 1024 * 1024
     """MAX_BODY_BYTES: larger bodies get 413 without being read."""
     max_prompt_chars: int = 5000
@@ -114,9 +115,15 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         for net in filter(None, (p.strip() for p in self.trusted_proxies.split(","))):
             ipaddress.ip_network(net, strict=False)
-        for agent in self.agents:
+        for agent in self.known_agents:
             if not is_token(agent):
-                raise ValueError(f"agent name {agent!r} must match [A-Za-z0-9_-]{{1,128}}")
+                raise ValueError(f"AGENTS: agent name {agent!r} must match [A-Za-z0-9_-]{{1,128}}")
         names = [s.name for s in self.webhook_sources]
         if len(names) != len(set(names)):
             raise ValueError("webhook_sources: each name may appear once")
+
+    @property
+    def known_agents(self) -> list[str]:
+        """What POST /api/jobs accepts: the shipped agents, then AGENTS, each once."""
+        extra = [a if isinstance(a, str) else str(a.get("name", "")) for a in self.agents]
+        return list(dict.fromkeys([*DEFAULT_AGENTS, *extra]))

@@ -251,6 +251,7 @@ def routes(rt: Runtime[Any]) -> None:
         trusted=parse_networks(settings.trusted_proxies),
         keys=ApiKeys(settings, lambda: rt.connected and not rt.stopping.is_set()),
         metrics=Metrics(rt.registry),
+        agents=tuple(settings.known_agents),
     )
     st.metrics.preset(list(st.sources))
     # Spans cost ~10% of a webhook's CPU; with no processor (no exporter) they are dropped anyway.
@@ -264,7 +265,7 @@ def routes(rt: Runtime[Any]) -> None:
             rt.app.router.add_route(op.method, op.path, op.handler, expect_handler=expect)
     spec = document([*ops, *sites_api.operations()], title="Conveyor receiver", version=_version())
     # What this deployment accepts is known at start: say so in the document.
-    spec["components"]["schemas"]["JobCreate"]["properties"]["agent"]["enum"] = list(settings.agents)
+    spec["components"]["schemas"]["JobCreate"]["properties"]["agent"]["enum"] = list(settings.known_agents)
     for param in spec["paths"]["/api/webhooks/{source}"]["post"]["parameters"]:
         if param["name"] == "source" and st.sources:
             param["schema"]["enum"] = sorted(st.sources)

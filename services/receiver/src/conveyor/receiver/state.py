@@ -66,6 +66,7 @@ class Receiver:
     started: float = field(default_factory=time.time)
     tracing: bool = True  # False when spans would go nowhere: then none are made per request
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
+    agents: tuple[str, ...] = ()  # settings.known_agents, computed once
 
     # --- availability -----------------------------------------------------------------------
 

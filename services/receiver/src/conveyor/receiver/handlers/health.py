@@ -87,7 +87,7 @@ async def agent(request: web.Request) -> web.Response:
     failed = sum(1 for r in finished if r.status in ("failed", "timeout"))
     times = [r.finished_at or r.updated_at for r in finished]
     body = AgentHealth(
-        agents_available=list(st.settings.agents),
+        agents_available=list(st.agents),
         workers_waiting=waiting,
         last_execution=max(times) if times else None,
         error_rate=round(failed / len(finished), 4) if finished else None,

@@ -50,11 +50,11 @@ async def create(request: web.Request) -> web.Response:
     await st.limit_key(request, principal)
     st.require_nats()
     body: JobCreate = decode_json(_job_create_decoder, await st.read_body(request))
-    if body.agent not in st.settings.agents:
+    if body.agent not in st.agents:
         raise HTTPError(
             422,
             "unknown_agent",
-            f"agent: unknown agent {body.agent[:64]!r}; known: {', '.join(st.settings.agents)}",
+            f"agent: unknown agent {body.agent[:64]!r}; known: {', '.join(st.agents)}",
             field="agent",
         )
     if len(body.prompt) > st.settings.max_prompt_chars:

@@ -37,7 +37,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     await load(st, job_id)  # 404 before the stream starts
     kv = st.bucket(subjects.KV_JOBS)
     with st.nats_errors():
-        watcher = await kv.watch(job_id)
+        # A short inactivity limit: the server drops the watch soon after a client leaves.
+        watcher = await kv.watch(job_id, inactive_threshold=30.0)
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     if (decision := request.get(RATE_LIMIT)) is not None:
         headers.update(decision.headers())
