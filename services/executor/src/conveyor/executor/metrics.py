@@ -36,10 +36,9 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
-        for agent in agents:
-            self.in_progress.labels(agent)
-            self.retries.labels(agent)
-            for status in STATUSES:
-                self.duration.labels(agent, status)
+        # Children looked up once: labels() on every job shows in a no-op job's profile.
+        self.running = {a: self.in_progress.labels(a) for a in agents}
+        self.retried = {a: self.retries.labels(a) for a in agents}
+        self.took = {(a, s): self.duration.labels(a, s) for a in self.running for s in STATUSES}
         for outcome in ("single", "fanout", "unroutable"):
             self.routed.labels(outcome)

@@ -24,6 +24,7 @@ from conveyor.executor.handlers.jobstore import JobStore
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent, route_for
+from conveyor.executor.tracing import exporting, job_span
 from conveyor.shared import subjects
 from conveyor.shared.errors import PermanentError
 from conveyor.shared.events import (
@@ -36,7 +37,7 @@ from conveyor.shared.events import (
     webhook_event_decoder,
 )
 from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import consumer_span, inject_headers
+from conveyor.shared.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Router:
         self.cancel_reason = cancel_reason
         self.cancel_queued = cancel_queued
         self.tracer = tracer
+        self.tracing = exporting(tracer)
 
     def resolve(self, event: WebhookEvent, payload: Any) -> list[Agent]:
         route = route_for(self.routes, event.source, event.type)
@@ -128,7 +130,7 @@ class Router:
             raise PermanentError(f"job id {event.job_id!r} cannot be a subject token or KV key")
         with (
             bound(job=event.job_id, correlation=event.correlation_id),
-            consumer_span(self.tracer, "events.* process", msg.headers, msg.subject),
+            job_span(self.tracer, self.tracing, "events.* process", msg.headers, msg.subject),
         ):
             await self.route(event)
 

@@ -33,6 +33,7 @@ from conveyor.executor.handlers.jobstore import JobStore, Versioned
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
+from conveyor.executor.tracing import exporting, job_span
 from conveyor.shared import subjects
 from conveyor.shared.consumer import backoff_delay, dead_letter, heartbeat
 from conveyor.shared.errors import PermanentError, RetryableError
@@ -46,7 +47,6 @@ from conveyor.shared.events import (
     utcnow,
 )
 from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import consumer_span
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,7 @@ class Worker:
         self.cancel_reason = cancel_reason
         self.child_done = child_done
         self.tracer = tracer
+        self.tracing = exporting(tracer)
         self.instance = instance
         self.running: dict[str, Running] = {}
         self.slots = {n: asyncio.Semaphore(a.concurrency) for n, a in agents.items() if a.concurrency}
@@ -186,7 +187,7 @@ class Worker:
             raise PermanentError(f"job id {req.job_id!r} cannot be a subject token or KV key")
         with (
             bound(job=req.job_id, correlation=req.correlation_id),
-            consumer_span(self.tracer, "jobs.run.* process", msg.headers, msg.subject),
+            job_span(self.tracer, self.tracing, "jobs.run.* process", msg.headers, msg.subject),
         ):
             await self._handle(msg, req)
 
@@ -249,7 +250,7 @@ class Worker:
             attempt.previous = []
         run = Running(job_id, req.parent_id)
         self.running[job_id] = run
-        self.metrics.in_progress.labels(agent.name).inc()
+        self.metrics.running[agent.name].inc()
         t0 = time.perf_counter()
         try:
             if not agent.instant:
@@ -277,10 +278,10 @@ class Worker:
             raise
         finally:
             self.running.pop(job_id, None)
-            self.metrics.in_progress.labels(agent.name).dec()
+            self.metrics.running[agent.name].dec()
             await attempt.settle_progress()
         elapsed = time.perf_counter() - t0
-        self.metrics.duration.labels(agent.name, outcome.status).observe(elapsed)
+        self.metrics.took[agent.name, outcome.status].observe(elapsed)
         if outcome.status == "failed" and outcome.transient and attempt.number < agent.max_attempts:
             await self._retry(msg, agent, attempt, outcome)
             return
@@ -426,7 +427,7 @@ class Worker:
         )
         text = f"attempt {attempt.number} failed: {outcome.error}; retrying in {delay:.1f} s"
         attempt.log("warning", text)
-        self.metrics.retries.labels(agent.name).inc()
+        self.metrics.retried[agent.name].inc()
         await self._requeue(attempt, text, counted=True)
         await attempt.flush_log()
         raise RetryableError(text, delay_s=delay)
@@ -520,7 +521,9 @@ class Worker:
             return False
         stored = attempt.cur.record
         assert stored is not None
-        log.info(
+        # One line per job, except for instant agents (benchmarks) whose volume would drown the rest.
+        log.log(
+            logging.DEBUG if attempt.quiet else logging.INFO,
             "job %s %s (%s, attempt %d)",
             req.job_id,
             outcome.status,
