@@ -130,7 +130,7 @@ class Receiver:
                 raise too_large(limit)
             chunks.append(chunk)
         body = b"".join(chunks)
-        if not body.strip():
+        if not body or body.isspace():
             raise HTTPError(400, "empty_body", "request body is empty")
         return body
 
