@@ -33,6 +33,11 @@ elif mode == "fail":
 elif mode == "bad-input":
     print("cannot use this input", file=sys.stderr)
     sys.exit(65)
+elif mode == "progress":
+    print("progress: 40", file=sys.stderr, flush=True)
+    while not os.path.exists(job["input"]["go"]):
+        time.sleep(0.05)
+    print(json.dumps({"summary": "done"}))
 elif mode == "garbage":
     print("not json at all")
 elif mode == "hang":
@@ -107,6 +112,20 @@ async def test_exit_65_means_bad_input_and_is_not_retried(bus, make_settings, ag
         assert rec.attempts == 1 and "exited with 65: reading the job | cannot use this input" in (
             rec.error or ""
         )
+
+
+async def test_progress_lines_move_the_job_progress(bus, make_settings, agent_script, tmp_path) -> None:
+    go = tmp_path / "go"
+    async with serve(SPEC, make_settings(cmd(agent_script, tmp_path))):
+        job_id = await bus.job("cli", {"mode": "progress", "go": str(go)})
+
+        async def at_40() -> None:
+            rec = await bus.record(job_id)
+            assert rec.status == "processing" and rec.progress == 40
+
+        await eventually(at_40)
+        go.touch()
+        assert (await bus.until(job_id, "completed")).progress == 100
 
 
 async def test_output_that_is_not_the_contract_fails_clearly(

@@ -183,3 +183,15 @@ async def test_terminal_record_is_never_overwritten(bus, make_settings) -> None:
         await bus.until(later, "completed")
         assert (await bus.record(job_id)).status == "cancelled"
         assert await bus.results(job_id) == []
+
+
+async def test_shutdown_gives_the_attempt_back_and_another_executor_finishes(bus, make_settings) -> None:
+    async with serve(SPEC, make_settings(shutdown_grace_s=0.2)):
+        job_id = await bus.job("sleep", {"ms": 1500})
+        await bus.until(job_id, "processing")
+    rec = await bus.record(job_id)
+    assert rec.status == "queued" and rec.attempts == 0 and "shutdown" in (rec.error or "")
+    async with serve(SPEC, make_settings()):
+        rec = await bus.until(job_id, "completed")
+        assert rec.attempts == 1  # the interrupted attempt was not counted
+        assert len(await bus.results(job_id)) == 1
