@@ -195,3 +195,14 @@ async def test_shutdown_gives_the_attempt_back_and_another_executor_finishes(bus
         rec = await bus.until(job_id, "completed")
         assert rec.attempts == 1  # the interrupted attempt was not counted
         assert len(await bus.results(job_id)) == 1
+
+
+async def test_agent_concurrency_runs_one_at_a_time_without_using_attempts(bus, make_settings) -> None:
+    one = AgentConfig(name="one", backend="builtin", builtin="sleep", concurrency=1)
+    async with serve(SPEC, make_settings(one)):
+        a, b = await bus.job("one", {"ms": 500}), await bus.job("one", {"ms": 500})
+        ra, rb = await bus.until(a, "completed"), await bus.until(b, "completed")
+        assert ra.attempts == rb.attempts == 1
+        first, second = sorted((ra, rb), key=lambda r: r.started_at or r.created_at)
+        assert first.finished_at is not None and second.started_at is not None
+        assert second.started_at >= first.finished_at
