@@ -31,6 +31,7 @@ class Ctx:
     log_level: str = "INFO"
     profile: list[str] = field(default_factory=list)
     sink_url: str = ""
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     counter: int = 0
 
@@ -302,6 +303,7 @@ async def end_to_end(
         "unexpected": strangers,
         "bad_signature": stats["bad_signature"],
         "not_completed": stats["not_completed"],
+        "callback_connections": stats.get("connections"),
         "jobs_per_s": steady_rate(ours),
         "jobs_per_s_overall": len(ours) / total_span if total_span and total_span > 0 else None,
         "latency_ms": summarize(lat_ms),

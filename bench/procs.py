@@ -178,6 +178,17 @@ class Nats:
     sync_interval_ns: int
 
 
+async def nats_counts(n: Nats) -> dict[str, int]:
+    """The server's message counters (/varz): in = published to it, out = delivered by it."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        v = (await client.get(f"{n.monitor}/varz")).json()
+    return {"in_msgs": int(v.get("in_msgs", 0)), "out_msgs": int(v.get("out_msgs", 0))}
+
+
+def per_item(before: dict[str, int], after: dict[str, int], count: int) -> dict[str, float]:
+    return {k: round((after[k] - before[k]) / count, 1) for k in before} if count else {}
+
+
 async def start_nats(procs: Procs, name: str, store: Path) -> Nats:
     """nats-server with JetStream file storage fsyncing every second (Redis appendfsync everysec)."""
     store.mkdir(parents=True, exist_ok=True)

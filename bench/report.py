@@ -142,6 +142,9 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
             else ""
         )
         add("ingest", "  CPU per accepted webhook at max rate", _per_text(per) + eff)
+        if mx.get("nats_msgs_per_request"):
+            m = mx["nats_msgs_per_request"]
+            add("ingest", "  NATS messages per webhook (server in / out)", f"{m['in_msgs']:g} / {m['out_msgs']:g}")
         add("ingest", "  cores used at half rate", _cpu(half.get("cpu_cores")))
         bad = {k: v for k, v in half["statuses"].items() if not k.startswith("2")}
         if bad:
@@ -174,6 +177,9 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 "end to end",
                 "  CPU per job, by process",
                 _per_text(_per(mx.get("cpu_cores"), mx.get("delivered"))),
+            if mx.get("nats_msgs_per_job"):
+                m = mx["nats_msgs_per_job"]
+                add("end to end", "  NATS messages per job (server in / out)", f"{m['in_msgs']:g} / {m['out_msgs']:g}")
             )
         half = e.get("half") or {}
         if half:
@@ -323,6 +329,10 @@ def table(r: dict[str, Any], rs: list[dict[str, str]]) -> str:
         f"JetStream file storage, sync_interval 1s; event loop {m.get('event_loop')}; "
         f"services at LOG_LEVEL {m.get('log_level')})"
     )
+    if m.get("overrides"):
+        head += f"\nsettings given with --set: {m['overrides']}"
+    if m.get("profiled"):
+        head += "\nprofiled run (py-spy attached): rates are lower than in a plain run"
     w_metric = max([len(x["metric"]) for x in rs] + [10])
     w_value = min(max([len(x["value"]) for x in rs] + [10]), 70)
     lines = [head, ""]

@@ -37,7 +37,7 @@ from bench.measure import (
     memory,
     open_rate,
 )
-from bench.procs import Procs, free_port, start_nats, wait_port
+from bench.procs import Procs, free_port, nats_counts, per_item, start_nats, wait_port
 from conveyor.shared.testing.nats_server import nats_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +63,14 @@ class Plan:
 
 FULL = Plan(10, 20_000, 10_000, 500, 64, 64, 8, 200, 480, 5, 1000)
 QUICK = Plan(3, 3_000, 2_000, 200, 64, 64, 8, 200, 160, 2, 1000)
+
+
+def with_overrides(ctx: Ctx, extra: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Section settings, then ``--set service:KEY=VALUE`` from the command line on top."""
+    out = {svc: dict(env) for svc, env in extra.items()}
+    for svc, env in ctx.overrides.items():
+        out.setdefault(svc, {}).update(env)
+    return out
 
 
 def log(msg: str) -> None:
@@ -148,6 +156,7 @@ async def ingest(ctx: Ctx, plan: Plan) -> dict[str, Any]:
         secret=SECRET,
         callback_url=ctx.sink_url,
         log_level=ctx.log_level,
+        extra=with_overrides(ctx, {}),
     )
     try:
         port = system.receiver_port
@@ -155,7 +164,9 @@ async def ingest(ctx: Ctx, plan: Plan) -> dict[str, Any]:
         probe = await closed_probe(ctx, "ingest-probe", port, make(20_000), 2)
         log(f"receiver probe {probe['rate']:.0f}/s; now {plan.duration:.0f}s at max rate")
         prof = await profile.start(ctx, system.services, ctx.profile) if ctx.profile else None
+        before = await nats_counts(system.nats)
         mx = await max_rate(ctx, "ingest-max", port, make, probe["rate"], system.watch())
+        mx["nats_msgs_per_request"] = per_item(before, await nats_counts(system.nats), mx["requests"])
         if prof:
             mx["profile"] = await profile.stop(ctx, prof)
         log(f"receiver max {mx['rate']:.0f}/s; now {plan.duration:.0f}s at {mx['rate'] / 2:.0f}/s")
@@ -175,12 +186,14 @@ async def e2e(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]:
         secret=SECRET,
         callback_url=ctx.sink_url,
         log_level=ctx.log_level,
-        extra=extra,
+        extra=with_overrides(ctx, extra),
     )
     out: dict[str, Any] = {"executor_concurrency": plan.executor_concurrency}
     try:
         with contextlib.suppress(Exception):
-            await conveyor_sys.add_service(ctx.procs, system, "e2e", "deployer", {})
+            await conveyor_sys.add_service(
+                ctx.procs, system, "e2e", "deployer", with_overrides(ctx, {}).get("deployer", {})
+            )
         await asyncio.sleep(3)
         out["memory_idle"] = memory(system.watch())
         port = system.receiver_port
@@ -191,8 +204,12 @@ async def e2e(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]:
         )
         log(f"end to end: {plan.e2e_jobs} jobs, closed loop ({ctx.connections} connections)")
         prof = await profile.start(ctx, system.services, ctx.profile) if ctx.profile else None
+        before = await nats_counts(system.nats)
         out["max"] = await end_to_end(
             ctx, "e2e-max", port, sink, make(plan.e2e_jobs), rate=None, watch=system.watch()
+        )
+        out["max"]["nats_msgs_per_job"] = per_item(
+            before, await nats_counts(system.nats), out["max"]["delivered"]
         )
         if prof:
             out["profile"] = await profile.stop(ctx, prof)
@@ -228,7 +245,7 @@ async def scale(
         secret=SECRET,
         callback_url=ctx.sink_url,
         log_level=ctx.log_level,
-        extra=extra,
+        extra=with_overrides(ctx, extra),
     )
     out: dict[str, Any] = {}
     try:
@@ -253,7 +270,12 @@ async def scale(
             for n in (1, 2):
                 if n == 2:
                     await conveyor_sys.add_service(
-                        ctx.procs, system, "scale", "executor", extra["executor"], key="executor-2"
+                        ctx.procs,
+                        system,
+                        "scale",
+                        "executor",
+                        with_overrides(ctx, extra)["executor"],
+                        key="executor-2",
                     )
                 log(f"scale: {plan.scale_jobs} jobs of {plan.scale_sleep_ms} ms, {n} executor replica(s)")
                 r = await end_to_end(
@@ -381,6 +403,8 @@ def meta(plan: Plan, args: argparse.Namespace, ctx: Ctx) -> dict[str, Any]:
         },
         "event_loop": loop,
         "log_level": ctx.log_level,
+        "overrides": ctx.overrides,
+        "profiled": ctx.profile,
         "driver": {
             "max_rate": f"wrk -t1 -c{ctx.connections} (lua/replay.lua)"
             if ctx.use_wrk
@@ -397,6 +421,14 @@ async def amain(args: argparse.Namespace) -> int:
         plan = Plan(**{**plan.__dict__, "e2e_jobs": args.jobs})
     if args.duration:
         plan = Plan(**{**plan.__dict__, "duration": args.duration})
+    overrides: dict[str, dict[str, str]] = {}
+    for item in args.set:
+        svc, _, kv = item.partition(":")
+        key, eq, value = kv.partition("=")
+        if not (svc and key and eq):
+            print(f"--set {item!r}: want SERVICE:KEY=VALUE", file=sys.stderr)
+            return 2
+        overrides.setdefault(svc, {})[key] = value
     sections = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
     for s in args.skip.split(",") if args.skip else []:
         if s.strip() in sections:
@@ -520,6 +552,13 @@ def main() -> int:
         default="",
         help="py-spy these services during the end-to-end run, e.g. "
         "receiver,executor,deliverer (numbers of a profiled run are not comparable)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SERVICE:KEY=VALUE",
+        help="extra setting for a service, e.g. deliverer:CALLBACK_CONCURRENCY=16 (repeatable)",
     )
     p.add_argument(
         "--log-level", default="INFO", help="LOG_LEVEL of the services (default INFO, as deployed)"

@@ -37,6 +37,7 @@ class Sink:
         self.bad_signature = 0
         self.bad_body = 0
         self.not_completed = 0
+        self.peers: set[object] = set()  # client (address, port) pairs: connections opened
 
     async def receive(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -53,6 +54,8 @@ class Sink:
                 self.bad_signature += 1
         if cb.status != "completed":
             self.not_completed += 1
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername"))
         self.jobs.append(cb.job_id)
         self.times.append(now)
         self.seen.add(cb.job_id)
@@ -66,6 +69,7 @@ class Sink:
                 "bad_signature": self.bad_signature,
                 "bad_body": self.bad_body,
                 "not_completed": self.not_completed,
+                "connections": len(self.peers),
                 "last_at": self.times[-1] if self.times else None,
                 "now": time.monotonic(),
             }
