@@ -144,7 +144,11 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
         add("ingest", "  CPU per accepted webhook at max rate", _per_text(per) + eff)
         if mx.get("nats_msgs_per_request"):
             m = mx["nats_msgs_per_request"]
-            add("ingest", "  NATS messages per webhook (server in / out)", f"{m['in_msgs']:g} / {m['out_msgs']:g}")
+            add(
+                "ingest",
+                "  NATS messages per webhook (server in / out)",
+                f"{m['in_msgs']:g} / {m['out_msgs']:g}",
+            )
         add("ingest", "  cores used at half rate", _cpu(half.get("cpu_cores")))
         bad = {k: v for k, v in half["statuses"].items() if not k.startswith("2")}
         if bad:
@@ -177,10 +181,14 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 "end to end",
                 "  CPU per job, by process",
                 _per_text(_per(mx.get("cpu_cores"), mx.get("delivered"))),
+            )
             if mx.get("nats_msgs_per_job"):
                 m = mx["nats_msgs_per_job"]
-                add("end to end", "  NATS messages per job (server in / out)", f"{m['in_msgs']:g} / {m['out_msgs']:g}")
-            )
+                add(
+                    "end to end",
+                    "  NATS messages per job (server in / out)",
+                    f"{m['in_msgs']:g} / {m['out_msgs']:g}",
+                )
         half = e.get("half") or {}
         if half:
             p50 = _get(half, "latency_ms", "p50")
