@@ -110,7 +110,7 @@ async def main() -> int:
         "CALLBACK_SIGNING_SECRETS": signing,
         "ADMIN_API_KEY": env("ADMIN_API_KEY", "dev-admin-key-change-me"),
         "LOVABLE_API_KEY": env("LOVABLE_API_KEY", "dev-api-key-change-me"),
-        "DEPLOYER_DATA_DIR": env("DEPLOYER_DATA_DIR", str(DATA / "deployer")),
+        "DATA_DIR": env("DATA_DIR", str(DATA / "deployer")),
         "LOG_LEVEL": env("LOG_LEVEL", "INFO"),
     }
     procs: dict[str, asyncio.subprocess.Process] = {}

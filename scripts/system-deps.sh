@@ -23,8 +23,8 @@ echo "installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Debian's prometheus package starts a server on :9090 on install; the tests start their own.
-if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1; then
-  $SUDO systemctl stop prometheus >/dev/null 2>&1 || true
+# Debian's prometheus package may start its own server on :9090 when installed; the tests
+# start their own on free ports, so stop the packaged service (only when we just installed it).
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+  $SUDO systemctl stop prometheus >/dev/null 2>&1 || $SUDO service prometheus stop >/dev/null 2>&1 || true
 fi
-pkill -x prometheus >/dev/null 2>&1 || true

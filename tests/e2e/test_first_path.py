@@ -77,7 +77,7 @@ async def system(
         CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",
         CALLBACK_SIGNING_SECRETS=SIGNING,
         ADMIN_API_KEY=ADMIN,
-        DEPLOYER_DATA_DIR=str(tmp_path / "deployer"),
+        DATA_DIR=str(tmp_path / "deployer"),
     )
     procs = {
         name: ServiceProcess(name, env, tmp_path / "logs" / f"{name}.log")

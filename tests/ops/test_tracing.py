@@ -259,12 +259,6 @@ async def test_one_trace_from_webhook_to_callback(
     await eventually(logged, timeout=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deploys.requested is published without trace context (DeployStore._publish in "
-    "shared/src/conveyor/shared/deploy_store.py sends only Nats-Msg-Id), so the deployer's span "
-    "starts a new trace",
-)
 async def test_one_trace_from_publish_request_to_deployment(
     system: dict[str, ServiceProcess], collector: tuple[Collector, Server]
 ) -> None:

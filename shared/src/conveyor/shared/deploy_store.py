@@ -42,6 +42,7 @@ from conveyor.shared.deploys import (
     site_decoder,
 )
 from conveyor.shared.events import encoder, utcnow
+from conveyor.shared.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,8 @@ class DeployStore:
             subjects.deploy_requested(record.site_id),
             encoder.encode(request),
             stream=subjects.DEPLOYS,
-            headers={subjects.MSG_ID: deploy_msg_id(record.deployment_id)},
+            # traceparent too, so the deployment is part of the request's trace.
+            headers=inject_headers({subjects.MSG_ID: deploy_msg_id(record.deployment_id)}),
         )
 
     async def cancel(self, deployment_id: str) -> DeploymentRecord:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import nats
+import nats.errors
+import nats.js.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -151,6 +153,27 @@ async def _connect(settings: BaseSettings, name: str, stop: asyncio.Event) -> NA
             delay = min(delay * 2, 5.0)
 
 
+async def _bootstrap(rt: Runtime[Any], spec: ServiceSpec, stop: asyncio.Event) -> dict[str, KeyValue]:
+    """Declare streams and buckets, retrying while JetStream is not yet available (a cluster
+    that has not elected its meta leader answers with timeouts or 503s for a few seconds)."""
+    delay = 0.5
+    while True:
+        try:
+            await ensure_streams(rt.js, spec.streams, replicas=rt.settings.nats_replicas)
+            return await ensure_kv(rt.js, spec.buckets, replicas=rt.settings.nats_replicas)
+        except (
+            nats.errors.TimeoutError,
+            nats.js.errors.ServiceUnavailableError,
+            nats.errors.NoRespondersError,
+        ) as exc:
+            if stop.is_set():
+                raise ConnectionError("stopped before JetStream was available") from exc
+            log.warning("jetstream not available yet (%s); retrying in %.1fs", type(exc).__name__, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def _watch_consumers(rt: Runtime[Any], gauges: Gauges) -> None:
     """Export pending counts of this service's consumers for dashboards and alerts."""
     while not rt.stopping.is_set():
@@ -218,8 +241,7 @@ async def serve(
     watcher: asyncio.Task[None] | None = None
     try:
         rt.nc = await _connect(settings, f"conveyor-{spec.name}-{instance}", stop)
-        await ensure_streams(rt.js, spec.streams, replicas=settings.nats_replicas)
-        rt.kv = await ensure_kv(rt.js, spec.buckets, replicas=settings.nats_replicas)
+        rt.kv = await _bootstrap(rt, spec, stop)
         async with contextlib.AsyncExitStack() as stack:
             if spec.components:
                 await stack.enter_async_context(spec.components(rt))
