@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Any
 
-import httpcore
+import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 
-from conveyor.deliverer.sender import build_client, post
-from conveyor.deliverer.ssrf import AddressPolicy, BlockedAddressError, GuardedBackend, IPAddress
+from conveyor.deliverer.sender import build_session, post
+from conveyor.deliverer.ssrf import (
+    AddressPolicy,
+    BlockedAddressError,
+    GuardedResolver,
+    guarded_socket_factory,
+)
 
 PUBLIC = ipaddress.ip_address("93.184.215.14")
 
@@ -66,10 +73,9 @@ def test_policy_allows_public_addresses_and_allowed_networks() -> None:
     ],
 )
 async def test_client_refuses_before_connecting(sink: Any, url: str, reason: str) -> None:
-    port = sink.port
-    async with build_client(AddressPolicy(), timeout_s=2, max_connections=4) as client:
-        attempt = await post(client, url.format(port=port), b"{}", {}, timeout_s=2)
-    assert attempt.kind == "refused"
+    async with build_session(AddressPolicy(), max_connections=4) as session:
+        attempt = await post(session, url.format(port=sink.port), b"{}", {}, timeout_s=2)
+    assert attempt.kind == "refused", attempt
     assert attempt.status_code is None
     assert attempt.error is not None and f"is a {reason} address" in attempt.error
     assert "CALLBACK_ALLOWED_NETWORKS" in attempt.error
@@ -77,63 +83,80 @@ async def test_client_refuses_before_connecting(sink: Any, url: str, reason: str
 
 
 async def test_client_reaches_allowed_network(sink: Any) -> None:
-    port = sink.port
-    policy = AddressPolicy([ipaddress.ip_network("127.0.0.0/8")])
-    async with build_client(policy, timeout_s=2, max_connections=4) as client:
-        for host in ("127.0.0.1", "localhost"):
-            attempt = await post(client, f"http://{host}:{port}/cb", b"{}", {}, timeout_s=2)
-            assert attempt.kind == "ok", attempt
+    policy = AddressPolicy([ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")])
+    async with build_session(policy, max_connections=4) as session:
+        for host in ("127.0.0.1", "localhost"):  # the sink listens on 127.0.0.1 only
+            attempt = await post(session, f"http://{host}:{sink.port}/cb", b"{}", {}, timeout_s=2)
+            assert attempt.kind == "ok", (host, attempt)
     assert len(sink.requests) == 2
 
 
-class RecordingBackend(httpcore.AsyncNetworkBackend):
-    """Stands in for the socket layer: records what it was asked to dial, dials nothing."""
+class ScriptedDns(AbstractResolver):
+    """A DNS server whose answers change between lookups, as in a rebinding attack."""
 
-    def __init__(self) -> None:
-        self.dialled: list[str] = []
+    def __init__(self, answers: list[list[str]]) -> None:
+        self.answers = answers
+        self.lookups: list[str] = []
 
-    async def connect_tcp(
-        self, host: str, port: int, *args: object, **kw: object
-    ) -> httpcore.AsyncNetworkStream:
-        self.dialled.append(host)
-        raise httpcore.ConnectError("not dialling in tests")
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.lookups.append(host)
+        return [
+            ResolveResult(hostname=host, host=ip, port=port, family=socket.AF_INET, proto=0, flags=0)
+            for ip in self.answers.pop(0)
+        ]
 
-
-async def test_guard_dials_the_checked_address_so_rebinding_cannot_pass() -> None:
-    answers = [[PUBLIC], [ipaddress.ip_address("127.0.0.1")]]
-    lookups: list[str] = []
-
-    async def rebinding_dns(host: str, port: int, timeout: float | None) -> list[IPAddress]:
-        lookups.append(host)
-        return answers.pop(0)  # public on the first lookup, loopback on the next
-
-    inner = RecordingBackend()
-    guard = GuardedBackend(AddressPolicy(), inner=inner, resolver=rebinding_dns)
-    with pytest.raises(httpcore.ConnectError):
-        await guard.connect_tcp("rebind.example", 80, timeout=1)
-    # One lookup, and the socket layer got the checked IP, never the name to resolve again.
-    assert lookups == ["rebind.example"] and inner.dialled == [str(PUBLIC)]
-    # The next connection resolves again, and that answer is checked too.
-    with pytest.raises(BlockedAddressError, match="loopback"):
-        await guard.connect_tcp("rebind.example", 80, timeout=1)
-    assert inner.dialled == [str(PUBLIC)]
+    async def close(self) -> None:
+        pass
 
 
-async def test_guard_refuses_a_name_with_any_internal_address() -> None:
-    async def mixed(host: str, port: int, timeout: float | None) -> list[IPAddress]:
-        return [PUBLIC, ipaddress.ip_address("10.1.2.3")]
+async def test_guard_dials_the_checked_address_so_rebinding_cannot_pass(sink: Any) -> None:
+    # First answer: an address the policy allows; later answers: one it does not.
+    dns = ScriptedDns([["127.0.0.1"], ["10.9.8.7"], ["127.0.0.1", "10.9.8.7"]])
+    policy = AddressPolicy([ipaddress.ip_network("127.0.0.0/8")])
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(policy, dns),
+        socket_factory=guarded_socket_factory(policy),
+        use_dns_cache=False,
+    )
+    async with aiohttp.ClientSession(connector=connector) as session:
+        url = f"http://rebind.example:{sink.port}/cb"  # no such name in real DNS
+        first = await post(session, url, b"{}", {"Connection": "close"}, timeout_s=2)
+        assert first.kind == "ok", first
+        # The connection went to the address that was checked (the sink), for that name.
+        assert sink.requests[0].headers["host"] == f"rebind.example:{sink.port}"
+        # The next connection resolves again, and that answer is checked again.
+        second = await post(session, url, b"{}", {}, timeout_s=2)
+        assert (
+            second.kind == "refused"
+            and second.error
+            and "rebind.example (10.9.8.7) is a private" in second.error
+        )
+        # One internal address among the answers refuses the name, even next to an allowed one.
+        third = await post(session, url, b"{}", {}, timeout_s=2)
+        assert third.kind == "refused"
+    assert dns.lookups == ["rebind.example"] * 3 and len(sink.requests) == 1
 
-    inner = RecordingBackend()
-    guard = GuardedBackend(AddressPolicy(), inner=inner, resolver=mixed)
-    with pytest.raises(BlockedAddressError, match=r"mixed\.example \(10\.1\.2\.3\) is a private address"):
-        await guard.connect_tcp("mixed.example", 443, timeout=1)
-    assert inner.dialled == []
+
+def test_socket_factory_checks_the_exact_address_dialled() -> None:
+    make = guarded_socket_factory(AddressPolicy())
+    with pytest.raises(BlockedAddressError, match=r"169\.254\.169\.254 is a cloud metadata address"):
+        make((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", 80)))
+    with pytest.raises(BlockedAddressError, match=r"\(fe80::1\) is a link-local address"):
+        make((socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fe80::1%2", 80, 0, 2)))
+    sock = make((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", 443)))
+    sock.close()
 
 
 async def test_invalid_urls_are_refused() -> None:
-    async with build_client(AddressPolicy(), timeout_s=2, max_connections=1) as client:
-        for url in ("ftp://example.com/x", "not a url", "http:///nohost", "file:///etc/passwd"):
-            attempt = await post(client, url, b"{}", {}, timeout_s=2)
-            assert attempt.kind == "refused" and attempt.error and "invalid callback URL" in attempt.error, (
-                url
-            )
+    async with build_session(AddressPolicy(), max_connections=1) as session:
+        for url in (
+            "ftp://example.com/x",
+            "not a url",
+            "http:///nohost",
+            "file:///etc/passwd",
+            "http://2130706433/",
+        ):
+            attempt = await post(session, url, b"{}", {}, timeout_s=2)
+            assert attempt.kind == "refused", (url, attempt)

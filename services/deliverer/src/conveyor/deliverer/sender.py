@@ -1,13 +1,16 @@
-"""One HTTP client per process, and one callback attempt with its outcome classified.
+"""One HTTP client session per process, and one callback attempt with its outcome classified.
 
 Outcomes: ``ok`` (2xx), ``retry`` (connection error, timeout, 408, 429, 5xx), ``final``
 (any other answer: 3xx is not followed, 4xx will not change by retrying) and ``refused``
 (the URL is invalid or the SSRF guard refused its address).
+
+The client is aiohttp's: measured on this project's 2-core machine against the same local
+sink at 64 callbacks in flight, httpx 0.28 (httpcore's pool rescans every connection on
+every request) made 70-300 requests/s where aiohttp made 1,300-5,300/s; see the README.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import email.utils
 import time
@@ -15,10 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-import httpcore
-import httpx
+import aiohttp
+from yarl import URL
 
-from conveyor.deliverer.ssrf import AddressPolicy, BlockedAddressError, GuardedBackend
+from conveyor.deliverer.ssrf import (
+    AddressPolicy,
+    BlockedAddressError,
+    GuardedResolver,
+    guarded_socket_factory,
+)
 
 Kind = Literal["ok", "retry", "final", "refused"]
 
@@ -37,34 +45,23 @@ class Attempt:
     retry_after_s: float | None = None
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with its connection pool dialling through the SSRF guard."""
-
-    def __init__(self, policy: AddressPolicy, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits, trust_env=False)
-        # httpx has no parameter for the network backend, so build the pool it would build,
-        # with ours. No proxy: a proxy would dial for us and the guard would check the proxy.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=True,
-            http2=False,
-            network_backend=GuardedBackend(policy),
-        )
-
-
-def build_client(policy: AddressPolicy, *, timeout_s: float, max_connections: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=30.0
+def build_session(policy: AddressPolicy, *, max_connections: int) -> aiohttp.ClientSession:
+    """Pooled keep-alive connections; every new one passes the SSRF guard. No proxy from the
+    environment (a proxy would dial for us and the guard would only see the proxy)."""
+    connector = aiohttp.TCPConnector(
+        limit=max_connections,
+        limit_per_host=0,
+        resolver=GuardedResolver(policy),
+        socket_factory=guarded_socket_factory(policy),
+        ttl_dns_cache=10,
+        keepalive_timeout=30,
     )
-    return httpx.AsyncClient(
-        transport=GuardedTransport(policy, limits),
-        timeout=httpx.Timeout(timeout_s),
-        follow_redirects=False,
+    return aiohttp.ClientSession(
+        connector=connector,
         trust_env=False,
         headers={"User-Agent": USER_AGENT},
+        auto_decompress=False,
+        raise_for_status=False,
     )
 
 
@@ -87,8 +84,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 def check_url(url: str) -> str | None:
     """Why ``url`` cannot be a callback URL, or None."""
     try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
+        parsed = URL(url)
+    except (ValueError, TypeError) as exc:
         return f"invalid callback URL: {exc}"
     if parsed.scheme not in ("http", "https"):
         return f"invalid callback URL: scheme {parsed.scheme!r} (want http or https)"
@@ -100,9 +97,9 @@ def check_url(url: str) -> str | None:
 def endpoint_of(url: str) -> str:
     """The circuit-breaker key: scheme://host:port (a host that is down is down for all paths)."""
     try:
-        u = httpx.URL(url)
-        return f"{u.scheme}://{u.host}:{u.port or (443 if u.scheme == 'https' else 80)}"
-    except (httpx.InvalidURL, TypeError):
+        u = URL(url)
+        return f"{u.scheme}://{u.host}:{u.port}"
+    except (ValueError, TypeError):
         return url
 
 
@@ -112,9 +109,9 @@ def _snippet(data: bytes) -> str:
 
 
 async def post(
-    client: httpx.AsyncClient, url: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float
 ) -> Attempt:
-    """POST once; never raises for anything the endpoint or the network did."""
+    """POST once, redirects not followed; never raises for anything the endpoint or the network did."""
     started = time.perf_counter()
 
     def took() -> float:
@@ -123,45 +120,40 @@ async def post(
     if (problem := check_url(url)) is not None:
         return Attempt("refused", None, took(), problem)
     try:
-        # httpx's timeout is per phase; this bounds the whole attempt, so AckWait can exceed it.
-        async with asyncio.timeout(timeout_s):
-            request = client.build_request("POST", url, content=body, headers=headers)
-            response = await client.send(request, stream=True)
-            try:
-                head = b""
-                read = 0
-                async for chunk in response.aiter_raw():
-                    if len(head) < 200:
-                        head += chunk[: 200 - len(head)]
-                    read += len(chunk)
-                    if read > MAX_ANSWER_BYTES:
-                        break
-            finally:
-                await response.aclose()
+        # total: the whole attempt (DNS, connect, send, answer), so AckWait can stay above it.
+        async with session.post(
+            url,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as response:
+            status = response.status
+            head = await response.content.read(200)
+            # Drain a small answer so the connection is reused; a large one costs its connection.
+            rest = len(head)
+            while rest <= MAX_ANSWER_BYTES and (chunk := await response.content.read(16 * 1024)):
+                rest += len(chunk)
+            retry_after = response.headers.get("Retry-After")
+            location = response.headers.get("Location", "")
     except BlockedAddressError as exc:
         return Attempt("refused", None, took(), str(exc))
-    except (TimeoutError, httpx.TimeoutException):
+    except TimeoutError:
         return Attempt("retry", None, took(), f"timed out after {timeout_s:g}s")
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
         return Attempt("refused", None, took(), f"invalid callback URL: {exc}")
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, OSError) as exc:
         return Attempt(
             "retry", None, took(), f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         )
 
-    status = response.status_code
     latency = took()
     if 200 <= status < 300:
         return Attempt("ok", status, latency)
     if status in RETRYABLE_STATUS or status >= 500:
         return Attempt(
-            "retry",
-            status,
-            latency,
-            f"HTTP {status}{_snippet(head)}",
-            parse_retry_after(response.headers.get("retry-after")),
+            "retry", status, latency, f"HTTP {status}{_snippet(head)}", parse_retry_after(retry_after)
         )
     if 300 <= status < 400:
-        where = response.headers.get("location", "")
-        return Attempt("final", status, latency, f"HTTP {status} redirect to {where!r} not followed")
+        return Attempt("final", status, latency, f"HTTP {status} redirect to {location!r} not followed")
     return Attempt("final", status, latency, f"HTTP {status}{_snippet(head)}")

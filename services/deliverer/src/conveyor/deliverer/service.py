@@ -21,7 +21,7 @@ from conveyor.deliverer.handlers.callbacks import STAGE, DeliverCallback
 from conveyor.deliverer.handlers.send_test_event import SendTestEvent
 from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.retry import RetryPolicy
-from conveyor.deliverer.sender import build_client
+from conveyor.deliverer.sender import build_session
 from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.deliverer.ssrf import AddressPolicy
 from conveyor.shared import subjects
@@ -80,10 +80,8 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
     breakers = Breakers(s.callback_breaker_threshold, s.callback_breaker_cooldown_s)
     keys = SigningKeys(signing_secrets(s), endpoint_secrets(s))
     attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES])
-    client = build_client(
-        AddressPolicy(allowed_networks(s)),
-        timeout_s=s.callback_timeout_s,
-        max_connections=s.callback_concurrency + TEST_SEND_CONCURRENCY,
+    session = build_session(
+        AddressPolicy(allowed_networks(s)), max_connections=s.callback_concurrency + TEST_SEND_CONCURRENCY
     )
     policy = RetryPolicy(
         schedule_s=retry_schedule(s),
@@ -92,8 +90,8 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         max_delay_s=s.callback_retry_max_delay_s,
         retry_after_max_s=s.callback_retry_after_max_s,
     )
-    deliver = DeliverCallback(s, client, attempts, breakers, policy, keys, metrics, rt.tracer)
-    send_test = SendTestEvent(s, client, attempts, keys, metrics)
+    deliver = DeliverCallback(s, session, attempts, breakers, policy, keys, metrics, rt.tracer)
+    send_test = SendTestEvent(s, session, attempts, keys, metrics)
     gauges = asyncio.create_task(_refresh_gauges(rt, metrics, breakers), name="deliverer-gauges")
     try:
         await rt.start_consumer(
@@ -127,7 +125,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await gauges
         await attempts.flush()
-        await client.aclose()
+        await session.close()
 
 
 SPEC = ServiceSpec(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
+from yarl import URL
 
 
 class SigningKeys:
@@ -17,11 +17,11 @@ class SigningKeys:
         if (found := self.per_endpoint.get(url.rstrip("/"))) is not None:
             return found
         try:
-            u = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError):
+            u = URL(url)
+        except (ValueError, TypeError):
             return self.default
-        port = f":{u.port}" if u.port else ""
-        for key in (f"{u.scheme}://{u.host}{port}", f"{u.scheme}://{u.host}", u.host):
+        port = f":{u.explicit_port}" if u.explicit_port else ""
+        for key in (f"{u.scheme}://{u.host}{port}", f"{u.scheme}://{u.host}", u.host or ""):
             if (found := self.per_endpoint.get(key)) is not None:
                 return found
         return self.default

@@ -1,22 +1,27 @@
 """SSRF guard: callbacks reach only public addresses, checked on the address actually dialled.
 
-The guard is an httpcore network backend. For every new connection it resolves the host
-itself, refuses the whole connection if ANY resolved address is non-public (so a name that
-answers with one public and one internal address is refused too), and then connects to the
-checked IP, never to the name: a DNS answer that changes between check and connect (DNS
-rebinding) cannot slip an internal address through. TLS still verifies the certificate
-against the host name (httpcore passes the URL's host as server_hostname).
+Two hooks in the HTTP client's connector (aiohttp), both with the same policy:
+- the resolver: a name's answers are checked as a whole, and one non-public answer refuses
+  the name, so a host that answers with one public and one internal address is refused;
+  the connector then dials the IPs this resolver returned and never resolves again, so a
+  DNS answer that changes between check and connect (DNS rebinding) cannot slip through;
+- the socket factory: every socket is checked against the exact address it is about to
+  connect to. This covers IP-literal URLs (the connector does not resolve those) and is
+  the last word for anything else.
+TLS still verifies the certificate against the URL's host name.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
-import typing
-from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
-import httpcore
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+if TYPE_CHECKING:  # aiohttp's own dependency; only its types are used here
+    from aiohappyeyeballs import AddrInfoType, SocketFactoryType
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -37,7 +42,10 @@ METADATA_NETWORKS: tuple[IPNetwork, ...] = tuple(
 
 
 class BlockedAddressError(Exception):
-    """The callback host resolves to an address callbacks may not reach."""
+    """The callback host resolves to an address callbacks may not reach.
+
+    Not an OSError on purpose: the client must not take it for a connection failure to be
+    retried on the next address or the next attempt."""
 
     def __init__(self, host: str, address: str, reason: str) -> None:
         shown = host if host == address else f"{host} ({address})"
@@ -52,7 +60,7 @@ class BlockedAddressError(Exception):
 class AddressPolicy:
     """Which addresses callbacks may reach: public unicast ones, plus the allowed networks."""
 
-    def __init__(self, allowed: Iterable[IPNetwork] = ()) -> None:
+    def __init__(self, allowed: tuple[IPNetwork, ...] | list[IPNetwork] = ()) -> None:
         self.allowed = tuple(allowed)
 
     def refusal(self, ip: IPAddress) -> str | None:
@@ -77,85 +85,42 @@ class AddressPolicy:
             return "non-public"
         return None
 
-    def check(self, host: str, ip: IPAddress) -> None:
+    def check(self, host: str, address: str) -> None:
+        """Raise BlockedAddressError unless ``address`` (an IP, maybe with a %scope) may be reached."""
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            raise BlockedAddressError(host, address, "unparseable") from None
         reason = self.refusal(ip)
         if reason is not None:
             raise BlockedAddressError(host, str(ip), reason)
 
 
-def _literal(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
+class GuardedResolver(AbstractResolver):
+    """Resolves with the system resolver, then refuses the name if any answer is not allowed."""
 
-
-async def resolve(host: str, port: int, timeout: float | None) -> list[IPAddress]:
-    """All addresses ``host`` resolves to, in resolver order, without duplicates."""
-    if (ip := _literal(host)) is not None:
-        return [ip]
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    except TimeoutError:
-        raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
-    except OSError as exc:
-        raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-    seen: dict[IPAddress, None] = {}
-    for *_, sockaddr in infos:
-        # A scoped IPv6 address ("fe80::1%eth0") is link-local: drop the scope, keep the check.
-        seen.setdefault(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]), None)
-    if not seen:
-        raise httpcore.ConnectError(f"{host} resolves to no address")
-    return list(seen)
-
-
-Resolver = Callable[[str, int, float | None], Awaitable[list[IPAddress]]]
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore backend that resolves, checks every address, and dials the checked IP."""
-
-    def __init__(
-        self,
-        policy: AddressPolicy,
-        inner: httpcore.AsyncNetworkBackend | None = None,
-        resolver: Resolver | None = None,
-    ) -> None:
+    def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None) -> None:
         self.policy = policy
-        self.inner = inner or httpcore.AnyIOBackend()
-        self.resolve = resolver or resolve
+        self.inner = inner or ThreadedResolver()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await self.resolve(host, port, timeout)
-        for ip in addresses:
-            self.policy.check(host, ip)
-        error: Exception | None = None
-        for ip in addresses:
-            try:
-                return await self.inner.connect_tcp(
-                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        assert error is not None
-        raise error
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = await self.inner.resolve(host, port, family)
+        for answer in answers:
+            self.policy.check(host, answer["host"])
+        return answers
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise BlockedAddressError(path, path, "unix socket")
+    async def close(self) -> None:
+        await self.inner.close()
 
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
+
+def guarded_socket_factory(policy: AddressPolicy) -> SocketFactoryType:
+    """The connector's socket factory: checks the address each new socket will dial."""
+
+    def make(addr_info: AddrInfoType) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        policy.check(str(sockaddr[0]), str(sockaddr[0]))
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return make

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
@@ -41,7 +41,7 @@ def webhook_id(job_id: str) -> str:
 @dataclass
 class DeliverCallback:
     settings: Settings
-    client: httpx.AsyncClient
+    session: aiohttp.ClientSession
     attempts: AttemptLog
     breakers: Breakers
     policy: RetryPolicy
@@ -104,7 +104,7 @@ class DeliverCallback:
         )
         at = utcnow()
         try:
-            result = await post(self.client, url, body, headers, timeout_s=self.settings.callback_timeout_s)
+            result = await post(self.session, url, body, headers, timeout_s=self.settings.callback_timeout_s)
         except BaseException:
             self.breakers.abandon(endpoint)
             raise

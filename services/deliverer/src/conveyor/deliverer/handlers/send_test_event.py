@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 import msgspec
 from nats.aio.msg import Msg
 
@@ -48,7 +48,7 @@ def log_key(request_id: str) -> str:
 @dataclass
 class SendTestEvent:
     settings: Settings
-    client: httpx.AsyncClient
+    session: aiohttp.ClientSession
     attempts: AttemptLog
     keys: SigningKeys
     metrics: Metrics
@@ -83,7 +83,7 @@ class SendTestEvent:
             **standard_headers(self.keys.for_url(req.url), key, body),
         }
         at = utcnow()
-        result = await post(self.client, req.url, body, headers, timeout_s=self.settings.callback_timeout_s)
+        result = await post(self.session, req.url, body, headers, timeout_s=self.settings.callback_timeout_s)
         ok = result.kind == "ok"
         self.metrics.test_sends.labels("delivered" if ok else "failed").inc()
         log.info("test send %s to %s: %s", req.id, req.url, "delivered" if ok else result.error)
