@@ -470,7 +470,13 @@ def chart(r: dict[str, Any], path: Path) -> None:
     ev = [_get(end, n, "VmRSS") or _get(bend, n, "VmRSS") or 0 for n in names]
     xs = list(range(len(names)))
     ax.bar([x - 0.2 for x in xs], iv, 0.4, label="idle", color=ref)
-    ax.bar([x + 0.2 for x in xs], ev, 0.4, label="end of load", color=conv)
+    ax.bar(
+        [x + 0.2 for x in xs],
+        ev,
+        0.4,
+        label="end of load (orange: baseline)",
+        color=[base if n in ("express-server", "node-worker", "redis-server") else conv for n in names],
+    )
     ax.axhline(IDLE_MB, color="orange", linestyle="--", linewidth=1, label="80 MB (idle target)")
     ax.axhline(LOADED_MB, color="red", linestyle="--", linewidth=1, label="200 MB (loaded target)")
     ax.set_xticks(xs, names, rotation=30, ha="right", fontsize=8)

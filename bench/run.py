@@ -327,6 +327,8 @@ async def run_baseline(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]
 
         b.worker = await baseline.start_worker(ctx.procs, b.env)
         watch["node-worker"] = b.worker
+        await asyncio.sleep(1)
+        out["memory_idle"]["node-worker"] = memory({"node-worker": b.worker})["node-worker"]
         log("baseline: draining the ingest backlog")
         await drain_sink(sink, stall_s=5, limit_s=120)
         await end_to_end(ctx, "base-warmup", b.port, sink, make(plan.warmup_jobs), rate=None, watch=watch)
