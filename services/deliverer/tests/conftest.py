@@ -93,9 +93,12 @@ async def publish_result(js: JetStreamContext) -> Publish:
     """Publish a JobResult the way the executor does; returns the exact bytes published."""
     await ensure_streams(js, [subjects.RESULTS, subjects.DLQ, subjects.CONTROL])
 
-    async def publish(job_id: str, url: str | None, *, source: str = "api") -> bytes:
+    async def publish(
+        job_id: str, url: str | None, *, source: str = "api", headers: dict[str, str] | None = None
+    ) -> bytes:
         data = encoder.encode(job_result(job_id, url, source=source))
-        await js.publish(subjects.result(job_id), data, headers={subjects.MSG_ID: ids.result_msg_id(job_id)})
+        headers = {subjects.MSG_ID: ids.result_msg_id(job_id), **(headers or {})}
+        await js.publish(subjects.result(job_id), data, headers=headers)
         return data
 
     return publish

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -47,9 +48,9 @@ def settings(nats_url: str, **kw: Any) -> Settings:
 
 @asynccontextmanager
 async def deliverer(
-    s: Settings, registry: CollectorRegistry | None = None
+    s: Settings, registry: CollectorRegistry | None = None, spans: InMemorySpanExporter | None = None
 ) -> AsyncIterator[Runtime[Settings]]:
-    async with serve(SPEC, s, registry=registry) as rt:
+    async with serve(SPEC, s, registry=registry, span_exporter=spans) as rt:
         yield rt
 
 
@@ -357,3 +358,26 @@ async def test_test_send_posts_one_signed_event(nats_url: str, js: JetStreamCont
     event = Webhook(SECRET_NEW).verify(r.body, r.headers)
     assert event["type"] == "conveyor.test" and event["data"]["id"] == "ok1"
     assert dt.datetime.fromisoformat(event["timestamp"]) <= utcnow()
+
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize("exported", [True, False])
+async def test_trace_context_reaches_the_callback(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any, exported: bool
+) -> None:
+    spans = InMemorySpanExporter() if exported else None
+    async with deliverer(settings(nats_url), spans=spans):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_traced", sink.url(), headers={"traceparent": PARENT})
+        await log_when(kv, "job_traced", ["delivered"])
+    traceparent = sink.requests[0].headers["traceparent"]
+    assert traceparent.split("-")[1] == TRACE_ID  # one trace from the webhook to the callback
+    if spans is not None:
+        (span,) = [s for s in spans.get_finished_spans() if s.name == "results.* process"]
+        assert format(span.context.trace_id, "032x") == TRACE_ID
+        assert traceparent.split("-")[2] == format(span.context.span_id, "016x")
+    else:
+        assert traceparent == PARENT  # no span of ours: the caller's context goes on unchanged

@@ -21,12 +21,13 @@ from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import endpoint_of, post
 from conveyor.deliverer.signing_keys import SigningKeys
+from conveyor.deliverer.tracing import exporting, message_span
 from conveyor.shared.consumer import attempts_of
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
 from conveyor.shared.logs import bound
 from conveyor.shared.signing import standard_headers
-from conveyor.shared.telemetry import consumer_span, inject_headers
+from conveyor.shared.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ class DeliverCallback:
     metrics: Metrics
     tracer: trace.Tracer
 
+    def __post_init__(self) -> None:
+        self.tracing = exporting(self.tracer)
+
     def target(self, job: JobResult) -> str | None:
         """The job's own URL, else the source's default (LOVABLE_CALLBACK_URL for lovable)."""
         if job.callback_url:
@@ -61,7 +65,7 @@ class DeliverCallback:
         job = job_result_decoder.decode(msg.data)
         with (
             bound(job=job.job_id, correlation=job.correlation_id),
-            consumer_span(self.tracer, "results.* process", msg.headers, msg.subject),
+            message_span(self.tracer, self.tracing, "results.* process", msg.headers, msg.subject),
         ):
             await self.deliver(msg, job)
 
