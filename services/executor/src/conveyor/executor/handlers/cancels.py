@@ -19,6 +19,7 @@ from msgspec.structs import replace
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from conveyor.executor.handlers.jobstore import JobStore, Versioned
+from conveyor.shared import subjects
 from conveyor.shared.events import JobRecord, cancel_request_decoder, utcnow
 
 log = logging.getLogger(__name__)
@@ -27,13 +28,13 @@ MAX_REMEMBERED = 200_000
 
 
 class Cancels:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, *, check_every_s: float = 5.0) -> None:
         self.kv = kv
+        self.check_every_s = check_every_s
         self.requested: OrderedDict[str, str] = OrderedDict()
         self._on_new: Callable[[str, str], Awaitable[None]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._loaded = asyncio.Event()
-        self._watcher: KeyValue.KeyWatcher | None = None
 
     def reason(self, job_id: str, parent_id: str | None = None) -> str | None:
         """Why the job (or its fan-out parent) was cancelled, or None if it was not."""
@@ -44,26 +45,56 @@ class Cancels:
 
     async def start(self, on_new: Callable[[str, str], Awaitable[None]], *, timeout: float = 10.0) -> None:
         self._on_new = on_new
-        self._watcher = await self.kv.watchall()
-        self._task = asyncio.create_task(self._run(self._watcher), name="cancel-watch")
+        self._task = asyncio.create_task(self._supervise(), name="cancel-watch")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._loaded.wait(), timeout)
         if not self._loaded.is_set():
             log.warning("cancel requests still loading after %.0fs; continuing", timeout)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _run(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _supervise(self) -> None:
+        """Keep a watch alive. The watch is an ephemeral consumer, which a NATS restart loses
+        without telling the client: check it now and then, and watch again when it is gone (the
+        new watch replays the bucket, so requests made meanwhile are not missed)."""
+        delay = 0.5
+        while True:
+            try:
+                watcher = await self.kv.watchall()
+            except Exception as exc:
+                log.warning("cannot watch %s (%s); retrying", subjects.KV_CANCELS, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.check_every_s)
+                continue
+            delay = 0.5
+            reader = asyncio.create_task(self._read(watcher))
+            try:
+                while not reader.done():
+                    await asyncio.wait({reader}, timeout=self.check_every_s)
+                    if reader.done():
+                        break
+                    try:
+                        await watcher._sub.consumer_info()
+                    except Exception as exc:
+                        log.warning("cancel watch lost (%s); watching again", exc or type(exc).__name__)
+                        break
+            finally:
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+
+    async def _read(self, watcher: KeyValue.KeyWatcher) -> None:
+        replaying = True
         async for entry in watcher:
             if entry is None:  # the replay of what existed is over
                 self._loaded.set()
+                replaying = False
                 continue
             job_id = entry.key
             if entry.operation in (KV_DEL, KV_PURGE):
@@ -73,11 +104,13 @@ class Cancels:
                 reason = cancel_request_decoder.decode(entry.value or b"").reason
             except (msgspec.DecodeError, msgspec.ValidationError):
                 reason = "cancelled by request"
+            # New to us: arrived while we watch, or while a lost watch was being replaced.
+            new = job_id not in self.requested and (self._loaded.is_set() or not replaying)
             self.requested[job_id] = reason
             self.requested.move_to_end(job_id)
             while len(self.requested) > MAX_REMEMBERED:
                 self.requested.popitem(last=False)
-            if self._loaded.is_set() and self._on_new is not None:
+            if new and self._on_new is not None:
                 try:
                     await self._on_new(job_id, reason)
                 except Exception:
