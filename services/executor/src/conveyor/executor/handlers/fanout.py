@@ -167,7 +167,8 @@ class Fanout:
             )
 
         _, cur = await self.store.advance(parent_id, await self.store.load(parent_id), change)
-        if cur.terminal:
+        if cur.record is not None and cur.terminal:
+            await self.results.republish(cur.record)
             return
         await asyncio.gather(
             *(self._start_child(event, child_id, agent, prompt, now) for child_id, agent in children.items()),
@@ -226,7 +227,12 @@ class Fanout:
         """A child ended: complete the parent if it was the last one, else move its progress."""
         for _ in range(10):
             parent = await self.store.load(parent_id)
-            if parent.record is None or parent.terminal:
+            if parent.record is None:
+                return
+            if parent.terminal:
+                # Over already; publish again in case its finisher died before publishing (a no-op
+                # for JetStream otherwise): a child redelivered after that crash brings us here.
+                await self.results.republish(parent.record)
                 return
             children = await self._children(parent.record)
             done = sum(1 for c in children.values() if c is not None and c.terminal)
