@@ -7,6 +7,7 @@ never moved anywhere else.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,13 +67,16 @@ class JobStore:
 
         ``change`` gets the record as it is and returns the new one, or None to leave it alone
         (a terminal record, a job someone else now owns). Returns (written, what is stored)."""
-        for _ in range(tries):
+        for n in range(tries):
             new = change(current.record)
             if new is None:
                 return False, current
             try:
                 revision = await self.save(job_id, new, current.revision)
             except Conflict:
+                if n:
+                    # Direct gets may be answered by a replica a moment behind: let it catch up.
+                    await asyncio.sleep(0.005 * n)
                 current = await self.load(job_id)
                 continue
             return True, Versioned(new, revision)
