@@ -30,6 +30,7 @@ KV_JOB_LOGS: Final = "job_logs"  # job_id -> JobLog
 KV_SITES: Final = "sites"  # site_id -> SiteRecord
 KV_DEPLOYMENTS: Final = "deployments"  # deployment_id -> DeploymentRecord
 KV_DEPLOY_LEASES: Final = "deploy_leases"  # site_id -> DeployLease (one active deployment per site)
+KV_SCHEDULES: Final = "schedules"  # schedule_id -> ScheduleRecord (receiver writes; executor records runs)
 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"
@@ -38,6 +39,7 @@ FANOUT: Final = "executor-fanout"  # on JOBS, jobs.fanout.>: fan-out parents' de
 DELIVERER: Final = "deliverer"
 DELIVERER_TEST_SENDS: Final = "deliverer-test-sends"  # on CONTROL, ctl.test_send.>
 DEPLOYER: Final = "deployer"
+SCHEDULER: Final = "executor-scheduler"  # on SCHEDULES, schedules.fire.>: firings -> jobs
 
 # Headers we add (Nats-* ones are the server's) ----------------------------------------------------
 MSG_ID: Final = "Nats-Msg-Id"
@@ -51,6 +53,16 @@ H_ATTEMPTS: Final = "Conveyor-Attempts"
 H_FAILED_AT: Final = "Conveyor-Failed-At"
 H_LAST_STATUS: Final = "Conveyor-Last-Status"
 H_STAGE: Final = "Conveyor-Stage"
+H_SCHEDULE_ID: Final = "Conveyor-Schedule-Id"
+
+# JetStream message schedules (nats-server 2.12+, ADR-51): set on schedules.def.<id> ...
+H_SCHEDULE: Final = "Nats-Schedule"  # "@every 15m", a 6-field cron (seconds first), "@daily"
+H_SCHEDULE_TARGET: Final = "Nats-Schedule-Target"  # where copies go: a subject of the same stream
+H_SCHEDULE_TIME_ZONE: Final = "Nats-Schedule-Time-Zone"  # IANA zone for cron (not for @every)
+H_SCHEDULE_TTL: Final = "Nats-Schedule-TTL"  # becomes Nats-TTL on each copy
+# ... and added by the server to each fired copy.
+H_SCHEDULER: Final = "Nats-Scheduler"  # the subject holding the schedule
+H_SCHEDULE_NEXT: Final = "Nats-Schedule-Next"  # RFC 3339 time of the next firing
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -116,3 +128,7 @@ def schedule(schedule_id: str) -> str:
 
 def schedule_fire(schedule_id: str) -> str:
     return f"schedules.fire.{token(schedule_id)}"
+
+
+SCHEDULE_FIRE_FILTER: Final = "schedules.fire.>"
+SCHEDULE_FIRE_PREFIX: Final = "schedules.fire."

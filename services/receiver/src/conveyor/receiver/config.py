@@ -111,6 +111,9 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     test_send_wait_s: float = 15.0
     """TEST_SEND_WAIT_S: how long POST /api/webhooks/test waits for the deliverer's outcome
     before answering 202 with a status URL."""
+    schedule_min_interval_s: float = 1.0
+    """SCHEDULE_MIN_INTERVAL_S: the shortest interval (or cron gap) a schedule may have; 422 below
+    it. Never below 1 s, the server's own floor."""
 
     def __post_init__(self) -> None:
         for net in filter(None, (p.strip() for p in self.trusted_proxies.split(","))):

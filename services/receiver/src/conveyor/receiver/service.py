@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.receiver import sites_api
+from conveyor.receiver import schedules_api, sites_api
 from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings
 from conveyor.receiver.handlers import admin, health, jobs, send_test_event, stream, webhooks
@@ -258,7 +258,7 @@ def routes(rt: Runtime[Any]) -> None:
     st.tracing = bool(getattr(getattr(rt.tracer, "span_processor", None), "_span_processors", True))
     rt.app[STATE] = st
     health.install(rt.app)
-    ops = operations()
+    ops = [*operations(), *schedules_api.operations()]
     expect = expect_handler(settings.max_body_bytes)
     for op in ops:
         if op.handler is not None:
