@@ -117,14 +117,21 @@ async def closed_probe(
 
 
 async def max_rate(
-    ctx: Ctx, name: str, port: int, make: Any, estimate_rps: float, watch: dict[str, Proc]
+    ctx: Ctx,
+    name: str,
+    port: int,
+    make: Any,
+    estimate_rps: float,
+    watch: dict[str, Proc],
+    duration: float | None = None,
 ) -> dict[str, Any]:
     """Maximum rate, closed loop: wrk (C) when installed, else the Python driver.
 
     ``make(n)`` builds n unique requests; the pool is sized from an estimate so wrk never
     runs out (it would answer 404s, counted as errors, rather than replay).
     """
-    n = int(max(estimate_rps, 500) * ctx.duration * 1.6) + 2000
+    duration = duration or ctx.duration
+    n = int(max(estimate_rps, 500) * duration * 1.6) + 2000
     batch = make(n)
     f = payloads.write(ctx.file(f"{name}.req"), batch.requests)
     meter = CpuMeter(watch)
@@ -134,7 +141,7 @@ async def max_rate(
             f"{name}-wrk",
             f"http://127.0.0.1:{port}",
             f,
-            duration=ctx.duration,
+            duration=duration,
             connections=ctx.connections,
             pool=n,
         )
@@ -150,7 +157,7 @@ async def max_rate(
             "--concurrency",
             str(ctx.connections),
             "--duration",
-            str(ctx.duration),
+            str(duration),
         )
         res = {
             "driver": "python-closed",

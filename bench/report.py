@@ -108,6 +108,25 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 f"{_rate(py['ceiling_rps'], 'req/s')} = {py['ceiling_rps'] / floor:.1f}x the HTTP floor",
             )
 
+    if "ladder" in r and not failed("ingest ladder", "ladder"):
+        for i, (name, x) in enumerate(r["ladder"].items()):
+            per = _per(x.get("cpu_cores"), x.get("ok"))
+            add(
+                "ingest ladder",
+                f"{i}. {name}",
+                f"{_rate(x['rate'], '/s')}; CPU/request: server {per.get('server', 0):,.0f} us, "
+                f"nats {per.get('nats-server', 0):,.0f} us",
+            )
+        rper = _per(_get(r, "ingest", "max", "cpu_cores"), _get(r, "ingest", "max", "ok"))
+        if rper:
+            add(
+                "ingest ladder",
+                "   the receiver, same load",
+                f"{_rate(_get(r, 'ingest', 'max', 'rate'), '/s')}; "
+                f"CPU/request: server {rper.get('receiver', 0):,.0f} us, "
+                f"nats {rper.get('nats-server', 0):,.0f} us",
+            )
+
     if "ingest" in r and not failed("ingest", "ingest"):
         mx, half = r["ingest"]["max"], r["ingest"]["half"]
         ratio = mx["rate"] / floor if _num(floor) else None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import baseline, conveyor_sys, payloads, profile, report, wrkload
+from bench.ladder import LEVELS
 from bench.measure import (
     CpuMeter,
     Ctx,
@@ -43,7 +44,7 @@ from conveyor.shared.testing.nats_server import nats_server_binary
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 SECRET = "bench-webhook-secret"
-SECTIONS = ("floors", "ingest", "e2e", "scale", "fanout", "baseline")
+SECTIONS = ("floors", "ladder", "ingest", "e2e", "scale", "fanout", "baseline")
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,38 @@ async def floors(ctx: Ctx, plan: Plan) -> dict[str, Any]:
         f"bus floor {out['bus']['request']['rate']:.0f}/s (64 in flight), "
         f"{out['bus']['async']['rate']:.0f}/s async"
     )
+    return out
+
+
+async def ladder(ctx: Ctx, plan: Plan) -> dict[str, Any]:
+    """The receiver's essential work added step by step (bench/ladder.py), each at max rate."""
+    nats = await start_nats(ctx.procs, "ladder-nats", ctx.root / "ladder-js")
+    out: dict[str, Any] = {}
+    seconds = min(plan.duration, 5)
+    try:
+        for level, name in enumerate(LEVELS):
+            port = free_port()
+            p = await ctx.procs.python(
+                f"ladder-{level}", "bench.ladder", "--port", str(port), "--nats", nats.url,
+                "--level", str(level), "--secret", SECRET, port=port,
+            )  # fmt: skip
+            await wait_port(p, port)
+            make = maker(port, f"ladder{level}", "agent.task_requested", "noop")
+            probe = await closed_probe(ctx, f"ladder-{level}-probe", port, make(10_000), 1.5)
+            res = await max_rate(
+                ctx,
+                f"ladder-{level}",
+                port,
+                make,
+                probe["rate"],
+                {"server": p, "nats-server": nats.proc},
+                seconds,
+            )
+            out[name] = {k: res[k] for k in ("rate", "ok", "errors", "latency_ms", "cpu_cores")}
+            log(f"ladder {level} ({name}): {res['rate']:.0f}/s")
+            await ctx.procs.stop(p)
+    finally:
+        await ctx.procs.stop(nats.proc)
     return out
 
 
@@ -487,6 +520,7 @@ async def amain(args: argparse.Namespace) -> int:
         sink = SinkClient(ctx.sink_url)
         runs = {
             "floors": lambda: floors(ctx, plan),
+            "ladder": lambda: ladder(ctx, plan),
             "ingest": lambda: ingest(ctx, plan),
             "e2e": lambda: e2e(ctx, plan, sink),
             "scale": lambda: scale(
