@@ -136,3 +136,48 @@ async def stop(ctx: Any, running: list[Running]) -> dict[str, Any]:
         else:
             out[r.service] = {"error": r.proc.tail(5)}
     return out
+
+
+def subject_family(subject: str) -> str:
+    """Group a subject with its kind: ids and keys become '*', inboxes one family."""
+    t = subject.split(".")
+    if t[0].startswith("_INBOX"):
+        return "_INBOX.> (replies)"
+    if t[0] == "$JS" and len(t) > 1 and t[1] == "ACK":
+        return ".".join(t[:4]) + ".> (acks)"
+    if t[0] == "$JS" and len(t) > 2 and t[1] == "API":
+        return ".".join(t[: 7 if t[2] == "CONSUMER" and len(t) > 3 and t[3] == "MSG" else 5])
+    if t[0] == "$KV" and len(t) > 1:
+        return f"$KV.{t[1]}.*"
+    if t[0] in ("results", "dlq"):
+        return f"{t[0]}.*"
+    return subject
+
+
+class SubjectCensus:
+    """Counts every message on the server by subject family (a '>' subscription). It adds
+    its own deliveries, so it runs only with --profile."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.counts: Counter[str] = Counter()
+        self.nc: Any = None
+
+    async def __aenter__(self) -> SubjectCensus:
+        import nats
+
+        self.nc = await nats.connect(self.url, name="bench-census")
+
+        async def count(msg: Any) -> None:
+            self.counts[subject_family(msg.subject)] += 1
+
+        await self.nc.subscribe(">", cb=count, pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.flush()
+        await asyncio.sleep(0.5)
+        await self.nc.close()
+
+    def per(self, count: int, top: int = 25) -> list[list[Any]]:
+        return [[s, round(c / count, 2)] for s, c in self.counts.most_common(top)] if count else []

@@ -238,14 +238,18 @@ async def e2e(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]:
         log(f"end to end: {plan.e2e_jobs} jobs, closed loop ({ctx.connections} connections)")
         prof = await profile.start(ctx, system.services, ctx.profile) if ctx.profile else None
         before = await nats_counts(system.nats)
-        out["max"] = await end_to_end(
-            ctx, "e2e-max", port, sink, make(plan.e2e_jobs), rate=None, watch=system.watch()
-        )
+        async with contextlib.AsyncExitStack() as stack:
+            census = await stack.enter_async_context(profile.SubjectCensus(system.nats.url)) if prof else None
+            out["max"] = await end_to_end(
+                ctx, "e2e-max", port, sink, make(plan.e2e_jobs), rate=None, watch=system.watch()
+            )
         out["max"]["nats_msgs_per_job"] = per_item(
             before, await nats_counts(system.nats), out["max"]["delivered"]
         )
         if prof:
             out["profile"] = await profile.stop(ctx, prof)
+        if census is not None:
+            out["nats_subjects_per_job"] = census.per(out["max"]["delivered"])
         rate = out["max"]["jobs_per_s"]
         log(f"end to end: {rate:.0f} jobs/s, lost {out['max']['lost']}; now half rate")
         half_rate = max(rate / 2, 10)
