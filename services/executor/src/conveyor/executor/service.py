@@ -16,6 +16,7 @@ from conveyor.executor.handlers.fanout import Fanout
 from conveyor.executor.handlers.jobstore import JobStore
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.handlers.router import Router
+from conveyor.executor.handlers.scheduler import with_scheduler
 from conveyor.executor.handlers.worker import STAGE, Worker
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import build_registry, build_routes
@@ -146,6 +147,6 @@ SPEC = ServiceSpec(
     name="executor",
     streams=[subjects.EVENTS, subjects.JOBS, subjects.RESULTS, subjects.DLQ],
     buckets=[subjects.KV_JOBS, subjects.KV_CANCELS, subjects.KV_JOB_LOGS],
-    components=components,
+    components=with_scheduler(components),
     details=details,
 )
