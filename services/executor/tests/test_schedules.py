@@ -214,7 +214,7 @@ async def test_paused_deleted_and_windowed_schedules_run_nothing(
             assert not await s.armed(orphan.schedule_id)  # a definition without its record is purged
             assert not await s.armed(over.schedule_id)  # past end_at: the schedule ends
             assert (await s.get(over.schedule_id)).status == "ended"
-            assert (await s.get(later.schedule_id)).skipped >= 2
+            assert await metric(rt.http_port, "before_start") >= 2
             assert await metric(rt.http_port, "paused") >= 2
 
         await eventually(settled, timeout=15)
@@ -222,7 +222,7 @@ async def test_paused_deleted_and_windowed_schedules_run_nothing(
         for sched in (paused, orphan, later, over):
             assert await s.jobs_of(sched.schedule_id) == []
         rec = await s.get(later.schedule_id)
-        assert rec.last_skip_reason == "before start_at" and rec.runs == 0 and rec.last_job_id is None
+        assert rec.status == "active" and rec.runs == 0 and rec.last_job_id is None
         assert (await s.get(over.schedule_id)).ended_at is not None
         assert await metric(rt.http_port, "run") == 0
 

@@ -152,7 +152,7 @@ class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
     next_run_at: dt.datetime | None
     last_run: LastRun | None
     runs: int  # jobs created so far
-    skipped: int  # firings that ran nothing (overlap, window)
+    skipped: int  # firings the overlap policy skipped
     last_skipped_at: dt.datetime | None
     last_skip_reason: str | None
     owner: str

@@ -5,7 +5,8 @@ nats-server fires copies of a schedule's definition (a ``ScheduleFire``) onto
 
 1. The schedule's record (KV ``schedules``) decides. No record: nothing runs, and the
    definition is purged in case it outlived its record. Paused or ended: nothing. Fired before
-   start_at: skipped. Fired after end_at: the schedule ends (record "ended", definition purged).
+   start_at: nothing (the server fires from the start; the window is ours to apply). Fired
+   after end_at: the schedule ends (record "ended", definition purged).
    Overlap "skip" while the last run's job is queued or running: skipped.
 2. The job id is derived from the schedule id and the copy's stream sequence, so a redelivered
    copy, or one two executors handle at once, names the same job.
@@ -146,9 +147,7 @@ class Scheduler:
                     return "ended"
                 continue
             if where == "before":
-                if await self._write(schedule_id, _skip(rec, fired_at, next_at, "before start_at"), revision):
-                    return "before_start"
-                continue
+                return "before_start"  # not recorded: a write per firing until start_at buys nothing
             if rec.overlap == "skip" and rec.last_job_id and await self._unfinished(rec.last_job_id):
                 reason = f"previous run {rec.last_job_id} not finished"
                 if await self._write(schedule_id, _skip(rec, fired_at, next_at, reason), revision):
