@@ -419,7 +419,7 @@ def meta(plan: Plan, args: argparse.Namespace, ctx: Ctx) -> dict[str, Any]:
     try:
         import uvloop  # type: ignore[import-not-found]  # noqa: F401
 
-        loop = "uvloop"
+        loop = "asyncio (--no-uvloop)" if args.no_uvloop else "uvloop"
     except ImportError:
         loop = "asyncio"
     return {
@@ -483,6 +483,13 @@ async def amain(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = Path(tempfile.mkdtemp(prefix=f"conveyor-bench-{stamp}-"))
     procs = Procs(work)
+    if args.no_uvloop:
+        # The runner uses uvloop when it can import it: a module of that name that fails to
+        # import, first on the children's path, makes every Python process here use asyncio.
+        shadow = work / "no-uvloop"
+        shadow.mkdir()
+        (shadow / "uvloop.py").write_text('raise ImportError("uvloop disabled by --no-uvloop")\n')
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))
     use_wrk = wrkload.available() and not args.no_wrk
     ctx = Ctx(
         root=work,
@@ -586,6 +593,11 @@ def main() -> int:
     p.add_argument("--skip", help="comma-separated sections to leave out")
     p.add_argument("--jobs", type=int, help="end-to-end job count (default 20000, quick 3000)")
     p.add_argument("--duration", type=float, help="seconds of each timed load phase (default 10, quick 3)")
+    p.add_argument(
+        "--no-uvloop",
+        action="store_true",
+        help="run every Python process on asyncio's loop even if uvloop is installed",
+    )
     p.add_argument("--no-wrk", action="store_true", help="use the Python driver for maximum rates too")
     p.add_argument(
         "--profile",
