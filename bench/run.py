@@ -388,6 +388,17 @@ async def run_baseline(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]
                 await ctx.procs.stop(p)
 
 
+def prune(work: Path) -> None:
+    """Drop the bulky parts of a work directory (request files, JetStream and Redis data),
+    keeping the logs."""
+    for path in work.iterdir():
+        if path.name != "logs":
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 async def background_load(seconds: float = 2.0) -> float:
     """Cores busy on the machine before we start anything (other users, other tests)."""
     t0, b0 = time.monotonic(), machine_busy_s()
@@ -559,6 +570,8 @@ async def amain(args: argparse.Namespace) -> int:
                 results["fanout"] = results[holder].pop("fanout")
     finally:
         await procs.stop_all()
+        if not args.keep:
+            prune(work)
     results["meta"]["elapsed_s"] = round(time.monotonic() - t0, 1)
     results["meta"]["loadavg_end"] = os.getloadavg()
     results["meta"]["warnings"] = ctx.warnings
@@ -579,11 +592,14 @@ async def amain(args: argparse.Namespace) -> int:
     except Exception as exc:
         log(f"chart failed: {exc}")
     log(f"results: {json_path.relative_to(ROOT) if json_path.is_relative_to(ROOT) else json_path}")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-    else:
+    failed = [n for n in sections if isinstance(results.get(n), dict) and "error" in results[n]]
+    if args.keep:
         log(f"logs and raw driver output kept in {work}")
-    return 0
+    elif failed:
+        log(f"{', '.join(failed)} failed: process logs kept in {work / 'logs'}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failed else 0
 
 
 def main() -> int:
