@@ -202,9 +202,27 @@ async def open_rate(
         f"{rate:.1f}",
         "--concurrency",
         str(min(ctx.connections, 64)),
+        times=True,
     )
+    times = d.pop("_times")
+    d["worst_seconds"] = worst_seconds(times)
     d["cpu_cores"] = meter.stop()
     return d
+
+
+def worst_seconds(times: dict[str, list[float]], top: int = 3) -> list[dict[str, float]]:
+    """The seconds (by scheduled send time) with the highest p99: a stall, a GC pause or a
+    neighbour's burst shows up as one bad second rather than a uniformly slow run."""
+    if not times["sched"]:
+        return []
+    t0 = min(times["sched"])
+    by_sec: dict[int, list[float]] = {}
+    for s, d, st in zip(times["sched"], times["done"], times["status"], strict=True):
+        if 200 <= st < 300:
+            by_sec.setdefault(int(s - t0), []).append((d - s) * 1000)
+    rows = [{"second": k, **summarize(v)} for k, v in by_sec.items() if len(v) >= 20]
+    rows.sort(key=lambda r: -r["p99"])
+    return [{k: round(r[k], 1) for k in ("second", "n", "p50", "p99", "max")} for r in rows[:top]]
 
 
 # --- end to end ---------------------------------------------------------------------------------

@@ -152,6 +152,12 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
             p99 <= 10 if _num(p99) else None,
         )
         add("ingest", "  of which driver lag p50/p99 (scheduled -> sent)", _ms(half["lag_ms"], "p50", "p99"))
+        if half.get("worst_seconds"):
+            add(
+                "ingest",
+                "  worst seconds at half rate (p99)",
+                ", ".join(f"s{w['second']}: {w['p99']:g} ms" for w in half["worst_seconds"]),
+            )
         add("ingest", "  cores used at max rate", _cpu(mx.get("cpu_cores")))
         per = _per(mx.get("cpu_cores"), mx.get("ok"))
         fper = _per(_get(r, "floors", "http", "cpu_cores"), _get(r, "floors", "http", "ok"))
