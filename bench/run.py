@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import subprocess
@@ -633,7 +634,8 @@ def main() -> int:
     )
     p.add_argument("--out", help="directory for <timestamp>.json/.png (default bench/results)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, raw driver output)")
-    args = p.parse_args()
+    # `make bench BENCH_ARGS="--quick --only e2e"`: the Makefile runs `python -m bench` as it is.
+    args = p.parse_args([*shlex.split(os.environ.get("BENCH_ARGS", "")), *sys.argv[1:]])
     try:
         return asyncio.run(amain(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
