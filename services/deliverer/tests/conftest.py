@@ -29,6 +29,7 @@ class Sink:
 
     status: int = 200
     plan: list[int] = field(default_factory=list)
+    delays: list[float] = field(default_factory=list)  # seconds before answering, in order
     answer_headers: dict[str, str] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     port: int = 0
@@ -38,6 +39,8 @@ class Sink:
     async def start(self) -> Sink:
         async def receive(request: web.Request) -> web.Response:
             body = await request.read()
+            if self.delays:
+                await asyncio.sleep(self.delays.pop(0))
             status = self.plan.pop(0) if self.plan else self.status
             self.requests.append(Request({k.lower(): v for k, v in request.headers.items()}, body, status))
             self.arrived.set()

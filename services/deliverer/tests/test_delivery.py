@@ -209,20 +209,37 @@ async def test_client_errors_and_redirects_are_final_at_once(
     assert [r.answered for r in sink.requests] == [400, 302]
 
 
-async def test_429_and_timeouts_are_retried(
+async def test_429_and_408_are_retried_honouring_retry_after(
     nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any
 ) -> None:
     sink.plan = [429, 408]
-    sink.answer_headers = {"Retry-After": "0"}
+    sink.answer_headers = {"Retry-After": "1"}  # longer than the schedule's 0.2 s and 0.4 s
     async with deliverer(settings(nats_url, callback_max_attempts=4)):
         kv = await js.key_value(subjects.KV_DELIVERIES)
         await publish_result("job_429", sink.url())
         log = await log_when(kv, "job_429", ["retry", "retry", "delivered"])
-        assert [a.status_code for a in log.attempts] == [429, 408, 200]
+    assert [a.status_code for a in log.attempts] == [429, 408, 200]
+    # JetStream cannot redeliver before the NAK delay: each retry waited the full Retry-After.
+    gaps = [(b.at - a.at).total_seconds() for a, b in zip(log.attempts, log.attempts[1:], strict=False)]
+    assert all(g >= 1.0 for g in gaps), gaps
+
+
+async def test_timeouts_and_connection_errors_are_retried(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any
+) -> None:
+    sink.delays = [2.0]  # the first answer comes after the attempt's deadline
+    async with deliverer(settings(nats_url, callback_timeout_s=0.5, callback_max_attempts=4)):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_slow", sink.url())
+        log = await log_when(kv, "job_slow", ["retry", "delivered"])
+        assert log.attempts[0].error == "timed out after 0.5s" and log.attempts[0].status_code is None
         # Nothing listens here: a connection error is retried, then dead-lettered.
         await publish_result("job_refused", "http://127.0.0.1:9/nothing-listens")
         log = await log_when(kv, "job_refused", ["retry", "retry", "retry", "dead_lettered"])
         assert all(a.status_code is None and a.error for a in log.attempts)
+        dead = await js.get_last_msg(subjects.DLQ, "dlq.deliver.results.job_refused")
+        assert subjects.H_LAST_STATUS not in (dead.headers or {})  # no answer, no status
+        assert (dead.headers or {})[subjects.H_ATTEMPTS] == "4"
 
 
 async def test_secret_rotation_signs_with_every_secret(

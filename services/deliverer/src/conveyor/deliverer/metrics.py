@@ -46,9 +46,7 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
-        for outcome in OUTCOMES:
-            self.callbacks.labels(outcome)
-        for outcome in ("delivered", "retry", "dead_lettered"):
-            self.duration.labels(outcome)
-        for outcome in TEST_OUTCOMES:
-            self.test_sends.labels(outcome)
+        # Children looked up once (and exported as zeros from the start).
+        self.outcome = {o: self.callbacks.labels(o) for o in OUTCOMES}
+        self.took = {o: self.duration.labels(o) for o in ("delivered", "retry", "dead_lettered")}
+        self.test_outcome = {o: self.test_sends.labels(o) for o in TEST_OUTCOMES}

@@ -74,7 +74,7 @@ class DeliverCallback:
         first = attempts_of(msg) == 1
         if url is None:
             log.info("job %s (source %s) has no callback URL: skipped", job.job_id, job.source)
-            self.metrics.callbacks.labels("skipped").inc()
+            self.metrics.outcome["skipped"].inc()
             skipped = DeliveryAttempt(
                 at=utcnow(),
                 url="",
@@ -89,7 +89,7 @@ class DeliverCallback:
         endpoint = endpoint_of(url)
         if (pause := self.breakers.wait_s(endpoint)) is not None:
             # Not an attempt: nothing is recorded, so the attempt count does not move.
-            self.metrics.callbacks.labels("paused").inc()
+            self.metrics.outcome["paused"].inc()
             raise RetryableError(f"circuit open for {endpoint}; paused {pause:.1f}s", delay_s=pause)
 
         try:
@@ -133,8 +133,8 @@ class DeliverCallback:
             error=result.error,
             outcome=outcome,
         )
-        self.metrics.callbacks.labels(outcome).inc()
-        self.metrics.duration.labels(outcome).observe(result.latency_s)
+        self.metrics.outcome[outcome].inc()
+        self.metrics.took[outcome].observe(result.latency_s)
 
         if outcome == "delivered":
             log.info(

@@ -63,7 +63,7 @@ class SendTestEvent:
 
         age = (utcnow() - req.requested_at).total_seconds()
         if age > self.settings.test_send_max_age_s:
-            self.metrics.test_sends.labels("expired").inc()
+            self.metrics.test_outcome["expired"].inc()
             expired = DeliveryAttempt(
                 at=utcnow(),
                 url=req.url,
@@ -85,7 +85,7 @@ class SendTestEvent:
         at = utcnow()
         result = await post(self.session, req.url, body, headers, timeout_s=self.settings.callback_timeout_s)
         ok = result.kind == "ok"
-        self.metrics.test_sends.labels("delivered" if ok else "failed").inc()
+        self.metrics.test_outcome["delivered" if ok else "failed"].inc()
         log.info("test send %s to %s: %s", req.id, req.url, "delivered" if ok else result.error)
         record = DeliveryAttempt(
             at=at,
