@@ -15,7 +15,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -119,10 +119,8 @@ async def _show(args: argparse.Namespace, js: JetStreamContext) -> int:
     return 0
 
 
-async def _selected(args: argparse.Namespace, js: JetStreamContext) -> tuple[list[dlq.DeadLetter], list[int]]:
-    """The dead letters named by SEQ... or --all; and the SEQs that do not exist."""
-    if args.all:
-        return [x async for x in dlq.scan(js, dlq.subject_filter(args.stage, args.subject))], []
+async def _named(args: argparse.Namespace, js: JetStreamContext) -> tuple[list[dlq.DeadLetter], list[int]]:
+    """The dead letters named by SEQ...; and the SEQs that do not exist."""
     found, missing = [], []
     for seq in args.seqs:
         letter = await dlq.get(js, seq)
@@ -134,21 +132,30 @@ async def _selected(args: argparse.Namespace, js: JetStreamContext) -> tuple[lis
 
 
 async def _replay(args: argparse.Namespace, js: JetStreamContext) -> int:
-    letters, missing = await _selected(args, js)
-    for seq in missing:
-        print(f"#{seq}: no such dead letter", file=sys.stderr)
-    bulk = len(letters) > 1
-    with render.ReplayProgress(len(letters), enabled=bulk and not args.no_progress) as progress:
+    missing: list[int] = []
+    letters: AsyncIterator[dlq.DeadLetter] | list[dlq.DeadLetter]
+    if args.all:
+        filt = dlq.subject_filter(args.stage, args.subject)
+        total = await dlq.count(js, filt)
+        letters = dlq.scan(js, filt)
+    else:
+        letters, missing = await _named(args, js)
+        total = len(letters)
+        for seq in missing:
+            print(f"#{seq}: no such dead letter", file=sys.stderr)
+    bulk = args.all or total > 1
+    with render.ReplayProgress(total, enabled=bulk and not args.no_progress) as progress:
         outcomes = await dlq.replay(js, letters, keep=args.keep, progress=progress)
-    for o in outcomes:
-        if o.ok and not bulk:
-            print(f"#{o.seq} {o.detail}")
-        elif not o.ok and not bulk:
-            print(f"#{o.seq}: {o.detail}", file=sys.stderr)
+    if not bulk:
+        for o in outcomes:
+            print(
+                f"#{o.seq} {o.detail}" if o.ok else f"#{o.seq}: {o.detail}",
+                file=sys.stdout if o.ok else sys.stderr,
+            )
     done = sum(o.ok for o in outcomes)
     tail = f"; {len(missing)} not found" if missing else ""
-    print(f"replayed {done} of {len(letters)} dead letter(s){tail}")
-    return 0 if done == len(letters) and not missing else 1
+    print(f"replayed {done} of {len(outcomes)} dead letter(s){tail}")
+    return 0 if done == len(outcomes) and not missing else 1
 
 
 def _confirm_purge(args: argparse.Namespace) -> bool:

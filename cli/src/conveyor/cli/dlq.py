@@ -11,7 +11,7 @@ the same dead letter, so replaying again after an interruption cannot deliver it
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -143,18 +143,37 @@ async def replay_one(js: JetStreamContext, letter: DeadLetter, *, keep: bool = F
 
 async def replay(
     js: JetStreamContext,
-    letters: list[DeadLetter],
+    letters: AsyncIterable[DeadLetter] | Iterable[DeadLetter],
     *,
     keep: bool = False,
     progress: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
+    """Replay one at a time, in sequence order; a scan is consumed as it goes, so a bulk
+    replay never holds more than one dead letter's body."""
+
+    async def each() -> AsyncIterator[DeadLetter]:
+        if isinstance(letters, AsyncIterable):
+            async for letter in letters:
+                yield letter
+        else:
+            for letter in letters:
+                yield letter
+
     outcomes = []
-    for letter in letters:
+    async for letter in each():
         outcome = await replay_one(js, letter, keep=keep)
         outcomes.append(outcome)
         if progress is not None:
             progress(outcome)
     return outcomes
+
+
+async def count(js: JetStreamContext, filter_subject: str = "dlq.>") -> int:
+    """How many dead letters match ``filter_subject`` (for a progress bar's total)."""
+    if filter_subject == "dlq.>":
+        return int((await js.stream_info(subjects.DLQ)).state.messages or 0)
+    info = await js.stream_info(subjects.DLQ, subjects_filter=filter_subject)
+    return sum((info.state.subjects or {}).values())
 
 
 async def delete(js: JetStreamContext, seqs: list[int]) -> list[Outcome]:

@@ -44,7 +44,7 @@ def as_dict(letter: DeadLetter, *, body: bool = False) -> dict[str, Any]:
 
 def letters_table(letters: Iterable[DeadLetter]) -> int:
     table = Table(title="Dead letters (stream DLQ)")
-    for name in ("seq", "stage", "original subject", "attempts", "last status", "failed at", "error"):
+    for name in ("seq", "stage", "original subject", "attempts", "status", "failed at (UTC)", "error"):
         table.add_column(name, overflow="fold")
     n = 0
     for letter in letters:
@@ -55,7 +55,7 @@ def letters_table(letters: Iterable[DeadLetter]) -> int:
             letter.original_subject,
             letter.header(subjects.H_ATTEMPTS) or "",
             letter.header(subjects.H_LAST_STATUS) or "",
-            letter.header(subjects.H_FAILED_AT) or "",
+            (letter.header(subjects.H_FAILED_AT) or "")[:19].replace("T", " "),  # to the second, UTC
             (letter.header(subjects.H_ERROR) or "")[:160],
         )
     out = console()
