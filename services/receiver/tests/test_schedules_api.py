@@ -207,7 +207,7 @@ async def test_pause_resume_change_and_delete(receiver: Any, js: JetStreamContex
     assert (await receiver.http.patch(url, json={"nope": 1}, headers=auth(ADMIN_KEY))).status_code == 422
 
     gone = await receiver.http.delete(url, headers=auth(ADMIN_KEY))
-    assert gone.status_code == 200 and gone.json() == {"schedule_id": sid, "deleted": True}
+    assert gone.status_code == 200 and gone.json() == {"schedule_id": sid, "runs": 0, "deleted": True}
     assert await definition(js, sid) is None
     assert (await receiver.http.get(url, headers=auth(ADMIN_KEY))).status_code == 404
     assert (await receiver.http.delete(url, headers=auth(ADMIN_KEY))).status_code == 404

@@ -167,6 +167,7 @@ class ScheduleList(msgspec.Struct, frozen=True, kw_only=True):
 
 class ScheduleDeleted(msgspec.Struct, frozen=True, kw_only=True):
     schedule_id: str
+    runs: int  # jobs the schedule made, all told: no firing makes one after this answer
     deleted: bool = True
 
 
@@ -549,16 +550,19 @@ async def delete_schedule(request: web.Request) -> web.Response:
     st, principal = await _caller(request)
     schedule_id = request.match_info["schedule_id"]
     js, kv = await _store(st)
-    _, revision = await _own(st, kv, principal, schedule_id)
-    # Record first: a firing that slips in before the purge finds no schedule and runs nothing.
-    with st.nats_errors():
-        try:
-            await kv.delete(schedule_id, last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            await kv.delete(schedule_id)  # the executor recorded a run meanwhile
-    await _disarm(st, js, schedule_id)
-    log.info("schedule %s deleted", schedule_id)
-    return _json(ScheduleDeleted(schedule_id=schedule_id))
+    # Record first (compare-and-set): a firing that slips in before the purge finds no schedule
+    # and runs nothing, and the runs counted in the deleted record are all there will be.
+    for _ in range(_WRITE_TRIES):
+        record, revision = await _own(st, kv, principal, schedule_id)
+        with st.nats_errors():
+            try:
+                await kv.delete(schedule_id, last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # the executor recorded a run meanwhile
+        await _disarm(st, js, schedule_id)
+        log.info("schedule %s deleted after %d runs", schedule_id, record.runs)
+        return _json(ScheduleDeleted(schedule_id=schedule_id, runs=record.runs))
+    raise st.unavailable("the schedule kept changing; retry")
 
 
 # --- wiring ---------------------------------------------------------------------------------------
