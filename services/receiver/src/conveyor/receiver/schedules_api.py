@@ -167,7 +167,7 @@ class ScheduleList(msgspec.Struct, frozen=True, kw_only=True):
 
 class ScheduleDeleted(msgspec.Struct, frozen=True, kw_only=True):
     schedule_id: str
-    runs: int  # jobs the schedule made, all told: no firing makes one after this answer
+    runs: int  # jobs the schedule made, all told: no firing takes a run after this answer
     deleted: bool = True
 
 
