@@ -352,11 +352,11 @@ async def test_test_send_posts_one_signed_event(nats_url: str, js: JetStreamCont
     async with deliverer(settings(nats_url)):
         kv = await js.key_value(subjects.KV_DELIVERIES)
         requests = {
-            "ok1": events.TestSendRequest(id="ok1", url=sink.url("/hook"), requested_at=utcnow()),
-            "internal": events.TestSendRequest(
+            "ok1": events.SendTestEvent(id="ok1", url=sink.url("/hook"), requested_at=utcnow()),
+            "internal": events.SendTestEvent(
                 id="internal", url="http://10.0.0.1/hook", requested_at=utcnow()
             ),
-            "old": events.TestSendRequest(
+            "old": events.SendTestEvent(
                 id="old", url=sink.url("/hook"), requested_at=utcnow() - dt.timedelta(minutes=30)
             ),
         }

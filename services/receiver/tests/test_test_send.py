@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from conveyor.shared import subjects
-from conveyor.shared.events import DeliveryAttempt, DeliveryLog, encoder, test_send_decoder
+from conveyor.shared.events import DeliveryAttempt, DeliveryLog, encoder, send_test_decoder
 
 
 async def answer_next_request(
@@ -24,7 +24,7 @@ async def answer_next_request(
         msg = await sub.next_msg(timeout=10)
     finally:
         await sub.unsubscribe()
-    req = test_send_decoder.decode(msg.data)
+    req = send_test_decoder.decode(msg.data)
     assert msg.subject == subjects.control("test_send", req.id)
     assert msg.headers and msg.headers[subjects.MSG_ID] == f"test-{req.id}"
     attempt = DeliveryAttempt(

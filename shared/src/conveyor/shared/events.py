@@ -159,7 +159,7 @@ class DeliveryLog(Message, frozen=True, kw_only=True):
     delivered: bool = False
 
 
-class TestSendRequest(Message, frozen=True, kw_only=True):
+class SendTestEvent(Message, frozen=True, kw_only=True):
     """On ``ctl.test_send.<id>``: the receiver asks the deliverer to send a signed test event.
     The deliverer writes the outcome as a DeliveryLog under ``test_<id>`` in KV ``deliveries``."""
 
@@ -212,5 +212,5 @@ agent_result_decoder = msgspec.json.Decoder(AgentResult)
 cancel_request_decoder = msgspec.json.Decoder(CancelRequest)
 delivery_log_decoder = msgspec.json.Decoder(DeliveryLog)
 api_key_decoder = msgspec.json.Decoder(ApiKeyRecord)
-test_send_decoder = msgspec.json.Decoder(TestSendRequest)
+send_test_decoder = msgspec.json.Decoder(SendTestEvent)
 job_log_decoder = msgspec.json.Decoder(JobLog)

@@ -117,7 +117,7 @@ def control(verb: str, ident: str) -> str:
     return f"ctl.{token(verb)}.{token(ident)}"
 
 
-# ctl.test_send.<id>: the receiver asks the deliverer to send a signed test event (TestSendRequest).
+# ctl.test_send.<id>: the receiver asks the deliverer to send a signed test event (SendTestEvent).
 TEST_SEND_VERB: Final = "test_send"
 TEST_SEND_FILTER: Final = "ctl.test_send.>"
 

@@ -22,7 +22,7 @@ from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.shared import subjects
 from conveyor.shared.consumer import attempts_of
 from conveyor.shared.errors import PermanentError
-from conveyor.shared.events import DeliveryAttempt, encoder, test_send_decoder, utcnow
+from conveyor.shared.events import DeliveryAttempt, encoder, send_test_decoder, utcnow
 from conveyor.shared.signing import standard_headers
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class SendTestEvent:
     metrics: Metrics
 
     async def __call__(self, msg: Msg) -> None:
-        req = test_send_decoder.decode(msg.data)
+        req = send_test_decoder.decode(msg.data)
         if not subjects.is_token(req.id):
             raise PermanentError(f"test send id {req.id!r} is not a safe key")
         key = log_key(req.id)

@@ -21,7 +21,7 @@ from conveyor.receiver.schemas import TestSendCreate, TestSendOutcome
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
-from conveyor.shared.events import DeliveryLog, TestSendRequest, delivery_log_decoder, encoder, utcnow
+from conveyor.shared.events import DeliveryLog, SendTestEvent, delivery_log_decoder, encoder, utcnow
 from conveyor.shared.http import HTTPError
 
 _create_decoder = msgspec.json.Decoder(TestSendCreate)
@@ -70,7 +70,7 @@ async def create(request: web.Request) -> web.Response:
     if not valid_url(body.url):
         raise HTTPError(422, "invalid_field", "url: must be an absolute http(s) URL", field="url")
     test_id = uuid.uuid4().hex
-    req = TestSendRequest(id=test_id, url=body.url, requested_at=utcnow())
+    req = SendTestEvent(id=test_id, url=body.url, requested_at=utcnow())
     with st.nats_errors():
         await js.publish(
             subjects.control("test_send", test_id),
