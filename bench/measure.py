@@ -284,6 +284,7 @@ async def end_to_end(
     rate: float | None,
     watch: dict[str, Proc],
     concurrency: int | None = None,
+    keep_pairs: bool = False,
 ) -> dict[str, Any]:
     """Send ``batch`` (closed loop at ``concurrency``, or open loop at ``rate``) and match every
     accepted webhook with its callback: rate over the steady window, latency from the
@@ -333,4 +334,8 @@ async def end_to_end(
         "jobs_per_s_overall": len(ours) / total_span if total_span and total_span > 0 else None,
         "latency_ms": summarize(lat_ms),
         "cpu_cores": cpu,
+        # job id -> (scheduled send, callback arrival), CLOCK_MONOTONIC; for the stage breakdown
+        "_pairs": {j: (times["sched"][i], first_arrival[j]) for j, i in index.items() if j in first_arrival}
+        if keep_pairs
+        else {},
     }

@@ -224,6 +224,20 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 "p50 <= 20 ms",
                 p50 <= 20 if _num(p50) else None,
             )
+            st = half.get("stages_ms") or {}
+            if st:
+                names = {
+                    "receiver": "accept",
+                    "to_start": "queued",
+                    "agent": "agent",
+                    "to_callback": "deliver",
+                }
+                add(
+                    "end to end",
+                    "  where it goes, p50 / p99 (from job records)",
+                    ", ".join(f"{names[k]} {_ms(v, 'p50', 'p99')[:-3]}" for k, v in st.items() if v.get("n"))
+                    + " ms",
+                )
 
     if "scale" in r and not failed("scale", "scale"):
         s = r["scale"]

@@ -40,6 +40,7 @@ from bench.measure import (
     open_rate,
 )
 from bench.procs import Procs, free_port, nats_counts, per_item, start_nats, wait_port
+from bench.stats import summarize
 from conveyor.shared.testing.nats_server import nats_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,12 +257,52 @@ async def e2e(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]:
         half_rate = max(rate / 2, 10)
         n = int(min(plan.half_jobs_cap, half_rate * plan.duration))
         out["half"] = await end_to_end(
-            ctx, "e2e-half", port, sink, make(n), rate=half_rate, watch=system.watch()
+            ctx, "e2e-half", port, sink, make(n), rate=half_rate, watch=system.watch(), keep_pairs=True
         )
+        out["half"]["stages_ms"] = await stages(system, out["half"].pop("_pairs"))
         out["memory_end"] = memory(system.watch())
         return out
     finally:
         await stop_system(ctx, system)
+
+
+async def stages(
+    system: conveyor_sys.System, pairs: dict[str, tuple[float, float]], sample: int = 400
+) -> dict[str, Any]:
+    """Where webhook -> callback time goes, from the job records: webhook sent -> record
+    created (receiver) -> started (router, JOBS, worker) -> finished (the agent) -> callback
+    arrived (RESULTS, deliverer, HTTP). Record times are wall clock; driver and sink times
+    are converted with this machine's wall-monotonic offset."""
+    import msgspec
+    import nats as natspy
+
+    offset = time.time() - time.monotonic()
+    jobs = list(pairs)[:: max(1, len(pairs) // sample)][:sample]
+    spans: dict[str, list[float]] = {"receiver": [], "to_start": [], "agent": [], "to_callback": []}
+    nc = await natspy.connect(system.nats.url, name="bench-stages")
+    try:
+        kv = await nc.jetstream().key_value("jobs")
+        for job in jobs:
+            try:
+                entry = await kv.get(job)
+            except Exception:
+                continue
+            rec = msgspec.json.decode(entry.value or b"{}")
+            try:
+                created, started, finished = (
+                    dt.datetime.fromisoformat(rec[k]).timestamp()
+                    for k in ("created_at", "started_at", "finished_at")
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            sent, arrived = (t + offset for t in pairs[job])
+            spans["receiver"].append((created - sent) * 1000)
+            spans["to_start"].append((started - created) * 1000)
+            spans["agent"].append((finished - started) * 1000)
+            spans["to_callback"].append((arrived - finished) * 1000)
+    finally:
+        await nc.close()
+    return {k: summarize(v) for k, v in spans.items()}
 
 
 async def scale(
@@ -387,6 +428,14 @@ async def run_baseline(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]
         for p in (b.worker, b.server, b.redis):
             if p is not None:
                 await ctx.procs.stop(p)
+
+
+def strip_private(d: Any) -> None:
+    """Drop working data (keys starting with '_pairs') before the results are written."""
+    if isinstance(d, dict):
+        d.pop("_pairs", None)
+        for v in d.values():
+            strip_private(v)
 
 
 def prune(work: Path) -> None:
@@ -581,6 +630,7 @@ async def amain(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{stamp}.json"
+    strip_private(results)
     rows = report.rows(results)
     results["summary"] = rows
     json_path.write_text(json.dumps(results, indent=1, default=str))
