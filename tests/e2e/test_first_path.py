@@ -16,54 +16,23 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 
 from conveyor.shared.signing import lovable_sign, standard_verify
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer
 from conveyor.shared.testing.procs import ServiceProcess, service_env
+from conveyor.shared.testing.sink import CallbackSink as Sink
 
 SECRET = "e2e-webhook-secret"
 SIGNING = "whsec_ZTJlLWNhbGxiYWNrLXNpZ25pbmcta2V5"
 ADMIN = "e2e-admin-key"
 
 
-class Sink:
-    """A real callback endpoint that records what it receives."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    async def start(self) -> Sink:
-        async def receive(request: web.Request) -> web.Response:
-            self.received.append((dict(request.headers), await request.read()))
-            return web.json_response({"ok": True})
-
-        app = web.Application()
-        app.router.add_post("/callback", receive)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/callback"
-
-    def bodies(self) -> list[dict[str, Any]]:
-        return [json.loads(b) for _, b in self.received]
-
-
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
     s = await Sink().start()
     yield s
-    assert s.runner is not None
-    await s.runner.cleanup()
+    await s.stop()
 
 
 @pytest.fixture
@@ -127,7 +96,7 @@ async def test_signed_webhook_reaches_the_callback(system: dict[str, ServiceProc
         assert first["job_id"] == job_id and first["status"] in {"queued", "processing", "completed"}
 
         async def delivered() -> dict[str, Any]:
-            bodies = [b for b in sink.bodies() if b.get("jobId") == job_id]
+            bodies = [b for b in sink.bodies if b.get("jobId") == job_id]
             assert len(bodies) == 1
             return bodies[0]
 
@@ -194,7 +163,7 @@ async def test_api_job_with_key_reaches_the_callback(system: dict[str, ServicePr
         assert r.headers["Location"].endswith(f"/api/jobs/{job_id}")
 
         async def delivered() -> dict[str, Any]:
-            bodies = [b for b in sink.bodies() if b.get("jobId") == job_id]
+            bodies = [b for b in sink.bodies if b.get("jobId") == job_id]
             assert len(bodies) == 1
             return bodies[0]
 

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import time
 import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import nats.js.errors
 import pytest
-from aiohttp import web
 from croniter import croniter
 from nats.js import JetStreamContext
 
@@ -25,40 +22,11 @@ from conveyor.shared.events import JobRecord, job_record_decoder
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer
 from conveyor.shared.testing.procs import ServiceProcess, service_env
+from conveyor.shared.testing.sink import CallbackSink as Sink
 
 ADMIN = "e2e-admin-key"
 SIGNING = "whsec_ZTJlLXNjaGVkdWxlcy1zaWduaW5nLWtleQ=="
 SERVICES = ("receiver", "executor", "deliverer")
-
-
-class Sink:
-    """A real callback endpoint that records the bodies it receives."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    async def start(self) -> Sink:
-        async def receive(request: web.Request) -> web.Response:
-            self.bodies.append(json.loads(await request.read()))
-            return web.json_response({"ok": True})
-
-        app = web.Application()
-        app.router.add_post("/callback", receive)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/callback"
-
-    def job_ids(self) -> list[str]:
-        return [str(b["jobId"]) for b in self.bodies]
 
 
 class System:

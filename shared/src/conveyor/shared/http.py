@@ -41,7 +41,7 @@ class HTTPError(Exception):
         return resp
 
 
-_REASONS = {
+ERROR_CODES: dict[int, str] = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
@@ -66,7 +66,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        code = _REASONS.get(exc.status, "error")
+        code = ERROR_CODES.get(exc.status, "error")
         resp = json_error(exc.status, code, exc.reason if exc.text is None else str(exc.text))
         for key in ("Allow", "Retry-After", "WWW-Authenticate"):
             if key in exc.headers:

@@ -7,6 +7,7 @@ as a child of what it extracted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -65,3 +66,33 @@ def consumer_span(
         attributes={"messaging.system": "nats", "messaging.destination.name": subject},
     ) as span:
         yield span
+
+
+def exporting(tracer: trace.Tracer) -> bool:
+    """Whether spans made by ``tracer`` go anywhere (some span processor is configured)."""
+    processor = getattr(tracer, "span_processor", None)
+    return bool(getattr(processor, "_span_processors", True))
+
+
+@contextlib.contextmanager
+def message_span(
+    tracer: trace.Tracer, enabled: bool, name: str, headers: Mapping[str, str] | None, subject: str
+) -> Iterator[None]:
+    """A CONSUMER span when spans are exported; otherwise only the incoming context.
+
+    A span per message costs several percent of a no-op message's CPU, and with no span
+    processor it would be dropped anyway. The incoming trace context is still attached then,
+    so ``traceparent`` goes on unchanged in what the handler publishes and the trace stays one.
+    """
+    if enabled:
+        with consumer_span(tracer, name, headers, subject):
+            yield
+        return
+    if not headers or "traceparent" not in headers:
+        yield
+        return
+    token = context.attach(extract_context(headers))
+    try:
+        yield
+    finally:
+        context.detach(token)

@@ -15,24 +15,11 @@ from opentelemetry import context, propagate, trace
 
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE
 from conveyor.shared import logs
-from conveyor.shared.http import HTTPError, json_error
+from conveyor.shared.http import ERROR_CODES, HTTPError, json_error
 
 log = logging.getLogger(__name__)
 
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "unprocessable_entity",
-    429: "rate_limited",
-    503: "unavailable",
-}
 _KEEP = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
@@ -88,7 +75,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         text = exc.text or ""
         message = exc.reason if not text or text.startswith(f"{exc.status}:") else text
-        resp = json_error(exc.status, _CODES.get(exc.status, "error"), message)
+        resp = json_error(exc.status, ERROR_CODES.get(exc.status, "error"), message)
         for key in _KEEP:
             if key in exc.headers:
                 resp.headers[key] = exc.headers[key]

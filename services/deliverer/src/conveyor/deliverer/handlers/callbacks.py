@@ -21,13 +21,12 @@ from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import endpoint_of, post
 from conveyor.deliverer.signing_keys import SigningKeys
-from conveyor.deliverer.tracing import exporting, message_span
 from conveyor.shared.consumer import attempts_of
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
 from conveyor.shared.logs import bound
 from conveyor.shared.signing import standard_headers
-from conveyor.shared.telemetry import inject_headers
+from conveyor.shared.telemetry import exporting, inject_headers, message_span
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from conveyor.executor.handlers.jobstore import JobStore
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent, route_for
-from conveyor.executor.tracing import exporting, job_span
 from conveyor.shared import subjects
 from conveyor.shared.errors import PermanentError
 from conveyor.shared.events import (
@@ -37,7 +36,7 @@ from conveyor.shared.events import (
     webhook_event_decoder,
 )
 from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import inject_headers
+from conveyor.shared.telemetry import exporting, inject_headers, message_span
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ class Router:
             raise PermanentError(f"job id {event.job_id!r} cannot be a subject token or KV key")
         with (
             bound(job=event.job_id, correlation=event.correlation_id),
-            job_span(self.tracer, self.tracing, "events.* process", msg.headers, msg.subject),
+            message_span(self.tracer, self.tracing, "events.* process", msg.headers, msg.subject),
         ):
             await self.route(event)
 

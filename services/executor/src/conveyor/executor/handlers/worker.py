@@ -33,7 +33,6 @@ from conveyor.executor.handlers.jobstore import JobStore, Versioned
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
-from conveyor.executor.tracing import exporting, job_span
 from conveyor.shared import subjects
 from conveyor.shared.consumer import backoff_delay, dead_letter, heartbeat
 from conveyor.shared.errors import PermanentError, RetryableError
@@ -47,6 +46,7 @@ from conveyor.shared.events import (
     utcnow,
 )
 from conveyor.shared.logs import bound
+from conveyor.shared.telemetry import exporting, message_span
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class Worker:
             raise PermanentError(f"job id {req.job_id!r} cannot be a subject token or KV key")
         with (
             bound(job=req.job_id, correlation=req.correlation_id),
-            job_span(self.tracer, self.tracing, "jobs.run.* process", msg.headers, msg.subject),
+            message_span(self.tracer, self.tracing, "jobs.run.* process", msg.headers, msg.subject),
         ):
             await self._handle(msg, req)
 
