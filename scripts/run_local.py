@@ -139,7 +139,7 @@ Conveyor is running.
 
 Send a signed Lovable webhook (paste into another shell):
 
-  BODY='{{"id":"evt-'$(date +%s%N)'","type":"code.review_requested","project_id":"demo","data":{{"diff":"+password = \\"hunter2\\"\\n"}},"created_at":"'$(date -u +%FT%TZ)'"}}'
+  BODY='{{"id":"evt-'$(date +%s%N)'","type":"code.review_requested","project_id":"demo","data":{{"files":{{"app.py":"import os\\nAPI_KEY = \\"sk_live_0123456789abcdef01234567\\"\\n"}},"diff":"--- a/app.py\\n+++ b/app.py\\n@@ -1 +1,2 @@\\n import os\\n+API_KEY = \\"sk_live_0123456789abcdef01234567\\"\\n"}},"created_at":"'$(date -u +%FT%TZ)'"}}'
   TS=$(date +%s); SIG=$(printf '%s.%s' "$TS" "$BODY" | openssl dgst -sha256 -hmac '{secret}' | sed 's/^.* //')
   curl -sS {receiver}/api/webhooks/lovable -H 'Content-Type: application/json' \\
     -H "X-Lovable-Timestamp: $TS" -H "X-Lovable-Signature: sha256=$SIG" -d "$BODY"
