@@ -41,19 +41,18 @@ def missing() -> str | None:
     return None
 
 
-def try_install_redis(log: object = print) -> None:
-    """Install Debian's redis-server when missing and we are root (as CI and dev machines are)."""
-    if shutil.which("redis-server") or os.geteuid() != 0 or shutil.which("apt-get") is None:
+def try_install(command: str, package: str, log: object = print) -> None:
+    """Install a Debian package when its command is missing and we are root (as the project's
+    machines are); otherwise leave it to the caller to say what is missing."""
+    if shutil.which(command) or os.geteuid() != 0 or shutil.which("apt-get") is None:
         return
-    log("installing Debian package redis-server for the baseline ...")  # type: ignore[operator]
+    log(f"installing Debian package {package} for the benchmark ...")  # type: ignore[operator]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"],
-        env=env,
-        check=False,
-        capture_output=True,
-        timeout=300,
-    )
+    argv = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
+    r = subprocess.run(argv, env=env, check=False, capture_output=True, timeout=300)
+    if r.returncode != 0:  # a stale package list: refresh it once and try again
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True, timeout=300)
+        subprocess.run(argv, env=env, check=False, capture_output=True, timeout=300)
 
 
 def ensure_node_modules(log: object = print) -> None:

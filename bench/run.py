@@ -377,7 +377,7 @@ async def scale(
 
 
 async def run_baseline(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]:
-    baseline.try_install_redis(log)
+    baseline.try_install("redis-server", "redis-server", log)
     why = baseline.missing()
     if why:
         return {"skipped": why}
@@ -551,6 +551,8 @@ async def amain(args: argparse.Namespace) -> int:
         shadow.mkdir()
         (shadow / "uvloop.py").write_text('raise ImportError("uvloop disabled by --no-uvloop")\n')
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))
+    if not args.no_wrk:
+        baseline.try_install("wrk", "wrk", log)
     use_wrk = wrkload.available() and not args.no_wrk
     ctx = Ctx(
         root=work,
