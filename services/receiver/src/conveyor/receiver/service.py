@@ -16,6 +16,7 @@ from conveyor.receiver.handlers import admin, health, jobs, send_test_event, str
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.middleware import edge_middleware, expect_handler
 from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document
+from conveyor.receiver.publisher import Publisher
 from conveyor.receiver.ratelimit import RateLimiter
 from conveyor.receiver.schemas import (
     Accepted,
@@ -287,12 +288,15 @@ def _version() -> str:
 
 @contextlib.asynccontextmanager
 async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
-    """Once NATS is up: KV handles on a context with the short publish timeout, the limiter."""
+    """Once NATS is up: KV handles on a context with the short publish timeout, the limiter,
+    the publisher of accepted work."""
     st = rt.app[STATE]
     js = rt.nc.jetstream(timeout=st.settings.publish_timeout_s)
     st.kv = {bucket: await js.key_value(bucket) for bucket in BUCKETS}
     st.keys.kv = st.kv[subjects.KV_APIKEYS]
     st.limiter = RateLimiter(st.kv[subjects.KV_RATELIMITS])
+    st.publisher = Publisher(rt.nc, st.settings.publish_timeout_s)
+    await st.publisher.start()
     st.js = js
     yield
 

@@ -19,6 +19,13 @@ from nats.js.kv import KeyValue
 from conveyor.receiver.apikeys import ApiKeys, KeyRevoked, KeysUnavailable, Principal
 from conveyor.receiver.config import Settings
 from conveyor.receiver.metrics import Metrics
+from conveyor.receiver.publisher import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    EXPECTED_STREAM,
+    PubAck,
+    Publisher,
+    is_key_exists,
+)
 from conveyor.receiver.ratelimit import Decision, LimiterUnavailable, RateLimiter
 from conveyor.receiver.sources import Network, Source, client_address
 from conveyor.shared import subjects
@@ -29,6 +36,9 @@ from conveyor.shared.telemetry import inject_headers
 
 CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
+
+_JOB_KEY = f"$KV.{subjects.KV_JOBS}."  # the subject of a key in the jobs bucket
+_CREATE = {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}  # a KV create: only if the key has no value
 
 MINUTE = 60.0
 DAY = 86_400.0
@@ -63,6 +73,7 @@ class Receiver:
     js: JetStreamContext | None = None
     kv: dict[str, KeyValue] = field(default_factory=dict)
     limiter: RateLimiter | None = None
+    publisher: Publisher | None = None
     started: float = field(default_factory=time.time)
     tracing: bool = True  # False when spans would go nowhere: then none are made per request
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
@@ -227,39 +238,46 @@ class Receiver:
     ) -> bool:
         """Publish and create the "queued" record; True when JetStream saw the message before.
 
-        Both must succeed before the caller may answer 202. They run at once: a failed publish
-        after a successful create removes the record again, so no job is left queued forever;
-        a failed create after a successful publish answers 503 and the sender's retry is
-        deduplicated by Nats-Msg-Id (and finds the record or creates it).
+        Both must succeed before the caller may answer 202. They go out together: a failed
+        publish after a successful create removes the record again, so no job is left queued
+        forever; a failed create after a successful publish answers 503 and the sender's retry
+        is deduplicated by Nats-Msg-Id (and finds the record or creates it).
         """
-        js = self.require_nats()
-        kv = self.kv[subjects.KV_JOBS]
+        self.require_nats()
+        pub = self.publisher
+        assert pub is not None
         headers = inject_headers(
             {
                 subjects.MSG_ID: msg_id,
                 subjects.H_JOB_ID: record.job_id,
                 subjects.H_CORRELATION_ID: correlation_id,
+                EXPECTED_STREAM: stream,
             }
         )
         started = time.perf_counter()
-        # The record is written while the publish is in flight (one task, not two).
-        create = asyncio.ensure_future(_create(kv, record))
         try:
-            pub = await js.publish(
-                subject, data, timeout=self.settings.publish_timeout_s, stream=stream, headers=headers
-            )
+            sent = await pub.send(subject, data, headers)
         except Exception as exc:
-            created = await asyncio.gather(create, return_exceptions=True)
-            if isinstance(created[0], int):
-                with contextlib.suppress(Exception):
-                    await kv.delete(record.job_id, last=created[0])
             raise self._publish_error(exc) from None
         try:
-            await create
+            made = await pub.send(_JOB_KEY + record.job_id, encoder.encode(record), _CREATE)
+        except Exception as exc:
+            sent.cancel()
+            raise self._publish_error(exc) from None
+        kv = self.kv[subjects.KV_JOBS]
+        try:
+            ack = await sent
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                if created := await _created(kv, made, record):
+                    await kv.delete(record.job_id, last=created)
+            raise self._publish_error(exc) from None
+        try:
+            await _created(kv, made, record)
         except Exception as exc:
             raise self._publish_error(exc) from None
         self.metrics.publish_seconds.labels(stream).observe(time.perf_counter() - started)
-        return bool(pub.duplicate)
+        return ack.duplicate
 
     def _publish_error(self, exc: Exception) -> HTTPError:
         if isinstance(exc, NATS_DOWN):
@@ -267,6 +285,18 @@ class Receiver:
         if isinstance(exc, nats.js.errors.APIError):
             return self.unavailable(f"NATS JetStream refused the message ({exc.description})")
         raise exc
+
+
+async def _created(kv: KeyValue, made: asyncio.Future[PubAck], record: JobRecord) -> int | None:
+    """The record's revision once ``made`` (a KV create) is answered; None when it exists."""
+    try:
+        return (await made).seq
+    except nats.js.errors.APIError as exc:
+        if not is_key_exists(exc):
+            raise
+    # The key exists, or only a delete marker is left (a record removed after a failed
+    # publish): the client's create tells the two apart and writes over a marker.
+    return await _create(kv, record)
 
 
 async def _create(kv: KeyValue, record: JobRecord) -> int | None:
