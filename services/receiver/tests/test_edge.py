@@ -59,8 +59,11 @@ async def test_metrics(receiver, lovable) -> None:
     body = lovable.body()
     await receiver.http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body))
     await receiver.http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body, secret="x"))
+    assert (await receiver.http.get("/no/such/path")).status_code == 404
     text = (await receiver.http.get("/metrics")).text
     assert 'http_requests_total{method="POST",route="/api/webhooks/{source}",status="202"} 1.0' in text
+    assert 'http_requests_total{method="POST",route="/api/webhooks/{source}",status="401"} 1.0' in text
+    assert 'http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
     assert "http_request_duration_seconds_bucket" in text
     assert 'receiver_webhooks_total{outcome="accepted",source="lovable"} 1.0' in text
     assert 'receiver_webhooks_total{outcome="unauthorized",source="lovable"} 1.0' in text

@@ -92,14 +92,30 @@ class HttpMetrics:
             registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request and its duration (label children looked up once per combination)."""
+        children = self._children.get((method, route, status))
+        if children is None:
+            children = self._children[(method, route, status)] = (
+                self.requests.labels(method, route, str(status)),
+                self.duration.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+def route_name(request: web.Request) -> str:
+    """The route's pattern (``/api/jobs/{job_id}``), or "unmatched": a bounded metric label."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 def metrics_middleware(metrics: HttpMetrics) -> Callable[..., Any]:
     @web.middleware
     async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
         status = 500
         try:
             resp = await handler(request)
@@ -109,8 +125,7 @@ def metrics_middleware(metrics: HttpMetrics) -> Callable[..., Any]:
             status = exc.status
             raise
         finally:
-            metrics.requests.labels(request.method, route, str(status)).inc()
-            metrics.duration.labels(request.method, route).observe(time.perf_counter() - started)
+            metrics.observe(request.method, route_name(request), status, time.perf_counter() - started)
 
     return mw
 

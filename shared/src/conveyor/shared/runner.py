@@ -97,6 +97,10 @@ class ServiceSpec:
     routes: Routes | None = None  # extra HTTP routes, added before the server starts
     details: Callable[[Runtime[Any]], dict[str, Any]] | None = None  # extra /health/ready fields
     middlewares: list[Any] = field(default_factory=list)
+    # A service's own outermost middleware that answers every error as JSON and records the
+    # request metrics itself, in place of error_middleware + metrics_middleware (one pass on a
+    # hot route instead of three).
+    edge: Callable[[HttpMetrics], Any] | None = None
 
 
 class Gauges:
@@ -209,8 +213,10 @@ async def serve(
     tracer = provider.get_tracer(f"conveyor.{spec.name}")
     gauges = Gauges(registry)
 
+    http_metrics = HttpMetrics(registry)
+    edge = [spec.edge(http_metrics)] if spec.edge else [error_middleware, metrics_middleware(http_metrics)]
     app = web.Application(
-        middlewares=[error_middleware, metrics_middleware(HttpMetrics(registry)), *spec.middlewares],
+        middlewares=[*edge, *spec.middlewares],
         client_max_size=1024 * 1024,
     )
     rt: Runtime[S] = Runtime(

@@ -1,21 +1,22 @@
 """The edge middleware: correlation id in and out, a server span per request, JSON errors
-that keep our headers (correlation id, rate-limit figures, Retry-After)."""
+that keep our headers (correlation id, rate-limit figures, Retry-After), request metrics."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_urldispatcher import _default_expect_handler
 from opentelemetry import context, propagate, trace
 
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE
 from conveyor.shared import logs
-from conveyor.shared.http import ERROR_CODES, HTTPError, json_error
+from conveyor.shared.http import ERROR_CODES, HTTPError, HttpMetrics, json_error, route_name
 
 log = logging.getLogger(__name__)
 
@@ -23,34 +24,52 @@ _CORRELATION = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _KEEP = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
-@web.middleware
-async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    given = request.headers.get("X-Correlation-ID", "")
-    correlation = given if _CORRELATION.match(given) else uuid.uuid4().hex
-    request[CORRELATION_ID] = correlation
-    st = request.app[STATE]
-    with logs.bound(correlation=correlation):
-        if st.tracing:
-            resp = await _traced(request, handler, st.rt.tracer)
-        elif "traceparent" in request.headers:
-            # No exporter here, but the caller's trace still continues downstream.
-            token = context.attach(propagate.extract(request.headers))
-            try:
-                resp = await _answer(request, handler)
-            finally:
-                context.detach(token)
-        else:
-            resp = await _answer(request, handler)
-    if not resp.prepared:
-        resp.headers["X-Correlation-ID"] = correlation
-        if (decision := request.get(RATE_LIMIT)) is not None:
-            resp.headers.update(decision.headers())
-    return resp
+def edge(metrics: HttpMetrics) -> Middleware:
+    """The receiver's one middleware, in place of the runner's error and metrics pair: one
+    coroutine per request instead of three on a route that answers thousands a second."""
+
+    @web.middleware
+    async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        given = request.headers.get("X-Correlation-ID", "")
+        correlation = given if given and _CORRELATION.match(given) else os.urandom(16).hex()
+        request[CORRELATION_ID] = correlation
+        st = request.app[STATE]
+        status = 500
+        token = logs.correlation_id.set(correlation)
+        try:
+            if st.tracing:
+                resp = await _traced(request, handler, st.rt.tracer)
+            elif "traceparent" in request.headers:
+                # No exporter here, but the caller's trace still continues downstream.
+                ctx = context.attach(propagate.extract(request.headers))
+                try:
+                    resp = await _answer(request, handler)
+                finally:
+                    context.detach(ctx)
+            else:
+                try:
+                    resp = await handler(request)
+                except Exception as exc:
+                    resp = _error(request, exc)
+            status = resp.status
+        except web.HTTPException as exc:  # a redirect, passed on as aiohttp raised it
+            status = exc.status
+            raise
+        finally:
+            logs.correlation_id.reset(token)
+            metrics.observe(request.method, route_name(request), status, time.perf_counter() - started)
+        if not resp.prepared:
+            resp.headers["X-Correlation-ID"] = correlation
+            if (decision := request.get(RATE_LIMIT)) is not None:
+                resp.headers.update(decision.headers())
+        return resp
+
+    return edge_middleware
 
 
 async def _traced(request: web.Request, handler: Handler, tracer: trace.Tracer) -> web.StreamResponse:
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
+    route = route_name(request)
     with tracer.start_as_current_span(
         f"{request.method} {route}",
         context=propagate.extract(request.headers),
@@ -65,14 +84,20 @@ async def _traced(request: web.Request, handler: Handler, tracer: trace.Tracer) 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except HTTPError as exc:
+    except Exception as exc:
+        return _error(request, exc)
+
+
+def _error(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """Every error leaves as JSON and keeps our headers; redirects are raised again."""
+    if isinstance(exc, HTTPError):
         resp = exc.response()
         if exc.status == 413:
             resp.force_close()  # the rest of the body is not read; the connection cannot be reused
         return resp
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         text = exc.text or ""
         message = exc.reason if not text or text.startswith(f"{exc.status}:") else text
         resp = json_error(exc.status, ERROR_CODES.get(exc.status, "error"), message)
@@ -80,9 +105,8 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             if key in exc.headers:
                 resp.headers[key] = exc.headers[key]
         return resp
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_error(500, "internal", "internal error")
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return json_error(500, "internal", "internal error")
 
 
 def expect_handler(limit: int) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:

@@ -14,7 +14,7 @@ from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings
 from conveyor.receiver.handlers import admin, health, jobs, send_test_event, stream, webhooks
 from conveyor.receiver.metrics import Metrics
-from conveyor.receiver.middleware import edge_middleware, expect_handler
+from conveyor.receiver.middleware import edge, expect_handler
 from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document
 from conveyor.receiver.publisher import Publisher
 from conveyor.receiver.ratelimit import RateLimiter
@@ -312,5 +312,5 @@ SPEC = ServiceSpec(
     components=components,
     routes=routes,
     details=_details,
-    middlewares=[edge_middleware],
+    edge=edge,
 )
