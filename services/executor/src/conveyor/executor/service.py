@@ -64,8 +64,8 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     agents = build_registry(settings)
     routes = build_routes(settings, agents)
     metrics = Metrics(rt.registry, agents)
-    store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS])
-    results = Results(rt.js)
+    store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS], rt.nc)
+    results = Results(rt.nc)
     cancels = Cancels(rt.kv[subjects.KV_CANCELS])
     dlq = rt.consumer_metrics.dead_letters.labels(STAGE)
     async with httpx.AsyncClient(
@@ -97,7 +97,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         )
         canceller = Canceller(store, worker.cancel_running, fanout.child_done)
         router = Router(
-            js=rt.js,
+            nc=rt.nc,
             agents=agents,
             routes=routes,
             store=store,

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import msgspec
 import nats.js.errors
+from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
+from conveyor.executor.handlers.jetstream import Bucket
 from conveyor.shared.events import JobLog, JobRecord, LogLine, job_log_decoder, job_record_decoder
 
 MAX_LOG_LINES = 1000
@@ -39,24 +41,24 @@ Change = Callable[[JobRecord | None], JobRecord | None]
 
 
 class JobStore:
-    def __init__(self, jobs: KeyValue, logs: KeyValue) -> None:
+    def __init__(self, jobs: KeyValue, logs: KeyValue, nc: Client) -> None:
         self.jobs = jobs
         self.logs = logs
+        self.records = Bucket(jobs, nc)
 
     async def load(self, job_id: str) -> Versioned:
-        try:
-            entry = await self.jobs.get(job_id)
-        except nats.js.errors.KeyNotFoundError:
+        found = await self.records.get(job_id)
+        if found is None:
             return Versioned(None, 0)
-        assert entry.value is not None and entry.revision is not None
-        return Versioned(job_record_decoder.decode(entry.value), entry.revision)
+        value, revision = found
+        return Versioned(job_record_decoder.decode(value), revision)
 
     async def save(self, job_id: str, record: JobRecord, revision: int) -> int:
         data = _encoder.encode(record)
         try:
             if revision == 0:
                 return await self.jobs.create(job_id, data)
-            return await self.jobs.update(job_id, data, last=revision)
+            return await self.records.update(job_id, data, revision)
         except nats.js.errors.KeyWrongLastSequenceError as exc:
             raise Conflict(job_id) from exc
 

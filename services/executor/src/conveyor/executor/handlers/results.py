@@ -7,8 +7,9 @@ after a crash between the record write and the publish), JetStream keeps one res
 from __future__ import annotations
 
 import msgspec
-from nats.js import JetStreamContext
+from nats.aio.client import Client
 
+from conveyor.executor.handlers import jetstream
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import AgentResult, JobRecord, JobResult
 from conveyor.shared.telemetry import inject_headers
@@ -17,8 +18,8 @@ _encoder = msgspec.json.Encoder()
 
 
 class Results:
-    def __init__(self, js: JetStreamContext) -> None:
-        self.js = js
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
 
     async def publish(
         self,
@@ -39,12 +40,9 @@ class Results:
         headers = {subjects.MSG_ID: ids.result_msg_id(job_id), subjects.H_JOB_ID: job_id}
         if correlation_id:
             headers[subjects.H_CORRELATION_ID] = correlation_id
-        await self.js.publish(
-            subjects.result(job_id),
-            _encoder.encode(body),
-            stream=subjects.RESULTS,
-            headers=inject_headers(headers),
-        )
+        headers = inject_headers(headers)
+        headers[jetstream.EXPECTED_STREAM] = subjects.RESULTS
+        await jetstream.publish(self.nc, subjects.result(job_id), _encoder.encode(body), headers)
 
     async def republish(self, record: JobRecord, correlation_id: str | None = None) -> None:
         """Publish a finished job's stored result again (a no-op for JetStream if it already has it).

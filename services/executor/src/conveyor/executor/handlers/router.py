@@ -14,11 +14,12 @@ from typing import Any
 
 import msgspec
 from msgspec.structs import replace
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from conveyor.executor.config import PAYLOAD_AGENT
+from conveyor.executor.handlers import jetstream
 from conveyor.executor.handlers.fanout import Fanout
 from conveyor.executor.handlers.jobstore import JobStore
 from conveyor.executor.handlers.results import Results
@@ -78,7 +79,7 @@ class Router:
     def __init__(
         self,
         *,
-        js: JetStreamContext,
+        nc: Client,
         agents: dict[str, Agent],
         routes: dict[str, tuple[str, ...]],
         store: JobStore,
@@ -89,7 +90,7 @@ class Router:
         cancel_queued: Callable[[str, str], Awaitable[None]],
         tracer: trace.Tracer,
     ) -> None:
-        self.js = js
+        self.nc = nc
         self.agents = agents
         self.routes = routes
         self.store = store
@@ -166,12 +167,9 @@ class Router:
             callback_url=event.callback_url,
             correlation_id=event.correlation_id,
         )
-        await self.js.publish(
-            subjects.job_run(request.agent),
-            _encoder.encode(request),
-            stream=subjects.JOBS,
-            headers=inject_headers({subjects.MSG_ID: request.job_id}),
-        )
+        headers = inject_headers({subjects.MSG_ID: request.job_id})
+        headers[jetstream.EXPECTED_STREAM] = subjects.JOBS
+        await jetstream.publish(self.nc, subjects.job_run(request.agent), _encoder.encode(request), headers)
 
     async def fail(self, event: WebhookEvent, error: str, agent: str | None) -> None:
         now = utcnow()
