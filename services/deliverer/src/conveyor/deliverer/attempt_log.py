@@ -5,17 +5,31 @@ the key exists already (a replayed dead letter keeps its history) it reads and a
 Redeliveries read the log, because the log is also how attempts are counted: the attempts
 since the last terminal entry are this round's, and a delivery paused by a circuit
 breaker writes nothing, so it is not an attempt.
+
+The record of a final outcome (delivered, skipped) does not hold its message: nothing reads
+it before the result is settled. A first such record is sent as the very message
+``kv.create`` sends (the key's subject, ``Nats-Expected-Last-Subject-Sequence: 0``) with a
+reply subject under one inbox this log subscribes to, and nobody waits for it: the answer
+is read when it comes. JetStream's "the key exists" answer falls back to reading and
+appending; any other failure, or no answer in time, is logged, as a failed background
+write always was. That saves nats-py's request machinery per callback (a fresh inbox
+token, a future, a wait_for timer, a JSON parse into a dataclass): about 30 us of CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
+import itertools
 import logging
+import re
 from collections.abc import Coroutine
 from typing import Any
 
+import msgspec
 import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from conveyor.shared.events import DeliveryAttempt, DeliveryLog, delivery_log_decoder, encoder
@@ -25,6 +39,24 @@ log = logging.getLogger(__name__)
 TERMINAL = frozenset({"delivered", "dead_lettered", "skipped"})
 # Enough to read a story of several replays; older attempts fall off the front.
 MAX_ATTEMPTS_KEPT = 50
+
+_CREATE = {"Nats-Expected-Last-Subject-Sequence": "0"}  # what kv.create sends: only a new key
+_KEY_EXISTS = (10071, 10164)  # JSStreamWrongLastSequence(Constant)Err: the key has a value
+_VALID_KEY = re.compile(r"^[-/_=\.a-zA-Z0-9]+$")  # nats-py's rule for KV keys
+_SWEEP_S = 0.5  # unanswered records are given up at most this long after their deadline
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _Answer(msgspec.Struct):
+    error: _ApiError | None = None
+
+
+_answer_decoder = msgspec.json.Decoder(_Answer)
 
 
 def round_attempts(entry: DeliveryLog | None) -> int:
@@ -46,10 +78,32 @@ def _with(entry: DeliveryLog | None, job_id: str, attempt: DeliveryAttempt) -> D
 
 
 class AttemptLog:
-    def __init__(self, kv: KeyValue, *, max_background: int = 1024) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        nc: NATS,
+        bucket: str,
+        *,
+        max_background: int = 1024,
+        answer_timeout_s: float = 10.0,
+    ) -> None:
         self.kv = kv
+        self._nc = nc
+        self._key_subject = f"$KV.{bucket}."
+        self._answer_timeout_s = answer_timeout_s
         self._slots = asyncio.Semaphore(max_background)
         self._pending: set[asyncio.Task[None]] = set()
+        self._inbox = ""
+        self._tokens = itertools.count()
+        # token -> the record sent under it, until JetStream answers (or it is given up).
+        self._unanswered: dict[str, tuple[str, DeliveryAttempt]] = {}
+        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        """Subscribe to the answers of records sent without waiting."""
+        self._inbox = self._nc.new_inbox() + "."
+        await self._nc.subscribe(self._inbox + "*", cb=self._on_answer)
 
     async def read(self, job_id: str) -> DeliveryLog | None:
         try:
@@ -77,22 +131,87 @@ class AttemptLog:
         """Write without holding the caller: used after the final outcome, whose message can be
         settled at once. Bounded: past ``max_background`` writes in flight, the caller waits."""
         await self._slots.acquire()
-        task = asyncio.create_task(
-            self._write(self.append(job_id, attempt, known=known, entry=entry), job_id)
+        if known or not self._inbox or not _VALID_KEY.match(job_id):
+            self._spawn(self.append(job_id, attempt, known=known, entry=entry), job_id, slot=True)
+            return
+        token = str(next(self._tokens))
+        data = encoder.encode(_with(None, job_id, attempt))
+        self._unanswered[token] = (job_id, attempt)
+        loop = asyncio.get_running_loop()
+        self._deadlines.append((loop.time() + self._answer_timeout_s, token))
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadlines[0][0] + _SWEEP_S, self._give_up)
+        try:
+            await self._nc.publish(
+                self._key_subject + job_id, data, reply=self._inbox + token, headers=_CREATE
+            )
+        except Exception as exc:
+            if self._unanswered.pop(token, None) is not None:
+                self._slots.release()
+            log.warning("could not record delivery attempt of %s: %s", job_id, exc)
+
+    async def _on_answer(self, msg: Msg) -> None:
+        sent = self._unanswered.pop(msg.subject[len(self._inbox) :], None)
+        if sent is None:
+            return  # given up already
+        self._slots.release()
+        job_id, attempt = sent
+        if msg.headers and msg.headers.get("Status") == "503":
+            log.warning("could not record delivery attempt of %s: no stream answered", job_id)
+            return
+        try:
+            error = _answer_decoder.decode(msg.data).error
+        except msgspec.DecodeError as exc:
+            log.warning("could not record delivery attempt of %s: unreadable answer: %s", job_id, exc)
+            return
+        if error is None:
+            return
+        if error.err_code in _KEY_EXISTS:
+            # A replayed dead letter (the log has its history) or a deleted key: kv.create
+            # recreates a deleted key, and a key with a value is read and appended to.
+            self._spawn(self.append(job_id, attempt, known=False, entry=None), job_id, slot=False)
+            return
+        log.warning("could not record delivery attempt of %s: %s", job_id, error.description)
+
+    def _give_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, token = self._deadlines.popleft()
+            if (sent := self._unanswered.pop(token, None)) is not None:
+                self._slots.release()
+                log.warning(
+                    "could not record delivery attempt of %s: no answer in %gs",
+                    sent[0],
+                    self._answer_timeout_s,
+                )
+        self._timer = (
+            loop.call_at(self._deadlines[0][0] + _SWEEP_S, self._give_up) if self._deadlines else None
         )
+
+    def _spawn(self, write: Coroutine[Any, Any, None], job_id: str, *, slot: bool) -> None:
+        task = asyncio.create_task(self._write(write, job_id, slot))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _write(self, write: Coroutine[Any, Any, None], job_id: str) -> None:
+    async def _write(self, write: Coroutine[Any, Any, None], job_id: str, slot: bool) -> None:
         try:
             await write
         except Exception as exc:  # the callback itself is settled; only its record is lost
             log.warning("could not record delivery attempt of %s: %s", job_id, exc)
         finally:
-            self._slots.release()
+            if slot:
+                self._slots.release()
 
     async def flush(self, timeout: float = 10.0) -> None:
-        """Wait for background writes (at shutdown)."""
-        if self._pending:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*self._pending, return_exceptions=True), timeout)
+        """Wait for background writes and for the answers of records sent (at shutdown)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self._pending or self._unanswered) and loop.time() < deadline:
+            if self._pending:
+                await asyncio.wait(self._pending, timeout=max(0.0, deadline - loop.time()))
+            else:
+                await asyncio.sleep(0.01)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
