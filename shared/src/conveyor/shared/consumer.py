@@ -130,6 +130,8 @@ class Consumer:
     _task: asyncio.Task[None] | None = None
     _inflight: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _outcomes: dict[str, Counter] = field(default_factory=dict)
+    _seconds: Histogram | None = None
 
     @property
     def name(self) -> str:
@@ -145,8 +147,12 @@ class Consumer:
         # The server's create is create-or-update for a durable: replicas converge on one config.
         await self.js.add_consumer(self.stream, self.config)
         self._psub = await self.js.pull_subscribe_bind(self.name, self.stream)
-        for outcome in ("ok", "retried", "dead_lettered", "error"):
-            self.metrics.messages.labels(self.name, outcome)
+        # Children looked up once: a label lookup per message costs more than the count itself.
+        self._outcomes = {
+            outcome: self.metrics.messages.labels(self.name, outcome)
+            for outcome in ("ok", "retried", "dead_lettered", "error")
+        }
+        self._seconds = self.metrics.handle_seconds.labels(self.name)
         self._task = asyncio.create_task(self._loop(), name=f"consume-{self.name}")
 
     async def stop(self, grace_s: float) -> None:
@@ -195,12 +201,12 @@ class Consumer:
     async def _settle(self, msg: Msg) -> None:
         started = time.perf_counter()
         outcome = await self.settle(msg)
-        self.metrics.messages.labels(self.name, outcome).inc()
-        self.metrics.handle_seconds.labels(self.name).observe(time.perf_counter() - started)
+        counter = self._outcomes.get(outcome) or self.metrics.messages.labels(self.name, outcome)
+        counter.inc()
+        seconds = self._seconds or self.metrics.handle_seconds.labels(self.name)
+        seconds.observe(time.perf_counter() - started)
 
     async def settle(self, msg: Msg) -> str:
-        attempt = attempts_of(msg)
-        last = self.max_deliver > 0 and attempt >= self.max_deliver
         try:
             await self.handler(msg)
         except asyncio.CancelledError:
@@ -214,7 +220,9 @@ class Consumer:
                 msg, str(exc), getattr(exc, "status_code", None), getattr(exc, "attempts", None)
             )
         except RetryableError as exc:
-            if last:
+            # The delivery count is parsed from the reply subject only when something failed.
+            attempt = attempts_of(msg)
+            if self._last(attempt):
                 log.error("dead-lettering %s after %d attempts: %s", msg.subject, attempt, exc)
                 return await self._dead_letter(msg, str(exc), exc.status_code)
             delay = exc.delay_s if exc.delay_s is not None else self.retry_delay(attempt)
@@ -223,8 +231,9 @@ class Consumer:
                 await msg.nak(delay=delay)
             return "retried"
         except Exception as exc:
+            attempt = attempts_of(msg)
             log.exception("unexpected error handling %s (attempt %d)", msg.subject, attempt)
-            if last:
+            if self._last(attempt):
                 return await self._dead_letter(msg, f"{type(exc).__name__}: {exc}", None)
             if not msg._ackd:
                 await msg.nak(delay=self.retry_delay(attempt))
@@ -232,6 +241,9 @@ class Consumer:
         if not msg._ackd:
             await msg.ack()
         return "ok"
+
+    def _last(self, attempt: int) -> bool:
+        return self.max_deliver > 0 and attempt >= self.max_deliver
 
     def retry_delay(self, attempt: int) -> float:
         return backoff_delay(attempt, self.retry_base_s, self.retry_cap_s)
