@@ -68,6 +68,8 @@ async def test_metrics(receiver, lovable) -> None:
     assert 'receiver_webhooks_total{outcome="accepted",source="lovable"} 1.0' in text
     assert 'receiver_webhooks_total{outcome="unauthorized",source="lovable"} 1.0' in text
     assert 'receiver_publish_seconds_count{stream="EVENTS"} 1.0' in text
+    assert 'receiver_webhooks_total{outcome="duplicate",source="lovable"} 0.0' in text  # preset
+    assert 'receiver_last_webhook_timestamp_seconds{source="lovable"}' in text
 
 
 async def test_health_endpoints(receiver, lovable, js) -> None:

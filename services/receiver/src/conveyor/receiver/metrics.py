@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 WEBHOOK_OUTCOMES = (
     "accepted",
@@ -16,6 +19,22 @@ WEBHOOK_OUTCOMES = (
     "rate_limited",
     "unavailable",
 )
+
+
+class Children:
+    """A metric's label children, looked up once: ``labels()`` takes a lock and builds a key
+    on every call, which the webhook route did three times a request. Only for labels with
+    few values (configured sources, streams, outcomes)."""
+
+    def __init__(self, metric: MetricWrapperBase) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -55,10 +74,14 @@ class Metrics:
             registry=registry,
         )
 
+        self.webhook = Children(self.webhooks)  # (source, outcome)
+        self.last_webhook_at = Children(self.last_webhook)  # (source,)
+        self.publish_time = Children(self.publish_seconds)  # (stream,)
+
     def preset(self, sources: list[str]) -> None:
         """Label values known at start, so dashboards see zeros rather than gaps."""
         for source in sources:
             for outcome in WEBHOOK_OUTCOMES:
-                self.webhooks.labels(source, outcome)
+                self.webhook(source, outcome)
         for scope in ("webhook", "api_key", "read"):
             self.rate_limited.labels(scope)

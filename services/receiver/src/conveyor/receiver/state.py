@@ -78,6 +78,7 @@ class Receiver:
     tracing: bool = True  # False when spans would go nowhere: then none are made per request
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
     agents: tuple[str, ...] = ()  # settings.known_agents, computed once
+    event_subjects: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, type) -> subject
 
     # --- availability -----------------------------------------------------------------------
 
@@ -119,6 +120,15 @@ class Receiver:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         host = peer[0] if isinstance(peer, tuple) and peer else None
         return client_address(host, request.headers.get("X-Forwarded-For"), self.trusted)
+
+    def event_subject(self, source: str, event_type: str) -> str:
+        """``events.<source>.<type>``, checked once per pair (a bounded number are kept)."""
+        subject = self.event_subjects.get((source, event_type))
+        if subject is None:
+            subject = subjects.event(source, event_type)
+            if len(self.event_subjects) < 1024:
+                self.event_subjects[(source, event_type)] = subject
+        return subject
 
     def urls(self, job_id: str) -> tuple[str, str]:
         base = f"{self.settings.public_url.rstrip('/')}/api/jobs/{job_id}"
@@ -276,7 +286,7 @@ class Receiver:
             await _created(kv, made, record)
         except Exception as exc:
             raise self._publish_error(exc) from None
-        self.metrics.publish_seconds.labels(stream).observe(time.perf_counter() - started)
+        self.metrics.publish_time(stream).observe(time.perf_counter() - started)
         return ack.duplicate
 
     def _publish_error(self, exc: Exception) -> HTTPError:

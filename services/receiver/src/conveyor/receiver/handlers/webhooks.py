@@ -39,19 +39,19 @@ async def receive(request: web.Request) -> web.Response:
     try:
         return await _receive(request, st, name)
     except HTTPError as exc:
-        st.metrics.webhooks.labels(name, _OUTCOME.get(exc.status, "bad_request")).inc()
+        st.metrics.webhook(name, _OUTCOME.get(exc.status, "bad_request")).inc()
         raise
 
 
 async def _receive(request: web.Request, st: Receiver, name: str) -> web.Response:
     source = st.sources[name]
-    if not source.allows(st.client_address(request)):
+    if source.networks and not source.allows(st.client_address(request)):
         raise HTTPError(403, "forbidden_address", "this address may not send to this source")
     st.require_nats()
     body = await st.read_body(request)
     inbound = source.verify(request.headers, body)
     if inbound.ignored:
-        st.metrics.webhooks.labels(name, "ignored").inc()
+        st.metrics.webhook(name, "ignored").inc()
         return respond(
             202, Ignored(status="ignored", event=inbound.event_type, delivery_id=inbound.delivery_id)
         )
@@ -85,17 +85,17 @@ async def _receive(request: web.Request, st: Receiver, name: str) -> web.Respons
         callback_url=source.callback_url,
     )
     duplicate = await st.accept(
-        subject=subjects.event(name, inbound.event_type),
+        subject=st.event_subject(name, inbound.event_type),
         stream=subjects.EVENTS,
         data=encoder.encode(event),
         msg_id=f"{name}:{inbound.delivery_id}",
         record=record,
         correlation_id=correlation,
     )
-    st.metrics.webhooks.labels(name, "duplicate" if duplicate else "accepted").inc()
+    st.metrics.webhook(name, "duplicate" if duplicate else "accepted").inc()
     now_s = time.time()
     st.last_webhook[name] = now_s
-    st.metrics.last_webhook.labels(name).set(now_s)
+    st.metrics.last_webhook_at(name).set(now_s)
     status_url, stream_url = st.urls(job_id)
     return respond(
         202,
