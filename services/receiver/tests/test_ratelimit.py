@@ -53,6 +53,20 @@ async def test_large_budgets_are_claimed_ahead_but_never_exceeded(nats_url: str)
             await c.close()
 
 
+async def test_remaining_counts_claimed_slots_once(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        kv = (await ensure_kv(nc.jetstream(), [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
+        limiter = RateLimiter(kv)
+        decisions = [await limiter.hit("w.big", 100_000, 60.0) for _ in range(3)]
+        # The first write claims slots ahead; the next two are handed out from them.
+        assert [d.remaining for d in decisions] == [99_999, 99_998, 99_997]
+        _, count = (await kv.get("w.big")).value.split()
+        assert int(count) == 1 + PREFETCH_MAX
+    finally:
+        await nc.close()
+
+
 async def test_window_reopens_after_it_ends(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:

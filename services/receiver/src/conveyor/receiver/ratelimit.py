@@ -133,12 +133,12 @@ class RateLimiter:
                             f.set_exception(err)
                     continue
                 reset = window.start + window_s - self._clock()
-                ahead = state.reserved
                 for i, f in enumerate(batch):
                     if f.done():  # the request went away; its slot stays used
                         continue
                     if i < granted:
-                        f.set_result(Decision(True, limit, max(0, limit - (first + i + 1) + ahead), reset))
+                        # Slots claimed ahead are still this window's to give: not subtracted.
+                        f.set_result(Decision(True, limit, max(0, limit - (first + i + 1)), reset))
                     else:
                         f.set_result(Decision(False, limit, 0, reset))
         finally:
