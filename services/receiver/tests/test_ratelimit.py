@@ -67,6 +67,24 @@ async def test_remaining_counts_claimed_slots_once(nats_url: str) -> None:
         await nc.close()
 
 
+async def test_claimed_slots_and_full_windows_are_decided_locally(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        kv = (await ensure_kv(nc.jetstream(), [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
+        limiter = RateLimiter(kv)
+        assert limiter.local("w.any", 0, 60.0) is not None  # unlimited
+        assert limiter.local("w.big", 100_000, 60.0) is None  # nothing known yet: ask KV
+        first = await limiter.hit("w.big", 100_000, 60.0)  # claims slots ahead
+        local = limiter.local("w.big", 100_000, 60.0)
+        assert local is not None and local.allowed and local.remaining == first.remaining - 1
+
+        assert [(await limiter.hit("w.small", 2, 60.0)).allowed for _ in range(2)] == [True, True]
+        full = limiter.local("w.small", 2, 60.0)  # refused without a round trip
+        assert full is not None and not full.allowed
+    finally:
+        await nc.close()
+
+
 async def test_window_reopens_after_it_ends(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:

@@ -87,24 +87,35 @@ class RateLimiter:
         self._keys: dict[str, _Key] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def hit(self, key: str, limit: int, window_s: float) -> Decision:
-        """Count one hit on ``key``; ``limit`` <= 0 means unlimited."""
+    def local(self, key: str, limit: int, window_s: float) -> Decision | None:
+        """Count one hit on ``key`` when this process can decide alone (unlimited, a slot
+        claimed ahead, a full window); None when KV has to be asked: then call :meth:`hit`."""
         if limit <= 0:
             return UNLIMITED
+        state = self._keys.get(key)
+        w = state.window if state is not None else None
+        if state is None or w is None:
+            return None
+        now = self._clock()
+        if now >= w.start + window_s:
+            return None
+        if state.reserved > 0:  # claimed ahead: no round trip
+            state.reserved -= 1
+            return Decision(True, limit, limit - w.count + state.reserved, w.start + window_s - now)
+        # Counts only grow inside a window, so a full one seen here is full everywhere.
+        if w.count >= limit:
+            return Decision(False, limit, 0, w.start + window_s - now)
+        return None
+
+    async def hit(self, key: str, limit: int, window_s: float) -> Decision:
+        """Count one hit on ``key``; ``limit`` <= 0 means unlimited."""
+        if (decision := self.local(key, limit, window_s)) is not None:
+            return decision
         state = self._keys.get(key)
         if state is None:
             if len(self._keys) >= 20_000:
                 self._prune()
             state = self._keys[key] = _Key(window_s)
-        now = self._clock()
-        w = state.window
-        if w is not None and now < w.start + window_s:
-            if state.reserved > 0:  # claimed ahead: no round trip
-                state.reserved -= 1
-                return Decision(True, limit, limit - w.count + state.reserved, w.start + window_s - now)
-            # Counts only grow inside a window, so a full one seen here is full everywhere.
-            if w.count >= limit:
-                return Decision(False, limit, 0, w.start + window_s - now)
         fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         state.waiting.append(fut)
         if not state.busy:
