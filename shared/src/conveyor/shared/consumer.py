@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -35,6 +36,12 @@ from conveyor.shared.events import utcnow
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
+
+# Status codes the server sends on a pull's deliver subject (no body, a Status header).
+STATUS = "Status"
+HEARTBEAT = "100"
+NO_MESSAGES = "404"
+REQUEST_TIMEOUT = "408"
 
 
 def backoff_delay(attempt: int, base_s: float = 1.0, cap_s: float = 60.0) -> float:
@@ -126,12 +133,16 @@ class Consumer:
     poll_s: float = 1.0
     retry_base_s: float = 1.0
     retry_cap_s: float = 60.0
-    _psub: JetStreamContext.PullSubscription | None = None
+    _sub: Subscription | None = None
+    _next: str = ""  # the durable's pull-request subject
     _task: asyncio.Task[None] | None = None
     _inflight: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _outcomes: dict[str, Counter] = field(default_factory=dict)
     _seconds: Histogram | None = None
+    _pull_left: int = 0  # messages the open pull request may still deliver
+    _pull_over: asyncio.Event = field(default_factory=asyncio.Event)
+    _refused: str = ""  # why the server ended the last pull early, if it did
 
     @property
     def name(self) -> str:
@@ -143,10 +154,12 @@ class Consumer:
         return self.config.max_deliver or -1
 
     async def start(self) -> None:
-        """Create or converge the durable, bind to it, and start fetching."""
+        """Create or converge the durable, subscribe to its deliveries, and start pulling."""
         # The server's create is create-or-update for a durable: replicas converge on one config.
         await self.js.add_consumer(self.stream, self.config)
-        self._psub = await self.js.pull_subscribe_bind(self.name, self.stream)
+        nc = self.js._nc
+        self._next = f"{self.js._prefix}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
+        self._sub = await nc.subscribe(nc.new_inbox(), cb=self._arrived)
         # Children looked up once: a label lookup per message costs more than the count itself.
         self._outcomes = {
             outcome: self.metrics.messages.labels(self.name, outcome)
@@ -156,8 +169,9 @@ class Consumer:
         self._task = asyncio.create_task(self._loop(), name=f"consume-{self.name}")
 
     async def stop(self, grace_s: float) -> None:
-        """Stop fetching; let in-flight work finish for ``grace_s``; nak what is left."""
+        """Stop pulling; let in-flight work finish for ``grace_s``; nak what is left."""
         self._stopping.set()
+        self._pull_over.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -167,36 +181,74 @@ class Consumer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
-        if self._psub is not None:
-            # Unsubscribe before the connection drains (nats-py waits out a timed-out fetch otherwise).
+        if self._sub is not None:
+            # Unsubscribe before the connection drains; the server drops a pull nobody listens to.
             with contextlib.suppress(Exception):
-                await self._psub.unsubscribe()
+                await self._sub.unsubscribe()
 
     async def _loop(self) -> None:
-        assert self._psub is not None
+        """One pull request at a time for as many messages as there are free slots.
+
+        The pull waits up to ``poll_s`` and delivers each message as it arrives (``_arrived``
+        starts its handling at once), so a steady trickle costs one request per ``poll_s`` or
+        per ``concurrency`` messages, not one request and one "no messages" reply per message.
+        """
+        assert self._sub is not None
+        nc = self.js._nc
+        expires = int(self.poll_s * 1_000_000_000)
         while not self._stopping.is_set():
             free = self.concurrency - len(self._inflight)
             if free <= 0:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            try:
-                msgs = await self._psub.fetch(min(free, self.batch), timeout=self.poll_s)
-            except nats.errors.TimeoutError:
+            if not nc.is_connected:
+                # A request buffered while reconnecting would add credit to the next one.
+                if nc.is_closed:
+                    return
+                await asyncio.sleep(0.2)
                 continue
+            want = min(free, self.batch)
+            self._pull_left = want
+            self._pull_over.clear()
+            try:
+                request = b'{"batch":%d,"expires":%d}' % (want, expires)
+                await nc.publish(self._next, request, reply=self._sub.subject)
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 return
             except Exception as exc:  # NATS unreachable or restarting: keep trying
-                log.warning("fetch from %s failed: %s", self.name, exc)
+                log.warning("pull from %s failed: %s", self.name, exc)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
-                if self._stopping.is_set():
-                    with contextlib.suppress(Exception):
-                        await msg.nak()
-                    continue
-                task = asyncio.create_task(self._settle(msg))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+            # It ends with its last message or the server's status at expiry; a pull lost with a
+            # restarting server ends by the clock.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pull_over.wait(), self.poll_s + 1.0)
+            if self._refused:
+                # 409 and the like (consumer deleted, leader changing): do not hammer the server.
+                log.warning("pull from %s refused: %s", self.name, self._refused)
+                self._refused = ""
+                await asyncio.sleep(0.5)
+
+    async def _arrived(self, msg: Msg) -> None:
+        """A delivery for our pull, or the server's status ending it."""
+        if not msg.data and msg.headers and (status := msg.headers.get(STATUS)):
+            if status != HEARTBEAT:
+                if status not in (REQUEST_TIMEOUT, NO_MESSAGES):
+                    # nats-py keys the description with an enum member: match by value.
+                    why = next((v for k, v in msg.headers.items() if k == "Description"), "")
+                    self._refused = f"{status} {why}".strip()
+                self._pull_over.set()
+            return
+        self._pull_left -= 1
+        if self._pull_left <= 0:
+            self._pull_over.set()
+        if self._stopping.is_set():
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            return
+        task = asyncio.create_task(self._settle(msg))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     async def _settle(self, msg: Msg) -> None:
         started = time.perf_counter()

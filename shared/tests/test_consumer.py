@@ -1,0 +1,97 @@
+"""The consumer's pull loop against a real nats-server: bounded concurrency, one pull per
+batch of messages (not per message), and a prompt stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import CollectorRegistry
+
+from conveyor.shared import subjects
+from conveyor.shared.consumer import Consumer, ConsumerMetrics, Handler
+from conveyor.shared.streams import ensure_streams
+from conveyor.shared.testing.fixtures import eventually
+
+
+def make_consumer(js: JetStreamContext, name: str, handler: Handler, *, concurrency: int) -> Consumer:
+    return Consumer(
+        js=js,
+        stream=subjects.JOBS,
+        config=ConsumerConfig(
+            durable_name=name, filter_subject="jobs.run.>", ack_policy=AckPolicy.EXPLICIT, ack_wait=10
+        ),
+        handler=handler,
+        stage="test",
+        metrics=ConsumerMetrics(CollectorRegistry(), "test"),
+        concurrency=concurrency,
+    )
+
+
+async def test_concurrency_bounds_the_handlers_and_every_message_is_acked(js: JetStreamContext) -> None:
+    await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
+    running, most, done = 0, 0, []
+
+    async def handle(msg: Msg) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        done.append(msg.data)
+
+    consumer = make_consumer(js, "bounded", handle, concurrency=3)
+    await consumer.start()
+    try:
+        for i in range(20):
+            await js.publish("jobs.run.dev", b"%d" % i)
+
+        async def all_acked() -> None:
+            assert len(done) == 20
+            info = await js.consumer_info(subjects.JOBS, "bounded")
+            assert info.num_ack_pending == 0 and info.num_pending == 0
+
+        await eventually(all_acked)
+        assert most <= 3
+    finally:
+        await consumer.stop(1)
+
+
+async def test_a_trickle_of_messages_needs_no_pull_request_each(nc: Client, js: JetStreamContext) -> None:
+    await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
+    pulls = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS}.trickle")
+    done: list[bytes] = []
+
+    async def handle(msg: Msg) -> None:
+        done.append(msg.data)
+
+    consumer = make_consumer(js, "trickle", handle, concurrency=64)
+    await consumer.start()
+    try:
+        for i in range(10):
+            await js.publish("jobs.run.dev", b"%d" % i)
+
+            async def handled(n: int = i + 1) -> None:
+                assert len(done) == n
+
+            await eventually(handled)
+        # One open pull delivers them all as they come (plus one more per second the test takes).
+        assert pulls.pending_msgs < 10
+    finally:
+        await consumer.stop(1)
+
+
+async def test_stop_does_not_wait_out_an_open_pull(js: JetStreamContext) -> None:
+    await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
+
+    async def handle(msg: Msg) -> None:
+        return None
+
+    consumer = make_consumer(js, "idle", handle, concurrency=5)
+    consumer.poll_s = 30.0
+    await consumer.start()
+    await asyncio.sleep(0)  # the loop sends its pull
+    await asyncio.wait_for(consumer.stop(1), 5)
