@@ -237,7 +237,9 @@ async def serve(
         app, handle_signals=False, shutdown_timeout=settings.shutdown_grace_s, access_log=None
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    # A burst of new connections after a stall overflows aiohttp's default accept queue (128):
+    # the kernel drops the SYNs and each of those clients waits 1 s, then 3 s, to retry.
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)
     await site.start()
     server = getattr(site, "_server", None)
     if server is not None and server.sockets:
