@@ -175,16 +175,22 @@ class Consumer:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._sub is not None:
+            # The open pull may still deliver: drain (unsubscribe, then take in what the server
+            # sent before it saw that) so each late delivery is NAKed, not left to AckWait; the
+            # server drops a pull nobody listens to. Before the connection drains, too.
+            sub, self._sub = self._sub, None
+            try:
+                await asyncio.wait_for(sub.drain(), 5)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=grace_s)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
-        if self._sub is not None:
-            # Unsubscribe before the connection drains; the server drops a pull nobody listens to.
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
 
     async def _loop(self) -> None:
         """One pull request at a time for as many messages as there are free slots.
@@ -194,6 +200,7 @@ class Consumer:
         per ``concurrency`` messages, not one request and one "no messages" reply per message.
         """
         assert self._sub is not None
+        inbox = self._sub.subject
         nc = self.js._nc
         expires = int(self.poll_s * 1_000_000_000)
         while not self._stopping.is_set():
@@ -212,7 +219,7 @@ class Consumer:
             self._pull_over.clear()
             try:
                 request = b'{"batch":%d,"expires":%d}' % (want, expires)
-                await nc.publish(self._next, request, reply=self._sub.subject)
+                await nc.publish(self._next, request, reply=inbox)
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 return
             except Exception as exc:  # NATS unreachable or restarting: keep trying
