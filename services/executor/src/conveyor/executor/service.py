@@ -13,6 +13,7 @@ from conveyor.executor.backends import make_backends
 from conveyor.executor.config import Settings
 from conveyor.executor.handlers.cancels import Canceller, Cancels
 from conveyor.executor.handlers.fanout import Fanout
+from conveyor.executor.handlers.jetstream import Requests
 from conveyor.executor.handlers.jobstore import JobStore
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.handlers.router import Router
@@ -64,8 +65,9 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     agents = build_registry(settings)
     routes = build_routes(settings, agents)
     metrics = Metrics(rt.registry, agents)
-    store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS], rt.nc)
-    results = Results(rt.nc)
+    requests = Requests(rt.nc)
+    store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS], requests)
+    results = Results(requests)
     cancels = Cancels(rt.kv[subjects.KV_CANCELS])
     dlq = rt.consumer_metrics.dead_letters.labels(STAGE)
     async with httpx.AsyncClient(
@@ -97,7 +99,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         )
         canceller = Canceller(store, worker.cancel_running, fanout.child_done)
         router = Router(
-            nc=rt.nc,
+            requests=requests,
             agents=agents,
             routes=routes,
             store=store,
@@ -125,6 +127,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
                 retry_cap_s=settings.retry_cap_ms / 1000,
             )
 
+        await requests.start()
         try:
             await rt.start_consumer(
                 consumer(subjects.WORKERS, subjects.JOBS, worker.handle, settings.concurrency)
@@ -136,6 +139,8 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             yield
         finally:
             await cancels.stop()
+            with contextlib.suppress(Exception):
+                await requests.stop()
 
 
 def details(rt: Runtime[Any]) -> dict[str, Any]:

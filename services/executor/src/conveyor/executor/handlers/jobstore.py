@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import msgspec
 import nats.js.errors
-from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
-from conveyor.executor.handlers.jetstream import Bucket
+from conveyor.executor.handlers.jetstream import Bucket, Requests
 from conveyor.shared.events import JobLog, JobRecord, LogLine, job_log_decoder, job_record_decoder
 
 MAX_LOG_LINES = 1000
@@ -41,10 +40,10 @@ Change = Callable[[JobRecord | None], JobRecord | None]
 
 
 class JobStore:
-    def __init__(self, jobs: KeyValue, logs: KeyValue, nc: Client) -> None:
+    def __init__(self, jobs: KeyValue, logs: KeyValue, requests: Requests) -> None:
         self.jobs = jobs
         self.logs = logs
-        self.records = Bucket(jobs, nc)
+        self.records = Bucket(jobs, requests)
 
     async def load(self, job_id: str) -> Versioned:
         found = await self.records.get(job_id)

@@ -7,7 +7,6 @@ after a crash between the record write and the publish), JetStream keeps one res
 from __future__ import annotations
 
 import msgspec
-from nats.aio.client import Client
 
 from conveyor.executor.handlers import jetstream
 from conveyor.shared import ids, subjects
@@ -18,8 +17,8 @@ _encoder = msgspec.json.Encoder()
 
 
 class Results:
-    def __init__(self, nc: Client) -> None:
-        self.nc = nc
+    def __init__(self, requests: jetstream.Requests) -> None:
+        self.requests = requests
 
     async def publish(
         self,
@@ -42,7 +41,7 @@ class Results:
             headers[subjects.H_CORRELATION_ID] = correlation_id
         headers = inject_headers(headers)
         headers[jetstream.EXPECTED_STREAM] = subjects.RESULTS
-        await jetstream.publish(self.nc, subjects.result(job_id), _encoder.encode(body), headers)
+        await jetstream.publish(self.requests, subjects.result(job_id), _encoder.encode(body), headers)
 
     async def republish(self, record: JobRecord, correlation_id: str | None = None) -> None:
         """Publish a finished job's stored result again (a no-op for JetStream if it already has it).

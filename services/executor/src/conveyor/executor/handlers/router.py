@@ -14,7 +14,6 @@ from typing import Any
 
 import msgspec
 from msgspec.structs import replace
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
@@ -79,7 +78,7 @@ class Router:
     def __init__(
         self,
         *,
-        nc: Client,
+        requests: jetstream.Requests,
         agents: dict[str, Agent],
         routes: dict[str, tuple[str, ...]],
         store: JobStore,
@@ -90,7 +89,7 @@ class Router:
         cancel_queued: Callable[[str, str], Awaitable[None]],
         tracer: trace.Tracer,
     ) -> None:
-        self.nc = nc
+        self.requests = requests
         self.agents = agents
         self.routes = routes
         self.store = store
@@ -169,7 +168,8 @@ class Router:
         )
         headers = inject_headers({subjects.MSG_ID: request.job_id})
         headers[jetstream.EXPECTED_STREAM] = subjects.JOBS
-        await jetstream.publish(self.nc, subjects.job_run(request.agent), _encoder.encode(request), headers)
+        subject = subjects.job_run(request.agent)
+        await jetstream.publish(self.requests, subject, _encoder.encode(request), headers)
 
     async def fail(self, event: WebhookEvent, error: str, agent: str | None) -> None:
         now = utcnow()
