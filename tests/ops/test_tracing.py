@@ -146,6 +146,8 @@ async def system(
         DATA_DIR=str(tmp_path / "deployer"),
         SHUTDOWN_GRACE_S="2",
         LOG_FORMAT="json",
+        # Per-job lines of a successful job are DEBUG (kept off the hot path at INFO).
+        LOG_LEVEL="DEBUG",
         OTEL_EXPORTER_OTLP_ENDPOINT=collector[1].url,
         # Export each batch quickly: the test waits for spans, not for the default 5 s.
         OTEL_BSP_SCHEDULE_DELAY="100",
@@ -246,8 +248,8 @@ async def test_one_trace_from_webhook_to_callback(
     assert trace_id in headers.get("traceparent", headers.get("Traceparent", "")), headers
 
     # JSON log lines about this job carry its job id, the trace id and the caller's correlation
-    # id. The executor and the deliverer log each job; the receiver logs only failures at INFO,
-    # so its lines are checked only where it writes some.
+    # id. At DEBUG the executor and the deliverer log each job; the receiver logs only
+    # failures, so its lines are checked only where it writes some.
     async def logged() -> None:
         for svc in ("receiver", "executor", "deliverer"):
             lines = [d for d in json_lines(system[svc].log_path) if d.get("job_id") == job_id]
