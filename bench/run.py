@@ -565,6 +565,7 @@ async def amain(args: argparse.Namespace) -> int:
         log=log,
         log_level=args.log_level,
         profile=[s for s in args.profile.split(",") if s],
+        overrides=overrides,
     )
     if not use_wrk:
         ctx.warnings.append("wrk not installed (Debian package wrk): maximum rates use the Python driver")
