@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -44,6 +45,8 @@ from conveyor.shared.telemetry import init_tracing
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=BaseSettings)
+
+GC_THRESHOLDS = (20_000, 20, 20)
 
 
 @dataclass
@@ -254,6 +257,9 @@ async def serve(
             if spec.components:
                 await stack.enter_async_context(spec.components(rt))
             rt.setup_done = True
+            # What start-up made (modules, routes, clients) lives as long as the process: keep it
+            # out of the collector's full passes, which otherwise pause every request for ~20 ms.
+            gc.freeze()
             watcher = asyncio.create_task(_watch_consumers(rt, gauges))
             log.info("%s ready (nats %s)", spec.name, settings.nats_url)
             try:
@@ -263,6 +269,7 @@ async def serve(
                 log.info("%s stopping", spec.name)
                 grace = settings.shutdown_grace_s
                 await asyncio.gather(*(c.stop(grace) for c in rt.consumers), return_exceptions=True)
+                gc.unfreeze()  # collectable again once stopped (matters where tests start many)
     finally:
         rt.stopping.set()
         if watcher is not None:
@@ -287,6 +294,9 @@ def main(spec: ServiceSpec, settings_cls: type[S]) -> None:
         print(f"conveyor-{spec.name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(spec.name, settings.log_level, settings.log_format)
+    # Collect young garbage every 20,000 net allocations instead of 700: messages in flight
+    # hold short-lived containers across many collections at the default; memory stays flat.
+    gc.set_threshold(*GC_THRESHOLDS)
 
     async def amain() -> None:
         stop = asyncio.Event()

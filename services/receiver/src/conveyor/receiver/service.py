@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import AsyncIterator
 from importlib import metadata
 from typing import Any
@@ -299,13 +298,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     st.publisher = Publisher(rt.nc, st.settings.publish_timeout_s)
     await st.publisher.start()
     st.js = js
-    # Everything made so far (modules, routes, clients) lives as long as the process: keep it
-    # out of the collector's full passes, which otherwise stop every request for ~20 ms.
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()  # collectable again once stopped (matters where tests start many)
+    yield
 
 
 def _details(rt: Runtime[Any]) -> dict[str, Any]:
