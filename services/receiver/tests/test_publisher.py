@@ -9,28 +9,28 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from conveyor.receiver.publisher import (
+from conveyor.shared import subjects
+from conveyor.shared.jsrequests import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
     EXPECTED_STREAM,
-    Publisher,
+    JsRequests,
     is_key_exists,
 )
-from conveyor.shared import subjects
 from conveyor.shared.streams import ensure_kv, ensure_streams
 
 CREATE = {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}
 
 
 @pytest.fixture
-async def publisher(nc: NATS, js: JetStreamContext) -> Publisher:
+async def publisher(nc: NATS, js: JetStreamContext) -> JsRequests:
     await ensure_streams(js, [subjects.EVENTS])
     await ensure_kv(js, [subjects.KV_JOBS])
-    pub = Publisher(nc, timeout_s=2.0)
+    pub = JsRequests(nc, timeout_s=2.0)
     await pub.start()
     return pub
 
 
-async def test_acks_carry_sequence_and_duplicate(publisher: Publisher) -> None:
+async def test_acks_carry_sequence_and_duplicate(publisher: JsRequests) -> None:
     headers = {subjects.MSG_ID: "lovable:d1", EXPECTED_STREAM: subjects.EVENTS}
     futures = [await publisher.send("events.lovable.project.created", b"{}", dict(headers)) for _ in range(3)]
     acks = [await f for f in futures]
@@ -43,7 +43,7 @@ async def test_acks_carry_sequence_and_duplicate(publisher: Publisher) -> None:
     assert (other.seq, other.duplicate) == (2, False)
 
 
-async def test_wrong_stream_and_no_stream_are_errors(publisher: Publisher) -> None:
+async def test_wrong_stream_and_no_stream_are_errors(publisher: JsRequests) -> None:
     with pytest.raises(nats.js.errors.APIError) as info:
         await publisher.publish("events.lovable.x", b"{}", {EXPECTED_STREAM: "JOBS"})
     assert info.value.code == 400
@@ -52,7 +52,7 @@ async def test_wrong_stream_and_no_stream_are_errors(publisher: Publisher) -> No
 
 
 async def test_kv_create_fails_when_the_key_exists_or_was_deleted(
-    publisher: Publisher, js: JetStreamContext
+    publisher: JsRequests, js: JetStreamContext
 ) -> None:
     subject = f"$KV.{subjects.KV_JOBS}.job_1"
     ack = await publisher.publish(subject, b"a", dict(CREATE))
@@ -70,7 +70,7 @@ async def test_kv_create_fails_when_the_key_exists_or_was_deleted(
 
 
 async def test_unanswered_publish_times_out(nc: NATS) -> None:
-    pub = Publisher(nc, timeout_s=0.2)
+    pub = JsRequests(nc, timeout_s=0.2)
     await pub.start()
     await nc.subscribe("quiet.x")  # takes the message and never answers
     with pytest.raises(nats.errors.TimeoutError):

@@ -13,7 +13,6 @@ from conveyor.executor.backends import make_backends
 from conveyor.executor.config import Settings
 from conveyor.executor.handlers.cancels import Canceller, Cancels
 from conveyor.executor.handlers.fanout import Fanout
-from conveyor.executor.handlers.jetstream import Requests
 from conveyor.executor.handlers.jobstore import JobStore
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.handlers.router import Router
@@ -23,6 +22,7 @@ from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import build_registry, build_routes
 from conveyor.shared import subjects
 from conveyor.shared.consumer import Consumer
+from conveyor.shared.jsrequests import JsRequests
 from conveyor.shared.runner import Runtime, ServiceSpec
 
 
@@ -65,7 +65,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     agents = build_registry(settings)
     routes = build_routes(settings, agents)
     metrics = Metrics(rt.registry, agents)
-    requests = Requests(rt.nc)
+    requests = JsRequests(rt.nc)
     store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS], requests)
     results = Results(requests)
     cancels = Cancels(rt.kv[subjects.KV_CANCELS])

@@ -16,7 +16,6 @@ from conveyor.receiver.handlers import admin, health, jobs, send_test_event, str
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.middleware import edge, expect_handler
 from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document
-from conveyor.receiver.publisher import Publisher
 from conveyor.receiver.ratelimit import RateLimiter
 from conveyor.receiver.schemas import (
     Accepted,
@@ -40,6 +39,7 @@ from conveyor.receiver.sources import build_sources, parse_networks
 from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
+from conveyor.shared.jsrequests import JsRequests
 from conveyor.shared.runner import Runtime, ServiceSpec
 
 STREAMS = [subjects.EVENTS, subjects.JOBS, subjects.CONTROL, subjects.DEPLOYS]
@@ -295,7 +295,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     st.kv = {bucket: await js.key_value(bucket) for bucket in BUCKETS}
     st.keys.kv = st.kv[subjects.KV_APIKEYS]
     st.limiter = RateLimiter(st.kv[subjects.KV_RATELIMITS])
-    st.publisher = Publisher(rt.nc, st.settings.publish_timeout_s)
+    st.publisher = JsRequests(rt.nc, st.settings.publish_timeout_s)
     await st.publisher.start()
     st.js = js
     yield

@@ -19,18 +19,18 @@ from nats.js.kv import KeyValue
 from conveyor.receiver.apikeys import ApiKeys, KeyRevoked, KeysUnavailable, Principal
 from conveyor.receiver.config import Settings
 from conveyor.receiver.metrics import Metrics
-from conveyor.receiver.publisher import (
-    EXPECTED_LAST_SUBJECT_SEQUENCE,
-    EXPECTED_STREAM,
-    PubAck,
-    Publisher,
-    is_key_exists,
-)
 from conveyor.receiver.ratelimit import Decision, LimiterUnavailable, RateLimiter
 from conveyor.receiver.sources import Network, Source, client_address
 from conveyor.shared import subjects
 from conveyor.shared.events import JobRecord, encoder
 from conveyor.shared.http import HTTPError
+from conveyor.shared.jsrequests import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    EXPECTED_STREAM,
+    JsRequests,
+    PubAck,
+    is_key_exists,
+)
 from conveyor.shared.runner import Runtime
 from conveyor.shared.telemetry import inject_headers
 
@@ -73,7 +73,7 @@ class Receiver:
     js: JetStreamContext | None = None
     kv: dict[str, KeyValue] = field(default_factory=dict)
     limiter: RateLimiter | None = None
-    publisher: Publisher | None = None
+    publisher: JsRequests | None = None
     started: float = field(default_factory=time.time)
     tracing: bool = True  # False when spans would go nowhere: then none are made per request
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica

@@ -15,8 +15,9 @@ import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from conveyor.executor.handlers.jetstream import Bucket, Requests
+from conveyor.executor.handlers.jetstream import Bucket
 from conveyor.shared.events import JobLog, JobRecord, LogLine, job_log_decoder, job_record_decoder
+from conveyor.shared.jsrequests import JsRequests
 
 MAX_LOG_LINES = 1000
 _encoder = msgspec.json.Encoder()
@@ -40,7 +41,7 @@ Change = Callable[[JobRecord | None], JobRecord | None]
 
 
 class JobStore:
-    def __init__(self, jobs: KeyValue, logs: KeyValue, requests: Requests) -> None:
+    def __init__(self, jobs: KeyValue, logs: KeyValue, requests: JsRequests) -> None:
         self.jobs = jobs
         self.logs = logs
         self.records = Bucket(jobs, requests)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import msgspec
 
-from conveyor.executor.handlers import jetstream
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import AgentResult, JobRecord, JobResult
+from conveyor.shared.jsrequests import EXPECTED_STREAM, JsRequests
 from conveyor.shared.telemetry import inject_headers
 
 _encoder = msgspec.json.Encoder()
 
 
 class Results:
-    def __init__(self, requests: jetstream.Requests) -> None:
+    def __init__(self, requests: JsRequests) -> None:
         self.requests = requests
 
     async def publish(
@@ -40,8 +40,8 @@ class Results:
         if correlation_id:
             headers[subjects.H_CORRELATION_ID] = correlation_id
         headers = inject_headers(headers)
-        headers[jetstream.EXPECTED_STREAM] = subjects.RESULTS
-        await jetstream.publish(self.requests, subjects.result(job_id), _encoder.encode(body), headers)
+        headers[EXPECTED_STREAM] = subjects.RESULTS
+        await self.requests.publish(subjects.result(job_id), _encoder.encode(body), headers)
 
     async def republish(self, record: JobRecord, correlation_id: str | None = None) -> None:
         """Publish a finished job's stored result again (a no-op for JetStream if it already has it).

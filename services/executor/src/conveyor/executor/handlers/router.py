@@ -18,7 +18,6 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 
 from conveyor.executor.config import PAYLOAD_AGENT
-from conveyor.executor.handlers import jetstream
 from conveyor.executor.handlers.fanout import Fanout
 from conveyor.executor.handlers.jobstore import JobStore
 from conveyor.executor.handlers.results import Results
@@ -35,6 +34,7 @@ from conveyor.shared.events import (
     utcnow,
     webhook_event_decoder,
 )
+from conveyor.shared.jsrequests import EXPECTED_STREAM, JsRequests
 from conveyor.shared.logs import bound
 from conveyor.shared.telemetry import exporting, inject_headers, message_span
 
@@ -78,7 +78,7 @@ class Router:
     def __init__(
         self,
         *,
-        requests: jetstream.Requests,
+        requests: JsRequests,
         agents: dict[str, Agent],
         routes: dict[str, tuple[str, ...]],
         store: JobStore,
@@ -167,9 +167,9 @@ class Router:
             correlation_id=event.correlation_id,
         )
         headers = inject_headers({subjects.MSG_ID: request.job_id})
-        headers[jetstream.EXPECTED_STREAM] = subjects.JOBS
+        headers[EXPECTED_STREAM] = subjects.JOBS
         subject = subjects.job_run(request.agent)
-        await jetstream.publish(self.requests, subject, _encoder.encode(request), headers)
+        await self.requests.publish(subject, _encoder.encode(request), headers)
 
     async def fail(self, event: WebhookEvent, error: str, agent: str | None) -> None:
         now = utcnow()

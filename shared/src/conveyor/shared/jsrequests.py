@@ -1,0 +1,161 @@
+"""JetStream requests whose replies come back on one subscription of our own.
+
+``js.publish`` and ``nc.request`` in nats-py cost, per call, a fresh inbox token (NUID plus
+random bytes from the OS), a future with a done-callback, an ``asyncio.wait_for`` timer and,
+for a publish, a JSON parse into a dataclass. On the hot paths (the receiver's event and job
+record, the executor's job record and result) that machinery cost about as much CPU as the
+work around it. Here each request gets a counter token under one inbox prefix, replies
+resolve the waiting future straight from the subscription callback, one timer expires
+overdue waits in batches, and PubAcks are decoded by msgspec.
+
+JetStream sees the same messages as before (Nats-Msg-Id, Nats-Expected-Stream,
+Nats-Expected-Last-Subject-Sequence), so what it guarantees is unchanged: a PubAck means the
+message is stored, ``duplicate`` means it was seen before, and a KV create or compare-and-set
+fails when the key's revision is not the expected one. Errors are nats-py's own types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+EXPECTED_STREAM = "Nats-Expected-Stream"
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+_WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequence(Constant)Err: the key exists
+_SWEEP_S = 0.05  # expiry resolution: waits end at most this much after their deadline
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _ApiError | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(PubAck)
+
+
+def _ack_error(err: _ApiError, headers: dict[str, str] | None) -> Exception:
+    """The error nats-py would raise for this PubAck error."""
+    if err.err_code in _WRONG_LAST_SEQUENCE and headers and EXPECTED_LAST_SUBJECT_SEQUENCE in headers:
+        exc = nats.js.errors.KeyWrongLastSequenceError(description=err.description)
+        exc.code, exc.err_code = err.code, err.err_code  # so is_key_exists() sees it too
+        return exc
+    try:  # ServiceUnavailableError for 503, BadRequestError for 400, ...
+        nats.js.errors.APIError.from_error(msgspec.structs.asdict(err))
+    except nats.js.errors.APIError as exc:
+        return exc
+    return nats.js.errors.APIError(description=err.description)
+
+
+class JsRequests:
+    """Request/reply to JetStream, many in flight on one ``<inbox>.*`` subscription."""
+
+    def __init__(self, nc: NATS, timeout_s: float = 5.0) -> None:
+        self._nc = nc
+        self._timeout_s = timeout_s
+        self._prefix = ""
+        self._tokens = itertools.count()
+        # token -> (future, headers sent when the reply is a PubAck, else None)
+        self._waiting: dict[str, tuple[asyncio.Future[Any], dict[str, str] | None]] = {}
+        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._prefix = self._nc.new_inbox() + "."
+        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _send(
+        self, subject: str, data: bytes, headers: dict[str, str] | None, ack_headers: dict[str, str] | None
+    ) -> asyncio.Future[Any]:
+        token = str(next(self._tokens))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._waiting[token] = (fut, ack_headers)
+        self._deadlines.append((loop.time() + self._timeout_s, token))
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadlines[0][0] + _SWEEP_S, self._expire)
+        try:
+            await self._nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+        except BaseException:
+            self._waiting.pop(token, None)
+            raise
+        return fut
+
+    async def send(self, subject: str, data: bytes, headers: dict[str, str]) -> asyncio.Future[PubAck]:
+        """Hand a JetStream publish to the client; the returned future ends with its PubAck, or
+        with the error JetStream answered, or ``nats.errors.TimeoutError`` after the timeout.
+        Two sends before awaiting either go out in one flush."""
+        return await self._send(subject, data, headers, headers)
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> PubAck:
+        """``js.publish``: the PubAck, or the error nats-py would raise."""
+        ack: PubAck = await (await self.send(subject, data, headers))
+        return ack
+
+    async def request(self, subject: str, data: bytes = b"", headers: dict[str, str] | None = None) -> Msg:
+        """``nc.request``: the reply message, or nats-py's TimeoutError / NoRespondersError."""
+        msg: Msg = await (await self._send(subject, data, headers, None))
+        return msg
+
+    async def _on_reply(self, msg: Msg) -> None:
+        entry = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if entry is None or entry[0].done():
+            return
+        fut, ack_headers = entry
+        no_responders = not msg.data and msg.headers is not None and msg.headers.get("Status") == "503"
+        if ack_headers is None:  # a plain request: the caller reads the reply itself
+            if no_responders:
+                fut.set_exception(nats.errors.NoRespondersError())
+            else:
+                fut.set_result(msg)
+            return
+        if no_responders:
+            fut.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            ack = _ack_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            fut.set_exception(nats.js.errors.Error(f"unreadable PubAck: {exc}"))
+            return
+        if ack.error is None:
+            fut.set_result(ack)
+        else:
+            fut.set_exception(_ack_error(ack.error, ack_headers))
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, token = deadlines.popleft()
+            entry = self._waiting.pop(token, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(nats.errors.TimeoutError())
+        self._timer = loop.call_at(deadlines[0][0] + _SWEEP_S, self._expire) if deadlines else None
+
+
+def is_key_exists(exc: BaseException) -> bool:
+    """Whether a KV create failed because the key has a value (or a delete marker)."""
+    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in _WRONG_LAST_SEQUENCE
