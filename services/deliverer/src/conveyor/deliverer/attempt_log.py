@@ -8,31 +8,29 @@ breaker writes nothing, so it is not an attempt.
 
 The record of a final outcome (delivered, skipped) does not hold its message: nothing reads
 it before the result is settled. A first such record is sent as the very message
-``kv.create`` sends (the key's subject, ``Nats-Expected-Last-Subject-Sequence: 0``) with a
-reply subject under one inbox this log subscribes to, and nobody waits for it: the answer
-is read when it comes. JetStream's "the key exists" answer falls back to reading and
-appending; any other failure, or no answer in time, is logged, as a failed background
-write always was. That saves nats-py's request machinery per callback (a fresh inbox
-token, a future, a wait_for timer, a JSON parse into a dataclass): about 30 us of CPU.
+``kv.create`` sends (the key's subject, ``Nats-Expected-Last-Subject-Sequence: 0``) through
+the shared ``JsRequests``, and nobody waits for it: the answer is read when it comes.
+JetStream's "the key exists" answer falls back to reading and appending; any other failure,
+or no answer in time, is logged, as a failed background write always was. That saves
+nats-py's request machinery per callback (a fresh inbox token, a future, a wait_for timer,
+a JSON parse into a dataclass): about 30 us of CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import itertools
 import logging
 import re
 from collections.abc import Coroutine
 from typing import Any
 
-import msgspec
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from conveyor.shared.events import DeliveryAttempt, DeliveryLog, delivery_log_decoder, encoder
+from conveyor.shared.jsrequests import EXPECTED_LAST_SUBJECT_SEQUENCE, JsRequests, PubAck, is_key_exists
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +38,8 @@ TERMINAL = frozenset({"delivered", "dead_lettered", "skipped"})
 # Enough to read a story of several replays; older attempts fall off the front.
 MAX_ATTEMPTS_KEPT = 50
 
-_CREATE = {"Nats-Expected-Last-Subject-Sequence": "0"}  # what kv.create sends: only a new key
-_KEY_EXISTS = (10071, 10164)  # JSStreamWrongLastSequence(Constant)Err: the key has a value
+_CREATE = {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}  # what kv.create sends: only a new key
 _VALID_KEY = re.compile(r"^[-/_=\.a-zA-Z0-9]+$")  # nats-py's rule for KV keys
-_SWEEP_S = 0.5  # unanswered records are given up at most this long after their deadline
-
-
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
-class _Answer(msgspec.Struct):
-    error: _ApiError | None = None
-
-
-_answer_decoder = msgspec.json.Decoder(_Answer)
 
 
 def round_attempts(entry: DeliveryLog | None) -> int:
@@ -88,22 +71,19 @@ class AttemptLog:
         answer_timeout_s: float = 10.0,
     ) -> None:
         self.kv = kv
-        self._nc = nc
         self._key_subject = f"$KV.{bucket}."
         self._answer_timeout_s = answer_timeout_s
         self._slots = asyncio.Semaphore(max_background)
         self._pending: set[asyncio.Task[None]] = set()
-        self._inbox = ""
-        self._tokens = itertools.count()
-        # token -> the record sent under it, until JetStream answers (or it is given up).
-        self._unanswered: dict[str, tuple[str, DeliveryAttempt]] = {}
-        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
-        self._timer: asyncio.TimerHandle | None = None
+        # Records sent without waiting, until JetStream answers (or the wait times out).
+        self._requests = JsRequests(nc, answer_timeout_s)
+        self._unanswered: set[asyncio.Future[PubAck]] = set()
+        self._started = False
 
     async def start(self) -> None:
         """Subscribe to the answers of records sent without waiting."""
-        self._inbox = self._nc.new_inbox() + "."
-        await self._nc.subscribe(self._inbox + "*", cb=self._on_answer)
+        await self._requests.start()
+        self._started = True
 
     async def read(self, job_id: str) -> DeliveryLog | None:
         try:
@@ -131,63 +111,38 @@ class AttemptLog:
         """Write without holding the caller: used after the final outcome, whose message can be
         settled at once. Bounded: past ``max_background`` writes in flight, the caller waits."""
         await self._slots.acquire()
-        if known or not self._inbox or not _VALID_KEY.match(job_id):
+        if known or not self._started or not _VALID_KEY.match(job_id):
             self._spawn(self.append(job_id, attempt, known=known, entry=entry), job_id, slot=True)
             return
-        token = str(next(self._tokens))
         data = encoder.encode(_with(None, job_id, attempt))
-        self._unanswered[token] = (job_id, attempt)
-        loop = asyncio.get_running_loop()
-        self._deadlines.append((loop.time() + self._answer_timeout_s, token))
-        if self._timer is None:
-            self._timer = loop.call_at(self._deadlines[0][0] + _SWEEP_S, self._give_up)
         try:
-            await self._nc.publish(
-                self._key_subject + job_id, data, reply=self._inbox + token, headers=_CREATE
-            )
+            answer = await self._requests.send(self._key_subject + job_id, data, _CREATE)
         except Exception as exc:
-            if self._unanswered.pop(token, None) is not None:
-                self._slots.release()
+            self._slots.release()
             log.warning("could not record delivery attempt of %s: %s", job_id, exc)
+            return
+        self._unanswered.add(answer)
+        answer.add_done_callback(lambda fut: self._answered(fut, job_id, attempt))
 
-    async def _on_answer(self, msg: Msg) -> None:
-        sent = self._unanswered.pop(msg.subject[len(self._inbox) :], None)
-        if sent is None:
-            return  # given up already
+    def _answered(self, answer: asyncio.Future[PubAck], job_id: str, attempt: DeliveryAttempt) -> None:
+        self._unanswered.discard(answer)
         self._slots.release()
-        job_id, attempt = sent
-        if msg.headers and msg.headers.get("Status") == "503":
-            log.warning("could not record delivery attempt of %s: no stream answered", job_id)
+        exc = answer.exception()
+        if exc is None:
             return
-        try:
-            error = _answer_decoder.decode(msg.data).error
-        except msgspec.DecodeError as exc:
-            log.warning("could not record delivery attempt of %s: unreadable answer: %s", job_id, exc)
-            return
-        if error is None:
-            return
-        if error.err_code in _KEY_EXISTS:
+        if is_key_exists(exc):
             # A replayed dead letter (the log has its history) or a deleted key: kv.create
             # recreates a deleted key, and a key with a value is read and appended to.
             self._spawn(self.append(job_id, attempt, known=False, entry=None), job_id, slot=False)
             return
-        log.warning("could not record delivery attempt of %s: %s", job_id, error.description)
-
-    def _give_up(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, token = self._deadlines.popleft()
-            if (sent := self._unanswered.pop(token, None)) is not None:
-                self._slots.release()
-                log.warning(
-                    "could not record delivery attempt of %s: no answer in %gs",
-                    sent[0],
-                    self._answer_timeout_s,
-                )
-        self._timer = (
-            loop.call_at(self._deadlines[0][0] + _SWEEP_S, self._give_up) if self._deadlines else None
-        )
+        if isinstance(exc, nats.errors.TimeoutError):
+            log.warning(
+                "could not record delivery attempt of %s: no answer in %gs", job_id, self._answer_timeout_s
+            )
+        elif isinstance(exc, nats.js.errors.NoStreamResponseError):
+            log.warning("could not record delivery attempt of %s: no stream answered", job_id)
+        else:
+            log.warning("could not record delivery attempt of %s: %s", job_id, exc)
 
     def _spawn(self, write: Coroutine[Any, Any, None], job_id: str, *, slot: bool) -> None:
         task = asyncio.create_task(self._write(write, job_id, slot))
@@ -212,6 +167,7 @@ class AttemptLog:
                 await asyncio.wait(self._pending, timeout=max(0.0, deadline - loop.time()))
             else:
                 await asyncio.sleep(0.01)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+
+    async def stop(self) -> None:
+        await self.flush()
+        await self._requests.stop()

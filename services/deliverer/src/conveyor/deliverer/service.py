@@ -125,7 +125,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         gauges.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gauges
-        await attempts.flush()
+        await attempts.stop()
         await session.close()
 
 
