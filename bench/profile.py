@@ -35,7 +35,7 @@ def py_spy() -> str | None:
     return shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
 
 
-async def start(ctx: Any, services: dict[str, Proc], which: list[str], rate: int = 100) -> list[Running]:
+async def start(ctx: Any, services: dict[str, Proc], which: list[str], rate: int = 500) -> list[Running]:
     exe = py_spy()
     if exe is None:
         ctx.warnings.append("py-spy not installed: no profile taken")

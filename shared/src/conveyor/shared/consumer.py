@@ -14,11 +14,13 @@ between the two leaves the message redeliverable, never lost.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -42,6 +44,17 @@ STATUS = "Status"
 HEARTBEAT = "100"
 NO_MESSAGES = "404"
 REQUEST_TIMEOUT = "408"
+
+
+MAX_OPEN_PULLS = 4
+PULL_GRACE_S = 1.0  # past its expiry, a pull with no word from the server is taken as lost
+
+
+@dataclass
+class _Pull:
+    token: str  # the last token of its reply subject
+    left: int  # messages it may still deliver
+    deadline: float  # loop time after which it is forgotten
 
 
 def backoff_delay(attempt: int, base_s: float = 1.0, cap_s: float = 60.0) -> float:
@@ -140,9 +153,11 @@ class Consumer:
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _outcomes: dict[str, Counter] = field(default_factory=dict)
     _seconds: Histogram | None = None
-    _pull_left: int = 0  # messages the open pull request may still deliver
-    _pull_over: asyncio.Event = field(default_factory=asyncio.Event)
-    _refused: str = ""  # why the server ended the last pull early, if it did
+    _pulls: collections.deque[_Pull] = field(default_factory=collections.deque)  # open, oldest first
+    _credit: int = 0  # messages the open pulls may still deliver
+    _tokens: Iterator[int] = field(default_factory=itertools.count)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)  # a slot freed or a pull ended
+    _refused: str = ""  # why the server ended a pull early, if it did
 
     @property
     def name(self) -> str:
@@ -159,7 +174,7 @@ class Consumer:
         await self.js.add_consumer(self.stream, self.config)
         nc = self.js._nc
         self._next = f"{self.js._prefix}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
-        self._sub = await nc.subscribe(nc.new_inbox(), cb=self._arrived)
+        self._sub = await nc.subscribe(nc.new_inbox() + ".*", cb=self._arrived)
         # Children looked up once: a label lookup per message costs more than the count itself.
         self._outcomes = {
             outcome: self.metrics.messages.labels(self.name, outcome)
@@ -171,7 +186,7 @@ class Consumer:
     async def stop(self, grace_s: float) -> None:
         """Stop pulling; let in-flight work finish for ``grace_s``; nak what is left."""
         self._stopping.set()
-        self._pull_over.set()
+        self._wake.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -193,69 +208,96 @@ class Consumer:
                 await asyncio.wait(pending, timeout=5)
 
     async def _loop(self) -> None:
-        """One pull request at a time for as many messages as there are free slots.
+        """Keep the free slots covered by open pull requests, a few at a time.
 
-        The pull waits up to ``poll_s`` and delivers each message as it arrives (``_arrived``
-        starts its handling at once), so a steady trickle costs one request per ``poll_s`` or
-        per ``concurrency`` messages, not one request and one "no messages" reply per message.
+        A pull asks for up to ``batch`` messages and stays open up to ``poll_s``, delivering
+        each message as it arrives (``_arrived`` starts its handling at once). A new pull goes
+        out as soon as a quarter of the slots are neither busy nor covered by an open pull, so
+        the next messages are already on their way while the last ones are handled: with one
+        pull at a time, slots freed during a pull's round trip stood idle, and under load most
+        pulls asked for one or two messages. A steady trickle still costs one pull per
+        ``poll_s`` or per quarter of the slots, not one per message.
         """
         assert self._sub is not None
-        inbox = self._sub.subject
+        prefix = self._sub.subject[:-1]  # "<inbox>."
         nc = self.js._nc
+        loop = asyncio.get_running_loop()
         expires = int(self.poll_s * 1_000_000_000)
+        threshold = max(1, min(self.batch, self.concurrency) // 4)
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._inflight)
-            if free <= 0:
-                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            self._forget_lapsed(loop.time())
+            want = min(self.concurrency - len(self._inflight) - self._credit, self.batch)
+            if want < threshold or len(self._pulls) >= MAX_OPEN_PULLS:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
                 continue
             if not nc.is_connected:
-                # A request buffered while reconnecting would add credit to the next one.
+                # A request buffered while reconnecting would add credit the server never sees.
                 if nc.is_closed:
                     return
                 await asyncio.sleep(0.2)
                 continue
-            want = min(free, self.batch)
-            self._pull_left = want
-            self._pull_over.clear()
+            token = str(next(self._tokens))
             try:
                 request = b'{"batch":%d,"expires":%d}' % (want, expires)
-                await nc.publish(self._next, request, reply=inbox)
+                await nc.publish(self._next, request, reply=prefix + token)
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 return
             except Exception as exc:  # NATS unreachable or restarting: keep trying
                 log.warning("pull from %s failed: %s", self.name, exc)
                 await asyncio.sleep(0.5)
                 continue
-            # It ends with its last message or the server's status at expiry; a pull lost with a
-            # restarting server ends by the clock.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._pull_over.wait(), self.poll_s + 1.0)
+            # A pull lost with a restarting server is forgotten by the clock.
+            self._pulls.append(_Pull(token, want, loop.time() + self.poll_s + PULL_GRACE_S))
+            self._credit += want
             if self._refused:
                 # 409 and the like (consumer deleted, leader changing): do not hammer the server.
                 log.warning("pull from %s refused: %s", self.name, self._refused)
                 self._refused = ""
                 await asyncio.sleep(0.5)
 
+    def _forget_lapsed(self, now: float) -> None:
+        while self._pulls and self._pulls[0].deadline < now:
+            self._credit -= self._pulls.popleft().left
+
+    def _pull_ended(self, token: str) -> None:
+        for pull in self._pulls:
+            if pull.token == token:
+                self._pulls.remove(pull)
+                self._credit -= pull.left
+                break
+        self._wake.set()
+
+    def _slot_freed(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+
     async def _arrived(self, msg: Msg) -> None:
-        """A delivery for our pull, or the server's status ending it."""
+        """A delivery for one of our pulls, or the server's status ending one."""
         if not msg.data and msg.headers and (status := msg.headers.get(STATUS)):
             if status != HEARTBEAT:
                 if status not in (REQUEST_TIMEOUT, NO_MESSAGES):
                     # nats-py keys the description with an enum member: match by value.
                     why = next((v for k, v in msg.headers.items() if k == "Description"), "")
                     self._refused = f"{status} {why}".strip()
-                self._pull_over.set()
+                # Status messages come on the pull's own reply subject.
+                self._pull_ended(msg.subject.rpartition(".")[2])
             return
-        self._pull_left -= 1
-        if self._pull_left <= 0:
-            self._pull_over.set()
+        # The server serves waiting pulls oldest first, so a delivery counts against the oldest.
+        if self._pulls:
+            head = self._pulls[0]
+            head.left -= 1
+            self._credit -= 1
+            if head.left <= 0:
+                self._pulls.popleft()
         if self._stopping.is_set():
             with contextlib.suppress(Exception):
                 await msg.nak()
             return
         task = asyncio.create_task(self._settle(msg))
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(self._slot_freed)
 
     async def _settle(self, msg: Msg) -> None:
         started = time.perf_counter()
