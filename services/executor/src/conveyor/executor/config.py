@@ -48,8 +48,10 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """AIOS_AGENT_TIMEOUT_MS: an agent's time limit per attempt unless the agent sets its own."""
     concurrency: int = 5
     """CONCURRENCY: jobs one executor runs at once (replicas share the work)."""
-    router_concurrency: int = 32
-    """ROUTER_CONCURRENCY: events routed at once."""
+    router_concurrency: int = 256
+    """ROUTER_CONCURRENCY: events routed at once. Routing an event is a publish and a wait for
+    its PubAck, so a slot costs almost nothing while it waits; with 32 the router fell behind
+    the workers under load."""
     ack_wait_s: float = 30.0
     """ACK_WAIT_S: JetStream AckWait for jobs; in-progress acks every third of it keep a live job."""
     retry_base_ms: int = 1000
