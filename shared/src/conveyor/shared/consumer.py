@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from conveyor.shared import subjects
+from conveyor.shared import subjects, wire
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import utcnow
 
@@ -174,7 +174,7 @@ class Consumer:
         await self.js.add_consumer(self.stream, self.config)
         nc = self.js._nc
         self._next = f"{self.js._prefix}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
-        self._sub = await nc.subscribe(nc.new_inbox() + ".*", cb=self._arrived)
+        self._sub = await wire.deliver_directly(nc, nc.new_inbox() + ".*", self._arrived)
         # Children looked up once: a label lookup per message costs more than the count itself.
         self._outcomes = {
             outcome: self.metrics.messages.labels(self.name, outcome)
@@ -241,7 +241,7 @@ class Consumer:
             token = str(next(self._tokens))
             try:
                 request = b'{"batch":%d,"expires":%d}' % (want, expires)
-                await nc.publish(self._next, request, reply=prefix + token)
+                await wire.publish(nc, self._next, request, prefix + token)
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 return
             except Exception as exc:  # NATS unreachable or restarting: keep trying
@@ -273,8 +273,9 @@ class Consumer:
         self._inflight.discard(task)
         self._wake.set()
 
-    async def _arrived(self, msg: Msg) -> None:
-        """A delivery for one of our pulls, or the server's status ending one."""
+    def _arrived(self, msg: Msg) -> None:
+        """A delivery for one of our pulls, or the server's status ending one (called from the
+        client's read loop: it only starts work)."""
         if not msg.data and msg.headers and (status := msg.headers.get(STATUS)):
             if status != HEARTBEAT:
                 if status not in (REQUEST_TIMEOUT, NO_MESSAGES):
@@ -291,13 +292,14 @@ class Consumer:
             self._credit -= 1
             if head.left <= 0:
                 self._pulls.popleft()
-        if self._stopping.is_set():
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            return
-        task = asyncio.create_task(self._settle(msg))
+        task = asyncio.create_task(self._nak_late(msg) if self._stopping.is_set() else self._settle(msg))
         self._inflight.add(task)
         task.add_done_callback(self._slot_freed)
+
+    async def _nak_late(self, msg: Msg) -> None:
+        """A delivery that arrived after stop began: straight back to the stream."""
+        with contextlib.suppress(Exception):
+            await msg.nak()
 
     async def _settle(self, msg: Msg) -> None:
         started = time.perf_counter()
@@ -340,7 +342,7 @@ class Consumer:
                 await msg.nak(delay=self.retry_delay(attempt))
             return "error"
         if not msg._ackd:
-            await msg.ack()
+            await wire.ack(msg)
         return "ok"
 
     def _last(self, attempt: int) -> bool:

@@ -4,9 +4,10 @@
 random bytes from the OS), a future with a done-callback, an ``asyncio.wait_for`` timer and,
 for a publish, a JSON parse into a dataclass. On the hot paths (the receiver's event and job
 record, the executor's job record and result) that machinery cost about as much CPU as the
-work around it. Here each request gets a counter token under one inbox prefix, replies
-resolve the waiting future straight from the subscription callback, one timer expires
-overdue waits in batches, and PubAcks are decoded by msgspec.
+work around it. Here each request gets a counter token under one inbox prefix, goes out
+through ``wire.publish``, replies resolve the waiting future straight from the client's
+read loop (``wire.deliver_directly``), one timer expires overdue waits in batches, and
+PubAcks are decoded by msgspec.
 
 JetStream sees the same messages as before (Nats-Msg-Id, Nats-Expected-Stream,
 Nats-Expected-Last-Subject-Sequence), so what it guarantees is unchanged: a PubAck means the
@@ -27,6 +28,8 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+from conveyor.shared import wire
 
 EXPECTED_STREAM = "Nats-Expected-Stream"
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
@@ -79,7 +82,7 @@ class JsRequests:
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox() + "."
-        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        self._sub = await wire.deliver_directly(self._nc, self._prefix + "*", self._on_reply)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -97,7 +100,8 @@ class JsRequests:
         if self._timer is None:
             self._timer = loop.call_at(self._deadlines[0][0] + _SWEEP_S, self._expire)
         try:
-            await self._nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+            block = wire.header_block(headers) if headers else None
+            await wire.publish(self._nc, subject, data, self._prefix + token, block)
         except BaseException:
             self._waiting.pop(token, None)
             raise
@@ -119,7 +123,7 @@ class JsRequests:
         msg: Msg = await (await self._send(subject, data, headers, None))
         return msg
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _on_reply(self, msg: Msg) -> None:
         entry = self._waiting.pop(msg.subject[len(self._prefix) :], None)
         if entry is None or entry[0].done():
             return
