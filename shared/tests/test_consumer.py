@@ -4,6 +4,7 @@ batch of messages (not per message), and a prompt stop."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -12,7 +13,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import CollectorRegistry
 
 from conveyor.shared import subjects
-from conveyor.shared.consumer import Consumer, ConsumerMetrics, Handler
+from conveyor.shared.consumer import Consumer, ConsumerMetrics, Handler, attempts_of
 from conveyor.shared.streams import ensure_streams
 from conveyor.shared.testing.fixtures import eventually
 
@@ -95,3 +96,60 @@ async def test_stop_does_not_wait_out_an_open_pull(js: JetStreamContext) -> None
     await consumer.start()
     await asyncio.sleep(0)  # the loop sends its pull
     await asyncio.wait_for(consumer.stop(1), 5)
+
+
+async def test_the_delivery_count_is_read_as_jetstream_wrote_it(js: JetStreamContext) -> None:
+    await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
+    seen: list[tuple[int, int]] = []
+
+    async def handle(msg: Msg) -> None:
+        seen.append((attempts_of(msg), msg.metadata.num_delivered))
+        if len(seen) < 3:
+            await msg.nak()  # redelivered at once: the count goes up
+
+    consumer = make_consumer(js, "counting", handle, concurrency=1)
+    await consumer.start()
+    try:
+        await js.publish("jobs.run.dev", b"x")
+
+        async def three() -> None:
+            assert len(seen) == 3
+
+        await eventually(three)
+        assert seen == [(1, 1), (2, 2), (3, 3)]
+    finally:
+        await consumer.stop(1)
+
+
+async def test_slots_freed_during_a_pull_are_covered_by_the_next_pull(
+    nc: Client, js: JetStreamContext
+) -> None:
+    """With a backlog, a new pull goes out while earlier deliveries are still being handled, as
+    soon as a quarter of the slots is free: not one pull per freed slot (which under load left
+    slots idle for a round trip each)."""
+    await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
+    pulls = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS}.pipelined")
+    for i in range(200):
+        await js.publish("jobs.run.dev", b"%d" % i)
+    done: list[bytes] = []
+    consumer = make_consumer(js, "pipelined", lambda msg: asyncio.sleep(0), concurrency=16)
+
+    async def handle(msg: Msg) -> None:
+        await asyncio.sleep(0.001 * (int(msg.data) % 7))
+        done.append(msg.data)
+
+    consumer.handler = handle
+    await consumer.start()
+    try:
+
+        async def all_done() -> None:
+            assert len(done) == 200
+
+        await eventually(all_done, timeout=20)
+        assert sorted(done, key=int) == [b"%d" % i for i in range(200)]
+        batches = []
+        while pulls.pending_msgs:
+            batches.append(json.loads((await pulls.next_msg()).data)["batch"])
+        assert batches and min(batches) >= 4, batches
+    finally:
+        await consumer.stop(1)

@@ -1,0 +1,59 @@
+"""The fast publish path against a real nats-server: what arrives is what nats-py would
+have sent, and nothing that could split the protocol gets through."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.errors
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from conveyor.shared import wire
+
+
+async def test_a_published_message_arrives_with_its_headers_and_reply(nc: Client) -> None:
+    got: asyncio.Queue[Msg] = asyncio.Queue()
+    sub = await wire.deliver_directly(nc, "wire.>", got.put_nowait)
+    headers = {"Nats-Msg-Id": "a:1", "Conveyor-Job-Id": "job_1", "traceparent": "00-ab-cd-01"}
+    await wire.publish(nc, "wire.one", b'{"x":1}', "reply.here", wire.header_block(headers))
+    await wire.publish(nc, "wire.two", b"plain")
+    first = await asyncio.wait_for(got.get(), 5)
+    second = await asyncio.wait_for(got.get(), 5)
+    assert (first.subject, first.reply, first.data) == ("wire.one", "reply.here", b'{"x":1}')
+    assert first.headers == headers
+    assert (second.subject, second.data, second.headers) == ("wire.two", b"plain", None)
+    assert sub.pending_msgs == 0 and sub._pending_size == 0
+    await sub.drain()
+
+
+@pytest.mark.parametrize("value", ["a\r\nPUB evil 1\r\nx", "a\nb", "a\rb"])
+def test_a_header_value_with_a_line_break_is_refused(value: str) -> None:
+    with pytest.raises(nats.errors.BadHeaderError):
+        wire.header_block({"Conveyor-Correlation-Id": value})
+
+
+@pytest.mark.parametrize("subject", ["", "a b", "a\r\nPUB x 1", "a\tb"])
+async def test_a_subject_that_would_split_the_command_is_refused(nc: Client, subject: str) -> None:
+    with pytest.raises(nats.errors.BadSubjectError):
+        await wire.publish(nc, subject, b"x")
+
+
+async def test_a_handler_that_raises_does_not_stop_the_connection(nc: Client) -> None:
+    got: list[bytes] = []
+
+    def handle(msg: Msg) -> None:
+        if msg.data == b"bad":
+            raise RuntimeError("boom")
+        got.append(msg.data)
+
+    await wire.deliver_directly(nc, "wire.raise", handle)
+    await wire.publish(nc, "wire.raise", b"bad")
+    await wire.publish(nc, "wire.raise", b"good")
+    await nc.flush()
+    for _ in range(100):
+        if got:
+            break
+        await asyncio.sleep(0.01)
+    assert got == [b"good"] and nc.is_connected
