@@ -40,7 +40,8 @@ def init_tracing(service: str, instance: str, exporter: SpanExporter | None = No
 def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
     """Return NATS headers carrying the current span (``traceparent``) plus ``headers``."""
     carrier = dict(headers or {})
-    propagate.inject(carrier)
+    if context.get_current():  # an empty context (no span, no baggage) injects nothing
+        propagate.inject(carrier)
     return carrier
 
 
