@@ -6,6 +6,7 @@ import time
 
 import msgspec
 from aiohttp import web
+from msgspec.structs import replace
 
 from conveyor.receiver.schemas import Accepted, Ignored
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
@@ -84,10 +85,10 @@ async def _receive(request: web.Request, st: Receiver, name: str) -> web.Respons
         project_id=inbound.project_id,
         callback_url=source.callback_url,
     )
-    duplicate = await st.accept(
+    duplicate = await st.accept_recorded(
         subject=st.event_subject(name, inbound.event_type),
         stream=subjects.EVENTS,
-        data=encoder.encode(event),
+        encode=lambda revision: encoder.encode(replace(event, record_revision=revision)),
         msg_id=f"{name}:{inbound.delivery_id}",
         record=record,
         correlation_id=correlation,
