@@ -33,7 +33,7 @@ from conveyor.executor.handlers.jobstore import JobStore, Versioned
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
-from conveyor.shared import subjects
+from conveyor.shared import subjects, wire
 from conveyor.shared.consumer import attempts_of, backoff_delay, dead_letter, heartbeat
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import (
@@ -472,7 +472,7 @@ class Worker:
         self, msg: Msg, req: JobRequest, agent: Agent, attempt: Attempt, outcome: Outcome, elapsed_ms: int
     ) -> None:
         if await self._finish(req, agent.name, agent.backend, attempt, outcome, elapsed_ms, msg):
-            await msg.ack()
+            await wire.ack(msg)
 
     async def _finish(
         self,
