@@ -106,8 +106,7 @@ class Bus:
             event_type=event_type,
             project_id="proj-1",
         )
-        # As the receiver does: the record first, its revision handed on in the event.
-        revision = await self.jobs.create(job_id, enc.encode(rec))
+        await self.jobs.create(job_id, enc.encode(rec))
         ev = WebhookEvent(
             event_id=job_id,
             job_id=job_id,
@@ -116,7 +115,6 @@ class Bus:
             received_at=now,
             payload=msgspec.Raw(enc.encode(body)),
             project_id="proj-1",
-            record_revision=revision,
         )
         await self.js.publish(
             subjects.event(source, event_type),

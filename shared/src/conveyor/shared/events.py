@@ -65,9 +65,6 @@ class WebhookEvent(Message, frozen=True, kw_only=True):
     project_id: str | None = None
     callback_url: str | None = None
     correlation_id: str | None = None
-    # The revision of the "queued" job record the receiver created for this event (0: not
-    # known, e.g. a repeat). The worker writes its first change against it without reading.
-    record_revision: int = 0
 
 
 # --- jobs.run.<agent> -------------------------------------------------------------------------
@@ -89,7 +86,6 @@ class JobRequest(Message, frozen=True, kw_only=True):
     timeout_ms: int | None = None  # overrides the agent's own timeout
     schedule_id: str | None = None
     correlation_id: str | None = None
-    record_revision: int = 0  # WebhookEvent.record_revision, passed on by the router
 
 
 # --- results.<job_id> -------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -254,8 +254,17 @@ class Receiver:
         forever; a failed create after a successful publish answers 503 and the sender's retry
         is deduplicated by Nats-Msg-Id (and finds the record or creates it).
         """
-        pub = self._publisher()
-        headers = self._headers(stream, msg_id, record.job_id, correlation_id)
+        self.require_nats()
+        pub = self.publisher
+        assert pub is not None
+        headers = inject_headers(
+            {
+                subjects.MSG_ID: msg_id,
+                subjects.H_JOB_ID: record.job_id,
+                subjects.H_CORRELATION_ID: correlation_id,
+                EXPECTED_STREAM: stream,
+            }
+        )
         started = time.perf_counter()
         try:
             sent = await pub.send(subject, data, headers)
@@ -280,56 +289,6 @@ class Receiver:
             raise self._publish_error(exc) from None
         self.metrics.publish_time(stream).observe(time.perf_counter() - started)
         return ack.duplicate
-
-    async def accept_recorded(
-        self,
-        *,
-        subject: str,
-        stream: str,
-        encode: Callable[[int], bytes],
-        msg_id: str,
-        record: JobRecord,
-        correlation_id: str,
-    ) -> bool:
-        """Like :meth:`accept`, but the record first and then the message, which carries the
-        record's revision (``encode(revision)``, 0 when the record existed already): the
-        executor then writes its first change without reading the record. One more round trip
-        for the sender (well under a millisecond at half the maximum rate), one less for every
-        job. A failed publish removes the record again, as in :meth:`accept`."""
-        pub = self._publisher()
-        headers = self._headers(stream, msg_id, record.job_id, correlation_id)
-        kv = self.kv[subjects.KV_JOBS]
-        started = time.perf_counter()
-        try:
-            made = await pub.send(_JOB_KEY + record.job_id, encoder.encode(record), _CREATE)
-            revision = await _created(kv, made, record)
-        except Exception as exc:
-            raise self._publish_error(exc) from None
-        try:
-            ack = await pub.publish(subject, encode(revision or 0), headers)
-        except Exception as exc:
-            if revision:
-                with contextlib.suppress(Exception):
-                    await kv.delete(record.job_id, last=revision)
-            raise self._publish_error(exc) from None
-        self.metrics.publish_time(stream).observe(time.perf_counter() - started)
-        return ack.duplicate
-
-    def _publisher(self) -> JsRequests:
-        self.require_nats()
-        assert self.publisher is not None
-        return self.publisher
-
-    @staticmethod
-    def _headers(stream: str, msg_id: str, job_id: str, correlation_id: str) -> dict[str, str]:
-        return inject_headers(
-            {
-                subjects.MSG_ID: msg_id,
-                subjects.H_JOB_ID: job_id,
-                subjects.H_CORRELATION_ID: correlation_id,
-                EXPECTED_STREAM: stream,
-            }
-        )
 
     def _publish_error(self, exc: Exception) -> HTTPError:
         if isinstance(exc, NATS_DOWN):

@@ -165,7 +165,6 @@ class Router:
             project_id=event.project_id,
             callback_url=event.callback_url,
             correlation_id=event.correlation_id,
-            record_revision=event.record_revision,
         )
         headers = inject_headers({subjects.MSG_ID: request.job_id})
         headers[EXPECTED_STREAM] = subjects.JOBS

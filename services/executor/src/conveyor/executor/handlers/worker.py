@@ -34,7 +34,7 @@ from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
 from conveyor.shared import subjects, wire
-from conveyor.shared.consumer import attempts_of, backoff_delay, dead_letter, heartbeat
+from conveyor.shared.consumer import backoff_delay, dead_letter, heartbeat
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import (
     AgentResult,
@@ -192,7 +192,7 @@ class Worker:
             await self._handle(msg, req)
 
     async def _handle(self, msg: Msg, req: JobRequest) -> None:
-        cur = await self._current(msg, req)
+        cur = await self.store.load(req.job_id)
         if cur.terminal:
             await self._settle_finished(msg, cur, req)
             return
@@ -234,16 +234,6 @@ class Worker:
             return
         async with slot if slot is not None else contextlib.nullcontext():
             await self._run(msg, req, agent, attempt)
-
-    async def _current(self, msg: Msg, req: JobRequest) -> Versioned:
-        """The job's record and revision. On a webhook job's first delivery the record is the
-        one the receiver created, at the revision it handed on (what ``_new_record`` builds
-        holds the same fields), so it is not read: if anyone wrote since (a cancel), the first
-        compare-and-set fails, and ``JobStore.advance`` reads the record and decides again.
-        A redelivery may follow an attempt that wrote, so it always reads."""
-        if req.record_revision > 0 and attempts_of(msg) == 1:
-            return Versioned(self._new_record(req), req.record_revision)
-        return await self.store.load(req.job_id)
 
     # --- one attempt -------------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ import time
 
 import msgspec
 from aiohttp import web
-from msgspec.structs import replace
 
 from conveyor.receiver.schemas import Accepted, Ignored
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
@@ -85,10 +84,10 @@ async def _receive(request: web.Request, st: Receiver, name: str) -> web.Respons
         project_id=inbound.project_id,
         callback_url=source.callback_url,
     )
-    duplicate = await st.accept_recorded(
+    duplicate = await st.accept(
         subject=st.event_subject(name, inbound.event_type),
         stream=subjects.EVENTS,
-        encode=lambda revision: encoder.encode(replace(event, record_revision=revision)),
+        data=encoder.encode(event),
         msg_id=f"{name}:{inbound.delivery_id}",
         record=record,
         correlation_id=correlation,
