@@ -57,3 +57,14 @@ async def test_a_handler_that_raises_does_not_stop_the_connection(nc: Client) ->
             break
         await asyncio.sleep(0.01)
     assert got == [b"good"] and nc.is_connected
+
+
+async def test_status_messages_still_reach_a_direct_subscription(nc: Client) -> None:
+    """A request nobody answers comes back as an inline status (``NATS/1.0 503``): the
+    handler sees it with its Status header, as a pull's end or a no-responders reply."""
+    got: asyncio.Queue[Msg] = asyncio.Queue()
+    inbox = nc.new_inbox()
+    await wire.deliver_directly(nc, inbox, got.put_nowait)
+    await wire.publish(nc, "nobody.listens.here", b"?", inbox)
+    msg = await asyncio.wait_for(got.get(), 5)
+    assert msg.data == b"" and msg.headers is not None and msg.headers["Status"] == "503"
