@@ -189,6 +189,10 @@ def per_item(before: dict[str, int], after: dict[str, int], count: int) -> dict[
     return {k: round((after[k] - before[k]) / count, 1) for k in before} if count else {}
 
 
+# The environment of every nats-server the run starts (``--nats-procs``): GOMAXPROCS.
+NATS_ENV: dict[str, str] = {}
+
+
 async def start_nats(procs: Procs, name: str, store: Path) -> Nats:
     """nats-server with JetStream file storage fsyncing every second (Redis appendfsync everysec)."""
     store.mkdir(parents=True, exist_ok=True)
@@ -202,7 +206,7 @@ async def start_nats(procs: Procs, name: str, store: Path) -> Nats:
         '  sync_interval: "1s"\n'
         "}\n"
     )
-    p = await procs.start(name, [nats_server_binary(), "-c", str(conf)], port=port)
+    p = await procs.start(name, [nats_server_binary(), "-c", str(conf)], port=port, env=NATS_ENV)
     monitor = f"http://127.0.0.1:{http}"
     await wait_http(p, f"{monitor}/healthz?js-enabled-only=true", timeout=20)
     async with httpx.AsyncClient(timeout=2) as client:

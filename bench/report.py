@@ -373,7 +373,8 @@ def table(r: dict[str, Any], rs: list[dict[str, str]]) -> str:
         f"{' dirty' if _get(m, 'git', 'dirty') else ''}; {_get(m, 'machine', 'cpus')} CPUs, load "
         f"{', '.join(f'{x:.1f}' for x in _get(m, 'machine', 'loadavg_start') or [])} at start, "
         f"{_get(m, 'machine', 'background_cores')} cores busy before it; "
-        f"JetStream file storage, sync_interval 1s; event loop {m.get('event_loop')}; "
+        f"JetStream file storage, sync_interval 1s, nats-server GOMAXPROCS "
+        f"{_get(m, 'nats', 'gomaxprocs') or 'Go default'}; event loop {m.get('event_loop')}; "
         f"services at LOG_LEVEL {m.get('log_level')})"
     )
     if m.get("overrides"):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import baseline, conveyor_sys, payloads, profile, report, wrkload
+from bench import procs as procs_mod
 from bench.ladder import LEVELS
 from bench.measure import (
     CpuMeter,
@@ -500,6 +501,7 @@ def meta(plan: Plan, args: argparse.Namespace, ctx: Ctx) -> dict[str, Any]:
             ).stdout.strip(),
             "storage": "file",
             "sync_interval": "1s (checked in /varz)",
+            "gomaxprocs": procs_mod.NATS_ENV.get("GOMAXPROCS", "Go default (all cores)"),
         },
         "event_loop": loop,
         "log_level": ctx.log_level,
@@ -551,6 +553,8 @@ async def amain(args: argparse.Namespace) -> int:
         shadow.mkdir()
         (shadow / "uvloop.py").write_text('raise ImportError("uvloop disabled by --no-uvloop")\n')
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))
+    if args.nats_procs > 0:
+        procs_mod.NATS_ENV["GOMAXPROCS"] = str(args.nats_procs)
     if not args.no_wrk:
         baseline.try_install("wrk", "wrk", log)
     use_wrk = wrkload.available() and not args.no_wrk
@@ -669,6 +673,13 @@ def main() -> int:
         help="run every Python process on asyncio's loop even if uvloop is installed",
     )
     p.add_argument("--no-wrk", action="store_true", help="use the Python driver for maximum rates too")
+    p.add_argument(
+        "--nats-procs",
+        type=int,
+        default=1,
+        help="GOMAXPROCS of nats-server (default 1: one core for the broker, as Redis has; "
+        "0: Go's default, every core)",
+    )
     p.add_argument(
         "--profile",
         default="",
