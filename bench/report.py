@@ -400,11 +400,13 @@ def chart(r: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
     fig.suptitle(
         f"Conveyor benchmark, {_get(r, 'meta', 'started_at')} ({_get(r, 'meta', 'mode')} run, "
-        f"{_get(r, 'meta', 'machine', 'cpus')} CPUs; JetStream file storage, sync_interval 1s; "
+        f"{_get(r, 'meta', 'machine', 'cpus')} CPUs; JetStream file storage, sync_interval 1s, "
+        f"nats-server GOMAXPROCS {_get(r, 'meta', 'nats', 'gomaxprocs') or 'Go default'}; "
         "Redis AOF everysec)",
         fontsize=11,
     )
@@ -417,6 +419,7 @@ def chart(r: dict[str, Any], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(unit)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks ran into each other
         ax.invert_yaxis()
         ax.margins(x=0.3)
 
