@@ -214,6 +214,15 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                     "  NATS messages per job (server in / out)",
                     f"{m['in_msgs']:g} / {m['out_msgs']:g}",
                 )
+            if mx.get("backlog"):
+                add(
+                    "end to end",
+                    "  backlog peak (in flight while waiting)",
+                    ", ".join(
+                        f"{name} {b['peak_pending']:,} ({b['in_flight_mean']:g})"
+                        for name, b in mx["backlog"].items()
+                    ),
+                )
         half = e.get("half") or {}
         if half:
             p50 = _get(half, "latency_ms", "p50")

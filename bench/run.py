@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import baseline, conveyor_sys, payloads, profile, report, wrkload
+from bench import backlog, baseline, conveyor_sys, payloads, profile, report, wrkload
 from bench import procs as procs_mod
 from bench.ladder import LEVELS
 from bench.measure import (
@@ -243,9 +243,11 @@ async def e2e(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]:
         before = await nats_counts(system.nats)
         async with contextlib.AsyncExitStack() as stack:
             census = await stack.enter_async_context(profile.SubjectCensus(system.nats.url)) if prof else None
+            waits = await stack.enter_async_context(backlog.Backlog(system.nats.url))
             out["max"] = await end_to_end(
                 ctx, "e2e-max", port, sink, make(plan.e2e_jobs), rate=None, watch=system.watch()
             )
+        out["max"]["backlog"] = waits.summary()
         out["max"]["nats_msgs_per_job"] = per_item(
             before, await nats_counts(system.nats), out["max"]["delivered"]
         )
