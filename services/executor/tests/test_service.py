@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import msgspec
@@ -162,6 +163,29 @@ async def test_unknown_agent_fails_at_once_with_a_dead_letter_and_a_failed_resul
         assert "unknown agent" in dead.headers["Conveyor-Error"]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}") as http:
             assert 'dlq_messages_total{stage="executor"} 1.0' in (await http.get("/metrics")).text
+
+
+async def test_unreadable_messages_are_dead_lettered_byte_for_byte(bus, make_settings) -> None:
+    """A job request or event that is not JSON of its type is copied to the DLQ as it was and
+    never retried; the executor goes on with the next message."""
+    async with serve(SPEC, make_settings()):
+        await bus.js.publish("jobs.run.dev", b"not json", headers={subjects.MSG_ID: "bad-1"})
+        await bus.js.publish("events.lovable.agent.task_requested", b'{"job_id": 7}')
+        later = await bus.job("noop")
+        await bus.until(later, "completed")
+
+        async def both() -> tuple[Any, Any]:
+            job = await bus.js.get_last_msg(subjects.DLQ, "dlq.executor.jobs.run.dev")
+            event = await bus.js.get_last_msg(
+                subjects.DLQ, subjects.dlq("executor", "events.lovable.agent.task_requested")
+            )
+            return job, event
+
+        job, event = await eventually(both)
+        assert job.data == b"not json" and event.data == b'{"job_id": 7}'
+        assert job.headers["Conveyor-Error"].startswith("unreadable body: ")
+        assert event.headers["Conveyor-Error"].startswith("unreadable body: ")
+        assert job.headers["Conveyor-Attempts"] == "1"
 
 
 async def test_unroutable_event_fails_its_job_so_the_caller_hears(bus, make_settings) -> None:

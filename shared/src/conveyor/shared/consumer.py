@@ -328,11 +328,13 @@ class Consumer:
                 if not msg._ackd:
                     await msg.nak()
             raise
-        except (PermanentError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            # Every handler decodes its body first; one that cannot be read never will be.
+            log.error("dead-lettering %s: unreadable body: %s", msg.subject, exc)
+            return await self._dead_letter(msg, f"unreadable body: {exc}", None)
+        except PermanentError as exc:
             log.error("dead-lettering %s: %s", msg.subject, exc)
-            return await self._dead_letter(
-                msg, str(exc), getattr(exc, "status_code", None), getattr(exc, "attempts", None)
-            )
+            return await self._dead_letter(msg, str(exc), exc.status_code, exc.attempts)
         except RetryableError as exc:
             # The delivery count is parsed from the reply subject only when something failed.
             attempt = attempts_of(msg)

@@ -33,7 +33,6 @@ from conveyor.executor.handlers.jobstore import Conflict, JobStore, Versioned
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.registry import Agent
 from conveyor.shared import ids, subjects
-from conveyor.shared.errors import PermanentError
 from conveyor.shared.events import (
     AgentResult,
     CancelRequest,
@@ -298,10 +297,7 @@ class Fanout:
     # --- the deadline ------------------------------------------------------------------------------
 
     async def on_deadline(self, msg: Msg) -> None:
-        try:
-            body = _deadline_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise PermanentError(f"not a FanoutDeadline: {exc}") from exc
+        body = _deadline_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
         remaining = (body.deadline - utcnow()).total_seconds()
         if remaining > 0:
             parent = await self.store.load(body.parent_id)

@@ -16,11 +16,20 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from conveyor.executor.handlers.jetstream import Bucket
+from conveyor.shared import subjects
+from conveyor.shared.errors import PermanentError
 from conveyor.shared.events import JobLog, JobRecord, LogLine, job_log_decoder, job_record_decoder
 from conveyor.shared.jsrequests import JsRequests
 
 MAX_LOG_LINES = 1000
 _encoder = msgspec.json.Encoder()
+
+
+def checked_job_id(job_id: str) -> str:
+    """A job id from a message, refused for good if it cannot be a subject token or KV key."""
+    if not subjects.is_token(job_id):
+        raise PermanentError(f"job id {job_id!r} cannot be a subject token or KV key")
+    return job_id
 
 
 class Conflict(Exception):

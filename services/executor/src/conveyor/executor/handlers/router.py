@@ -19,12 +19,11 @@ from opentelemetry import trace
 
 from conveyor.executor.config import PAYLOAD_AGENT
 from conveyor.executor.handlers.fanout import Fanout
-from conveyor.executor.handlers.jobstore import JobStore
+from conveyor.executor.handlers.jobstore import JobStore, checked_job_id
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent, route_for
 from conveyor.shared import subjects
-from conveyor.shared.errors import PermanentError
 from conveyor.shared.events import (
     AgentResult,
     JobRecord,
@@ -121,12 +120,8 @@ class Router:
         return [self.agents[n] for n in dict.fromkeys(names)]
 
     async def handle(self, msg: Msg) -> None:
-        try:
-            event = webhook_event_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise PermanentError(f"not a WebhookEvent: {exc}") from exc
-        if not subjects.is_token(event.job_id):
-            raise PermanentError(f"job id {event.job_id!r} cannot be a subject token or KV key")
+        event = webhook_event_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
+        checked_job_id(event.job_id)
         with (
             bound(job=event.job_id, correlation=event.correlation_id),
             message_span(self.tracer, self.tracing, "events.* process", msg.headers, msg.subject),

@@ -21,7 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import msgspec
 from msgspec.structs import replace
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -29,13 +28,13 @@ from opentelemetry import trace
 
 from conveyor.executor.backends import AgentError, AgentJob, Backend
 from conveyor.executor.config import Settings
-from conveyor.executor.handlers.jobstore import JobStore, Versioned
+from conveyor.executor.handlers.jobstore import JobStore, Versioned, checked_job_id
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
-from conveyor.shared import subjects, wire
+from conveyor.shared import wire
 from conveyor.shared.consumer import backoff_delay, dead_letter, heartbeat
-from conveyor.shared.errors import PermanentError, RetryableError
+from conveyor.shared.errors import RetryableError
 from conveyor.shared.events import (
     AgentResult,
     JobRecord,
@@ -179,12 +178,8 @@ class Worker:
     # --- entry point ---------------------------------------------------------------------------
 
     async def handle(self, msg: Msg) -> None:
-        try:
-            req = job_request_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise PermanentError(f"not a JobRequest: {exc}") from exc
-        if not subjects.is_token(req.job_id):
-            raise PermanentError(f"job id {req.job_id!r} cannot be a subject token or KV key")
+        req = job_request_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
+        checked_job_id(req.job_id)
         with (
             bound(job=req.job_id, correlation=req.correlation_id),
             message_span(self.tracer, self.tracing, "jobs.run.* process", msg.headers, msg.subject),
