@@ -9,8 +9,8 @@ import msgspec
 import nats.js.errors
 from aiohttp import web
 
-from conveyor.receiver.handlers.webhooks import respond
-from conveyor.receiver.schemas import Accepted, CancelAccepted, JobCreate, JobPending
+from conveyor.receiver.handlers.webhooks import accepted, respond
+from conveyor.receiver.schemas import CancelAccepted, JobCreate, JobPending
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
 from conveyor.shared import ids, subjects
@@ -108,12 +108,7 @@ async def create(request: web.Request) -> web.Response:
         correlation_id=correlation,
     )
     st.metrics.jobs.labels(body.agent, "duplicate" if duplicate else "accepted").inc()
-    status_url, stream_url = st.urls(job_id)
-    return respond(
-        202,
-        Accepted(job_id=job_id, status_url=status_url, stream_url=stream_url, duplicate=duplicate),
-        {"Location": status_url},
-    )
+    return accepted(st, job_id, duplicate)
 
 
 async def load(st: Receiver, job_id: str) -> tuple[JobRecord, int]:

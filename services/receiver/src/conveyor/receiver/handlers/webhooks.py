@@ -30,6 +30,16 @@ def respond(status: int, body: msgspec.Struct, headers: dict[str, str] | None = 
     )
 
 
+def accepted(st: Receiver, job_id: str, duplicate: bool) -> web.Response:
+    """The 202 for work now in JetStream: where to read the job, and whether it is a repeat."""
+    status_url, stream_url = st.urls(job_id)
+    return respond(
+        202,
+        Accepted(job_id=job_id, status_url=status_url, stream_url=stream_url, duplicate=duplicate),
+        {"Location": status_url},
+    )
+
+
 async def receive(request: web.Request) -> web.Response:
     st = request.app[STATE]
     name = request.match_info["source"]
@@ -96,9 +106,4 @@ async def _receive(request: web.Request, st: Receiver, name: str) -> web.Respons
     now_s = time.time()
     st.last_webhook[name] = now_s
     st.metrics.last_webhook_at(name).set(now_s)
-    status_url, stream_url = st.urls(job_id)
-    return respond(
-        202,
-        Accepted(job_id=job_id, status_url=status_url, stream_url=stream_url, duplicate=duplicate),
-        {"Location": status_url},
-    )
+    return accepted(st, job_id, duplicate)
