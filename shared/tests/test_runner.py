@@ -14,7 +14,6 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from conveyor.shared import subjects
 from conveyor.shared.config import BaseSettings
-from conveyor.shared.consumer import Consumer
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.runner import Runtime, ServiceSpec, serve
 from conveyor.shared.testing.fixtures import eventually
@@ -36,21 +35,18 @@ def make_spec(seen: list[str]) -> ServiceSpec:
 
     @contextlib.asynccontextmanager
     async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
-        await rt.start_consumer(
-            Consumer(
-                js=rt.js,
-                stream=subjects.JOBS,
-                config=ConsumerConfig(
-                    durable_name="test-workers",
-                    filter_subject="jobs.run.>",
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=5,
-                    max_deliver=3,
-                ),
-                handler=handle,
-                stage="test",
-                metrics=rt.consumer_metrics,
-            )
+        await rt.consume(
+            subjects.JOBS,
+            ConsumerConfig(
+                durable_name="test-workers",
+                filter_subject="jobs.run.>",
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=5,
+                max_deliver=3,
+            ),
+            handle,
+            stage="test",
+            concurrency=5,
         )
         yield
 
@@ -110,15 +106,12 @@ async def test_shutdown_naks_unfinished_work(nats_url: str, js: JetStreamContext
 
     @contextlib.asynccontextmanager
     async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
-        await rt.start_consumer(
-            Consumer(
-                js=rt.js,
-                stream=subjects.JOBS,
-                config=ConsumerConfig(durable_name="slow", ack_wait=30, max_deliver=5),
-                handler=slow,
-                stage="test",
-                metrics=rt.consumer_metrics,
-            )
+        await rt.consume(
+            subjects.JOBS,
+            ConsumerConfig(durable_name="slow", ack_wait=30, max_deliver=5),
+            slow,
+            stage="test",
+            concurrency=5,
         )
         yield
 

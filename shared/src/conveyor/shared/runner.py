@@ -29,13 +29,14 @@ import nats.js.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
 from nats.js.kv import KeyValue
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCollector, ProcessCollector
 
 from conveyor.shared.config import BaseSettings, load_settings
-from conveyor.shared.consumer import Consumer, ConsumerMetrics
+from conveyor.shared.consumer import Consumer, ConsumerMetrics, Handler
 from conveyor.shared.errors import ConfigError
 from conveyor.shared.http import HttpMetrics, error_middleware, health_routes, metrics_middleware
 from conveyor.shared.logs import setup_logging
@@ -79,7 +80,32 @@ class Runtime(Generic[S]):
     def ready(self) -> bool:
         return self.setup_done and self.connected and not self.stopping.is_set()
 
-    async def start_consumer(self, consumer: Consumer) -> Consumer:
+    async def consume(
+        self,
+        stream: str,
+        config: ConsumerConfig,
+        handler: Handler,
+        *,
+        stage: str,
+        concurrency: int,
+        batch: int | None = None,
+        retry_base_s: float = 1.0,
+        retry_cap_s: float = 60.0,
+    ) -> Consumer:
+        """Start a durable consumer on this connection (stopped and drained with the service).
+        ``batch``: the most one pull asks for (default: the concurrency, at most 256)."""
+        consumer = Consumer(
+            js=self.js,
+            stream=stream,
+            config=config,
+            handler=handler,
+            stage=stage,
+            metrics=self.consumer_metrics,
+            concurrency=concurrency,
+            batch=batch or max(1, min(256, concurrency)),
+            retry_base_s=retry_base_s,
+            retry_cap_s=retry_cap_s,
+        )
         await consumer.start()
         self.consumers.append(consumer)
         return consumer

@@ -25,7 +25,6 @@ from conveyor.deliverer.sender import build_session
 from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.deliverer.ssrf import AddressPolicy
 from conveyor.shared import subjects
-from conveyor.shared.consumer import Consumer
 from conveyor.shared.runner import Runtime, ServiceSpec
 
 TEST_SEND_CONCURRENCY = 8
@@ -95,29 +94,20 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
     send_test = SendTestEvent(s, session, attempts, keys, metrics)
     gauges = asyncio.create_task(_refresh_gauges(rt, metrics, breakers), name="deliverer-gauges")
     try:
-        await rt.start_consumer(
-            Consumer(
-                js=rt.js,
-                stream=subjects.RESULTS,
-                config=results_consumer(s),
-                handler=deliver,
-                stage=STAGE,
-                metrics=rt.consumer_metrics,
-                concurrency=s.callback_concurrency,
-                batch=s.callback_batch,
-            )
+        await rt.consume(
+            subjects.RESULTS,
+            results_consumer(s),
+            deliver,
+            stage=STAGE,
+            concurrency=s.callback_concurrency,
+            batch=s.callback_batch,
         )
-        await rt.start_consumer(
-            Consumer(
-                js=rt.js,
-                stream=subjects.CONTROL,
-                config=test_sends_consumer(s),
-                handler=send_test,
-                stage=STAGE,
-                metrics=rt.consumer_metrics,
-                concurrency=TEST_SEND_CONCURRENCY,
-                batch=TEST_SEND_CONCURRENCY,
-            )
+        await rt.consume(
+            subjects.CONTROL,
+            test_sends_consumer(s),
+            send_test,
+            stage=STAGE,
+            concurrency=TEST_SEND_CONCURRENCY,
         )
         yield
     finally:

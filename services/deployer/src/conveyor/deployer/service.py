@@ -16,7 +16,6 @@ from conveyor.deployer.pipeline import Pipeline
 from conveyor.deployer.providers import build_providers
 from conveyor.deployer.sitehost import site_middleware
 from conveyor.shared import subjects
-from conveyor.shared.consumer import Consumer
 from conveyor.shared.deploy_store import DeployStore
 from conveyor.shared.runner import Runtime, ServiceSpec
 
@@ -70,24 +69,19 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             tracer=rt.tracer,
             max_deliver=settings.max_deliver,
         )
-        await rt.start_consumer(
-            Consumer(
-                js=rt.js,
-                stream=subjects.DEPLOYS,
-                config=ConsumerConfig(
-                    durable_name=subjects.DEPLOYER,
-                    filter_subject="deploys.requested.>",
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=settings.ack_wait_s,
-                    max_deliver=settings.max_deliver,
-                    max_ack_pending=max(64, settings.concurrency * 4),
-                ),
-                handler=pipeline.handle,
-                stage="deployer",
-                metrics=rt.consumer_metrics,
-                concurrency=settings.concurrency,
-                batch=settings.concurrency,
-            )
+        await rt.consume(
+            subjects.DEPLOYS,
+            ConsumerConfig(
+                durable_name=subjects.DEPLOYER,
+                filter_subject="deploys.requested.>",
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=settings.ack_wait_s,
+                max_deliver=settings.max_deliver,
+                max_ack_pending=max(64, settings.concurrency * 4),
+            ),
+            pipeline.handle,
+            stage="deployer",
+            concurrency=settings.concurrency,
         )
         yield
 

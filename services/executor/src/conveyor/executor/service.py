@@ -21,7 +21,6 @@ from conveyor.executor.handlers.worker import STAGE, Worker
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import build_registry, build_routes
 from conveyor.shared import subjects
-from conveyor.shared.consumer import Consumer
 from conveyor.shared.jsrequests import JsRequests
 from conveyor.shared.runner import Runtime, ServiceSpec
 
@@ -113,29 +112,22 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         await cancels.start(canceller.on_cancel)
         configs = consumer_configs(settings)
 
-        def consumer(name: str, stream: str, handler: Any, concurrency: int) -> Consumer:
-            return Consumer(
-                js=rt.js,
-                stream=stream,
-                config=configs[name],
-                handler=handler,
+        async def consume(name: str, stream: str, handler: Any, concurrency: int) -> None:
+            await rt.consume(
+                stream,
+                configs[name],
+                handler,
                 stage=STAGE,
-                metrics=rt.consumer_metrics,
                 concurrency=concurrency,
-                batch=max(1, min(256, concurrency)),
                 retry_base_s=settings.retry_base_ms / 1000,
                 retry_cap_s=settings.retry_cap_ms / 1000,
             )
 
         await requests.start()
         try:
-            await rt.start_consumer(
-                consumer(subjects.WORKERS, subjects.JOBS, worker.handle, settings.concurrency)
-            )
-            await rt.start_consumer(consumer(subjects.FANOUT, subjects.JOBS, fanout.on_deadline, 64))
-            await rt.start_consumer(
-                consumer(subjects.ROUTER, subjects.EVENTS, router.handle, settings.router_concurrency)
-            )
+            await consume(subjects.WORKERS, subjects.JOBS, worker.handle, settings.concurrency)
+            await consume(subjects.FANOUT, subjects.JOBS, fanout.on_deadline, 64)
+            await consume(subjects.ROUTER, subjects.EVENTS, router.handle, settings.router_concurrency)
             yield
         finally:
             await cancels.stop()

@@ -37,7 +37,6 @@ from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from conveyor.shared import subjects
-from conveyor.shared.consumer import Consumer
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import JobRecord, JobRequest, job_record_decoder, utcnow
 from conveyor.shared.logs import bound
@@ -260,19 +259,14 @@ async def scheduling(rt: Runtime[Any]) -> AsyncIterator[None]:
         jobs=rt.kv[subjects.KV_JOBS],
         metrics=SchedulerMetrics(rt.registry),
     )
-    await rt.start_consumer(
-        Consumer(
-            js=rt.js,
-            stream=subjects.SCHEDULES,
-            config=consumer_config(),
-            handler=scheduler.handle,
-            stage=STAGE,
-            metrics=rt.consumer_metrics,
-            concurrency=8,
-            batch=8,
-            retry_base_s=settings.retry_base_ms / 1000,
-            retry_cap_s=settings.retry_cap_ms / 1000,
-        )
+    await rt.consume(
+        subjects.SCHEDULES,
+        consumer_config(),
+        scheduler.handle,
+        stage=STAGE,
+        concurrency=8,
+        retry_base_s=settings.retry_base_ms / 1000,
+        retry_cap_s=settings.retry_cap_ms / 1000,
     )
     yield
 
