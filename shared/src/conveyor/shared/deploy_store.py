@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 import nats.js.errors
@@ -82,22 +82,10 @@ class DeployStore:
     # --- reads ------------------------------------------------------------------------------
 
     async def site(self, site_id: str) -> tuple[SiteRecord, int] | None:
-        try:
-            entry = await self.sites.get(site_id)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        if entry.value is None:
-            return None
-        return site_decoder.decode(entry.value), entry.revision or 0
+        return await _read(self.sites, site_decoder, site_id)
 
     async def deployment(self, deployment_id: str) -> tuple[DeploymentRecord, int] | None:
-        try:
-            entry = await self.deployments.get(deployment_id)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        if entry.value is None:
-            return None
-        return deployment_decoder.decode(entry.value), entry.revision or 0
+        return await _read(self.deployments, deployment_decoder, deployment_id)
 
     async def site_deployments(self, site: SiteRecord, limit: int = MAX_LISTED) -> list[DeploymentRecord]:
         """The site's deployments, newest first (ids whose record is gone are skipped)."""
@@ -110,41 +98,22 @@ class DeployStore:
         self, site_id: str, change: Callable[[SiteRecord], SiteRecord | None]
     ) -> SiteRecord | None:
         """Apply ``change`` to the current record until the write wins; None from ``change``
-        means nothing to write. Returns the record as written (or as it was)."""
-        for _ in range(_CAS_TRIES):
-            found = await self.site(site_id)
-            if found is None:
-                return None
-            current, rev = found
-            new = change(current)
-            if new is None:
-                return current
-            try:
-                await self.sites.update(site_id, encoder.encode(new), last=rev)
-                return new
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-        raise DeployStoreError(409, "conflict", f"site {site_id} is being changed concurrently; retry")
+        means nothing to write. Returns the record as written (or as it was; None: no record)."""
+        return await _update(self.sites, site_decoder, site_id, change, f"site {site_id}")
 
     async def update_deployment(
         self, deployment_id: str, change: Callable[[DeploymentRecord], DeploymentRecord | None]
     ) -> DeploymentRecord | None:
-        """Compare-and-set loop on a deployment record (see :meth:`update_site`)."""
-        for _ in range(_CAS_TRIES):
-            found = await self.deployment(deployment_id)
-            if found is None:
-                return None
-            current, rev = found
+        """Compare-and-set loop on a deployment record (see :meth:`update_site`); every write
+        is stamped with ``updated_at``."""
+
+        def stamped(current: DeploymentRecord) -> DeploymentRecord | None:
             new = change(current)
-            if new is None:
-                return current
-            new = msgspec.structs.replace(new, updated_at=utcnow())
-            try:
-                await self.deployments.update(deployment_id, encoder.encode(new), last=rev)
-                return new
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-        raise DeployStoreError(409, "conflict", f"deployment {deployment_id} is being changed concurrently")
+            return None if new is None else msgspec.structs.replace(new, updated_at=utcnow())
+
+        return await _update(
+            self.deployments, deployment_decoder, deployment_id, stamped, f"deployment {deployment_id}"
+        )
 
     # --- drafts -------------------------------------------------------------------------------
 
@@ -333,3 +302,41 @@ class DeployStore:
         if rec is None:
             raise DeployStoreError(404, "not_found", f"no deployment {deployment_id}")
         return rec
+
+
+R = TypeVar("R")
+
+
+async def _read(kv: KeyValue, decoder: msgspec.json.Decoder[R], key: str) -> tuple[R, int] | None:
+    """The record under ``key`` and its revision; None when there is none (or a delete marker)."""
+    try:
+        entry = await kv.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    if entry.value is None:
+        return None
+    return decoder.decode(entry.value), entry.revision or 0
+
+
+async def _update(
+    kv: KeyValue,
+    decoder: msgspec.json.Decoder[R],
+    key: str,
+    change: Callable[[R], R | None],
+    what: str,
+) -> R | None:
+    """Read, change, write against the revision read; again when someone wrote in between."""
+    for _ in range(_CAS_TRIES):
+        found = await _read(kv, decoder, key)
+        if found is None:
+            return None
+        current, rev = found
+        new = change(current)
+        if new is None:
+            return current
+        try:
+            await kv.update(key, encoder.encode(new), last=rev)
+            return new
+        except nats.js.errors.KeyWrongLastSequenceError:
+            continue
+    raise DeployStoreError(409, "conflict", f"{what} is being changed concurrently; retry")
