@@ -8,10 +8,10 @@ installed, else asyncio's default), with the same access-log setting (off).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 
 from aiohttp import web
+
+from bench import serving
 
 ANSWER = b'{"job_id":"job_00000000000000000000000000000000","duplicate":false}'
 
@@ -24,28 +24,14 @@ async def accept(request: web.Request) -> web.Response:
 async def serve(port: int) -> None:
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_post("/api/webhooks/{source}", accept)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print("ready", flush=True)
-    await stop.wait()
-    await runner.cleanup()
+    await serving.until_signalled(app, port)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, required=True)
     port = p.parse_args().port
-    try:
-        import uvloop  # type: ignore[import-not-found]
-    except ImportError:
-        asyncio.run(serve(port))
-    else:
-        uvloop.run(serve(port))
+    serving.run_fast(serve(port))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 
 import msgspec
 import nats
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from bench import serving
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import JobRecord, WebhookEvent, encoder, utcnow
 from conveyor.shared.http import HttpMetrics, error_middleware, metrics_middleware
@@ -93,16 +93,7 @@ async def serve(port: int, url: str, level: int, secret: str) -> None:
     )
     app = web.Application(middlewares=middlewares, client_max_size=1024 * 1024)
     app.router.add_post("/api/webhooks/{source}", accept)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print("ready", flush=True)
-    await stop.wait()
-    await runner.cleanup()
+    await serving.until_signalled(app, port)
     if nc is not None:
         await nc.close()
 
@@ -114,12 +105,7 @@ def main() -> None:
     p.add_argument("--level", type=int, choices=range(len(LEVELS)), required=True)
     p.add_argument("--secret", required=True)
     a = p.parse_args()
-    try:
-        import uvloop  # type: ignore[import-not-found]
-    except ImportError:
-        asyncio.run(serve(a.port, a.nats, a.level, a.secret))
-    else:
-        uvloop.run(serve(a.port, a.nats, a.level, a.secret))
+    serving.run_fast(serve(a.port, a.nats, a.level, a.secret))
 
 
 if __name__ == "__main__":

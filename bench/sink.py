@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import time
 
 import msgspec
 from aiohttp import web
 
+from bench import serving
 from conveyor.shared.signing import SignatureError, standard_verify
 
 
@@ -90,16 +90,7 @@ async def serve(port: int, secrets: list[str]) -> None:
     app.router.add_get("/arrivals", sink.arrivals)
     app.router.add_post("/reset", sink.do_reset)
     app.router.add_post("/{tail:.*}", sink.receive)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print("ready", flush=True)
-    await stop.wait()
-    await runner.cleanup()
+    await serving.until_signalled(app, port)
 
 
 def main() -> None:

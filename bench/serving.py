@@ -1,0 +1,34 @@
+"""How the benchmark's own HTTP servers (the floor, the ladder, the callback sink) run: on
+127.0.0.1 until SIGINT or SIGTERM, saying "ready" on stdout once they listen."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+
+
+async def until_signalled(app: web.Application, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def run_fast(main: Coroutine[Any, Any, None]) -> None:
+    """On uvloop when it is installed, as the services run."""
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
