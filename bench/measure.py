@@ -301,8 +301,10 @@ async def end_to_end(
     n = len(batch.job_ids)
     accepted = [i for i in range(n) if 200 <= times["status"][i] < 300]
     limit = 60 + n / 50
-    stats = await sink.wait_for(len(accepted), stall_s=20 if not ctx.quick else 10, limit_s=limit)
-    cpu = meter.stop()
+    await sink.wait_for(len(accepted), stall_s=20 if not ctx.quick else 10, limit_s=limit, settle_s=0)
+    cpu = meter.stop()  # before the settle wait below: cores used while the jobs ran, not after
+    await asyncio.sleep(1.0)  # late duplicates still count
+    stats = await sink.stats()
     arr = await sink.arrivals()
     first_arrival: dict[str, float] = {}
     for job, t in zip(arr["jobs"], arr["times"], strict=True):

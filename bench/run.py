@@ -213,7 +213,7 @@ async def ingest(ctx: Ctx, plan: Plan) -> dict[str, Any]:
 
 
 async def e2e(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]:
-    extra = {"executor": {"CONCURRENCY": str(plan.executor_concurrency)}}
+    extra = with_overrides(ctx, {"executor": {"CONCURRENCY": str(plan.executor_concurrency)}})
     system = await conveyor_sys.start(
         ctx.procs,
         ctx.root,
@@ -222,9 +222,9 @@ async def e2e(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]:
         secret=SECRET,
         callback_url=ctx.sink_url,
         log_level=ctx.log_level,
-        extra=with_overrides(ctx, extra),
+        extra=extra,
     )
-    out: dict[str, Any] = {"executor_concurrency": plan.executor_concurrency}
+    out: dict[str, Any] = {"executor_concurrency": int(extra["executor"]["CONCURRENCY"])}
     try:
         with contextlib.suppress(Exception):
             await conveyor_sys.add_service(

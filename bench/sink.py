@@ -9,7 +9,6 @@ and answers 200. ``GET /stats`` gives counts; ``GET /arrivals`` the (jobId, time
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 
 import msgspec
@@ -98,7 +97,7 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--secrets", default="", help="comma-separated whsec_ secrets; empty = do not verify")
     args = p.parse_args()
-    asyncio.run(serve(args.port, [s for s in args.secrets.split(",") if s]))
+    serving.run_fast(serve(args.port, [s for s in args.secrets.split(",") if s]))
 
 
 if __name__ == "__main__":
