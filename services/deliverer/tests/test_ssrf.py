@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 
-from conveyor.deliverer.sender import build_session, post
-from conveyor.deliverer.ssrf import (
-    AddressPolicy,
-    BlockedAddressError,
-    GuardedResolver,
-    guarded_socket_factory,
-)
+from conveyor.deliverer.http_client import CallbackClient
+from conveyor.deliverer.sender import build_client, post
+from conveyor.deliverer.ssrf import AddressPolicy, BlockedAddressError
 
 PUBLIC = ipaddress.ip_address("93.184.215.14")
 
@@ -73,8 +66,8 @@ def test_policy_allows_public_addresses_and_allowed_networks() -> None:
     ],
 )
 async def test_client_refuses_before_connecting(sink: Any, url: str, reason: str) -> None:
-    async with build_session(AddressPolicy(), max_connections=4) as session:
-        attempt = await post(session, url.format(port=sink.port), b"{}", {}, timeout_s=2)
+    async with build_client(AddressPolicy(), max_connections=4) as client:
+        attempt = await post(client, url.format(port=sink.port), b"{}", {}, timeout_s=2)
     assert attempt.kind == "refused", attempt
     assert attempt.status_code is None
     assert attempt.error is not None and f"is a {reason} address" in attempt.error
@@ -84,73 +77,61 @@ async def test_client_refuses_before_connecting(sink: Any, url: str, reason: str
 
 async def test_client_reaches_allowed_network(sink: Any) -> None:
     policy = AddressPolicy([ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")])
-    async with build_session(policy, max_connections=4) as session:
+    async with build_client(policy, max_connections=4) as client:
         for host in ("127.0.0.1", "localhost"):  # the sink listens on 127.0.0.1 only
-            attempt = await post(session, f"http://{host}:{sink.port}/cb", b"{}", {}, timeout_s=2)
+            attempt = await post(client, f"http://{host}:{sink.port}/cb", b"{}", {}, timeout_s=2)
             assert attempt.kind == "ok", (host, attempt)
     assert len(sink.requests) == 2
 
 
-class ScriptedDns(AbstractResolver):
+class ScriptedDns:
     """A DNS server whose answers change between lookups, as in a rebinding attack."""
 
     def __init__(self, answers: list[list[str]]) -> None:
         self.answers = answers
         self.lookups: list[str] = []
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
+    async def __call__(self, host: str, port: int) -> list[str]:
         self.lookups.append(host)
-        return [
-            ResolveResult(hostname=host, host=ip, port=port, family=socket.AF_INET, proto=0, flags=0)
-            for ip in self.answers.pop(0)
-        ]
-
-    async def close(self) -> None:
-        pass
+        return self.answers.pop(0)
 
 
 async def test_guard_dials_the_checked_address_so_rebinding_cannot_pass(sink: Any) -> None:
     # First answer: an address the policy allows; later answers: one it does not.
     dns = ScriptedDns([["127.0.0.1"], ["10.9.8.7"], ["127.0.0.1", "10.9.8.7"]])
     policy = AddressPolicy([ipaddress.ip_network("127.0.0.0/8")])
-    connector = aiohttp.TCPConnector(
-        resolver=GuardedResolver(policy, dns),
-        socket_factory=guarded_socket_factory(policy),
-        use_dns_cache=False,
-    )
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with CallbackClient(policy, max_connections=4, user_agent="test", resolver=dns) as client:
         url = f"http://rebind.example:{sink.port}/cb"  # no such name in real DNS
-        first = await post(session, url, b"{}", {"Connection": "close"}, timeout_s=2)
+        first = await post(client, url, b"{}", {"Connection": "close"}, timeout_s=2)
         assert first.kind == "ok", first
         # The connection went to the address that was checked (the sink), for that name.
         assert sink.requests[0].headers["host"] == f"rebind.example:{sink.port}"
         # The next connection resolves again, and that answer is checked again.
-        second = await post(session, url, b"{}", {}, timeout_s=2)
+        second = await post(client, url, b"{}", {}, timeout_s=2)
         assert (
             second.kind == "refused"
             and second.error
             and "rebind.example (10.9.8.7) is a private" in second.error
         )
         # One internal address among the answers refuses the name, even next to an allowed one.
-        third = await post(session, url, b"{}", {}, timeout_s=2)
+        third = await post(client, url, b"{}", {}, timeout_s=2)
         assert third.kind == "refused"
     assert dns.lookups == ["rebind.example"] * 3 and len(sink.requests) == 1
 
 
-def test_socket_factory_checks_the_exact_address_dialled() -> None:
-    make = guarded_socket_factory(AddressPolicy())
+def test_check_names_the_exact_address_and_ignores_an_ipv6_scope() -> None:
+    policy = AddressPolicy()
     with pytest.raises(BlockedAddressError, match=r"169\.254\.169\.254 is a cloud metadata address"):
-        make((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", 80)))
+        policy.check("169.254.169.254", "169.254.169.254")
     with pytest.raises(BlockedAddressError, match=r"\(fe80::1\) is a link-local address"):
-        make((socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fe80::1%2", 80, 0, 2)))
-    sock = make((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", 443)))
-    sock.close()
+        policy.check("host.example", "fe80::1%2")
+    with pytest.raises(BlockedAddressError, match="unparseable"):
+        policy.check("host.example", "not-an-ip")
+    policy.check("93.184.215.14", "93.184.215.14")  # public: no exception
 
 
 async def test_invalid_urls_are_refused() -> None:
-    async with build_session(AddressPolicy(), max_connections=1) as session:
+    async with build_client(AddressPolicy(), max_connections=1) as client:
         for url in (
             "ftp://example.com/x",
             "not a url",
@@ -158,5 +139,5 @@ async def test_invalid_urls_are_refused() -> None:
             "file:///etc/passwd",
             "http://2130706433/",
         ):
-            attempt = await post(session, url, b"{}", {}, timeout_s=2)
+            attempt = await post(client, url, b"{}", {}, timeout_s=2)
             assert attempt.kind == "refused", (url, attempt)

@@ -1,16 +1,17 @@
-"""One HTTP client session per process, and one callback attempt with its outcome classified.
+"""One callback attempt with its outcome classified, over the process's one HTTP client.
 
-Outcomes: ``ok`` (2xx), ``retry`` (connection error, timeout, 408, 429, 5xx), ``final``
-(any other answer: 3xx is not followed, 4xx will not change by retrying) and ``refused``
-(the URL is invalid or the SSRF guard refused its address).
+Outcomes: ``ok`` (2xx), ``retry`` (connection error, timeout, malformed answer, 408, 429,
+5xx), ``final`` (any other answer: 3xx is not followed, 4xx will not change by retrying) and
+``refused`` (the URL is invalid or the SSRF guard refused its address).
 
-The client is aiohttp's: measured on this project's 2-core machine against the same local
-sink at 64 callbacks in flight, httpx 0.28 (httpcore's pool rescans every connection on
-every request) made 70-300 requests/s where aiohttp made 1,300-5,300/s; see the README.
+The client is ``http_client.CallbackClient`` (why not aiohttp's or httpx: see that module
+and the README).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import datetime as dt
 import email.utils
 import functools
@@ -19,15 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-import aiohttp
 from yarl import URL
 
-from conveyor.deliverer.ssrf import (
-    AddressPolicy,
-    BlockedAddressError,
-    GuardedResolver,
-    guarded_socket_factory,
-)
+from conveyor.deliverer.http_client import CallbackClient, ProtocolError, Target, UnsendableHeader
+from conveyor.deliverer.ssrf import AddressPolicy, BlockedAddressError
 
 Kind = Literal["ok", "retry", "final", "refused"]
 
@@ -46,23 +42,10 @@ class Attempt:
     retry_after_s: float | None = None
 
 
-def build_session(policy: AddressPolicy, *, max_connections: int) -> aiohttp.ClientSession:
-    """Pooled keep-alive connections; every new one passes the SSRF guard. No proxy from the
-    environment (a proxy would dial for us and the guard would only see the proxy)."""
-    connector = aiohttp.TCPConnector(
-        limit=max_connections,
-        limit_per_host=0,
-        resolver=GuardedResolver(policy),
-        socket_factory=guarded_socket_factory(policy),
-        ttl_dns_cache=10,
-        keepalive_timeout=30,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        trust_env=False,
-        headers={"User-Agent": USER_AGENT},
-        auto_decompress=False,
-        raise_for_status=False,
+def build_client(policy: AddressPolicy, *, max_connections: int) -> CallbackClient:
+    """Pooled keep-alive connections; every new one passes the SSRF guard."""
+    return CallbackClient(
+        policy, max_connections=max_connections, user_agent=USER_AGENT, max_answer=MAX_ANSWER_BYTES
     )
 
 
@@ -83,18 +66,23 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse(url: str) -> URL | str:
-    """The parsed URL, or why it cannot be a callback URL. Cached: most results go to a few
-    URLs, and parsing one costs about as much as signing the body."""
+def _parse(url: str) -> Target | str:
+    """Where the URL's POST goes, or why it cannot be a callback URL. Cached: most results go
+    to a few URLs, and parsing one costs about as much as signing the body."""
     try:
         parsed = URL(url)
+        host, port, host_header = parsed.raw_host, parsed.port, parsed.host_port_subcomponent
     except (ValueError, TypeError) as exc:
         return f"invalid callback URL: {exc}"
     if parsed.scheme not in ("http", "https"):
         return f"invalid callback URL: scheme {parsed.scheme!r} (want http or https)"
-    if not parsed.host:
+    if not host or port is None or not host_header:
         return "invalid callback URL: no host"
-    return parsed
+    auth = None
+    if parsed.user is not None:
+        pair = f"{parsed.user}:{parsed.password or ''}".encode()
+        auth = "Basic " + base64.b64encode(pair).decode()
+    return Target(parsed.scheme, host, port, parsed.raw_path_qs or "/", host_header, auth)
 
 
 def check_url(url: str) -> str | None:
@@ -109,18 +97,13 @@ def endpoint_of(url: str) -> str:
     return url if isinstance(parsed, str) else f"{parsed.scheme}://{parsed.host}:{parsed.port}"
 
 
-@functools.lru_cache(maxsize=64)
-def _timeout(total_s: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=total_s)
-
-
 def _snippet(data: bytes) -> str:
     text = data[:200].decode(errors="replace").replace("\r", " ").replace("\n", " ").strip()
     return f": {text}" if text else ""
 
 
 async def post(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float
+    client: CallbackClient, url: str, body: bytes, headers: Mapping[str, str], *, timeout_s: float
 ) -> Attempt:
     """POST once, redirects not followed; never raises for anything the endpoint or the network did."""
     started = time.perf_counter()
@@ -132,40 +115,33 @@ async def post(
     if isinstance(target, str):
         return Attempt("refused", None, took(), target)
     try:
-        # total: the whole attempt (DNS, connect, send, answer), so AckWait can stay above it.
-        async with session.post(
-            target,
-            data=body,
-            headers=headers,
-            allow_redirects=False,
-            timeout=_timeout(timeout_s),
-        ) as response:
-            status = response.status
-            head = await response.content.read(200)
-            # Drain a small answer so the connection is reused; a large one costs its connection.
-            rest = len(head)
-            while rest <= MAX_ANSWER_BYTES and (chunk := await response.content.read(16 * 1024)):
-                rest += len(chunk)
-            retry_after = response.headers.get("Retry-After")
-            location = response.headers.get("Location", "")
+        # The whole attempt (DNS, connect, send, answer), so AckWait can stay above it.
+        async with asyncio.timeout(timeout_s):
+            answer = await client.post(target, body, headers)
     except BlockedAddressError as exc:
         return Attempt("refused", None, took(), str(exc))
     except TimeoutError:
         return Attempt("retry", None, took(), f"timed out after {timeout_s:g}s")
-    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
-        return Attempt("refused", None, took(), f"invalid callback URL: {exc}")
-    except (aiohttp.ClientError, OSError) as exc:
+    except UnsendableHeader as exc:  # retrying will not help
+        return Attempt("refused", None, took(), f"cannot send: {exc}")
+    except (ProtocolError, OSError) as exc:
         return Attempt(
             "retry", None, took(), f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         )
 
     latency = took()
+    status, head = answer.status, answer.body[:200]
     if 200 <= status < 300:
         return Attempt("ok", status, latency)
     if status in RETRYABLE_STATUS or status >= 500:
         return Attempt(
-            "retry", status, latency, f"HTTP {status}{_snippet(head)}", parse_retry_after(retry_after)
+            "retry",
+            status,
+            latency,
+            f"HTTP {status}{_snippet(head)}",
+            parse_retry_after(answer.headers.get("retry-after")),
         )
     if 300 <= status < 400:
+        location = answer.headers.get("location", "")
         return Attempt("final", status, latency, f"HTTP {status} redirect to {location!r} not followed")
     return Attempt("final", status, latency, f"HTTP {status}{_snippet(head)}")

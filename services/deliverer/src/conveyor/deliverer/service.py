@@ -21,7 +21,7 @@ from conveyor.deliverer.handlers.callbacks import STAGE, DeliverCallback
 from conveyor.deliverer.handlers.send_test_event import SendTestEvent
 from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.retry import RetryPolicy
-from conveyor.deliverer.sender import build_session
+from conveyor.deliverer.sender import build_client
 from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.deliverer.ssrf import AddressPolicy
 from conveyor.shared import subjects
@@ -80,7 +80,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
     keys = SigningKeys(signing_secrets(s), endpoint_secrets(s))
     attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES], rt.nc, subjects.KV_DELIVERIES)
     await attempts.start()
-    session = build_session(
+    client = build_client(
         AddressPolicy(allowed_networks(s)), max_connections=s.callback_concurrency + TEST_SEND_CONCURRENCY
     )
     policy = RetryPolicy(
@@ -90,8 +90,8 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         max_delay_s=s.callback_retry_max_delay_s,
         retry_after_max_s=s.callback_retry_after_max_s,
     )
-    deliver = DeliverCallback(s, session, attempts, breakers, policy, keys, metrics, rt.tracer)
-    send_test = SendTestEvent(s, session, attempts, keys, metrics)
+    deliver = DeliverCallback(s, client, attempts, breakers, policy, keys, metrics, rt.tracer)
+    send_test = SendTestEvent(s, client, attempts, keys, metrics)
     gauges = asyncio.create_task(_refresh_gauges(rt, metrics, breakers), name="deliverer-gauges")
     try:
         await rt.consume(
@@ -116,7 +116,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await gauges
         await attempts.stop()
-        await session.close()
+        await client.close()
 
 
 SPEC = ServiceSpec(

@@ -1,27 +1,16 @@
 """SSRF guard: callbacks reach only public addresses, checked on the address actually dialled.
 
-Two hooks in the HTTP client's connector (aiohttp), both with the same policy:
-- the resolver: a name's answers are checked as a whole, and one non-public answer refuses
-  the name, so a host that answers with one public and one internal address is refused;
-  the connector then dials the IPs this resolver returned and never resolves again, so a
-  DNS answer that changes between check and connect (DNS rebinding) cannot slip through;
-- the socket factory: every socket is checked against the exact address it is about to
-  connect to. This covers IP-literal URLs (the connector does not resolve those) and is
-  the last word for anything else.
-TLS still verifies the certificate against the URL's host name.
+The policy is applied by the callback client (``http_client``) on every new connection: a
+name's answers are checked as a whole, and one non-public answer refuses the name (a host
+that answers with one public and one internal address is refused); the client then dials
+only the addresses it checked and never resolves again for that connection, so a DNS answer
+that changes between check and connect (DNS rebinding) cannot slip through. IP-literal URLs
+are checked as they are. TLS still verifies the certificate against the URL's host name.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
-from typing import TYPE_CHECKING
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
-
-if TYPE_CHECKING:  # aiohttp's own dependency; only its types are used here
-    from aiohappyeyeballs import AddrInfoType, SocketFactoryType
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -94,33 +83,3 @@ class AddressPolicy:
         reason = self.refusal(ip)
         if reason is not None:
             raise BlockedAddressError(host, str(ip), reason)
-
-
-class GuardedResolver(AbstractResolver):
-    """Resolves with the system resolver, then refuses the name if any answer is not allowed."""
-
-    def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None) -> None:
-        self.policy = policy
-        self.inner = inner or ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        answers = await self.inner.resolve(host, port, family)
-        for answer in answers:
-            self.policy.check(host, answer["host"])
-        return answers
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-def guarded_socket_factory(policy: AddressPolicy) -> SocketFactoryType:
-    """The connector's socket factory: checks the address each new socket will dial."""
-
-    def make(addr_info: AddrInfoType) -> socket.socket:
-        family, type_, proto, _, sockaddr = addr_info
-        policy.check(str(sockaddr[0]), str(sockaddr[0]))
-        return socket.socket(family=family, type=type_, proto=proto)
-
-    return make

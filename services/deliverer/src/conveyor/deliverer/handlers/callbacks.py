@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import aiohttp
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
 from conveyor.deliverer.attempt_log import AttemptLog, round_attempts
 from conveyor.deliverer.breaker import Breakers
 from conveyor.deliverer.config import Settings
+from conveyor.deliverer.http_client import CallbackClient
 from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import endpoint_of, post
@@ -41,7 +41,7 @@ def webhook_id(job_id: str) -> str:
 @dataclass
 class DeliverCallback:
     settings: Settings
-    session: aiohttp.ClientSession
+    client: CallbackClient
     attempts: AttemptLog
     breakers: Breakers
     policy: RetryPolicy
@@ -107,7 +107,7 @@ class DeliverCallback:
         )
         at = utcnow()
         try:
-            result = await post(self.session, url, body, headers, timeout_s=self.settings.callback_timeout_s)
+            result = await post(self.client, url, body, headers, timeout_s=self.settings.callback_timeout_s)
         except BaseException:
             self.breakers.abandon(endpoint)
             raise

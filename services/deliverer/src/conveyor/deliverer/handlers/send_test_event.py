@@ -10,12 +10,12 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-import aiohttp
 import msgspec
 from nats.aio.msg import Msg
 
 from conveyor.deliverer.attempt_log import AttemptLog
 from conveyor.deliverer.config import Settings
+from conveyor.deliverer.http_client import CallbackClient
 from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.sender import post
 from conveyor.deliverer.signing_keys import SigningKeys
@@ -48,7 +48,7 @@ def log_key(request_id: str) -> str:
 @dataclass
 class SendTestEvent:
     settings: Settings
-    session: aiohttp.ClientSession
+    client: CallbackClient
     attempts: AttemptLog
     keys: SigningKeys
     metrics: Metrics
@@ -83,7 +83,7 @@ class SendTestEvent:
             **standard_headers(self.keys.for_url(req.url), key, body),
         }
         at = utcnow()
-        result = await post(self.session, req.url, body, headers, timeout_s=self.settings.callback_timeout_s)
+        result = await post(self.client, req.url, body, headers, timeout_s=self.settings.callback_timeout_s)
         ok = result.kind == "ok"
         self.metrics.test_outcome["delivered" if ok else "failed"].inc()
         log.info("test send %s to %s: %s", req.id, req.url, "delivered" if ok else result.error)
