@@ -4,6 +4,7 @@ have sent, and nothing that could split the protocol gets through."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import nats.errors
 import pytest
@@ -68,3 +69,24 @@ async def test_status_messages_still_reach_a_direct_subscription(nc: Client) -> 
     await wire.publish(nc, "nobody.listens.here", b"?", inbox)
     msg = await asyncio.wait_for(got.get(), 5)
     assert msg.data == b"" and msg.headers is not None and msg.headers["Status"] == "503"
+
+
+def test_header_parsing_answers_as_nats_py_does() -> None:
+    """The replacement gives nats-py's own answer for every block, odd ones included."""
+    original = wire._nats_parse_header_lines.__func__
+    assert Client._parse_header_lines is wire.parse_header_lines  # installed on import
+    blocks = [
+        b"Nats-Msg-Id: a\r\nNats-Expected-Stream: EVENTS\r\n\r\n",
+        b"Name:Value\r\nName2:\tv2 \r\n",
+        b"Bad Name: x\r\nTab\tName: y\r\n Lead: z\r\nTrail : w\r\n",
+        b"Sep\x1cName: x\r\nUnit\x1fSep: y\r\nVt\x0bName: z\r\n",
+        b"no colon here\r\n\r\n: empty name\r\nK: caf\xc3\xa9\r\nK2: \xff\xfe\r\n",
+        b"\xc3\xa9t\xc3\xa9: non-ascii name\r\nDup: 1\r\nDup: 2\r\n",
+        b"",
+        b"\r\n\r\n\r\n",
+    ]
+    rnd = random.Random(7)
+    alphabet = b"ab:- \t\r\n\x1c\x0b\x0c\xc3\xa9\xff"
+    blocks += [bytes(rnd.choice(alphabet) for _ in range(rnd.randrange(60))) for _ in range(3000)]
+    for block in blocks:
+        assert wire.parse_header_lines(block) == original(block), block

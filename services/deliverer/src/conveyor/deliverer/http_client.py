@@ -37,6 +37,8 @@ from conveyor.deliverer.ssrf import AddressPolicy
 
 # Answer heads larger than this are refused: a callback endpoint has no reason to send one.
 MAX_HEAD_BYTES = 64 * 1024
+MAX_CHUNK_LINE = 1024  # a chunk size with its extensions
+_HEX = b"0123456789abcdefABCDEF"
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -125,7 +127,9 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._keep_alive = False
-        if self._waiter is not None and not self._waiter.done():
+        if self._waiter is None:
+            self.close()  # closed while idle: never hand it out again
+        elif not self._waiter.done():
             if not self._got_bytes and self.used:
                 self._fail(StaleConnection("the server closed the idle connection"))
             else:
@@ -243,7 +247,7 @@ class _Connection(asyncio.Protocol):
                 raise ProtocolError(f"unsupported Transfer-Encoding {te!r}")
             self._mode = "chunked"
         elif (cl := headers.get("content-length")) is not None:
-            if not cl.isdigit():
+            if not (cl.isascii() and cl.isdigit()):
                 raise ProtocolError(f"invalid Content-Length {cl!r}")
             self._mode, self._remaining = "length", int(cl)
             if self._remaining == 0:
@@ -269,12 +273,13 @@ class _Connection(asyncio.Protocol):
             if self._chunk_state == "size":
                 end = self._buf.find(b"\r\n")
                 if end < 0:
+                    if len(self._buf) > MAX_CHUNK_LINE:
+                        raise ProtocolError("chunk size line too long")
                     break
                 size = bytes(self._buf[:end]).split(b";", 1)[0].strip()
-                try:
-                    self._remaining = int(size, 16)
-                except ValueError:
-                    raise ProtocolError(f"invalid chunk size {size[:20]!r}") from None
+                if not size or len(size) > 16 or size.strip(_HEX):
+                    raise ProtocolError(f"invalid chunk size {size[:20]!r}")
+                self._remaining = int(size, 16)
                 del self._buf[: end + 2]
                 self._chunk_state = "data" if self._remaining else "trailer"
             elif self._chunk_state == "data":
@@ -294,6 +299,8 @@ class _Connection(asyncio.Protocol):
             else:  # trailer: header lines up to an empty line
                 end = self._buf.find(b"\r\n")
                 if end < 0:
+                    if len(self._buf) > MAX_HEAD_BYTES:
+                        raise ProtocolError(f"answer trailer longer than {MAX_HEAD_BYTES} bytes")
                     break
                 del self._buf[: end + 2]
                 if end == 0:
