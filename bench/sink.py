@@ -8,7 +8,7 @@ and answers 200. ``GET /stats`` gives counts; ``GET /arrivals`` the (jobId, time
 It is a bare asyncio protocol, not an aiohttp app, for the reason the load driver is wrk: it
 shares two cores with the system under test, and every microsecond it spends per callback
 is taken from the pipeline being measured (Conveyor's and the baseline's alike). aiohttp
-cost about 50 us per callback here; this costs about a third of that. It speaks only what
+cost 49 us of CPU per callback here, this 20 us (20,000 signed callbacks, 64 in flight). It speaks only what
 both pipelines send: keep-alive requests with a Content-Length body (anything else gets a
 400 and the connection is closed, which shows as failed callbacks, never as a silent loss).
 """
