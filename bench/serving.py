@@ -1,20 +1,26 @@
 """How the benchmark's own HTTP servers (the floor, the ladder, the callback sink) run: on
-127.0.0.1 until SIGINT or SIGTERM, saying "ready" on stdout once they listen."""
+127.0.0.1 until SIGINT or SIGTERM, saying "ready" on stdout once they listen, with the
+process settings the services get from their runner (event loop, garbage collector), so a
+floor or a ladder step differs from the receiver only in the work it does."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
 
+from conveyor.shared.runner import GC_THRESHOLDS
+
 
 async def until_signalled(app: web.Application, port: int) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    gc.freeze()  # as the runner does once a service is set up
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -25,7 +31,8 @@ async def until_signalled(app: web.Application, port: int) -> None:
 
 
 def run_fast(main: Coroutine[Any, Any, None]) -> None:
-    """On uvloop when it is installed, as the services run."""
+    """On uvloop when it is installed and with the services' collector thresholds."""
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         import uvloop  # type: ignore[import-not-found]
     except ImportError:

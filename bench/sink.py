@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import signal
 import time
@@ -158,6 +159,7 @@ async def serve(port: int, secrets: list[str]) -> None:
     sink = Sink(secrets)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Connection(sink), "127.0.0.1", port, backlog=1024)
+    gc.freeze()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
