@@ -309,3 +309,17 @@ async def test_tls_verifies_the_certificate_against_the_url_host(serve, tmp_path
         untrusted = await post(client, f"https://hooks.test:{srv.port}/cb", b"{}", {}, timeout_s=5)
         assert untrusted.kind == "retry" and untrusted.error and "certificate" in untrusted.error.lower()
     assert len(srv.requests) == 1
+
+
+async def test_connections_idle_past_keepalive_are_not_reused(serve) -> None:  # type: ignore[no-untyped-def]
+    srv = await serve(lambda n, head, body: ok())
+    t = _parse(f"http://127.0.0.1:{srv.port}/")
+    assert not isinstance(t, str)
+    async with CallbackClient(LOOPBACK, max_connections=2, user_agent="t", keepalive_s=0.05) as client:
+        await client.post(t, b"{}", {})
+        await client.post(t, b"{}", {})  # at once: the same connection
+        assert srv.connections == 1
+        await asyncio.sleep(0.1)
+        await client.post(t, b"{}", {})  # idle too long: closed, a new one dialled
+        assert srv.connections == 2
+        assert sum(len(v) for v in client._idle.values()) == 1  # the old one was dropped
