@@ -14,6 +14,7 @@ from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.procs import ServiceProcess, service_env
 
 SECRET = "whsec_cmVzdGFydC10ZXN0LXNpZ25pbmcta2V5"
+ACK_WAIT_S = 3 + 30  # service.ack_wait_s: CALLBACK_TIMEOUT_S below plus 30
 
 
 async def test_retry_pending_at_sigkill_happens_after_restart(
@@ -41,7 +42,9 @@ async def test_retry_pending_at_sigkill_happens_after_restart(
             assert log.attempts and log.attempts[-1].outcome == "retry"
             return log
 
-        # The attempt is logged just before its NAK: from here on a retry waits in JetStream.
+        # The attempt is logged just before its NAK: from here on a retry waits in JetStream,
+        # either as the NAK's 1 s delay or, if the kill lands between the log write and the
+        # NAK leaving the process, as the consumer's AckWait running out.
         before = await eventually(retry_scheduled)
         await first.kill()  # SIGKILL: no drain, nothing settled on the way out
         assert first.proc is not None and first.proc.returncode == -9
@@ -55,7 +58,7 @@ async def test_retry_pending_at_sigkill_happens_after_restart(
             assert log.delivered
             return log
 
-        after = await eventually(delivered, timeout=30)
+        after = await eventually(delivered, timeout=ACK_WAIT_S + 15)
     finally:
         await first.kill()
         if second is not None:

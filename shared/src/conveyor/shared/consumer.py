@@ -342,9 +342,9 @@ class Consumer:
                 log.error("dead-lettering %s after %d attempts: %s", msg.subject, attempt, exc)
                 return await self._dead_letter(msg, str(exc), exc.status_code)
             delay = exc.delay_s if exc.delay_s is not None else self.retry_delay(attempt)
-            log.warning("retrying %s in %.1fs (attempt %d): %s", msg.subject, delay, attempt, exc)
             if not msg._ackd:
-                await msg.nak(delay=delay)
+                await msg.nak(delay=delay)  # before the log line: the retry is scheduled sooner
+            log.warning("retrying %s in %.1fs (attempt %d): %s", msg.subject, delay, attempt, exc)
             return "retried"
         except Exception as exc:
             attempt = attempts_of(msg)
