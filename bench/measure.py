@@ -274,6 +274,23 @@ def steady_rate(times: list[float], lo: float = 0.1, hi: float = 0.9) -> float:
     return (b - a) / span if span > 0 else float("nan")
 
 
+def ingest_phases(arrivals: list[float], ingest_end: float | None) -> dict[str, Any] | None:
+    """Callback rates while webhooks were still going in and after the last one was answered:
+    how the job path does while sharing the cores with ingest, and on its own. None when
+    either phase has too few callbacks to give a rate."""
+    if ingest_end is None or len(arrivals) < 100:
+        return None
+    t = sorted(arrivals)
+    during = [x for x in t if x <= ingest_end]
+    after = [x for x in t if x > ingest_end]
+    if len(during) < 50 or len(after) < 50:
+        return None
+    return {
+        "during_ingest": {"jobs": len(during), "jobs_per_s": (len(during) - 1) / (during[-1] - during[0])},
+        "after_ingest": {"jobs": len(after), "jobs_per_s": len(after) / (after[-1] - ingest_end)},
+    }
+
+
 async def end_to_end(
     ctx: Ctx,
     name: str,
@@ -333,6 +350,7 @@ async def end_to_end(
         "not_completed": stats["not_completed"],
         "callback_connections": stats.get("connections"),
         "jobs_per_s": steady_rate(ours),
+        "phases": ingest_phases(ours, max(times["done"][:n]) if n else None),
         "jobs_per_s_overall": len(ours) / total_span if total_span and total_span > 0 else None,
         "latency_ms": summarize(lat_ms),
         "cpu_cores": cpu,

@@ -32,6 +32,14 @@ def _rate(x: Any, unit: str) -> str:
     return f"{x:,.0f} {unit}" if _num(x) else "n/a"
 
 
+def _phases(ph: dict[str, Any]) -> str:
+    d, a = ph["during_ingest"], ph["after_ingest"]
+    return (
+        f"{d['jobs_per_s']:,.0f} jobs/s ({d['jobs']:,} jobs) / "
+        f"{a['jobs_per_s']:,.0f} jobs/s ({a['jobs']:,} jobs)"
+    )
+
+
 def _cpu(c: Any) -> str:
     """'receiver 0.73, nats-server 0.12 | machine 1.95': where the cores went during a phase."""
     if not isinstance(c, dict):
@@ -200,6 +208,8 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 "0 lost",
                 mx["lost"] == 0 and mx["rejected"] == 0,
             )
+            if ph := mx.get("phases"):
+                add("end to end", "  while webhooks go in / after the last one", _phases(ph))
             add("end to end", "Webhook -> callback at max rate: p50/p99", _ms(mx["latency_ms"], "p50", "p99"))
             add("end to end", "  cores used at max rate", _cpu(mx.get("cpu_cores")))
             add(
@@ -340,6 +350,8 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 + f", {b['e2e_max']['lost']}/{b['e2e_max']['duplicates']}"
                 + (f"; Conveyor/baseline = {cj / bj:.2f}x" if _num(cj) and _num(bj) else ""),
             )
+            if ph := b["e2e_max"].get("phases"):
+                add("baseline", "  while webhooks go in / after the last one", _phases(ph))
             add("baseline", "  cores used end to end", _cpu(b["e2e_max"].get("cpu_cores")))
             add(
                 "baseline",
