@@ -471,7 +471,7 @@ _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 
 
 def _is_token(name: str) -> bool:
-    return bool(name) and all(c in _TOKEN for c in name)
+    return bool(name) and _TOKEN.issuperset(name)
 
 
 _SSL: ssl.SSLContext | None = None
