@@ -33,11 +33,11 @@ def _rate(x: Any, unit: str) -> str:
 
 
 def _phases(ph: dict[str, Any]) -> str:
-    d, a = ph["during_ingest"], ph["after_ingest"]
-    return (
-        f"{d['jobs_per_s']:,.0f} jobs/s ({d['jobs']:,} jobs) / "
-        f"{a['jobs_per_s']:,.0f} jobs/s ({a['jobs']:,} jobs)"
-    )
+    def part(p: dict[str, Any]) -> str:
+        rate = p["jobs_per_s"]
+        return f"{rate:,.0f} jobs/s ({p['jobs']:,} jobs)" if rate is not None else f"- ({p['jobs']:,} jobs)"
+
+    return f"{part(ph['during_ingest'])} / {part(ph['after_ingest'])}"
 
 
 def _cpu(c: Any) -> str:
