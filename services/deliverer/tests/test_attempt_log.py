@@ -28,10 +28,19 @@ def attempt(outcome: str) -> DeliveryAttempt:
     )
 
 
-async def started_log(nc: Client, js: JetStreamContext, bucket: str = subjects.KV_DELIVERIES) -> AttemptLog:
-    kv = await js.create_key_value(KeyValueConfig(bucket=subjects.KV_DELIVERIES, history=1))
-    log = AttemptLog(kv, nc, bucket)
+async def started_log(
+    nc: Client, js: JetStreamContext, bucket: str = subjects.KV_DELIVERIES, *, answer_timeout_s: float = 10.0
+) -> AttemptLog:
+    kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
+    log = AttemptLog(kv, nc, answer_timeout_s=answer_timeout_s)
     await log.start()
+    return log
+
+
+async def gone_log(nc: Client, js: JetStreamContext, bucket: str, **kw: float) -> AttemptLog:
+    """A log whose bucket's stream was deleted after the handle was made."""
+    log = await started_log(nc, js, bucket, **kw)
+    await js.delete_key_value(bucket)
     return log
 
 
@@ -77,7 +86,7 @@ async def test_unanswerable_record_is_logged_and_frees_its_slot(
     nc: Client, js: JetStreamContext, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Records aimed at a bucket no stream holds: "no responders", logged, never waited on forever.
-    log = await started_log(nc, js, bucket="absent")
+    log = await gone_log(nc, js, "absent")
     log._slots = asyncio.Semaphore(1)
     with caplog.at_level(logging.WARNING, logger="conveyor.deliverer.attempt_log"):
         for n in range(3):  # one slot: each waits for the previous answer
@@ -92,10 +101,8 @@ async def test_record_without_answer_is_given_up(
 ) -> None:
     # Something takes the message but never answers (no stream, no 503): the record is given
     # up after the answer timeout, logged, and its slot is free again.
+    log = await gone_log(nc, js, "silent", answer_timeout_s=0.2)
     silent = await nc.subscribe("$KV.silent.>")
-    kv = await js.create_key_value(KeyValueConfig(bucket=subjects.KV_DELIVERIES))
-    log = AttemptLog(kv, nc, "silent", answer_timeout_s=0.2)
-    await log.start()
     with caplog.at_level(logging.WARNING, logger="conveyor.deliverer.attempt_log"):
         await log.append_later("job_lost", attempt("delivered"), known=False, entry=None)
         await log.flush(timeout=5)

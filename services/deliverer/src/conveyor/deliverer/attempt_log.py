@@ -8,12 +8,11 @@ breaker writes nothing, so it is not an attempt.
 
 The record of a final outcome (delivered, skipped) does not hold its message: nothing reads
 it before the result is settled. A first such record is sent as the very message
-``kv.create`` sends (the key's subject, ``Nats-Expected-Last-Subject-Sequence: 0``) through
-the shared ``JsRequests``, and nobody waits for it: the answer is read when it comes.
-JetStream's "the key exists" answer falls back to reading and appending; any other failure,
-or no answer in time, is logged, as a failed background write always was. That saves
-nats-py's request machinery per callback (a fresh inbox token, a future, a wait_for timer,
-a JSON parse into a dataclass): about 30 us of CPU.
+``kv.create`` sends (``kvbucket.Bucket.send_create``), and nobody waits for it: the answer
+is read when it comes. JetStream's "the key exists" answer falls back to reading and
+appending; any other failure, or no answer in time, is logged, as a failed background write
+always was. That saves nats-py's request machinery per callback (a fresh inbox token, a
+future, a wait_for timer, a JSON parse into a dataclass): about 30 us of CPU.
 """
 
 from __future__ import annotations
@@ -30,7 +29,8 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from conveyor.shared.events import DeliveryAttempt, DeliveryLog, delivery_log_decoder, encoder
-from conveyor.shared.jsrequests import EXPECTED_LAST_SUBJECT_SEQUENCE, JsRequests, PubAck, is_key_exists
+from conveyor.shared.jsrequests import JsRequests, PubAck, is_key_exists
+from conveyor.shared.kvbucket import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ TERMINAL = frozenset({"delivered", "dead_lettered", "skipped"})
 # Enough to read a story of several replays; older attempts fall off the front.
 MAX_ATTEMPTS_KEPT = 50
 
-_CREATE = {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}  # what kv.create sends: only a new key
 _VALID_KEY = re.compile(r"^[-/_=\.a-zA-Z0-9]+$")  # nats-py's rule for KV keys
 
 
@@ -65,18 +64,17 @@ class AttemptLog:
         self,
         kv: KeyValue,
         nc: NATS,
-        bucket: str,
         *,
         max_background: int = 1024,
         answer_timeout_s: float = 10.0,
     ) -> None:
         self.kv = kv
-        self._key_subject = f"$KV.{bucket}."
         self._answer_timeout_s = answer_timeout_s
         self._slots = asyncio.Semaphore(max_background)
         self._pending: set[asyncio.Task[None]] = set()
         # Records sent without waiting, until JetStream answers (or the wait times out).
         self._requests = JsRequests(nc, answer_timeout_s)
+        self._bucket = Bucket(kv, self._requests)
         self._unanswered: set[asyncio.Future[PubAck]] = set()
         self._started = False
 
@@ -116,7 +114,7 @@ class AttemptLog:
             return
         data = encoder.encode(_with(None, job_id, attempt))
         try:
-            answer = await self._requests.send(self._key_subject + job_id, data, _CREATE)
+            answer = await self._bucket.send_create(job_id, data)
         except Exception as exc:
             self._slots.release()
             log.warning("could not record delivery attempt of %s: %s", job_id, exc)

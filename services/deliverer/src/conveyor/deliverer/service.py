@@ -78,7 +78,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
     metrics = Metrics(rt.registry)
     breakers = Breakers(s.callback_breaker_threshold, s.callback_breaker_cooldown_s)
     keys = SigningKeys(signing_secrets(s), endpoint_secrets(s))
-    attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES], rt.nc, subjects.KV_DELIVERIES)
+    attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES], rt.nc)
     await attempts.start()
     client = build_client(
         AddressPolicy(allowed_networks(s)), max_connections=s.callback_concurrency + TEST_SEND_CONCURRENCY

@@ -40,6 +40,7 @@ from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
 from conveyor.shared.jsrequests import JsRequests
+from conveyor.shared.kvbucket import Bucket
 from conveyor.shared.runner import Runtime, ServiceSpec
 
 STREAMS = [subjects.EVENTS, subjects.JOBS, subjects.CONTROL, subjects.DEPLOYS]
@@ -297,6 +298,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     st.limiter = RateLimiter(st.kv[subjects.KV_RATELIMITS])
     st.publisher = JsRequests(rt.nc, st.settings.publish_timeout_s)
     await st.publisher.start()
+    st.job_records = Bucket(st.kv[subjects.KV_JOBS], st.publisher)
     st.js = js
     yield
 

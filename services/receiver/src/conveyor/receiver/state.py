@@ -24,21 +24,14 @@ from conveyor.receiver.sources import Network, Source, client_address
 from conveyor.shared import subjects
 from conveyor.shared.events import JobRecord, encoder
 from conveyor.shared.http import HTTPError
-from conveyor.shared.jsrequests import (
-    EXPECTED_LAST_SUBJECT_SEQUENCE,
-    EXPECTED_STREAM,
-    JsRequests,
-    PubAck,
-    is_key_exists,
-)
+from conveyor.shared.jsrequests import EXPECTED_STREAM, JsRequests, PubAck, is_key_exists
+from conveyor.shared.kvbucket import Bucket
 from conveyor.shared.runner import Runtime
 from conveyor.shared.telemetry import inject_headers
 
 CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
 
-_JOB_KEY = f"$KV.{subjects.KV_JOBS}."  # the subject of a key in the jobs bucket
-_CREATE = {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}  # a KV create: only if the key has no value
 
 MINUTE = 60.0
 DAY = 86_400.0
@@ -74,6 +67,7 @@ class Receiver:
     kv: dict[str, KeyValue] = field(default_factory=dict)
     limiter: RateLimiter | None = None
     publisher: JsRequests | None = None
+    job_records: Bucket | None = None  # the jobs bucket over the publisher's requests
     started: float = field(default_factory=time.time)
     tracing: bool = True  # False when spans would go nowhere: then none are made per request
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
@@ -255,8 +249,8 @@ class Receiver:
         is deduplicated by Nats-Msg-Id (and finds the record or creates it).
         """
         self.require_nats()
-        pub = self.publisher
-        assert pub is not None
+        pub, records = self.publisher, self.job_records
+        assert pub is not None and records is not None
         headers = inject_headers(
             {
                 subjects.MSG_ID: msg_id,
@@ -271,7 +265,7 @@ class Receiver:
         except Exception as exc:
             raise self._publish_error(exc) from None
         try:
-            made = await pub.send(_JOB_KEY + record.job_id, encoder.encode(record), _CREATE)
+            made = await records.send_create(record.job_id, encoder.encode(record))
         except Exception as exc:
             sent.cancel()
             raise self._publish_error(exc) from None

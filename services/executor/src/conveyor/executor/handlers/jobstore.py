@@ -15,11 +15,11 @@ import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from conveyor.executor.handlers.jetstream import Bucket
 from conveyor.shared import subjects
 from conveyor.shared.errors import PermanentError
 from conveyor.shared.events import JobLog, JobRecord, LogLine, job_log_decoder, job_record_decoder
 from conveyor.shared.jsrequests import JsRequests
+from conveyor.shared.kvbucket import Bucket
 
 MAX_LOG_LINES = 1000
 _encoder = msgspec.json.Encoder()

@@ -1,22 +1,31 @@
-"""Direct reads and compare-and-set writes of job records, sent as plain NATS requests.
+"""KV reads and writes on the job path, sent as plain NATS requests over ``JsRequests``.
 
-Every job reads its record and writes it back with a compare-and-set. nats-py wraps each in
-layers the job path does not need (a direct get lifted into a message object with its
-timestamp parsed, name validation), which cost about a quarter of each call. These send the
-same subjects and headers over the shared ``JsRequests`` and raise the same nats-py errors;
-anything unusual (a deleted key, a bucket without direct gets) goes through nats-py as before.
+Every webhook creates a job record, every job reads its record and writes it back with a
+compare-and-set, every callback creates an attempt log. nats-py wraps each in layers these
+paths do not need (a fresh inbox and timer per request, a direct get lifted into a message
+object with its timestamp parsed, name validation), which cost about a quarter of each call.
+These send the subjects and headers nats-py sends (the bucket's own prefix, so a JetStream
+domain or API prefix is kept) and raise the same nats-py errors; anything unusual (a deleted
+key, a bucket without direct gets) goes through nats-py as before. Keys are the caller's to
+check: these do not validate them.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import nats.js.errors
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from conveyor.shared.jsrequests import EXPECTED_LAST_SUBJECT_SEQUENCE, JsRequests
+from conveyor.shared.jsrequests import EXPECTED_LAST_SUBJECT_SEQUENCE, JsRequests, PubAck
+
+# What kv.create sends: write only if the key has no value (a delete marker counts as none
+# to nats-py's create, which retries over it; callers of send_create handle "exists").
+_CREATE = {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}
 
 
 class Bucket:
-    """Direct reads and compare-and-set writes of one KV bucket's keys."""
+    """Direct reads, creates and compare-and-set writes of one KV bucket's keys."""
 
     def __init__(self, kv: KeyValue, requests: JsRequests) -> None:
         self.kv = kv
@@ -56,3 +65,9 @@ class Bucket:
             self.prefix + key, value, {EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
         )
         return ack.seq
+
+    async def send_create(self, key: str, value: bytes) -> asyncio.Future[PubAck]:
+        """Hand a create of ``key`` to the client without waiting: the future ends with the
+        PubAck (its ``seq`` is the revision), or with the error JetStream answered (for a key
+        that has a value: ``is_key_exists``), or a timeout."""
+        return await self.requests.send(self.prefix + key, value, _CREATE)
