@@ -96,3 +96,21 @@ async def test_event_not_stored_leaves_no_record_and_a_retry_recreates_it(
     entry = await kv.get(resp.json()["job_id"])
     assert b'"status":"queued"' in (entry.value or b"")
     assert await bus.count(subjects.EVENTS) == 1
+
+
+async def test_an_unreadable_answer_is_a_503_not_a_500(
+    receiver, lovable, bus, js: JetStreamContext, nc: NATS
+) -> None:
+    # No stream takes events.>, and something that is not JetStream answers in its place.
+    await js.delete_stream(subjects.EVENTS)
+
+    async def impostor(msg) -> None:  # type: ignore[no-untyped-def]
+        await msg.respond(b"this is not a PubAck")
+
+    sub = await nc.subscribe("events.>", cb=impostor)
+    body = lovable.body(id="evt_garbled")
+    resp = await receiver.http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body))
+    await sub.unsubscribe()
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"] == "unavailable" and "Retry-After" in resp.headers
+    assert await bus.job_keys() == []  # the record made alongside was removed again

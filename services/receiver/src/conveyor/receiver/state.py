@@ -289,6 +289,10 @@ class Receiver:
             return self.unavailable(f"NATS JetStream did not acknowledge ({type(exc).__name__})")
         if isinstance(exc, nats.js.errors.APIError):
             return self.unavailable(f"NATS JetStream refused the message ({exc.description})")
+        if isinstance(exc, nats.errors.Error):
+            # An answer that was not a PubAck, and the like: whether it was stored is unknown,
+            # and the sender's retry is deduplicated by Nats-Msg-Id either way.
+            return self.unavailable(f"NATS JetStream gave no usable answer ({type(exc).__name__})")
         raise exc
 
 
