@@ -20,14 +20,20 @@ async def until_signalled(app: web.Application, port: int) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    gc.freeze()  # as the runner does once a service is set up
+    await ready_until_signalled()
+    await runner.cleanup()
+
+
+async def ready_until_signalled() -> None:
+    """Once listening: freeze the start-up heap (as the runner does once a service is set up),
+    say "ready", and return on SIGINT or SIGTERM."""
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print("ready", flush=True)
     await stop.wait()
-    await runner.cleanup()
 
 
 def run_fast(main: Coroutine[Any, Any, None]) -> None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
-import signal
 import time
 
 import msgspec
@@ -159,12 +157,7 @@ async def serve(port: int, secrets: list[str]) -> None:
     sink = Sink(secrets)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Connection(sink), "127.0.0.1", port, backlog=1024)
-    gc.freeze()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print("ready", flush=True)
-    await stop.wait()
+    await serving.ready_until_signalled()
     server.close()
 
 
