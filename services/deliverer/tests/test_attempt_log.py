@@ -14,6 +14,7 @@ from nats.js.api import KeyValueConfig
 from conveyor.deliverer.attempt_log import AttemptLog
 from conveyor.shared import subjects
 from conveyor.shared.events import DeliveryAttempt, DeliveryLog, utcnow
+from conveyor.shared.jsrequests import JsRequests
 from conveyor.shared.testing.fixtures import eventually
 
 
@@ -32,9 +33,9 @@ async def started_log(
     nc: Client, js: JetStreamContext, bucket: str = subjects.KV_DELIVERIES, *, answer_timeout_s: float = 10.0
 ) -> AttemptLog:
     kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
-    log = AttemptLog(kv, nc, answer_timeout_s=answer_timeout_s)
-    await log.start()
-    return log
+    requests = JsRequests(nc)  # what Runtime.requests is in the service
+    await requests.start()
+    return AttemptLog(kv, requests, answer_timeout_s=answer_timeout_s)
 
 
 async def gone_log(nc: Client, js: JetStreamContext, bucket: str, **kw: float) -> AttemptLog:

@@ -3,6 +3,8 @@ webhook route does when the event cannot be stored but its record could."""
 
 from __future__ import annotations
 
+import asyncio
+
 import nats.errors
 import nats.js.errors
 import pytest
@@ -78,6 +80,22 @@ async def test_unanswered_publish_times_out(nc: NATS) -> None:
     await ensure_streams(nc.jetstream(), [subjects.EVENTS])
     ack = await pub.publish("events.lovable.project.created", b"{}", {})
     assert ack.seq == 1
+
+
+async def test_each_call_keeps_its_own_timeout_and_stop_ends_every_wait(nc: NATS) -> None:
+    pub = JsRequests(nc, timeout_s=30.0)
+    await pub.start()
+    await nc.subscribe("quiet.>")  # takes every message and never answers
+    loop = asyncio.get_running_loop()
+    slow = await pub.send("quiet.slow", b"{}", {})  # the default, 30 s: sent first
+    started = loop.time()
+    with pytest.raises(nats.errors.TimeoutError):
+        await pub.publish("quiet.fast", b"{}", {}, timeout_s=0.2)
+    assert loop.time() - started < 5  # not held behind the earlier, longer wait
+    assert not slow.done()
+    await pub.stop()
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await slow
 
 
 async def test_event_not_stored_leaves_no_record_and_a_retry_recreates_it(

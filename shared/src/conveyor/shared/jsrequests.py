@@ -7,7 +7,8 @@ record, the executor's job record and result) that machinery cost about as much 
 work around it. Here each request gets a counter token under one inbox prefix, goes out
 through ``wire.publish``, replies resolve the waiting future straight from the client's
 read loop (``wire.deliver_directly``), one timer expires overdue waits in batches, and
-PubAcks are decoded by msgspec.
+PubAcks are decoded by msgspec. The runner keeps one per connection (``Runtime.requests``);
+each call may set its own timeout.
 
 JetStream sees the same messages as before (Nats-Msg-Id, Nats-Expected-Stream,
 Nats-Expected-Last-Subject-Sequence), so what it guarantees is unchanged: a PubAck means the
@@ -18,8 +19,9 @@ fails when the key's revision is not the expected one. Errors are nats-py's own 
 from __future__ import annotations
 
 import asyncio
-import collections
+import heapq
 import itertools
+import math
 from typing import Any
 
 import msgspec
@@ -76,8 +78,9 @@ class JsRequests:
         self._tokens = itertools.count()
         # token -> (future, headers sent when the reply is a PubAck, else None)
         self._waiting: dict[str, tuple[asyncio.Future[Any], dict[str, str] | None]] = {}
-        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
+        self._deadlines: list[tuple[float, str]] = []  # a heap: calls may differ in timeout
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -85,20 +88,35 @@ class JsRequests:
         self._sub = await wire.deliver_directly(self._nc, self._prefix + "*", self._on_reply)
 
     async def stop(self) -> None:
+        """Unsubscribe; whoever still waits gets ConnectionClosedError instead of its timeout."""
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
+        self._deadlines.clear()
+        waiting, self._waiting = self._waiting, {}
+        for fut, _ in waiting.values():
+            if not fut.done():
+                fut.set_exception(nats.errors.ConnectionClosedError())
 
     async def _send(
-        self, subject: str, data: bytes, headers: dict[str, str] | None, ack_headers: dict[str, str] | None
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str] | None,
+        ack_headers: dict[str, str] | None,
+        timeout_s: float | None,
     ) -> asyncio.Future[Any]:
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._waiting[token] = (fut, ack_headers)
-        self._deadlines.append((loop.time() + self._timeout_s, token))
-        if self._timer is None:
-            self._timer = loop.call_at(self._deadlines[0][0] + _SWEEP_S, self._expire)
+        deadline = loop.time() + (self._timeout_s if timeout_s is None else timeout_s)
+        heapq.heappush(self._deadlines, (deadline, token))
+        if deadline + _SWEEP_S < self._timer_at:  # sooner than the sweep already planned
+            self._plan(loop, deadline + _SWEEP_S)
         try:
             block = wire.header_block(headers) if headers else None
             await wire.publish(self._nc, subject, data, self._prefix + token, block)
@@ -107,20 +125,36 @@ class JsRequests:
             raise
         return fut
 
-    async def send(self, subject: str, data: bytes, headers: dict[str, str]) -> asyncio.Future[PubAck]:
+    def _plan(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = loop.call_at(at, self._expire), at
+
+    async def send(
+        self, subject: str, data: bytes, headers: dict[str, str], *, timeout_s: float | None = None
+    ) -> asyncio.Future[PubAck]:
         """Hand a JetStream publish to the client; the returned future ends with its PubAck, or
         with the error JetStream answered, or ``nats.errors.TimeoutError`` after the timeout.
         Two sends before awaiting either go out in one flush."""
-        return await self._send(subject, data, headers, headers)
+        return await self._send(subject, data, headers, headers, timeout_s)
 
-    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> PubAck:
+    async def publish(
+        self, subject: str, data: bytes, headers: dict[str, str], *, timeout_s: float | None = None
+    ) -> PubAck:
         """``js.publish``: the PubAck, or the error nats-py would raise."""
-        ack: PubAck = await (await self.send(subject, data, headers))
+        ack: PubAck = await (await self.send(subject, data, headers, timeout_s=timeout_s))
         return ack
 
-    async def request(self, subject: str, data: bytes = b"", headers: dict[str, str] | None = None) -> Msg:
+    async def request(
+        self,
+        subject: str,
+        data: bytes = b"",
+        headers: dict[str, str] | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> Msg:
         """``nc.request``: the reply message, or nats-py's TimeoutError / NoRespondersError."""
-        msg: Msg = await (await self._send(subject, data, headers, None))
+        msg: Msg = await (await self._send(subject, data, headers, None, timeout_s))
         return msg
 
     def _on_reply(self, msg: Msg) -> None:
@@ -151,13 +185,15 @@ class JsRequests:
     def _expire(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        self._timer, self._timer_at = None, math.inf
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
-            _, token = deadlines.popleft()
+            _, token = heapq.heappop(deadlines)
             entry = self._waiting.pop(token, None)
             if entry is not None and not entry[0].done():
                 entry[0].set_exception(nats.errors.TimeoutError())
-        self._timer = loop.call_at(deadlines[0][0] + _SWEEP_S, self._expire) if deadlines else None
+        if deadlines:
+            self._plan(loop, deadlines[0][0] + _SWEEP_S)
 
 
 def is_key_exists(exc: BaseException) -> bool:

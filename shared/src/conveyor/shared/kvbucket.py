@@ -66,8 +66,10 @@ class Bucket:
         )
         return ack.seq
 
-    async def send_create(self, key: str, value: bytes) -> asyncio.Future[PubAck]:
+    async def send_create(
+        self, key: str, value: bytes, *, timeout_s: float | None = None
+    ) -> asyncio.Future[PubAck]:
         """Hand a create of ``key`` to the client without waiting: the future ends with the
         PubAck (its ``seq`` is the revision), or with the error JetStream answered (for a key
         that has a value: ``is_key_exists``), or a timeout."""
-        return await self.requests.send(self.prefix + key, value, _CREATE)
+        return await self.requests.send(self.prefix + key, value, _CREATE, timeout_s=timeout_s)

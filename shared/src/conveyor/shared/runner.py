@@ -39,6 +39,7 @@ from conveyor.shared.config import BaseSettings, load_settings
 from conveyor.shared.consumer import Consumer, ConsumerMetrics, Handler
 from conveyor.shared.errors import ConfigError
 from conveyor.shared.http import HttpMetrics, error_middleware, health_routes, metrics_middleware
+from conveyor.shared.jsrequests import JsRequests
 from conveyor.shared.logs import setup_logging
 from conveyor.shared.streams import ensure_kv, ensure_streams
 from conveyor.shared.telemetry import init_tracing
@@ -52,7 +53,8 @@ GC_THRESHOLDS = (20_000, 20, 20)
 
 @dataclass
 class Runtime(Generic[S]):
-    """What a running service has: settings, NATS, KV handles, HTTP app, metrics, tracer."""
+    """What a running service has: settings, NATS, KV handles, HTTP app, metrics, tracer, and
+    ``requests``: JetStream request/reply on the connection, one reply subscription for all."""
 
     name: str
     settings: S
@@ -68,6 +70,7 @@ class Runtime(Generic[S]):
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int = 0
     setup_done: bool = False
+    requests: JsRequests = field(init=False)  # set once connected
 
     @property
     def js(self) -> JetStreamContext:
@@ -278,6 +281,8 @@ async def serve(
     watcher: asyncio.Task[None] | None = None
     try:
         rt.nc = await _connect(settings, f"conveyor-{spec.name}-{instance}", stop)
+        rt.requests = JsRequests(rt.nc)
+        await rt.requests.start()
         rt.kv = await _bootstrap(rt, spec, stop)
         async with contextlib.AsyncExitStack() as stack:
             if spec.components:
@@ -303,6 +308,9 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await runner.cleanup()
+        if hasattr(rt, "requests"):
+            with contextlib.suppress(Exception):
+                await rt.requests.stop()
         if rt.nc.is_connected:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(rt.nc.drain(), 10)

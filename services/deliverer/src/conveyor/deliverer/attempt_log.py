@@ -25,7 +25,6 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
 from conveyor.shared.events import DeliveryAttempt, DeliveryLog, delivery_log_decoder, encoder
@@ -63,7 +62,7 @@ class AttemptLog:
     def __init__(
         self,
         kv: KeyValue,
-        nc: NATS,
+        requests: JsRequests,
         *,
         max_background: int = 1024,
         answer_timeout_s: float = 10.0,
@@ -72,16 +71,9 @@ class AttemptLog:
         self._answer_timeout_s = answer_timeout_s
         self._slots = asyncio.Semaphore(max_background)
         self._pending: set[asyncio.Task[None]] = set()
+        self._bucket = Bucket(kv, requests)
         # Records sent without waiting, until JetStream answers (or the wait times out).
-        self._requests = JsRequests(nc, answer_timeout_s)
-        self._bucket = Bucket(kv, self._requests)
         self._unanswered: set[asyncio.Future[PubAck]] = set()
-        self._started = False
-
-    async def start(self) -> None:
-        """Subscribe to the answers of records sent without waiting."""
-        await self._requests.start()
-        self._started = True
 
     async def read(self, job_id: str) -> DeliveryLog | None:
         try:
@@ -109,12 +101,12 @@ class AttemptLog:
         """Write without holding the caller: used after the final outcome, whose message can be
         settled at once. Bounded: past ``max_background`` writes in flight, the caller waits."""
         await self._slots.acquire()
-        if known or not self._started or not _VALID_KEY.match(job_id):
+        if known or not _VALID_KEY.match(job_id):
             self._spawn(self.append(job_id, attempt, known=known, entry=entry), job_id, slot=True)
             return
         data = encoder.encode(_with(None, job_id, attempt))
         try:
-            answer = await self._bucket.send_create(job_id, data)
+            answer = await self._bucket.send_create(job_id, data, timeout_s=self._answer_timeout_s)
         except Exception as exc:
             self._slots.release()
             log.warning("could not record delivery attempt of %s: %s", job_id, exc)
@@ -165,7 +157,3 @@ class AttemptLog:
                 await asyncio.wait(self._pending, timeout=max(0.0, deadline - loop.time()))
             else:
                 await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        await self.flush()
-        await self._requests.stop()

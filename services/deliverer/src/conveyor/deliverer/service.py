@@ -78,8 +78,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
     metrics = Metrics(rt.registry)
     breakers = Breakers(s.callback_breaker_threshold, s.callback_breaker_cooldown_s)
     keys = SigningKeys(signing_secrets(s), endpoint_secrets(s))
-    attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES], rt.nc)
-    await attempts.start()
+    attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES], rt.requests)
     client = build_client(
         AddressPolicy(allowed_networks(s)), max_connections=s.callback_concurrency + TEST_SEND_CONCURRENCY
     )
@@ -115,7 +114,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         gauges.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gauges
-        await attempts.stop()
+        await attempts.flush()
         await client.close()
 
 

@@ -21,7 +21,6 @@ from conveyor.executor.handlers.worker import STAGE, Worker
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import build_registry, build_routes
 from conveyor.shared import subjects
-from conveyor.shared.jsrequests import JsRequests
 from conveyor.shared.runner import Runtime, ServiceSpec
 
 
@@ -64,7 +63,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     agents = build_registry(settings)
     routes = build_routes(settings, agents)
     metrics = Metrics(rt.registry, agents)
-    requests = JsRequests(rt.nc)
+    requests = rt.requests
     store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS], requests)
     results = Results(requests)
     cancels = Cancels(rt.kv[subjects.KV_CANCELS])
@@ -123,7 +122,6 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
                 retry_cap_s=settings.retry_cap_ms / 1000,
             )
 
-        await requests.start()
         try:
             await consume(subjects.WORKERS, subjects.JOBS, worker.handle, settings.concurrency)
             await consume(subjects.FANOUT, subjects.JOBS, fanout.on_deadline, 64)
@@ -131,8 +129,6 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             yield
         finally:
             await cancels.stop()
-            with contextlib.suppress(Exception):
-                await requests.stop()
 
 
 def details(rt: Runtime[Any]) -> dict[str, Any]:

@@ -39,7 +39,6 @@ from conveyor.receiver.sources import build_sources, parse_networks
 from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
-from conveyor.shared.jsrequests import JsRequests
 from conveyor.shared.kvbucket import Bucket
 from conveyor.shared.runner import Runtime, ServiceSpec
 
@@ -290,15 +289,13 @@ def _version() -> str:
 @contextlib.asynccontextmanager
 async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     """Once NATS is up: KV handles on a context with the short publish timeout, the limiter,
-    the publisher of accepted work."""
+    the jobs bucket that accepted work creates its records in."""
     st = rt.app[STATE]
     js = rt.nc.jetstream(timeout=st.settings.publish_timeout_s)
     st.kv = {bucket: await js.key_value(bucket) for bucket in BUCKETS}
     st.keys.kv = st.kv[subjects.KV_APIKEYS]
     st.limiter = RateLimiter(st.kv[subjects.KV_RATELIMITS])
-    st.publisher = JsRequests(rt.nc, st.settings.publish_timeout_s)
-    await st.publisher.start()
-    st.job_records = Bucket(st.kv[subjects.KV_JOBS], st.publisher)
+    st.job_records = Bucket(st.kv[subjects.KV_JOBS], rt.requests)
     st.js = js
     yield
 

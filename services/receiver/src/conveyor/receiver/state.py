@@ -24,7 +24,7 @@ from conveyor.receiver.sources import Network, Source, client_address
 from conveyor.shared import subjects
 from conveyor.shared.events import JobRecord, encoder
 from conveyor.shared.http import HTTPError
-from conveyor.shared.jsrequests import EXPECTED_STREAM, JsRequests, PubAck, is_key_exists
+from conveyor.shared.jsrequests import EXPECTED_STREAM, PubAck, is_key_exists
 from conveyor.shared.kvbucket import Bucket
 from conveyor.shared.runner import Runtime
 from conveyor.shared.telemetry import inject_headers
@@ -66,8 +66,7 @@ class Receiver:
     js: JetStreamContext | None = None
     kv: dict[str, KeyValue] = field(default_factory=dict)
     limiter: RateLimiter | None = None
-    publisher: JsRequests | None = None
-    job_records: Bucket | None = None  # the jobs bucket over the publisher's requests
+    job_records: Bucket | None = None  # the jobs bucket over the runtime's requests
     started: float = field(default_factory=time.time)
     tracing: bool = True  # False when spans would go nowhere: then none are made per request
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
@@ -249,8 +248,9 @@ class Receiver:
         is deduplicated by Nats-Msg-Id (and finds the record or creates it).
         """
         self.require_nats()
-        pub, records = self.publisher, self.job_records
-        assert pub is not None and records is not None
+        records = self.job_records
+        assert records is not None
+        timeout_s = self.settings.publish_timeout_s
         headers = inject_headers(
             {
                 subjects.MSG_ID: msg_id,
@@ -261,11 +261,11 @@ class Receiver:
         )
         started = time.perf_counter()
         try:
-            sent = await pub.send(subject, data, headers)
+            sent = await self.rt.requests.send(subject, data, headers, timeout_s=timeout_s)
         except Exception as exc:
             raise self._publish_error(exc) from None
         try:
-            made = await records.send_create(record.job_id, encoder.encode(record))
+            made = await records.send_create(record.job_id, encoder.encode(record), timeout_s=timeout_s)
         except Exception as exc:
             sent.cancel()
             raise self._publish_error(exc) from None
