@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -143,10 +143,7 @@ class Receiver:
             if size > limit:
                 raise too_large(limit)
             chunks.append(chunk)
-        body = b"".join(chunks)
-        if not body or body.isspace():
-            raise HTTPError(400, "empty_body", "request body is empty")
-        return body
+        return nonempty(b"".join(chunks))
 
     # --- API keys and limits ----------------------------------------------------------------
 
@@ -201,11 +198,14 @@ class Receiver:
         decision = refused[0] if refused else min(decisions, key=lambda d: d.remaining)
         self._apply(request, decision, "api_key")
 
-    async def limit_webhook(self, request: web.Request, source: str, project_id: str | None) -> None:
-        """Webhook limits: RATE_LIMIT_MAX per window per project id (header) or client address."""
+    async def limit_webhook(
+        self, source: str, project_id: str | None, address: Callable[[], str | None]
+    ) -> Decision | None:
+        """Webhook limits: RATE_LIMIT_MAX per window per project id (header) or client address.
+        The decision, for the answer's headers; 429 (HTTPError) when it refuses."""
         if self.settings.rate_limit_max <= 0:
-            return
-        scope = f"p:{project_id}" if project_id else f"a:{self.client_address(request)}"
+            return None
+        scope = f"p:{project_id}" if project_id else f"a:{address()}"
         digest = hashlib.blake2b(scope.encode(), digest_size=12).hexdigest()
         limiter = self._limiter()
         key = f"w.{source}.{digest}"
@@ -215,7 +215,7 @@ class Receiver:
         if decision is None:
             with self.nats_errors():
                 decision = await limiter.hit(key, limit, window_s)
-        self._apply(request, decision, "webhook")
+        return decision
 
     def _limiter(self) -> RateLimiter:
         self.require_nats()
@@ -224,6 +224,10 @@ class Receiver:
 
     def _apply(self, request: web.Request, decision: Decision, scope: str) -> None:
         request[RATE_LIMIT] = decision
+        self.refuse_over(decision, scope)
+
+    def refuse_over(self, decision: Decision, scope: str) -> None:
+        """429 when ``decision`` says the caller is over its limit."""
         if not decision.allowed:
             self.metrics.rate_limited.labels(scope).inc()
             raise HTTPError(429, "rate_limited", f"rate limit of {decision.limit} reached; retry later")
@@ -314,6 +318,12 @@ async def _create(kv: KeyValue, record: JobRecord) -> int | None:
         return await kv.create(record.job_id, encoder.encode(record))
     except nats.js.errors.KeyWrongLastSequenceError:
         return None
+
+
+def nonempty(body: bytes) -> bytes:
+    if not body or body.isspace():
+        raise HTTPError(400, "empty_body", "request body is empty")
+    return body
 
 
 def too_large(limit: int) -> HTTPError:

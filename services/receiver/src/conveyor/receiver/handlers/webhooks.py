@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import NamedTuple
 
 import msgspec
 from aiohttp import web
 
+from conveyor.receiver.ratelimit import Decision
 from conveyor.receiver.schemas import Accepted, Ignored
-from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
+from conveyor.receiver.sources import Source, client_address
+from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE, Receiver
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import JobRecord, WebhookEvent, encoder, utcnow
 from conveyor.shared.http import HTTPError
@@ -30,49 +34,113 @@ def respond(status: int, body: msgspec.Struct, headers: dict[str, str] | None = 
     )
 
 
-def accepted(st: Receiver, job_id: str, duplicate: bool) -> web.Response:
-    """The 202 for work now in JetStream: where to read the job, and whether it is a repeat."""
-    status_url, stream_url = st.urls(job_id)
-    return respond(
-        202,
-        Accepted(job_id=job_id, status_url=status_url, stream_url=stream_url, duplicate=duplicate),
-        {"Location": status_url},
+def as_response(answer: Answer) -> web.Response:
+    return web.Response(
+        body=answer.body, status=answer.status, content_type="application/json", headers=answer.headers
     )
 
 
+def accepted(st: Receiver, job_id: str, duplicate: bool) -> web.Response:
+    return as_response(accepted_answer(st, job_id, duplicate))
+
+
+def accepted_answer(st: Receiver, job_id: str, duplicate: bool) -> Answer:
+    """The 202 for work now in JetStream: where to read the job, and whether it is a repeat."""
+    status_url, stream_url = st.urls(job_id)
+    accepted = Accepted(job_id=job_id, status_url=status_url, stream_url=stream_url, duplicate=duplicate)
+    return Answer(202, encoder.encode(accepted), {"Location": status_url})
+
+
+class Answer(NamedTuple):
+    status: int
+    body: bytes
+    headers: dict[str, str] | None = None
+
+
+class Call:
+    """One webhook POST as both HTTP paths see it: aiohttp's route and the lean path in
+    listener.py. Headers are looked up by any case, as aiohttp's are."""
+
+    __slots__ = ("body", "correlation", "forwarded_for", "headers", "peer", "rate_limit", "source", "st")
+
+    def __init__(
+        self,
+        st: Receiver,
+        source: str,
+        headers: Mapping[str, str],
+        body: Callable[[], Awaitable[bytes]],
+        peer: str | None,
+        correlation: str,
+    ) -> None:
+        self.st = st
+        self.source = source
+        self.headers = headers
+        self.body = body  # read only once the sender may send (known source, allowed address)
+        self.peer = peer
+        self.correlation = correlation
+        self.rate_limit: Decision | None = None  # for the answer's headers, refused or not
+
+    def address(self) -> str | None:
+        return client_address(self.peer, self.headers.get("X-Forwarded-For"), self.st.trusted)
+
+
 async def receive(request: web.Request) -> web.Response:
+    """The aiohttp route (connections the lean path handed over, or all of them when it is off)."""
     st = request.app[STATE]
-    name = request.match_info["source"]
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+
+    async def body() -> bytes:
+        return await st.read_body(request)
+
+    call = Call(
+        st,
+        request.match_info["source"],
+        request.headers,
+        body,
+        peer[0] if isinstance(peer, tuple) and peer else None,
+        request[CORRELATION_ID],
+    )
+    try:
+        answer = await take(call)
+    finally:
+        if call.rate_limit is not None:
+            request[RATE_LIMIT] = call.rate_limit
+    return as_response(answer)
+
+
+async def take(call: Call) -> Answer:
+    """Verify, rate-limit and accept one webhook: the answer, or HTTPError for a refusal."""
+    st, name = call.st, call.source
     source = st.sources.get(name)
     if source is None:
         raise HTTPError(404, "unknown_source", f"no webhook source named {name[:64]!r}")
     try:
-        return await _receive(request, st, name)
+        return await _take(call, st, source)
     except HTTPError as exc:
         st.metrics.webhook(name, _OUTCOME.get(exc.status, "bad_request")).inc()
         raise
 
 
-async def _receive(request: web.Request, st: Receiver, name: str) -> web.Response:
-    source = st.sources[name]
-    if source.networks and not source.allows(st.client_address(request)):
+async def _take(call: Call, st: Receiver, source: Source) -> Answer:
+    name = call.source
+    if source.networks and not source.allows(call.address()):
         raise HTTPError(403, "forbidden_address", "this address may not send to this source")
     st.require_nats()
-    body = await st.read_body(request)
-    inbound = source.verify(request.headers, body)
+    body = await call.body()
+    inbound = source.verify(call.headers, body)
     if inbound.ignored:
         st.metrics.webhook(name, "ignored").inc()
-        return respond(
-            202, Ignored(status="ignored", event=inbound.event_type, delivery_id=inbound.delivery_id)
-        )
+        ignored = Ignored(status="ignored", event=inbound.event_type, delivery_id=inbound.delivery_id)
+        return Answer(202, encoder.encode(ignored))
     project = inbound.project_id
     if source.scheme == "lovable":
-        project = request.headers.get("X-Lovable-Project-Id") or project
-    await st.limit_webhook(request, name, project)
+        project = call.headers.get("X-Lovable-Project-Id") or project
+    call.rate_limit = await st.limit_webhook(name, project, call.address)
+    if call.rate_limit is not None:
+        st.refuse_over(call.rate_limit, "webhook")
 
     job_id = ids.job_id_for_delivery(name, inbound.delivery_id)
     now = utcnow()
-    correlation = request[CORRELATION_ID]
     event = WebhookEvent(
         event_id=inbound.delivery_id,
         job_id=job_id,
@@ -82,7 +150,7 @@ async def _receive(request: web.Request, st: Receiver, name: str) -> web.Respons
         payload=msgspec.Raw(body),
         project_id=inbound.project_id,
         callback_url=source.callback_url,
-        correlation_id=correlation,
+        correlation_id=call.correlation,
     )
     record = JobRecord(
         job_id=job_id,
@@ -100,10 +168,10 @@ async def _receive(request: web.Request, st: Receiver, name: str) -> web.Respons
         data=encoder.encode(event),
         msg_id=f"{name}:{inbound.delivery_id}",
         record=record,
-        correlation_id=correlation,
+        correlation_id=call.correlation,
     )
     st.metrics.webhook(name, "duplicate" if duplicate else "accepted").inc()
     now_s = time.time()
     st.last_webhook[name] = now_s
     st.metrics.last_webhook_at(name).set(now_s)
-    return accepted(st, job_id, duplicate)
+    return accepted_answer(st, job_id, duplicate)
