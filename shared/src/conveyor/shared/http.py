@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -16,10 +17,15 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 log = logging.getLogger(__name__)
 
 
-def json_error(status: int, error: str, message: str, **extra: Any) -> web.Response:
+def error_body(error: str, message: str, **extra: Any) -> bytes:
     """A JSON error body: ``{"error": <code>, "message": <human text>, ...}``."""
-    body = {"error": error, "message": message, **extra}
-    return web.json_response(body, status=status)
+    return msgspec.json.encode({"error": error, "message": message, **extra})
+
+
+def json_error(status: int, error: str, message: str, **extra: Any) -> web.Response:
+    return web.Response(
+        body=error_body(error, message, **extra), status=status, content_type="application/json"
+    )
 
 
 class HTTPError(Exception):

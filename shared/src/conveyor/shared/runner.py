@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import nats
 import nats.errors
@@ -133,6 +133,17 @@ class ServiceSpec:
     # request metrics itself, in place of error_middleware + metrics_middleware (one pass on a
     # hot route instead of three).
     edge: Callable[[HttpMetrics], Any] | None = None
+    # A service's own protocol for its port, given aiohttp's (for every connection it does not
+    # serve itself); None from it, or no front, and aiohttp serves the port alone.
+    front: Callable[[Runtime[Any], web.Server, HttpMetrics], Front | None] | None = None
+
+
+class Front(Protocol):
+    """What ``ServiceSpec.front`` makes: a protocol factory that can stop its connections."""
+
+    def __call__(self) -> asyncio.Protocol: ...
+
+    async def close(self, grace_s: float) -> None: ...
 
 
 class Gauges:
@@ -271,9 +282,17 @@ async def serve(
     await runner.setup()
     # A burst of new connections after a stall overflows aiohttp's default accept queue (128):
     # the kernel drops the SYNs and each of those clients waits 1 s, then 3 s, to retry.
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)
-    await site.start()
-    server = getattr(site, "_server", None)
+    front = spec.front(rt, runner.server, http_metrics) if spec.front and runner.server else None
+    listening: asyncio.AbstractServer | None = None
+    if front is not None:
+        listening = await asyncio.get_running_loop().create_server(
+            front, settings.host, settings.port, reuse_address=True, backlog=1024
+        )
+        server = listening
+    else:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)
+        await site.start()
+        server = getattr(site, "_server", None)
     if server is not None and server.sockets:
         rt.http_port = server.sockets[0].getsockname()[1]
     log.info("%s http listening on %s:%d", spec.name, settings.host, rt.http_port)
@@ -307,6 +326,9 @@ async def serve(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        if listening is not None and front is not None:
+            listening.close()
+            await front.close(settings.shutdown_grace_s)
         await runner.cleanup()
         if hasattr(rt, "requests"):
             with contextlib.suppress(Exception):

@@ -100,6 +100,10 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     max_prompt_chars: int = 5000
     """MAX_PROMPT_CHARS: longest prompt POST /api/jobs accepts."""
 
+    fast_webhooks: bool = True
+    """FAST_WEBHOOKS: answer plain webhook POSTs on the lean HTTP/1.1 path (listener.py) and
+    hand every other connection to aiohttp; false: aiohttp serves everything. Spans being
+    exported turns it off too."""
     publish_timeout_s: float = 2.0
     """PUBLISH_TIMEOUT_S: how long a write waits for JetStream before answering 503."""
     retry_after_s: int = 5

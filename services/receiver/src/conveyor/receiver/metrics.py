@@ -74,6 +74,13 @@ class Metrics:
             registry=registry,
         )
 
+        self.handed_over = Counter(
+            "receiver_connections_handed_over",
+            "Connections the lean webhook path passed to aiohttp: they sent something other than "
+            "a plain webhook POST (another route, chunked, Expect, trace context).",
+            registry=registry,
+        )
+
         self.webhook = Children(self.webhooks)  # (source, outcome)
         self.last_webhook_at = Children(self.last_webhook)  # (source,)
         self.publish_time = Children(self.publish_seconds)  # (stream,)

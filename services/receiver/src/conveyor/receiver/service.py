@@ -13,6 +13,7 @@ from conveyor.receiver import schedules_api, sites_api
 from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings
 from conveyor.receiver.handlers import admin, health, jobs, send_test_event, stream, webhooks
+from conveyor.receiver.listener import listener_for
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.middleware import edge, expect_handler
 from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document
@@ -312,4 +313,5 @@ SPEC = ServiceSpec(
     routes=routes,
     details=_details,
     edge=edge,
+    front=lambda rt, server, metrics: listener_for(rt.app[STATE], server, metrics),
 )
