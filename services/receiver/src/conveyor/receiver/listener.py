@@ -40,12 +40,12 @@ log = logging.getLogger(__name__)
 ROUTE = "/api/webhooks/{source}"  # the metric label aiohttp's route gives
 _PREFIX = b"POST /api/webhooks/"
 _HEAD_MAX = 16 * 1024  # a longer head goes to aiohttp, whose limits then apply
-_SOURCE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_PATH = "/api/webhooks/"
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # Bytes a head may hold here: printable ASCII, tab, and CR LF only as line ends (checked apart).
 _PLAIN = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 # Headers whose presence means a request this path does not take.
-_ELSEWHERE = ("transfer-encoding", "expect", "upgrade", "traceparent")
+_ELSEWHERE = frozenset(("transfer-encoding", "expect", "upgrade", "traceparent"))
 # Headers that must not be repeated here (aiohttp decides what a repeat means).
 _ONCE = frozenset(("content-length", "host", "connection", "x-forwarded-for"))
 # aiohttp's keep-alive timeout, so an idle connection lasts as long on either path.
@@ -88,32 +88,36 @@ def parse_head(head: bytes) -> Head | None:
         return None  # a bare CR or LF: not for this path to interpret
     lines = head.decode("ascii").split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[0] != "POST" or parts[2] != "HTTP/1.1":
+    if len(parts) != 3 or parts[0] != "POST" or parts[2] != "HTTP/1.1" or not parts[1].startswith(_PATH):
         return None
-    source = parts[1][len("/api/webhooks/") :]
-    if not parts[1].startswith("/api/webhooks/") or not _SOURCE.fullmatch(source):
-        return None
-    headers = Headers()
+    source = parts[1][len(_PATH) :]
+    if not 0 < len(source) <= 128 or not source.replace("-", "").replace("_", "").isalnum():
+        return None  # a query, an escape, another segment: aiohttp's router decides
+    fields: dict[str, str] = {}
+    names: list[str] = []
     for line in lines[1:]:
-        name, sep, value = line.partition(":")
+        colon = line.find(":")
+        if colon < 1:
+            return None
+        name = line[:colon]
+        names.append(name)
         key = name.lower()
-        if not sep or not key.replace("-", "").isalnum():
-            return None  # obs-fold, a space before the colon, an unusual name: aiohttp's to judge
-        if key in headers:
+        if key in fields:
             if key in _ONCE:
                 return None
             continue  # the first one counts, as with aiohttp's headers.get
-        headers[key] = value.strip(" \t")
-    for key in _ELSEWHERE:
-        if key in headers:
-            return None
-    length = headers.get("content-length")
+        fields[key] = line[colon + 1 :].strip()
+    # Letters, digits and hyphens only (the head is ASCII): an obs-fold, a space before the
+    # colon or an unusual name is aiohttp's to judge.
+    if not "".join(names).replace("-", "").isalnum() or not _ELSEWHERE.isdisjoint(fields):
+        return None
+    length = fields.get("content-length")
     if length is None or not length.isdigit() or len(length) > 12:
         return None
-    connection = headers.get("connection", "").lower()
+    connection = fields.get("connection", "").lower()
     if "upgrade" in connection:
         return None
-    return Head(source, headers, int(length), "close" in connection)
+    return Head(source, Headers(fields), int(length), "close" in connection)
 
 
 class Listener:
