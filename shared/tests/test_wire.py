@@ -90,3 +90,28 @@ def test_header_parsing_answers_as_nats_py_does() -> None:
     blocks += [bytes(rnd.choice(alphabet) for _ in range(rnd.randrange(60))) for _ in range(3000)]
     for block in blocks:
         assert wire.parse_header_lines(block) == original(block), block
+
+
+async def test_a_burst_goes_out_as_it_grows_and_arrives_in_order(nc: Client) -> None:
+    """Publishes made in one loop pass are written once the buffer holds EARLY_WRITE_BYTES,
+    not only when the flusher task gets its turn after the pass."""
+    got: list[bytes] = []
+    done = asyncio.Event()
+    count = 200
+
+    async def collect(msg: Msg) -> None:
+        got.append(msg.data)
+        if len(got) == count:
+            done.set()
+
+    await nc.subscribe("burst", cb=collect)
+    await nc.flush()
+    payloads = [b"%05d" % i + b"x" * 1000 for i in range(count)]
+    biggest = 0
+    for p in payloads:  # no await that yields: the flusher task cannot run in between
+        await wire.publish(nc, "burst", p)
+        biggest = max(biggest, nc._pending_data_size)
+    assert biggest < wire.EARLY_WRITE_BYTES + 1100
+    assert nc._pending_data_size < wire.EARLY_WRITE_BYTES  # the rest waits for the flusher
+    await asyncio.wait_for(done.wait(), 10)
+    assert got == payloads

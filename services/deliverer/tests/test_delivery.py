@@ -398,3 +398,35 @@ async def test_trace_context_reaches_the_callback(
         assert traceparent.split("-")[2] == format(span.context.span_id, "016x")
     else:
         assert traceparent == PARENT  # no span of ours: the caller's context goes on unchanged
+
+
+async def test_a_redelivery_of_a_delivered_result_is_not_sent_again(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any, registry: CollectorRegistry
+) -> None:
+    """Delivered, then the ack is lost (a NATS node went away between the two): JetStream
+    hands the result over again, and the attempt log says the endpoint has it."""
+    async with deliverer(settings(nats_url), registry) as rt:
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_once", sink.url())
+        delivered = await log_when(kv, "job_once", ["delivered"])
+    # The same message again, as a redelivery: taken (delivery 1) and NAKed, with no deliverer
+    # running, so the deliverer's next look at it is its second delivery.
+    sub = await js.pull_subscribe_bind(subjects.DELIVERER, subjects.RESULTS)
+    await js.purge_stream(subjects.RESULTS)
+    data = await publish_result("job_once_again", sink.url())
+    copied = msgspec.structs.replace(delivered, job_id="job_once_again")
+    await kv.put("job_once_again", encoder.encode(copied))
+    (msg,) = await sub.fetch(1, timeout=5)
+    assert msg.data == data and msg.metadata.num_delivered == 1
+    await msg.nak()
+    async with deliverer(settings(nats_url), CollectorRegistry()) as rt:
+
+        async def settled() -> None:
+            info = await js.consumer_info(subjects.RESULTS, subjects.DELIVERER)
+            assert info.num_pending == 0 and info.num_ack_pending == 0
+
+        await eventually(settled, timeout=15)
+        metrics = await scrape(rt)
+    assert [r.answered for r in sink.requests] == [200]  # the first delivery only
+    assert 'callbacks_total{outcome="already_delivered"} 1.0' in metrics
+    assert [a.outcome for a in (await read_log(kv, "job_once_again")).attempts] == ["delivered"]

@@ -313,3 +313,30 @@ def test_parse_head_reads_a_plain_one() -> None:
     assert (head.source, head.length, head.close) == ("lovable", 12, True)
     assert head.headers.get("x-lovable-SIGNATURE") == "sha256=ab"
     assert "X-LOVABLE-SIGNATURE" in head.headers
+
+
+async def test_a_body_in_small_pieces_is_read_once_its_head_is(receiver, lovable, monkeypatch) -> None:
+    """A sender dribbling a large body is not a cost multiplier: the head is parsed once, the
+    pieces are appended in place."""
+    from conveyor.receiver import listener
+
+    calls = []
+    real = listener.parse_head
+
+    def counting(head: bytes) -> Any:
+        calls.append(len(head))
+        return real(head)
+
+    monkeypatch.setattr(listener, "parse_head", counting)
+    body = lovable.body(id="evt_dribble", data={"blob": "z" * 200_000})
+    request = post(body, lovable.headers(body))
+    split = request.index(b"\r\n\r\n") + 4
+    conn = await Raw.open(receiver.rt.http_port)
+    await conn.send(request[:split])
+    for i in range(split, len(request), 1000):
+        await conn.send(request[i : i + 1000])
+    a = await conn.answer()
+    conn.close()
+    assert a.status == 202, a.body
+    assert len(calls) == 1
+    assert handed_over(receiver) == 0

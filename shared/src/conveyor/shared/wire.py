@@ -6,8 +6,12 @@ two formats and two concatenations. :func:`publish` does the same checks that ke
 protocol intact (no CR, LF or space where it would split a command) on the joined header
 text at once and builds the command with one format; the command then goes into the
 client's own outgoing buffer and flusher, so buffering while reconnecting, the pending-size
-limit and flushing behave exactly as with ``Client.publish``. Measured on this machine: 8.6
-µs per publish with four headers through nats-py, 4.6 µs here.
+limit and flushing behave as with ``Client.publish``. Measured on this machine: 8.6 µs per
+publish with four headers through nats-py, 4.6 µs here. One difference: once the buffer
+holds EARLY_WRITE_BYTES it is written at once instead of when the flusher task next runs,
+so the server starts on a burst while the rest of it is still being made (the receiver
+at its maximum rate went from 0.75 to 0.95 of a core busy, and from about 10,700 to
+11,200-11,500 webhooks/s).
 
 Delivering: a subscription with a callback puts each message on an ``asyncio.Queue`` that a
 task of its own drains, one task switch per message. :func:`deliver_directly` hands each
@@ -38,6 +42,7 @@ from nats.aio.subscription import Subscription
 log = logging.getLogger(__name__)
 
 _HEADER_START = "NATS/1.0\r\n"
+EARLY_WRITE_BYTES = 64 * 1024
 _UNSAFE = ("\r", "\n")
 
 
@@ -113,7 +118,16 @@ async def publish(
     nc.stats["out_msgs"] += 1
     nc.stats["out_bytes"] += size
     await nc._send_command(cmd)
-    if nc._flush_queue is not None and nc._flush_queue.empty():
+    if nc._pending_data_size >= EARLY_WRITE_BYTES and nc.is_connected and nc._transport is not None:
+        # A service answering a burst runs every handler ready in this loop pass before the
+        # flusher task gets its turn: without this, the server gets the whole burst at once
+        # and idles until then, and the service idles while the server works through it.
+        # Written as it grows, the server works on the first commands while later ones are
+        # still being made.
+        nc._transport.writelines(nc._pending)
+        nc._pending = []
+        nc._pending_data_size = 0
+    elif nc._flush_queue is not None and nc._flush_queue.empty():
         await nc._flush_pending()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-OUTCOMES = ("delivered", "retry", "dead_lettered", "skipped", "paused")
+OUTCOMES = ("delivered", "retry", "dead_lettered", "skipped", "paused", "already_delivered")
 TEST_OUTCOMES = ("delivered", "failed", "expired")
 
 
@@ -19,7 +19,8 @@ class Metrics:
         self.callbacks = Counter(
             "callbacks",
             "Callback deliveries by outcome: delivered, retry (an attempt failed, another is "
-            "scheduled), dead_lettered, skipped (no callback URL), paused (circuit open, no attempt).",
+            "scheduled), dead_lettered, skipped (no callback URL), paused (circuit open, no attempt), "
+            "already_delivered (a redelivery of a result the attempt log shows delivered: not sent).",
             ["outcome"],
             registry=registry,
         )

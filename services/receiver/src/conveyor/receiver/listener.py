@@ -165,7 +165,9 @@ class Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
-        self.buf = b""
+        self.buf: bytes | bytearray = b""
+        self.scanned = 0  # bytes of buf already searched for the end of the head
+        self.waiting: tuple[Head, int] | None = None  # a head read, its body not yet all here
         self.task: asyncio.Task[None] | None = None
         self.close_after = False
         self.write_paused = False
@@ -188,7 +190,14 @@ class Connection(asyncio.Protocol):
         self.idle = self.loop.call_at(self.last + IDLE_S, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
-        self.buf = self.buf + data if self.buf else data
+        buf = self.buf
+        if not buf:
+            self.buf = data  # the usual case: a whole request in one read, no copy
+        elif isinstance(buf, bytearray):
+            buf += data  # a request in pieces: appended in place, not copied again per piece
+        else:
+            self.buf = bytearray(buf)
+            self.buf += data
         self.last = self.loop.time()
         if self.task is None:
             self._next()
@@ -225,17 +234,25 @@ class Connection(asyncio.Protocol):
         buf = self.buf
         if not buf or self.gone or self.write_paused or self.listener.closing:
             return
+        if self.waiting is not None:
+            head, body_at = self.waiting
+            if len(buf) < body_at + head.length:
+                return  # the body is still arriving: nothing to parse again
+            self.waiting = None
+            self._start(head, body_at)
+            return
         if not buf.startswith(_PREFIX):
             if len(buf) < len(_PREFIX) and _PREFIX.startswith(buf):
                 return  # the start of what may still be a webhook POST
             self._hand_over()
             return
-        end = buf.find(b"\r\n\r\n", 0, _HEAD_MAX)
+        end = buf.find(b"\r\n\r\n", max(0, self.scanned - 3), _HEAD_MAX)
         if end < 0:
+            self.scanned = len(buf)
             if len(buf) >= _HEAD_MAX:
                 self._hand_over()
             return
-        head = parse_head(buf[:end])
+        head = parse_head(bytes(buf[:end]))
         # Only configured sources: /api/webhooks/test (the test-send API) and unknown names
         # are aiohttp's routes to answer.
         if (
@@ -245,11 +262,17 @@ class Connection(asyncio.Protocol):
         ):
             self._hand_over()
             return
-        total = end + 4 + head.length
-        if len(buf) < total:
+        if len(buf) < end + 4 + head.length:
+            self.waiting = (head, end + 4)
             return
-        body = buf[end + 4 : total]
+        self._start(head, end + 4)
+
+    def _start(self, head: Head, body_at: int) -> None:
+        buf = self.buf
+        total = body_at + head.length
+        body = bytes(buf[body_at:total])
         self.buf = buf[total:]
+        self.scanned = 0
         if head.close:
             self.close_after = True
         self.task = self.loop.create_task(self._serve(head, body))
@@ -323,7 +346,7 @@ class Connection(asyncio.Protocol):
         proto.connection_made(transport)
         buf, self.buf = self.buf, b""
         if buf:
-            proto.data_received(buf)
+            proto.data_received(bytes(buf))
 
     def shut(self) -> None:
         """Close now if no request is in flight, else once it is answered."""

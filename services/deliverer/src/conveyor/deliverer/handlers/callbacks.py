@@ -96,6 +96,12 @@ class DeliverCallback:
         except Exception as exc:
             self.breakers.abandon(endpoint)
             raise RetryableError(f"cannot read the delivery log: {exc}") from exc
+        if entry is not None and entry.attempts and entry.attempts[-1].outcome == "delivered":
+            # Delivered, and then the ack did not reach JetStream (a NATS node went away, or
+            # this process died, between the two): the endpoint has it; do not send it again.
+            self.metrics.outcome["already_delivered"].inc()
+            log.info("job %s was delivered before (attempt log): not sent again", job.job_id)
+            return
         number = (0 if first else round_attempts(entry)) + 1
 
         body = encoder.encode(job.result)
