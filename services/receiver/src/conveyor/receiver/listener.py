@@ -22,8 +22,6 @@ import asyncio
 import email.utils
 import http
 import logging
-import os
-import re
 import time
 from typing import Any
 
@@ -31,6 +29,8 @@ from aiohttp import web
 
 from conveyor.receiver.handlers import webhooks
 from conveyor.receiver.metrics import Metrics
+from conveyor.receiver.middleware import correlation_for
+from conveyor.receiver.sources import peer_host
 from conveyor.receiver.state import Receiver, nonempty
 from conveyor.shared import logs
 from conveyor.shared.http import HTTPError, HttpMetrics, error_body
@@ -41,7 +41,6 @@ ROUTE = "/api/webhooks/{source}"  # the metric label aiohttp's route gives
 _PREFIX = b"POST /api/webhooks/"
 _HEAD_MAX = 16 * 1024  # a longer head goes to aiohttp, whose limits then apply
 _PATH = "/api/webhooks/"
-_CORRELATION = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # Bytes a head may hold here: printable ASCII, tab, and CR LF only as line ends (checked apart).
 _PLAIN = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 # Headers whose presence means a request this path does not take.
@@ -180,8 +179,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if isinstance(peer, tuple) and peer else None
+        self.peer = peer_host(transport)
         if self.listener.closing:
             transport.close()
             return
@@ -281,8 +279,7 @@ class Connection(asyncio.Protocol):
         listener = self.listener
         st = listener.st
         started = time.perf_counter()
-        given = head.headers.get("x-correlation-id", "")
-        correlation = given if given and _CORRELATION.match(given) else os.urandom(16).hex()
+        correlation = correlation_for(head.headers.get("x-correlation-id", ""))
         token = logs.correlation_id.set(correlation)
 
         async def read() -> bytes:

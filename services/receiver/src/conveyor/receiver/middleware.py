@@ -24,6 +24,11 @@ _CORRELATION = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _KEEP = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
+def correlation_for(given: str) -> str:
+    """The caller's X-Correlation-ID when it is a plain token, else a fresh one."""
+    return given if given and _CORRELATION.match(given) else os.urandom(16).hex()
+
+
 def edge(metrics: HttpMetrics) -> Middleware:
     """The receiver's one middleware, in place of the runner's error and metrics pair: one
     coroutine per request instead of three on a route that answers thousands a second."""
@@ -31,8 +36,7 @@ def edge(metrics: HttpMetrics) -> Middleware:
     @web.middleware
     async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        given = request.headers.get("X-Correlation-ID", "")
-        correlation = given if given and _CORRELATION.match(given) else os.urandom(16).hex()
+        correlation = correlation_for(request.headers.get("X-Correlation-ID", ""))
         request[CORRELATION_ID] = correlation
         st = request.app[STATE]
         status = 500

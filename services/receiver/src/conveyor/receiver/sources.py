@@ -8,6 +8,7 @@ of the wrong shape or an unknown event type.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import time
@@ -232,6 +233,12 @@ def _source(cfg: WebhookSource) -> Source:
 
 def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in text.split(",") if p.strip())
+
+
+def peer_host(transport: asyncio.BaseTransport | None) -> str | None:
+    """The connected peer's address (no port), as both HTTP paths read it."""
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return peer[0] if isinstance(peer, tuple) and peer else None
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str | None:

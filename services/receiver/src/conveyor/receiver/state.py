@@ -20,7 +20,7 @@ from conveyor.receiver.apikeys import ApiKeys, KeyRevoked, KeysUnavailable, Prin
 from conveyor.receiver.config import Settings
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.ratelimit import Decision, LimiterUnavailable, RateLimiter
-from conveyor.receiver.sources import Network, Source, client_address
+from conveyor.receiver.sources import Network, Source, client_address, peer_host
 from conveyor.shared import subjects
 from conveyor.shared.events import JobRecord, encoder
 from conveyor.shared.http import HTTPError
@@ -110,9 +110,8 @@ class Receiver:
     # --- request helpers --------------------------------------------------------------------
 
     def client_address(self, request: web.Request) -> str | None:
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        host = peer[0] if isinstance(peer, tuple) and peer else None
-        return client_address(host, request.headers.get("X-Forwarded-For"), self.trusted)
+        forwarded = request.headers.get("X-Forwarded-For")
+        return client_address(peer_host(request.transport), forwarded, self.trusted)
 
     def event_subject(self, source: str, event_type: str) -> str:
         """``events.<source>.<type>``, checked once per pair (a bounded number are kept)."""

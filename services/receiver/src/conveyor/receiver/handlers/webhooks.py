@@ -11,7 +11,7 @@ from aiohttp import web
 
 from conveyor.receiver.ratelimit import Decision
 from conveyor.receiver.schemas import Accepted, Ignored
-from conveyor.receiver.sources import Source, client_address
+from conveyor.receiver.sources import Source, client_address, peer_host
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE, Receiver
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import JobRecord, WebhookEvent, encoder, utcnow
@@ -61,7 +61,7 @@ class Call:
     """One webhook POST as both HTTP paths see it: aiohttp's route and the lean path in
     listener.py. Headers are looked up by any case, as aiohttp's are."""
 
-    __slots__ = ("body", "correlation", "forwarded_for", "headers", "peer", "rate_limit", "source", "st")
+    __slots__ = ("body", "correlation", "headers", "peer", "rate_limit", "source", "st")
 
     def __init__(
         self,
@@ -87,7 +87,6 @@ class Call:
 async def receive(request: web.Request) -> web.Response:
     """The aiohttp route (connections the lean path handed over, or all of them when it is off)."""
     st = request.app[STATE]
-    peer = request.transport.get_extra_info("peername") if request.transport else None
 
     async def body() -> bytes:
         return await st.read_body(request)
@@ -97,7 +96,7 @@ async def receive(request: web.Request) -> web.Response:
         request.match_info["source"],
         request.headers,
         body,
-        peer[0] if isinstance(peer, tuple) and peer else None,
+        peer_host(request.transport),
         request[CORRELATION_ID],
     )
     try:
