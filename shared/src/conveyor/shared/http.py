@@ -41,8 +41,11 @@ class HTTPError(Exception):
         self.headers = headers or {}
         self.extra = extra
 
+    def body(self) -> bytes:
+        return error_body(self.error, self.message, **self.extra)
+
     def response(self) -> web.Response:
-        resp = json_error(self.status, self.error, self.message, **self.extra)
+        resp = web.Response(body=self.body(), status=self.status, content_type="application/json")
         resp.headers.update(self.headers)
         return resp
 

@@ -290,7 +290,7 @@ class Connection(asyncio.Protocol):
         try:
             status, payload, extra = await webhooks.take(call)
         except HTTPError as exc:
-            status, payload, extra = exc.status, error_body(exc.error, exc.message, **exc.extra), exc.headers
+            status, payload, extra = exc.status, exc.body(), exc.headers
         except Exception:
             log.exception("unhandled error on POST %s", ROUTE)
             status, payload, extra = 500, error_body("internal", "internal error"), None
