@@ -340,3 +340,15 @@ async def test_a_body_in_small_pieces_is_read_once_its_head_is(receiver, lovable
     assert a.status == 202, a.body
     assert len(calls) == 1
     assert handed_over(receiver) == 0
+
+
+async def test_after_a_half_close_every_pipelined_request_is_answered(receiver, lovable, bus) -> None:
+    bodies = [lovable.body(id=f"evt_half_{n}") for n in range(3)]
+    conn = await Raw.open(receiver.rt.http_port)
+    await conn.send(b"".join(post(b, lovable.headers(b)) for b in bodies))
+    conn.writer.write_eof()  # the client sends no more, and still reads
+    answers = [await conn.answer() for _ in range(3)]
+    assert [a.status for a in answers] == [202, 202, 202]
+    assert all("connection" not in a.headers for a in answers)
+    assert await conn.closed()
+    assert await bus.count(subjects.EVENTS) == 3

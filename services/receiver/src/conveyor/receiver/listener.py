@@ -168,7 +168,9 @@ class Connection(asyncio.Protocol):
         self.scanned = 0  # bytes of buf already searched for the end of the head
         self.waiting: tuple[Head, int] | None = None  # a head read, its body not yet all here
         self.task: asyncio.Task[None] | None = None
-        self.close_after = False
+        self.close_after = False  # Connection: close, or shutting down: close after this answer
+        self.eof = False  # the client sends no more: answer what it sent, then close
+        self.handed = False  # aiohttp's protocol has the connection now
         self.write_paused = False
         self.read_paused = False
         self.gone = False
@@ -204,12 +206,18 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
-        # The client sends no more: answer what is in flight, then close (return True keeps
-        # the writing half open until then).
-        self.close_after = True
+        # The client sends no more: answer every complete request it sent (pipelined ones
+        # included), then close. True keeps the writing half open until then.
+        self.eof = True
         if self.task is None:
-            self.shut()
+            self._next()
+            self._close_if_done()
         return True
+
+    def _close_if_done(self) -> None:
+        """After EOF: close once no request is in flight and none is left to start."""
+        if self.eof and self.task is None and not self.handed:
+            self.shut()
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A request in flight is not cancelled: what JetStream acknowledges stays accepted,
@@ -306,6 +314,7 @@ class Connection(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
         self._next()
+        self._close_if_done()
 
     def _answer(
         self, status: int, payload: bytes, extra: dict[str, str] | None, correlation: str, call: webhooks.Call
@@ -333,6 +342,7 @@ class Connection(asyncio.Protocol):
         """aiohttp serves this connection from here on, starting with what is buffered."""
         transport = self.transport
         assert transport is not None
+        self.handed = True
         self._forget()
         self.listener.metrics.handed_over.inc()
         proto = self.listener.aiohttp()
