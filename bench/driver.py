@@ -28,31 +28,39 @@ import resource
 import sys
 import time
 from array import array
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench import payloads
 from bench.stats import summarize
 
 
 class Conn(asyncio.Protocol):
-    """One keep-alive connection; one request in flight at a time."""
+    """One keep-alive connection, one request in flight at a time. Everything runs in
+    protocol callbacks (no task, future or timer per request): the driver shares the cores
+    with what it measures, and every microsecond it spends is taken from the server."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self, drv: Driver) -> None:
+        self.drv = drv
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
-        self.waiter: asyncio.Future[int] | None = None
+        self.cur = -1  # index of the request in flight, -1 when idle
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.drv.opened_conn(self)
+
+    def send(self, i: int, raw: bytes) -> None:
+        assert self.transport is not None
+        self.cur = i
+        self.transport.write(raw)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        self._parse()
-
-    def _parse(self) -> None:
-        if self.waiter is None or self.waiter.done():
+        if self.cur < 0:
             return
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
@@ -74,81 +82,12 @@ class Conn(asyncio.Protocol):
         del self.buf[:total]
         if b"\r\nconnection: close" in head:
             self.closed = True
-        self.waiter.set_result(status)
+        cur, self.cur = self.cur, -1
+        self.drv.answered(self, cur, status)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("connection closed by server"))
-
-    async def request(self, raw: bytes, timeout: float) -> int:
-        assert self.transport is not None
-        self.waiter = self.loop.create_future()
-        self.transport.write(raw)
-        return await asyncio.wait_for(self.waiter, timeout)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-class Pool:
-    """Idle connections, opened on demand up to ``limit``."""
-
-    def __init__(self, host: str, port: int, limit: int) -> None:
-        self.host, self.port, self.limit = host, port, limit
-        self.loop = asyncio.get_running_loop()
-        self.idle: list[Conn] = []
-        self.opened = 0
-        self.waiters: list[asyncio.Future[Conn]] = []
-        self.peak = 0
-
-    async def _open(self) -> Conn:
-        self.opened += 1
-        self.peak = max(self.peak, self.opened)
-        try:
-            _, conn = await self.loop.create_connection(lambda: Conn(self.loop), self.host, self.port)
-        except BaseException:
-            self.opened -= 1
-            raise
-        return conn
-
-    async def warm(self, n: int) -> None:
-        conns = await asyncio.gather(*(self._open() for _ in range(min(n, self.limit))))
-        self.idle.extend(conns)
-
-    async def acquire(self) -> Conn:
-        if self.idle:
-            return self.idle.pop()
-        if self.opened < self.limit:
-            return await self._open()
-        fut: asyncio.Future[Conn] = self.loop.create_future()
-        self.waiters.append(fut)
-        return await fut
-
-    def release(self, conn: Conn) -> None:
-        if conn.closed:
-            conn.close()
-            self.opened -= 1
-            if self.waiters:  # someone waits: give them a fresh connection
-                fut = self.waiters.pop(0)
-                task = self.loop.create_task(self._open())
-                task.add_done_callback(
-                    lambda t: (
-                        fut.set_exception(t.exception()) if t.exception() else fut.set_result(t.result())
-                    )
-                )
-            return
-        while self.waiters:
-            fut = self.waiters.pop(0)
-            if not fut.done():
-                fut.set_result(conn)
-                return
-        self.idle.append(conn)
-
-    def close(self) -> None:
-        for c in self.idle:
-            c.close()
+        self.drv.lost(self)
 
 
 class Recorder:
@@ -160,77 +99,202 @@ class Recorder:
         self.status = array("i", bytes(4 * n))  # 0 = error
         self.errors: dict[str, int] = {}
 
-    def error(self, i: int, exc: BaseException) -> None:
-        key = type(exc).__name__
+    def error(self, i: int, key: str) -> None:
         self.errors[key] = self.errors.get(key, 0) + 1
         self.status[i] = 0
         self.done[i] = time.monotonic()
 
 
-async def one(pool: Pool, rec: Recorder, i: int, raw: bytes, timeout: float) -> None:
-    conn = None
-    rec.start[i] = time.monotonic()
-    try:
-        conn = await pool.acquire()
-        rec.sent[i] = time.monotonic()
-        rec.status[i] = await conn.request(raw, timeout)
-        rec.done[i] = time.monotonic()
-    except (OSError, TimeoutError, ConnectionError) as exc:
-        rec.error(i, exc)
-        if conn is not None:
-            conn.closed = True
-    finally:
-        if conn is not None:
-            pool.release(conn)
+class Driver:
+    """Connections, the queue of requests waiting for one, and the bookkeeping.
+
+    A request that finds no idle connection waits in ``backlog`` while a new connection
+    opens (up to ``limit``); the first connection to come free or open takes it."""
+
+    def __init__(self, args: argparse.Namespace, reqs: list[bytes], rec: Recorder, limit: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.host, self.port, self.timeout = args.host, args.port, args.timeout
+        self.reqs, self.rec, self.limit = reqs, rec, limit
+        self.idle: list[Conn] = []
+        self.busy: set[Conn] = set()
+        self.backlog: deque[int] = deque()
+        self.opened = 0  # open or opening
+        self.peak = 0
+        self.pending = 0  # requests handed out and not yet finished
+        self.finished: asyncio.Future[None] = self.loop.create_future()
+        self.scheduling = True
+        self.closed_loop = False
+        self.next_send: Callable[[], None] | None = None  # called as each connection comes free
+
+    def open(self) -> None:
+        self.opened += 1
+        self.peak = max(self.peak, self.opened)
+        task = self.loop.create_task(self.loop.create_connection(lambda: Conn(self), self.host, self.port))
+        task.add_done_callback(self._open_done)
+
+    def _open_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self.opened -= 1
+        exc = task.exception()
+        if self.backlog:  # the request that asked for this connection fails with it
+            self._fail(self.backlog.popleft(), type(exc).__name__)
+
+    async def warm(self, n: int) -> None:
+        n = min(n, self.limit)
+        conns = await asyncio.gather(
+            *(self.loop.create_connection(lambda: Conn(self), self.host, self.port) for _ in range(n))
+        )
+        self.opened = self.peak = len(conns)
+
+    def opened_conn(self, conn: Conn) -> None:
+        self._idle(conn)
+
+    def dispatch(self, i: int) -> None:
+        self.pending += 1
+        self.rec.start[i] = time.monotonic()
+        if self.idle:
+            self._send(self.idle.pop(), i)
+            return
+        self.backlog.append(i)
+        if self.opened < self.limit:
+            self.open()
+
+    def _send(self, conn: Conn, i: int) -> None:
+        self.busy.add(conn)
+        self.rec.sent[i] = time.monotonic()
+        conn.send(i, self.reqs[i])
+
+    def answered(self, conn: Conn, i: int, status: int) -> None:
+        self.rec.done[i] = time.monotonic()
+        self.rec.status[i] = status
+        self._end()
+        self.busy.discard(conn)
+        if conn.closed:
+            self._drop(conn)
+        else:
+            self._idle(conn)
+
+    def lost(self, conn: Conn) -> None:
+        if conn.cur >= 0:
+            cur, conn.cur = conn.cur, -1
+            self._fail(cur, "ConnectionError")
+        self.busy.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self._drop(conn)
+
+    def _drop(self, conn: Conn) -> None:
+        if conn.transport is not None:
+            conn.transport.close()
+            conn.transport = None
+            self.opened -= 1
+            # a waiting request needs a connection; a closed loop keeps its count
+            wanted = self.backlog or (self.closed_loop and self.scheduling)
+            if wanted and self.opened < self.limit:
+                self.open()
+
+    def _idle(self, conn: Conn) -> None:
+        if self.backlog:
+            self._send(conn, self.backlog.popleft())
+        else:
+            self.idle.append(conn)
+        if self.next_send is not None:
+            self.next_send()
+
+    def _fail(self, i: int, key: str) -> None:
+        self.rec.error(i, key)
+        self._end()
+
+    def _end(self) -> None:
+        self.pending -= 1
+        if not self.pending and not self.scheduling and not self.finished.done():
+            self.finished.set_result(None)
+
+    def expire(self) -> None:
+        """Fail requests that waited longer than the timeout, and close their connections."""
+        now = time.monotonic()
+        for conn in [c for c in self.busy if c.cur >= 0 and now - self.rec.sent[c.cur] > self.timeout]:
+            cur, conn.cur = conn.cur, -1
+            self._fail(cur, "TimeoutError")
+            self.busy.discard(conn)
+            self._drop(conn)
+        if not self.finished.done():
+            self.loop.call_later(0.25, self.expire)
+
+    def stop_scheduling(self) -> None:
+        self.scheduling = False
+        if not self.pending and not self.finished.done():
+            self.finished.set_result(None)
+
+    def close(self) -> None:
+        for c in self.idle + list(self.busy):
+            if c.transport is not None:
+                c.transport.close()
 
 
 async def run_closed(args: argparse.Namespace, reqs: list[bytes], rec: Recorder) -> int:
-    pool = Pool(args.host, args.port, args.concurrency)
-    await pool.warm(args.concurrency)
+    drv = Driver(args, reqs, rec, args.concurrency)
+    await drv.warm(args.concurrency)
     n = len(reqs)
     nxt = 0
     deadline = time.monotonic() + args.duration if args.duration else float("inf")
 
-    async def worker() -> None:
+    def send_next() -> None:
         nonlocal nxt
-        while nxt < n and time.monotonic() < deadline:
-            i = nxt
+        while drv.idle and drv.scheduling:
+            if nxt >= n or time.monotonic() >= deadline:
+                drv.stop_scheduling()
+                return
+            rec.sched[nxt] = time.monotonic()
+            drv.dispatch(nxt)
             nxt += 1
-            rec.sched[i] = time.monotonic()
-            await one(pool, rec, i, reqs[i], args.timeout)
 
-    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    pool.close()
+    drv.next_send = send_next
+    drv.closed_loop = True
+    drv.expire()
+    send_next()
+    await drv.finished
+    drv.close()
     return nxt
 
 
 async def run_open(args: argparse.Namespace, reqs: list[bytes], rec: Recorder) -> int:
-    pool = Pool(args.host, args.port, args.max_conns)
-    await pool.warm(args.concurrency)
-    loop = asyncio.get_running_loop()
+    drv = Driver(args, reqs, rec, args.max_conns)
+    await drv.warm(args.concurrency)
+    loop = drv.loop
     n = len(reqs)
     if args.duration:
         n = min(n, int(args.rate * args.duration))
     interval = 1.0 / args.rate
-    tasks: set[asyncio.Task[None]] = set()
     t0 = time.monotonic() + 0.05
     i = 0
-    while i < n:
+
+    def catch_up() -> None:
+        """Send every request now due. Called on each timer tick and after each answer, so
+        that while answers flow requests leave within microseconds of their due time."""
+        nonlocal i
         now = time.monotonic()
-        due = t0 + i * interval
-        if due > now:
-            await asyncio.sleep(due - now)
-            continue
         while i < n and t0 + i * interval <= now:
             rec.sched[i] = t0 + i * interval
-            task = loop.create_task(one(pool, rec, i, reqs[i], args.timeout))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            drv.dispatch(i)
             i += 1
-    if tasks:
-        await asyncio.wait(tasks, timeout=args.timeout + 5)
-    args.peak_conns = pool.peak
-    pool.close()
+        if i >= n and drv.scheduling:
+            drv.stop_scheduling()
+
+    def tick() -> None:
+        catch_up()
+        if i < n:
+            # never below a millisecond: uvloop's timers have that resolution, and a shorter
+            # delay would spin the loop
+            loop.call_later(max(t0 + i * interval - time.monotonic(), 0.001), tick)
+
+    drv.next_send = catch_up
+    drv.expire()
+    loop.call_later(0.05, tick)
+    await drv.finished
+    args.peak_conns = drv.peak
+    drv.close()
     return n
 
 
@@ -283,7 +347,12 @@ async def amain(args: argparse.Namespace) -> dict[str, object]:
         # [sched, done, status] per request, for matching against callback arrivals
         Path(args.times).write_text(
             json.dumps(
-                {"sched": list(rec.sched[:n]), "done": list(rec.done[:n]), "status": list(rec.status[:n])}
+                {
+                    "sched": list(rec.sched[:n]),
+                    "sent": list(rec.sent[:n]),
+                    "done": list(rec.done[:n]),
+                    "status": list(rec.status[:n]),
+                }
             )
         )
     return out
@@ -304,7 +373,12 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=0.0, help="stop scheduling after this many seconds")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
     args = p.parse_args()
-    result = asyncio.run(amain(args))
+    try:  # the same loop as the services get from their runner, when installed
+        import uvloop
+
+        result = uvloop.run(amain(args))
+    except ImportError:
+        result = asyncio.run(amain(args))
     Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
 

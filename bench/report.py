@@ -40,11 +40,14 @@ def _phases(ph: dict[str, Any]) -> str:
     return f"{part(ph['during_ingest'])} / {part(ph['after_ingest'])}"
 
 
-def _cpu(c: Any) -> str:
-    """'receiver 0.73, nats-server 0.12 | machine 1.95': where the cores went during a phase."""
+def _cpu(c: Any, driver: Any = None) -> str:
+    """'receiver 0.73, nats-server 0.12 | machine 1.95': where the cores went during a phase;
+    with a driver's output, also what the load driver itself took of the machine."""
     if not isinstance(c, dict):
         return "n/a"
     ours = ", ".join(f"{k} {v:.2f}" for k, v in c.items() if not k.startswith("_") and v >= 0.01)
+    if isinstance(driver, dict) and _num(driver.get("cpu_s")) and driver.get("elapsed_s"):
+        ours += f" | load driver {driver['cpu_s'] / driver['elapsed_s']:.2f}"
     return f"{ours} | whole machine {c.get('_machine', float('nan')):.2f}"
 
 
@@ -182,7 +185,7 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 "  NATS messages per webhook (server in / out)",
                 f"{m['in_msgs']:g} / {m['out_msgs']:g}",
             )
-        add("ingest", "  cores used at half rate", _cpu(half.get("cpu_cores")))
+        add("ingest", "  cores used at half rate", _cpu(half.get("cpu_cores"), half))
         bad = {k: v for k, v in half["statuses"].items() if not k.startswith("2")}
         if bad:
             add("ingest", "Receiver at half rate: non-2xx answers", str(bad), "none", False)
