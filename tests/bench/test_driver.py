@@ -89,25 +89,22 @@ async def serve() -> AsyncIterator[Callable[..., object]]:
         s.close()
 
 
-async def drive(tmp_path: Path, port: int, n: int, *args: str) -> tuple[dict, dict]:
+async def spawn(tmp_path: Path, port: int, n: int, *args: str) -> asyncio.subprocess.Process:
+    """The driver as the harness starts it, sending ``n`` requests to ``port``."""
     reqs = request_file(tmp_path / "reqs", n)
-    out, times = tmp_path / "out.json", tmp_path / "times.json"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.driver",
-        "--port",
-        str(port),
-        "--requests",
-        str(reqs),
-        "--out",
-        str(out),
-        "--times",
-        str(times),
-        *args,
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "bench.driver", "--port", str(port), "--requests", str(reqs)),
+        *("--out", str(tmp_path / "out.json"), "--times", str(tmp_path / "times.json"), *args),
         cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert await asyncio.wait_for(proc.wait(), 60) == 0
+
+
+async def drive(tmp_path: Path, port: int, n: int, *args: str) -> tuple[dict, dict]:
+    proc = await spawn(tmp_path, port, n, *args)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    out, times = tmp_path / "out.json", tmp_path / "times.json"
     return json.loads(out.read_text()), json.loads(times.read_text())
 
 
@@ -168,24 +165,7 @@ async def test_a_refused_connection_fails_the_request_that_needed_it(tmp_path: P
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    reqs = request_file(tmp_path / "reqs", 10)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.driver",
-        "--port",
-        str(port),
-        "--requests",
-        str(reqs),
-        "--out",
-        str(tmp_path / "out.json"),
-        "--mode",
-        "open",
-        "--rate",
-        "100",
-        cwd=ROOT,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn(tmp_path, port, 10, "--mode", "open", "--rate", "100")
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode != 0
     assert b"ConnectionRefusedError" in err
