@@ -100,9 +100,20 @@ async def spawn(tmp_path: Path, port: int, n: int, *args: str) -> asyncio.subpro
     )
 
 
+async def finish(proc: asyncio.subprocess.Process, timeout: float) -> bytes:
+    """Its stderr once it exits; a driver that hangs is killed, not left behind."""
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return err
+
+
 async def drive(tmp_path: Path, port: int, n: int, *args: str) -> tuple[dict, dict]:
     proc = await spawn(tmp_path, port, n, *args)
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    err = await finish(proc, 60)
     assert proc.returncode == 0, err.decode()
     out, times = tmp_path / "out.json", tmp_path / "times.json"
     return json.loads(out.read_text()), json.loads(times.read_text())
@@ -166,6 +177,6 @@ async def test_a_refused_connection_fails_the_request_that_needed_it(tmp_path: P
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = await spawn(tmp_path, port, 10, "--mode", "open", "--rate", "100")
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    err = await finish(proc, 30)
     assert proc.returncode != 0
     assert b"ConnectionRefusedError" in err
