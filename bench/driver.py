@@ -51,7 +51,7 @@ class Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.drv.opened_conn(self)
+        self.drv.ready(self)
 
     def send(self, i: int, raw: bytes) -> None:
         assert self.transport is not None
@@ -139,6 +139,8 @@ class Driver:
         exc = task.exception()
         if self.backlog:  # the request that asked for this connection fails with it
             self._fail(self.backlog.popleft(), type(exc).__name__)
+        if self.closed_loop and not self.opened:  # nothing left to send on: end the run
+            self.stop_scheduling()
 
     async def warm(self, n: int) -> None:
         n = min(n, self.limit)
@@ -146,9 +148,6 @@ class Driver:
             *(self.loop.create_connection(lambda: Conn(self), self.host, self.port) for _ in range(n))
         )
         self.opened = self.peak = len(conns)
-
-    def opened_conn(self, conn: Conn) -> None:
-        self._idle(conn)
 
     def dispatch(self, i: int) -> None:
         self.pending += 1
@@ -173,7 +172,7 @@ class Driver:
         if conn.closed:
             self._drop(conn)
         else:
-            self._idle(conn)
+            self.ready(conn)
 
     def lost(self, conn: Conn) -> None:
         if conn.cur >= 0:
@@ -194,7 +193,8 @@ class Driver:
             if wanted and self.opened < self.limit:
                 self.open()
 
-    def _idle(self, conn: Conn) -> None:
+    def ready(self, conn: Conn) -> None:
+        """A connection opened or came free: it takes the oldest waiting request, if any."""
         if self.backlog:
             self._send(conn, self.backlog.popleft())
         else:
@@ -212,8 +212,11 @@ class Driver:
             self.finished.set_result(None)
 
     def expire(self) -> None:
-        """Fail requests that waited longer than the timeout, and close their connections."""
+        """Fail requests older than the timeout: in flight (closing their connections) or
+        still waiting for a connection, so that every request ends even if the server is gone."""
         now = time.monotonic()
+        while self.backlog and now - self.rec.start[self.backlog[0]] > self.timeout:
+            self._fail(self.backlog.popleft(), "TimeoutError")
         for conn in [c for c in self.busy if c.cur >= 0 and now - self.rec.sent[c.cur] > self.timeout]:
             cur, conn.cur = conn.cur, -1
             self._fail(cur, "TimeoutError")

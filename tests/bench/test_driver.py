@@ -180,3 +180,22 @@ async def test_a_refused_connection_fails_the_request_that_needed_it(tmp_path: P
     err = await finish(proc, 30)
     assert proc.returncode != 0
     assert b"ConnectionRefusedError" in err
+
+
+async def test_a_server_that_goes_away_ends_the_run_with_errors(tmp_path: Path) -> None:
+    # every answer closes its connection and, from request 40 on, nothing listens: the
+    # closed loop cannot reconnect and has to end with what it could not send as errors
+    seen: list[int] = []
+    srv: list[asyncio.Server] = []
+
+    def policy(i: int) -> str:
+        if i == 40:
+            srv[0].close()
+        return "close"
+
+    srv.append(await asyncio.get_running_loop().create_server(lambda: Server(seen, policy), "127.0.0.1", 0))
+    port = srv[0].sockets[0].getsockname()[1]
+    out, _ = await drive(tmp_path, port, 200, "--mode", "closed", "--concurrency", "4", "--timeout", "2")
+    assert 40 <= out["ok"] < 200
+    assert out["ok"] == len(seen)
+    assert sum(out["errors"].values()) == out["sent"] - out["ok"]
