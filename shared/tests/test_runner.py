@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from types import FrameType, TracebackType
 from typing import Any
 
 import httpx
+from aiohttp import web
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -16,7 +18,7 @@ from conveyor.shared import subjects
 from conveyor.shared.config import BaseSettings
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.runner import Runtime, ServiceSpec, serve
-from conveyor.shared.testing.fixtures import eventually
+from conveyor.shared.testing.fixtures import cyclic_garbage, eventually
 from conveyor.shared.testing.nats_server import NatsServer
 
 
@@ -125,3 +127,16 @@ async def test_shutdown_naks_unfinished_work(nats_url: str, js: JetStreamContext
     psub = await js.pull_subscribe_bind("slow", subjects.JOBS)
     msgs = await psub.fetch(1, timeout=2)
     assert msgs[0].data == b"x" and msgs[0].metadata.num_delivered == 2
+
+
+async def test_error_answers_leave_no_request_in_a_cycle(nats_url: str) -> None:
+    async with serve(make_spec([]), Settings(nats_url=nats_url)) as rt:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}") as http:
+            with cyclic_garbage() as garbage:
+                for n in range(20):
+                    resp = await http.get(f"/no/such/path/{n}")
+                    assert resp.status_code == 404 and resp.json()["error"] == "not_found"
+                    assert (await http.post("/health/live")).status_code == 405
+            kept = [o for o in garbage if isinstance(o, web.Request | FrameType | TracebackType)]
+            garbage.clear()
+            assert kept == []

@@ -16,7 +16,14 @@ from opentelemetry import context, propagate, trace
 
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE
 from conveyor.shared import logs
-from conveyor.shared.http import ERROR_CODES, HTTPError, HttpMetrics, json_error, route_name
+from conveyor.shared.http import (
+    ERROR_CODES,
+    HTTPError,
+    HttpMetrics,
+    forget_traceback,
+    json_error,
+    route_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +101,12 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _error(request: web.Request, exc: Exception) -> web.StreamResponse:
     """Every error leaves as JSON and keeps our headers; redirects are raised again."""
+    resp = _error_response(request, exc)
+    forget_traceback(exc)
+    return resp
+
+
+def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
     if isinstance(exc, HTTPError):
         resp = exc.response()
         if exc.status == 413:

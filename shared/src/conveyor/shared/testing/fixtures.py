@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -64,3 +66,21 @@ async def eventually(
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"not true after {timeout}s: {exc!r}") from exc
             await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def cyclic_garbage() -> Iterator[list[object]]:
+    """The objects left in reference cycles by what runs inside the block: the collector is off
+    meanwhile, and afterwards one collection keeps what it would have freed in the list."""
+    gc.collect()
+    gc.disable()
+    found: list[object] = []
+    try:
+        yield found
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        found.extend(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
