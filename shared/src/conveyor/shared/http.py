@@ -65,38 +65,52 @@ ERROR_CODES: dict[int, str] = {
 }
 
 
-def forget_traceback(exc: BaseException) -> None:
-    """Drop an answered exception's traceback. aiohttp answers an unknown path (404) or method
-    (405) by raising an exception its route object holds, so exception -> traceback -> frame
-    -> route -> exception is a cycle that only the garbage collector frees, the request with
-    it: about 25 objects per such request. A flood of them made a 10 ms collection every 700
-    or so requests, and now and then a full one of 30-100 ms, stalling every request in
+_KEEP = ("Allow", "Retry-After", "WWW-Authenticate")  # headers of aiohttp's errors kept in ours
+
+
+def error_answer(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON answer for what a handler raised: an HTTPError as it says, aiohttp's own HTTP
+    errors (404, 405, 413, ...) with their status and the headers that matter, anything else a
+    logged 500 without detail. A redirect is raised again.
+
+    The answered exception's traceback is dropped. aiohttp answers an unknown path (404) or
+    method (405) by raising an exception its route object holds, so exception -> traceback ->
+    frame -> route -> exception is a cycle that only the garbage collector frees, the request
+    with it: about 25 objects per such request. A flood of them made a 10 ms collection every
+    700 or so requests, and now and then a full one of 30-100 ms, stalling every request in
     flight."""
+    resp = _error_response(request, exc)
     exc.__traceback__ = None
+    return resp
+
+
+def _error_response(request: web.Request, exc: Exception) -> web.Response:
+    if isinstance(exc, HTTPError):
+        resp = exc.response()
+        if exc.status == 413:
+            resp.force_close()  # the rest of the body is not read; the connection cannot be reused
+        return resp
+    if isinstance(exc, web.HTTPException):
+        if exc.status < 400:
+            raise exc
+        text = exc.text or ""
+        message = exc.reason if not text or text.startswith(f"{exc.status}:") else text
+        resp = json_error(exc.status, ERROR_CODES.get(exc.status, "error"), message)
+        for key in _KEEP:
+            if key in exc.headers:
+                resp.headers[key] = exc.headers[key]
+        return resp
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return json_error(500, "internal", "internal error")
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as JSON; an unexpected exception is logged and answered 500 without detail."""
+    """Every error leaves as JSON (:func:`error_answer`)."""
     try:
         return await handler(request)
-    except HTTPError as exc:
-        forget_traceback(exc)
-        return exc.response()
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
-            raise
-        code = ERROR_CODES.get(exc.status, "error")
-        resp = json_error(exc.status, code, exc.reason if exc.text is None else str(exc.text))
-        for key in ("Allow", "Retry-After", "WWW-Authenticate"):
-            if key in exc.headers:
-                resp.headers[key] = exc.headers[key]
-        forget_traceback(exc)
-        return resp
     except Exception as exc:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        forget_traceback(exc)
-        return json_error(500, "internal", "internal error")
+        return error_answer(request, exc)
 
 
 class HttpMetrics:

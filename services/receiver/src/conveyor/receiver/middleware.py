@@ -3,7 +3,6 @@ that keep our headers (correlation id, rate-limit figures, Retry-After), request
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
@@ -16,19 +15,9 @@ from opentelemetry import context, propagate, trace
 
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE
 from conveyor.shared import logs
-from conveyor.shared.http import (
-    ERROR_CODES,
-    HTTPError,
-    HttpMetrics,
-    forget_traceback,
-    json_error,
-    route_name,
-)
-
-log = logging.getLogger(__name__)
+from conveyor.shared.http import HttpMetrics, error_answer, json_error, route_name
 
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-_KEEP = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 def correlation_for(given: str) -> str:
@@ -62,7 +51,7 @@ def edge(metrics: HttpMetrics) -> Middleware:
                 try:
                     resp = await handler(request)
                 except Exception as exc:
-                    resp = _error(request, exc)
+                    resp = error_answer(request, exc)
             status = resp.status
         except web.HTTPException as exc:  # a redirect, passed on as aiohttp raised it
             status = exc.status
@@ -96,34 +85,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Exception as exc:
-        return _error(request, exc)
-
-
-def _error(request: web.Request, exc: Exception) -> web.StreamResponse:
-    """Every error leaves as JSON and keeps our headers; redirects are raised again."""
-    resp = _error_response(request, exc)
-    forget_traceback(exc)
-    return resp
-
-
-def _error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
-    if isinstance(exc, HTTPError):
-        resp = exc.response()
-        if exc.status == 413:
-            resp.force_close()  # the rest of the body is not read; the connection cannot be reused
-        return resp
-    if isinstance(exc, web.HTTPException):
-        if exc.status < 400:
-            raise exc
-        text = exc.text or ""
-        message = exc.reason if not text or text.startswith(f"{exc.status}:") else text
-        resp = json_error(exc.status, ERROR_CODES.get(exc.status, "error"), message)
-        for key in _KEEP:
-            if key in exc.headers:
-                resp.headers[key] = exc.headers[key]
-        return resp
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    return json_error(500, "internal", "internal error")
+        return error_answer(request, exc)
 
 
 def expect_handler(limit: int) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
