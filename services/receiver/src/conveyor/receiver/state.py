@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -110,8 +110,12 @@ class Receiver:
     # --- request helpers --------------------------------------------------------------------
 
     def client_address(self, request: web.Request) -> str | None:
-        forwarded = request.headers.get("X-Forwarded-For")
-        return client_address(peer_host(request.transport), forwarded, self.trusted)
+        return self.address_of(peer_host(request.transport), request.headers)
+
+    def address_of(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
+        """The client's address from the connection's peer and the request's headers (both
+        HTTP paths)."""
+        return client_address(peer, headers.get("X-Forwarded-For"), self.trusted)
 
     def event_subject(self, source: str, event_type: str) -> str:
         """``events.<source>.<type>``, checked once per pair (a bounded number are kept)."""

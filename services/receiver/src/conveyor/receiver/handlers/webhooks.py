@@ -11,7 +11,7 @@ from aiohttp import web
 
 from conveyor.receiver.ratelimit import Decision
 from conveyor.receiver.schemas import Accepted, Ignored
-from conveyor.receiver.sources import Source, client_address, peer_host
+from conveyor.receiver.sources import Source, peer_host
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE, Receiver
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import JobRecord, WebhookEvent, encoder, utcnow
@@ -29,9 +29,7 @@ _OUTCOME = {
 
 
 def respond(status: int, body: msgspec.Struct, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=encoder.encode(body), status=status, content_type="application/json", headers=headers
-    )
+    return as_response(Answer(status, encoder.encode(body), headers))
 
 
 def as_response(answer: Answer) -> web.Response:
@@ -81,7 +79,7 @@ class Call:
         self.rate_limit: Decision | None = None  # for the answer's headers, refused or not
 
     def address(self) -> str | None:
-        return client_address(self.peer, self.headers.get("X-Forwarded-For"), self.st.trusted)
+        return self.st.address_of(self.peer, self.headers)
 
 
 async def receive(request: web.Request) -> web.Response:
