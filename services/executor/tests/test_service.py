@@ -15,7 +15,7 @@ from conveyor.executor.service import SPEC
 from conveyor.shared import subjects
 from conveyor.shared.events import JobRecord, JobRequest
 from conveyor.shared.runner import serve
-from conveyor.shared.testing.fixtures import eventually
+from conveyor.shared.testing.fixtures import eventually, forget_message_ids
 
 FILES = {"app/main.py": "import os\n\ndef main():\n    return 1\n", "app/util.py": "X = 1\n"}
 
@@ -146,6 +146,28 @@ async def test_redelivered_job_publishes_no_second_result_and_never_regresses(bu
             subjects.job_run("noop"), msgspec.json.encode(again), headers={subjects.MSG_ID: "other"}
         )
         second = await bus.job("noop")  # a later job proves the first redelivery was handled
+        await bus.until(second, "completed")
+        assert (await bus.record(job_id)).updated_at == first.updated_at
+        assert len(await bus.results(job_id)) == 1
+
+
+async def test_a_job_requested_again_after_the_duplicate_window_sends_no_second_result(
+    bus, make_settings
+) -> None:
+    """A sender's late retry (GitHub redelivers for days) is routed again once JetStream has
+    forgotten its ids: the worker finds the job over and its result in RESULTS, so there is no
+    second result and so no second callback."""
+    async with serve(SPEC, make_settings()):
+        job_id = await bus.job("noop")
+        first = await bus.until(job_id, "completed")
+        await forget_message_ids(bus.js, subjects.JOBS, "jobs.probe")
+        await forget_message_ids(bus.js, subjects.RESULTS, "results.probe")
+        again = JobRequest(job_id=job_id, agent="noop", created_at=dt.datetime.now(dt.UTC))
+        ack = await bus.js.publish(
+            subjects.job_run("noop"), msgspec.json.encode(again), headers={subjects.MSG_ID: job_id}
+        )
+        assert not ack.duplicate  # JetStream took it: only the executor can drop it now
+        second = await bus.job("noop")  # a later job proves the repeat was handled
         await bus.until(second, "completed")
         assert (await bus.record(job_id)).updated_at == first.updated_at
         assert len(await bus.results(job_id)) == 1

@@ -65,7 +65,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     metrics = Metrics(rt.registry, agents)
     requests = rt.requests
     store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS], requests)
-    results = Results(requests)
+    results = Results(requests, rt.js)
     cancels = Cancels(rt.kv[subjects.KV_CANCELS])
     dlq = rt.consumer_metrics.dead_letters.labels(STAGE)
     async with httpx.AsyncClient(

@@ -84,3 +84,21 @@ def cyclic_garbage() -> Iterator[list[object]]:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+async def forget_message_ids(js: JetStreamContext, stream: str, probe: str) -> None:
+    """Make ``stream`` forget every Nats-Msg-Id it has seen, as it does once its duplicate
+    window (a day) has passed: the window is cut to 0.2 s, and a probe message on subject
+    ``probe`` (in the stream, outside its consumers' filters) shows when its id, the newest,
+    is forgotten. The probes are purged afterwards, so the stream's counts are as before."""
+    info = await js.stream_info(stream)
+    info.config.duplicate_window = 0.2
+    await js.update_stream(info.config)
+    headers = {"Nats-Msg-Id": "forget-probe"}
+    await js.publish(probe, b"", headers=headers)
+
+    async def forgotten() -> None:
+        assert not (await js.publish(probe, b"", headers=headers)).duplicate
+
+    await eventually(forgotten)
+    await js.purge_stream(stream, subject=probe)

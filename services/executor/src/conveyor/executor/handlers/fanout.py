@@ -167,7 +167,7 @@ class Fanout:
 
         _, cur = await self.store.advance(parent_id, await self.store.load(parent_id), change)
         if cur.record is not None and cur.terminal:
-            await self.results.republish(cur.record)
+            await self.results.ensure(cur.record)  # routed again after it ended (a late repeat)
             return
         await asyncio.gather(
             *(self._start_child(event, child_id, agent, prompt, now) for child_id, agent in children.items()),
@@ -229,9 +229,9 @@ class Fanout:
             if parent.record is None:
                 return
             if parent.terminal:
-                # Over already; publish again in case its finisher died before publishing (a no-op
-                # for JetStream otherwise): a child redelivered after that crash brings us here.
-                await self.results.republish(parent.record)
+                # Over already; publish in case its finisher died before publishing: a child
+                # redelivered after that crash brings us here.
+                await self.results.ensure(parent.record)
                 return
             children = await self._children(parent.record)
             done = sum(1 for c in children.values() if c is not None and c.terminal)
@@ -315,7 +315,7 @@ class Fanout:
             if parent.record is None:
                 return
             if parent.terminal:
-                await self.results.republish(parent.record)  # in case the finisher died before publishing
+                await self.results.ensure(parent.record)  # in case the finisher died before publishing
                 return
             children = await self._children(parent.record)
             unfinished = [c for c, r in children.items() if r is None or not r.terminal]

@@ -2,11 +2,20 @@
 
 The Nats-Msg-Id is derived from the job id, so however often a job is finished (a redelivery
 after a crash between the record write and the publish), JetStream keeps one result.
+
+That holds inside the stream's duplicate window (a day). A job can also come back after it:
+a sender that retries or redelivers a webhook later (GitHub keeps redeliveries for days)
+gets its event routed again, and the worker finds the job's record over. So where a job is
+already over, :meth:`Results.ensure` looks in RESULTS first and publishes only when the
+job's result is not there (its finisher died before publishing): the callback goes out once
+for as long as RESULTS keeps results (7 days, as long as the job records last).
 """
 
 from __future__ import annotations
 
 import msgspec
+import nats.js.errors
+from nats.js import JetStreamContext
 
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import AgentResult, JobRecord, JobResult
@@ -17,8 +26,9 @@ _encoder = msgspec.json.Encoder()
 
 
 class Results:
-    def __init__(self, requests: JsRequests) -> None:
+    def __init__(self, requests: JsRequests, js: JetStreamContext) -> None:
         self.requests = requests
+        self.js = js
 
     async def publish(
         self,
@@ -44,13 +54,34 @@ class Results:
         await self.requests.publish(subjects.result(job_id), _encoder.encode(body), headers)
 
     async def republish(self, record: JobRecord, correlation_id: str | None = None) -> None:
-        """Publish a finished job's stored result again (a no-op for JetStream if it already has it).
-        Fan-out children and cancelled jobs have no result of their own to publish."""
-        if record.result is None or record.parent_id is not None or record.status == "cancelled":
-            return
+        """Publish a job's stored result just after its record ended it (a no-op for JetStream if
+        it has the result already, inside the duplicate window). Fan-out children and cancelled
+        jobs have no result of their own to publish."""
+        if _has_result(record):
+            await self._publish_stored(record, correlation_id)
+
+    async def ensure(self, record: JobRecord, correlation_id: str | None = None) -> None:
+        """For a job found over already: publish its stored result unless RESULTS has it."""
+        if _has_result(record) and not await self.stored(record.job_id):
+            await self._publish_stored(record, correlation_id)
+
+    async def stored(self, job_id: str) -> bool:
+        """Whether RESULTS holds a result for ``job_id``."""
+        try:
+            await self.js.get_last_msg(subjects.RESULTS, subjects.result(job_id))
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+    async def _publish_stored(self, record: JobRecord, correlation_id: str | None) -> None:
+        assert record.result is not None
         await self.publish(
             record.result,
             callback_url=record.callback_url,
             source=record.source,
             correlation_id=correlation_id,
         )
+
+
+def _has_result(record: JobRecord) -> bool:
+    return record.result is not None and record.parent_id is None and record.status != "cancelled"

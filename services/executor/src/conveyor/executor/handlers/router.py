@@ -202,6 +202,7 @@ class Router:
                 updated_at=now,
             )
 
-        _, cur = await self.store.advance(event.job_id, await self.store.load(event.job_id), change)
+        written, cur = await self.store.advance(event.job_id, await self.store.load(event.job_id), change)
         if cur.record is not None:
-            await self.results.republish(cur.record, event.correlation_id)
+            publish = self.results.republish if written else self.results.ensure
+            await publish(cur.record, event.correlation_id)

@@ -1,7 +1,7 @@
 """Workers: run one job from ``jobs.run.<agent>`` to its end.
 
 For each delivery: read the record (a terminal record means the job is over: publish its
-stored result again, which JetStream deduplicates, and ack); check for a cancel; count the
+stored result if RESULTS does not have it, and ack); check for a cancel; count the
 attempt; write "processing" (compare-and-set, so a cancel or another executor that got
 there first wins); run the backend under the agent's timeout with in-progress acks; then
 either finish (record -> result -> ack), retry (record back to "queued", NAK with backoff),
@@ -534,7 +534,7 @@ class Worker:
     async def _settle_finished(self, msg: Msg, cur: Versioned, req: JobRequest) -> None:
         """The job already ended: make sure its result is out, then drop this delivery."""
         assert cur.record is not None
-        await self.results.republish(cur.record, req.correlation_id)
+        await self.results.ensure(cur.record, req.correlation_id)
         if req.parent_id is not None:
             await self.child_done(req.parent_id)
         if not msg._ackd:
