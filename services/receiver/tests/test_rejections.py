@@ -13,6 +13,7 @@ import pytest
 
 from conveyor.receiver.config import WebhookSource
 from conveyor.shared.config import Secret
+from conveyor.shared.testing.fixtures import forget_message_ids
 
 Case = Callable[[Any], tuple[str, bytes, dict[str, str]]]
 URL = "/api/webhooks/lovable"
@@ -233,6 +234,21 @@ async def test_rate_limited_webhook_gets_429_with_retry_after(start_receiver, lo
         resp = await r.http.post(URL, content=body, headers=headers | {"X-Lovable-Project-Id": "p2"})
         assert resp.status_code == 202
         assert await bus.count("EVENTS") == 3
+
+
+async def test_a_repeat_after_the_duplicate_window_is_answered_as_a_duplicate(receiver, lovable, bus) -> None:
+    """Once EVENTS has forgotten a delivery id (a day later), a repeat is stored again, but the
+    job's record (kept 7 days) shows it was accepted before: the sender hears "duplicate" and
+    the same job id (the executor, finding the job over, sends no second callback)."""
+    body, headers = _valid(lovable, id="evt_late")
+    first = await receiver.http.post(URL, content=body, headers=headers)
+    await forget_message_ids(bus.js, "EVENTS", "events.probe")
+    again = await receiver.http.post(URL, content=body, headers=lovable.headers(body))
+    assert first.status_code == again.status_code == 202
+    assert first.json()["duplicate"] is False and again.json()["duplicate"] is True
+    assert again.json()["job_id"] == first.json()["job_id"]
+    assert await bus.count("EVENTS") == 2  # stored again: only the record tells
+    assert len(await bus.job_keys()) == 1
 
 
 async def test_replayed_delivery_is_accepted_once(receiver, lovable, bus) -> None:

@@ -22,7 +22,7 @@ from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.ratelimit import Decision, LimiterUnavailable, RateLimiter
 from conveyor.receiver.sources import Network, Source, client_address, peer_host
 from conveyor.shared import subjects
-from conveyor.shared.events import JobRecord, encoder
+from conveyor.shared.events import JobRecord, encoder, job_record_decoder
 from conveyor.shared.http import HTTPError
 from conveyor.shared.jsrequests import EXPECTED_STREAM, PubAck, is_key_exists
 from conveyor.shared.kvbucket import Bucket
@@ -247,7 +247,8 @@ class Receiver:
         record: JobRecord,
         correlation_id: str,
     ) -> bool:
-        """Publish and create the "queued" record; True when JetStream saw the message before.
+        """Publish and create the "queued" record; True for a repeat: JetStream saw the message
+        inside its duplicate window, or (after it) the job's record is from an earlier one.
 
         Both must succeed before the caller may answer 202. They go out together: a failed
         publish after a successful create removes the record again, so no job is left queued
@@ -285,11 +286,12 @@ class Receiver:
                     await kv.delete(record.job_id, last=created)
             raise self._publish_error(exc) from None
         try:
-            await _created(kv, made, record)
+            created = await _created(kv, made, record)
+            earlier = created is None and not ack.duplicate and await _accepted_before(kv, record)
         except Exception as exc:
             raise self._publish_error(exc) from None
         self.metrics.publish_time(stream).observe(time.perf_counter() - started)
-        return ack.duplicate
+        return ack.duplicate or earlier
 
     def _publish_error(self, exc: Exception) -> HTTPError:
         if isinstance(exc, NATS_DOWN):
@@ -313,6 +315,17 @@ async def _created(kv: KeyValue, made: asyncio.Future[PubAck], record: JobRecord
     # The key exists, or only a delete marker is left (a record removed after a failed
     # publish): the client's create tells the two apart and writes over a marker.
     return await _create(kv, record)
+
+
+async def _accepted_before(kv: KeyValue, record: JobRecord) -> bool:
+    """Whether the job's record is from an earlier acceptance: a repeat sent after EVENTS'
+    duplicate window, which JetStream stored again (the executor then finds the job over and
+    sends no second callback). A record the executor made from this very event has its time."""
+    try:
+        entry = await kv.get(record.job_id)
+    except nats.js.errors.KeyNotFoundError:
+        return False
+    return bool(entry.value) and job_record_decoder.decode(entry.value).created_at != record.created_at
 
 
 async def _create(kv: KeyValue, record: JobRecord) -> int | None:
