@@ -45,7 +45,7 @@ class HTTPError(Exception):
         return error_body(self.error, self.message, **self.extra)
 
     def response(self) -> web.Response:
-        resp = web.Response(body=self.body(), status=self.status, content_type="application/json")
+        resp = json_error(self.status, self.error, self.message, **self.extra)
         resp.headers.update(self.headers)
         return resp
 
