@@ -11,6 +11,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from conveyor.receiver.state import publish_failure
 from conveyor.shared import subjects
 from conveyor.shared.jsrequests import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -132,3 +133,15 @@ async def test_an_unreadable_answer_is_a_503_not_a_500(
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"] == "unavailable" and "Retry-After" in resp.headers
     assert await bus.job_keys() == []  # the record made alongside was removed again
+
+
+def test_every_nats_failure_of_a_write_says_what_in_its_503() -> None:
+    """KV errors are APIErrors without a description; reading one must not turn the 503 into
+    a 500 (an AttributeError inside the error handling)."""
+    assert publish_failure(nats.js.errors.KeyNotFoundError()) == (
+        "NATS JetStream refused the message (nats: key not found)"
+    )
+    assert "(boom)" in publish_failure(nats.js.errors.APIError(description="boom"))
+    assert "did not acknowledge (TimeoutError)" in publish_failure(nats.errors.TimeoutError())
+    with pytest.raises(ZeroDivisionError):
+        publish_failure(ZeroDivisionError())

@@ -282,58 +282,59 @@ class Receiver:
             ack = await sent
         except Exception as exc:
             with contextlib.suppress(Exception):
-                if created := await _created(kv, made, record):
+                if created := (await _created(kv, made, record))[0]:
                     await kv.delete(record.job_id, last=created)
             raise self._publish_error(exc) from None
         try:
-            created = await _created(kv, made, record)
-            earlier = created is None and not ack.duplicate and await _accepted_before(kv, record)
+            created, found = await _created(kv, made, record)
         except Exception as exc:
             raise self._publish_error(exc) from None
+        # A repeat after EVENTS' duplicate window is stored again; the record, from the first
+        # acceptance, tells. One the executor made from this very event carries its time.
+        earlier = created is None and found is not None and found.created_at != record.created_at
         self.metrics.publish_time(stream).observe(time.perf_counter() - started)
         return ack.duplicate or earlier
 
     def _publish_error(self, exc: Exception) -> HTTPError:
-        if isinstance(exc, NATS_DOWN):
-            return self.unavailable(f"NATS JetStream did not acknowledge ({type(exc).__name__})")
-        if isinstance(exc, nats.js.errors.APIError):
-            return self.unavailable(f"NATS JetStream refused the message ({exc.description})")
-        if isinstance(exc, nats.errors.Error):
-            # An answer that was not a PubAck, and the like: whether it was stored is unknown,
-            # and the sender's retry is deduplicated by Nats-Msg-Id either way.
-            return self.unavailable(f"NATS JetStream gave no usable answer ({type(exc).__name__})")
-        raise exc
+        return self.unavailable(publish_failure(exc))
 
 
-async def _created(kv: KeyValue, made: asyncio.Future[PubAck], record: JobRecord) -> int | None:
-    """The record's revision once ``made`` (a KV create) is answered; None when it exists."""
+def publish_failure(exc: Exception) -> str:
+    """What the 503 for a failed publish or record write says; anything not from NATS is raised
+    again (a bug: a logged 500)."""
+    if isinstance(exc, NATS_DOWN):
+        return f"NATS JetStream did not acknowledge ({type(exc).__name__})"
+    if isinstance(exc, nats.js.errors.APIError):
+        # KV errors (key not found, deleted) are APIErrors without a description of their own.
+        return f"NATS JetStream refused the message ({getattr(exc, 'description', None) or exc})"
+    if isinstance(exc, nats.errors.Error):
+        # An answer that was not a PubAck, and the like: whether it was stored is unknown,
+        # and the sender's retry is deduplicated by Nats-Msg-Id either way.
+        return f"NATS JetStream gave no usable answer ({type(exc).__name__})"
+    raise exc
+
+
+async def _created(
+    kv: KeyValue, made: asyncio.Future[PubAck], record: JobRecord
+) -> tuple[int | None, JobRecord | None]:
+    """Once ``made`` (a KV create) is answered: (revision, None) when it stored the record,
+    else (None, the record the key holds)."""
     try:
-        return (await made).seq
+        return (await made).seq, None
     except nats.js.errors.APIError as exc:
         if not is_key_exists(exc):
             raise
-    # The key exists, or only a delete marker is left (a record removed after a failed
-    # publish): the client's create tells the two apart and writes over a marker.
-    return await _create(kv, record)
-
-
-async def _accepted_before(kv: KeyValue, record: JobRecord) -> bool:
-    """Whether the job's record is from an earlier acceptance: a repeat sent after EVENTS'
-    duplicate window, which JetStream stored again (the executor then finds the job over and
-    sends no second callback). A record the executor made from this very event has its time."""
     try:
         entry = await kv.get(record.job_id)
-    except nats.js.errors.KeyNotFoundError:
-        return False
-    return bool(entry.value) and job_record_decoder.decode(entry.value).created_at != record.created_at
-
-
-async def _create(kv: KeyValue, record: JobRecord) -> int | None:
-    """Create the job record; None when it exists (a repeat, or the executor got there first)."""
-    try:
-        return await kv.create(record.job_id, encoder.encode(record))
-    except nats.js.errors.KeyWrongLastSequenceError:
-        return None
+    except nats.js.errors.KeyNotFoundError as gone:
+        if gone.entry is None:
+            raise
+        # Only a delete marker (a record removed after a failed publish): write over it.
+        try:
+            return await kv.update(record.job_id, encoder.encode(record), last=gone.entry.revision), None
+        except nats.js.errors.KeyWrongLastSequenceError:
+            entry = await kv.get(record.job_id)  # written meanwhile (the executor got there first)
+    return None, job_record_decoder.decode(entry.value) if entry.value else None
 
 
 def nonempty(body: bytes) -> bytes:
