@@ -55,7 +55,7 @@ H_LAST_STATUS: Final = "Conveyor-Last-Status"
 H_STAGE: Final = "Conveyor-Stage"
 H_SCHEDULE_ID: Final = "Conveyor-Schedule-Id"
 
-# JetStream message schedules (nats-server 2.12+, ADR-51): set on schedules.def.<id> ...
+# JetStream message schedules (ADR-51; @every and cron need nats-server 2.14+): set on schedules.def.<id> ...
 H_SCHEDULE: Final = "Nats-Schedule"  # "@every 15m", a 6-field cron (seconds first), "@daily"
 H_SCHEDULE_TARGET: Final = "Nats-Schedule-Target"  # where copies go: a subject of the same stream
 H_SCHEDULE_TIME_ZONE: Final = "Nats-Schedule-Time-Zone"  # IANA zone for cron (not for @every)
