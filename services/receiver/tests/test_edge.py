@@ -157,3 +157,23 @@ async def test_unknown_paths_and_methods_leave_no_request_in_a_cycle(receiver) -
     kept = [o for o in garbage if isinstance(o, web.BaseRequest)]
     garbage.clear()
     assert kept == []
+
+
+async def test_hostile_ids_and_headers_get_4xx_and_leave_the_nats_connection_alone(receiver, lovable) -> None:
+    # "%0A" decodes to a newline, which once passed the job-id check (Python's "$" matches
+    # before it) and went into a NATS protocol line.
+    reconnects = receiver.rt.nc.stats["reconnects"]
+    resp = await receiver.http.get("/api/jobs/abc%0A")
+    assert resp.status_code == 404, resp.text
+    assert resp.json()["error"] == "job_not_found"
+    resp = await receiver.http.get("/api/jobs/abc", headers={"Authorization": b"Bearer \xff\xfe"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()
+    assert (error["error"], error["field"]) == ("invalid_header", "Authorization")
+    resp = await receiver.http.get("/api/jobs/abc", headers={"Authorization": "Bearer caf\u00e9".encode()})
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["error"] == "invalid_api_key"
+    body = lovable.body()
+    resp = await receiver.http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body))
+    assert resp.status_code == 202, resp.text
+    assert receiver.rt.nc.stats["reconnects"] == reconnects

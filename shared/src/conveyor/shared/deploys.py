@@ -21,19 +21,21 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta
 
-from conveyor.shared.events import Message
+from conveyor.shared.events import NOT_JSON, Message
 
 # --- Field types --------------------------------------------------------------------------------
 
-SLUG_RE: Final = r"^(?!.*--)[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$"
+# Each pattern ends "$(?!\n)": Python's "$" also matches before a trailing newline, and "\Z"
+# would not read the same in the OpenAPI document (ECMA-262 patterns).
+SLUG_RE: Final = r"^(?!.*--)[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$(?!\n)"
 # Links end up in href attributes: only web, mail, phone and same-page targets, never script.
 URL_RE: Final = (
-    r"^(?:https?://[^\s\"'<>]+|mailto:[^\s\"'<>]+|tel:\+?[0-9 ()-]+|/[^\s\"'<>]*|#[A-Za-z0-9_-]*)$"
+    r"^(?:https?://[^\s\"'<>]+|mailto:[^\s\"'<>]+|tel:\+?[0-9 ()-]+|/[^\s\"'<>]*|#[A-Za-z0-9_-]*)$(?!\n)"
 )
-HTTP_URL_RE: Final = r"^https?://[^\s\"'<>]+$"
-EMAIL_RE: Final = r"^[^@\s\"'<>]+@[^@\s\"'<>]+\.[^@\s\"'<>]+$"
-COLOR_RE: Final = r"^#[0-9a-fA-F]{6}$"
-DEPLOYMENT_ID_RE: Final = r"^d[0-9a-f]{16}$"
+HTTP_URL_RE: Final = r"^https?://[^\s\"'<>]+$(?!\n)"
+EMAIL_RE: Final = r"^[^@\s\"'<>]+@[^@\s\"'<>]+\.[^@\s\"'<>]+$(?!\n)"
+COLOR_RE: Final = r"^#[0-9a-fA-F]{6}$(?!\n)"
+DEPLOYMENT_ID_RE: Final = r"^d[0-9a-f]{16}$(?!\n)"
 
 Slug = Annotated[str, Meta(pattern=SLUG_RE, min_length=1, max_length=40, description="DNS-safe, no '--'")]
 Url = Annotated[str, Meta(pattern=URL_RE, max_length=2000)]
@@ -127,7 +129,7 @@ class Contact(Config, frozen=True, kw_only=True):
     title: Annotated[str, Meta(min_length=1, max_length=80)] = "Contact"
     text: Annotated[str, Meta(max_length=600)] = ""
     email: Email | None = None
-    phone: Annotated[str, Meta(pattern=r"^\+?[0-9 ()-]{3,40}$")] | None = None
+    phone: Annotated[str, Meta(pattern=r"^\+?[0-9 ()-]{3,40}$(?!\n)")] | None = None
     address: Annotated[str, Meta(max_length=300)] = ""
 
     def __post_init__(self) -> None:
@@ -163,7 +165,7 @@ class SiteConfig(Config, frozen=True, kw_only=True):
     name: Annotated[str, Meta(min_length=1, max_length=100)]
     slug: Slug
     description: Annotated[str, Meta(max_length=300)] = ""
-    language: Annotated[str, Meta(pattern=r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")] = "en"
+    language: Annotated[str, Meta(pattern=r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$(?!\n)")] = "en"
     theme: Theme = Theme()
     sections: Sections
 
@@ -219,8 +221,8 @@ def parse_site_config(data: bytes | str) -> SiteConfig:
         return msgspec.json.decode(data, type=SiteConfig)
     except msgspec.ValidationError as exc:
         raise field_error(exc) from None
-    except msgspec.DecodeError as exc:
-        raise ConfigInvalid("", f"not valid JSON: {exc}") from None
+    except NOT_JSON as exc:
+        raise ConfigInvalid("", f"not valid JSON: {exc or type(exc).__name__}") from None
 
 
 def config_hash(config: SiteConfig) -> str:

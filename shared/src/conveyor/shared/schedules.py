@@ -214,7 +214,7 @@ _FIELDS: tuple[tuple[str, int, int, dict[str, int] | None], ...] = (
     ("month", 1, 12, _MONTHS),
     ("day of week", 0, 6, _WEEKDAYS),
 )
-_NUMBER = re.compile(r"^\d{1,4}$")
+_NUMBER = re.compile(r"^\d{1,4}\Z")
 
 
 @dataclass(frozen=True)

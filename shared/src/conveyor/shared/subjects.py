@@ -64,7 +64,8 @@ H_SCHEDULE_TTL: Final = "Nats-Schedule-TTL"  # becomes Nats-TTL on each copy
 H_SCHEDULER: Final = "Nats-Scheduler"  # the subject holding the schedule
 H_SCHEDULE_NEXT: Final = "Nats-Schedule-Next"  # RFC 3339 time of the next firing
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# \Z, not $: "$" also matches before a trailing newline, which would end a protocol line.
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 
 
 def token(value: str) -> str:

@@ -37,7 +37,7 @@ TERMINAL = frozenset({"delivered", "dead_lettered", "skipped"})
 # Enough to read a story of several replays; older attempts fall off the front.
 MAX_ATTEMPTS_KEPT = 50
 
-_VALID_KEY = re.compile(r"^[-/_=\.a-zA-Z0-9]+$")  # nats-py's rule for KV keys
+_VALID_KEY = re.compile(r"^[-/_=\.a-zA-Z0-9]+\Z")  # nats-py's rule for KV keys
 
 
 def round_attempts(entry: DeliveryLog | None) -> int:

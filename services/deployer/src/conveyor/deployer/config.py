@@ -15,7 +15,7 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     port: int = 3103
     """PORT: health, metrics, and the published sites (by Host header)."""
 
-    providers: Annotated[str, Meta(pattern=f"^{_PROVIDER}(?:,{_PROVIDER})*$")] = "local"
+    providers: Annotated[str, Meta(pattern=f"^{_PROVIDER}(?:,{_PROVIDER})*\\Z")] = "local"
     """PROVIDERS: "local" (offline, the default) or a comma list of github, lightsail, dns."""
     data_dir: str = ".data/deployer"
     """DATA_DIR: local provider's git repositories and releases."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -15,14 +15,31 @@ from opentelemetry import context, propagate, trace
 
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE
 from conveyor.shared import logs
-from conveyor.shared.http import HttpMetrics, error_answer, json_error, route_name
+from conveyor.shared.http import HTTPError, HttpMetrics, error_answer, json_error, route_name
 
-_CORRELATION = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_CORRELATION = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}\Z")
 
 
 def correlation_for(given: str) -> str:
     """The caller's X-Correlation-ID when it is a plain token, else a fresh one."""
     return given if given and _CORRELATION.match(given) else os.urandom(16).hex()
+
+
+def undecodable_header(headers: Mapping[str, str]) -> str | None:
+    """The first header whose value is not UTF-8. aiohttp keeps such bytes as lone surrogates,
+    which no encoder, hash or comparison downstream accepts."""
+    for name, value in headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return str(name)  # a plain str: istr does not encode
+    return None
+
+
+async def _bad_header(request: web.Request) -> web.StreamResponse:
+    name = undecodable_header(request.headers)
+    raise HTTPError(400, "invalid_header", f"header {name} is not valid UTF-8", field=name)
 
 
 def edge(metrics: HttpMetrics) -> Middleware:
@@ -37,6 +54,8 @@ def edge(metrics: HttpMetrics) -> Middleware:
         st = request.app[STATE]
         status = 500
         token = logs.correlation_id.set(correlation)
+        if undecodable_header(request.headers) is not None:
+            handler = _bad_header
         try:
             if st.tracing:
                 resp = await _traced(request, handler, st.rt.tracer)

@@ -58,7 +58,7 @@ from conveyor.shared.streams import ensure_kv, ensure_streams
 
 log = logging.getLogger(__name__)
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
 _WRITE_TRIES = 5
 # Server error codes for a definition it refuses (nats-server errors.json).
 _BAD_PATTERN, _BAD_TIME_ZONE = 10189, 10223

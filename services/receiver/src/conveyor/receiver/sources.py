@@ -12,7 +12,7 @@ import asyncio
 import ipaddress
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from conveyor.shared.config import Secret
 from conveyor.shared.http import HTTPError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_DELIVERY_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+_DELIVERY_ID = re.compile(r"^[\x21-\x7e]{1,200}\Z")
 
 
 class LovableWebhook(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,13 +169,30 @@ def _delivery_id(value: str | None, name: str) -> str:
     return value
 
 
-def decode_json(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+def decode_json(
+    decoder: msgspec.json.Decoder[Any],
+    body: bytes,
+    invalid: Callable[[msgspec.ValidationError], HTTPError] | None = None,
+) -> Any:
+    """``body`` decoded, or the 4xx that says what is wrong with it (``invalid`` names the
+    field for a body of the wrong shape)."""
+    if not body.isascii():
+        # JSON is UTF-8; msgspec checks only the strings it keeps, and would let invalid bytes
+        # in skipped fields through to the executor.
+        try:
+            body.decode()
+        except UnicodeDecodeError as exc:
+            raise HTTPError(
+                400, "invalid_json", f"body is not UTF-8: {exc.reason} at byte {exc.start}"
+            ) from None
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise invalid_field(exc) from None
+        raise (invalid or invalid_field)(exc) from None
     except msgspec.DecodeError as exc:
         raise HTTPError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HTTPError(400, "invalid_json", "body is nested too deeply") from None
 
 
 _AT = re.compile(r"at `\$\.?([^`]*)`")

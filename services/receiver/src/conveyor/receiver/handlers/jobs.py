@@ -29,7 +29,7 @@ from conveyor.shared.events import (
 from conveyor.shared.http import HTTPError
 
 _job_create_decoder = msgspec.json.Decoder(JobCreate)
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
 
 
 def _invalid(field: str, message: str) -> HTTPError:
