@@ -93,6 +93,47 @@ def unknown_source(lv: Any) -> tuple[str, bytes, dict[str, str]]:
     return "/api/webhooks/nobody", body, headers
 
 
+def non_ascii_signature(lv: Any) -> tuple[str, bytes, dict[str, Any]]:
+    # 64 characters, none of them hex: as long as a real one, and UTF-8, so it reaches the check.
+    body, headers = _valid(lv)
+    headers["X-Lovable-Signature"] = ("sha256=" + "\u00e9" * 64).encode()
+    return URL, body, headers
+
+
+def signature_not_utf8(lv: Any) -> tuple[str, bytes, dict[str, Any]]:
+    body, headers = _valid(lv)
+    headers["X-Lovable-Signature"] = b"sha256=" + b"\xff" * 64
+    return URL, body, headers
+
+
+def project_header_not_utf8(lv: Any) -> tuple[str, bytes, dict[str, Any]]:
+    body, headers = _valid(lv)
+    headers["X-Lovable-Project-Id"] = b"proj-\xff"
+    return URL, body, headers
+
+
+def delivery_id_with_newline(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    # Python's "$" matches before a trailing newline: the id once passed, and broke the header block.
+    body, headers = _valid(lv, id="evt_1\n")
+    return URL, body, headers
+
+
+def body_not_utf8(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body = lv.body().replace(b"proj_1", b"proj_\xff")
+    return URL, body, lv.headers(body)
+
+
+def body_not_utf8_where_unread(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    # In a field the receiver skips: it would reach the executor unchecked.
+    body = lv.body().replace(b"demo", b"demo\xff")
+    return URL, body, lv.headers(body)
+
+
+def nested_too_deeply(lv: Any) -> tuple[str, bytes, dict[str, str]]:
+    body = lv.body(data={"x": 1}).replace(b'{"x": 1}', b'{"x":' * 5000 + b"1" + b"}" * 5000)
+    return URL, body, lv.headers(body)
+
+
 # name -> (request, status, error code, words in the message)
 CASES: dict[str, tuple[Case, int, str, str]] = {
     "missing signature": (missing_signature, 401, "invalid_signature", "missing X-Lovable-Signature"),
@@ -108,6 +149,13 @@ CASES: dict[str, tuple[Case, int, str, str]] = {
     "missing field": (missing_field, 422, "invalid_field", "project_id"),
     "unknown event type": (unknown_event_type, 422, "unknown_event_type", "project.exploded"),
     "unknown source": (unknown_source, 404, "unknown_source", "nobody"),
+    "non-ASCII signature": (non_ascii_signature, 401, "invalid_signature", "malformed"),
+    "signature not UTF-8": (signature_not_utf8, 400, "invalid_header", "X-Lovable-Signature"),
+    "project header not UTF-8": (project_header_not_utf8, 400, "invalid_header", "X-Lovable-Project-Id"),
+    "delivery id with a newline": (delivery_id_with_newline, 400, "invalid_delivery_id", "printable"),
+    "body not UTF-8": (body_not_utf8, 400, "invalid_json", "not UTF-8"),
+    "body not UTF-8 where unread": (body_not_utf8_where_unread, 400, "invalid_json", "not UTF-8"),
+    "nested too deeply": (nested_too_deeply, 400, "invalid_json", "nested too deeply"),
 }
 
 
@@ -260,3 +308,17 @@ async def test_replayed_delivery_is_accepted_once(receiver, lovable, bus) -> Non
     assert first.json()["job_id"] == again.json()["job_id"]
     assert await bus.count("EVENTS") == 1
     assert len(await bus.job_keys()) == 1
+
+
+async def test_a_body_the_bus_cannot_carry_gets_413_not_a_retry_later(receiver, lovable, bus) -> None:
+    # Under MAX_BODY_BYTES (1 MiB), but with the event's envelope over the server's
+    # max_payload (1 MiB by default): a 503 would have the sender retry forever.
+    limit = receiver.rt.nc.max_payload
+    body = lovable.body(data={"blob": ""})
+    body = body.replace(b'"blob": ""', b'"blob": "' + b"x" * (limit - len(body) - 16) + b'"')
+    assert len(body) < limit
+    resp = await receiver.http.post(URL, content=body, headers=lovable.headers(body))
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"] == "payload_too_large"
+    assert "max_payload" in resp.json()["message"]
+    await bus.assert_nothing_accepted()

@@ -18,6 +18,11 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "timeout",
 ResultStatus = Literal["completed", "failed", "timeout"]
 
 
+# What msgspec raises for bytes it cannot read as JSON: malformed (DecodeError, and its subclass
+# ValidationError for the wrong shape), not UTF-8, or nested deeper than the stack allows.
+NOT_JSON: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

@@ -28,6 +28,11 @@ def _hmac_hex(secret: bytes, data: bytes) -> str:
     return hmac.digest(secret, data, "sha256").hex()
 
 
+def _hex_signature(value: str) -> bool:
+    # ASCII too: compare_digest refuses to compare a str with other characters (a TypeError).
+    return value.startswith("sha256=") and len(value) == 7 + 64 and value.isascii()
+
+
 def check_timestamp(raw: str | None, *, tolerance_s: int, now: float | None = None) -> int:
     """Parse a unix-seconds timestamp and require it within ``tolerance_s`` of now, both ways."""
     if raw is None or raw == "":
@@ -62,7 +67,7 @@ def lovable_verify(
 ) -> None:
     if not signature:
         raise SignatureError("missing X-Lovable-Signature header")
-    if not signature.startswith("sha256=") or len(signature) != 7 + 64:
+    if not _hex_signature(signature):
         raise SignatureError("malformed X-Lovable-Signature (want sha256=<64 hex>)")
     ts = check_timestamp(timestamp, tolerance_s=tolerance_s, now=now)
     given = signature[7:].lower()
@@ -81,7 +86,7 @@ def github_sign(secret: str, body: bytes) -> str:
 def github_verify(secrets: Iterable[str], body: bytes, signature: str | None) -> None:
     if not signature:
         raise SignatureError("missing X-Hub-Signature-256 header")
-    if not signature.startswith("sha256=") or len(signature) != 7 + 64:
+    if not _hex_signature(signature):
         raise SignatureError("malformed X-Hub-Signature-256 (want sha256=<64 hex>)")
     given = signature[7:].lower()
     if not any(hmac.compare_digest(_hmac_hex(s.encode(), body), given) for s in secrets):
@@ -132,7 +137,7 @@ def standard_verify(
     given = []
     for part in sig_header.split():
         version, _, sig = part.partition(",")
-        if version == "v1" and sig:
+        if version == "v1" and sig and sig.isascii():
             given.append(sig)
     if not given:
         raise SignatureError("malformed webhook-signature (want 'v1,<base64>' entries)")

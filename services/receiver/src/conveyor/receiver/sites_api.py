@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 from typing import Annotated, Any
@@ -33,6 +34,7 @@ from msgspec import Meta
 
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.openapi import SSE, Operation, Param
+from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.deploy_store import DeployStore, DeployStoreError
@@ -134,13 +136,17 @@ def _answers(st: Receiver) -> Any:
 
 
 def _decode(body: bytes, kind: type[Any]) -> Any:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        err = field_error(exc)
-        raise HTTPError(422, "invalid_config", err.message, field=err.field) from None
-    except msgspec.DecodeError as exc:
-        raise HTTPError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    return decode_json(_decoder(kind), body, _invalid_config)
+
+
+@functools.cache
+def _decoder(kind: type[Any]) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(kind)
+
+
+def _invalid_config(exc: msgspec.ValidationError) -> HTTPError:
+    err = field_error(exc)
+    return HTTPError(422, "invalid_config", err.message, field=err.field)
 
 
 def _site_id(request: web.Request) -> str:

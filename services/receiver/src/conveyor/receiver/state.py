@@ -296,6 +296,16 @@ class Receiver:
         return ack.duplicate or earlier
 
     def _publish_error(self, exc: Exception) -> HTTPError:
+        if isinstance(exc, nats.errors.MaxPayloadError):
+            # Not a retry-later: the same body will never fit.
+            limit = self.rt.nc.max_payload
+            return HTTPError(
+                413,
+                "payload_too_large",
+                f"the event with its envelope is over the NATS server's max_payload ({limit} bytes); "
+                "nothing was accepted",
+                limit=limit,
+            )
         return self.unavailable(publish_failure(exc))
 
 

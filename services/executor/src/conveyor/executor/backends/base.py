@@ -13,7 +13,7 @@ from typing import Protocol
 import msgspec
 
 from conveyor.executor.registry import Agent
-from conveyor.shared.events import JobRequest, ResultBody
+from conveyor.shared.events import NOT_JSON, JobRequest, ResultBody
 
 
 class AgentError(Exception):
@@ -90,7 +90,7 @@ def parse_output(text: str | bytes, source: str) -> ResultBody:
     for candidate in _candidates(text):
         try:
             value = msgspec.json.decode(candidate)
-        except msgspec.DecodeError:
+        except NOT_JSON:
             continue
         if isinstance(value, dict) and isinstance(value.get("result"), dict) and "summary" not in value:
             value = value["result"]  # {"result": {...}}: the contract's own nesting

@@ -8,7 +8,7 @@ import msgspec
 
 from conveyor.executor.backends.base import AgentError, AgentJob
 from conveyor.executor.builtin import ANALYSES, Payload
-from conveyor.shared.events import ResultBody
+from conveyor.shared.events import NOT_JSON, ResultBody
 
 # Payloads above this are analysed in a thread so a big upload never stalls other jobs.
 INLINE_BYTES = 64 * 1024
@@ -37,8 +37,8 @@ class BuiltinBackend:
         raw = bytes(job.request.input)
         try:
             value = msgspec.json.decode(raw) if raw else {}
-        except msgspec.DecodeError as exc:
-            raise AgentError(f"input is not JSON: {exc}") from exc
+        except NOT_JSON as exc:
+            raise AgentError(f"input is not JSON: {exc or type(exc).__name__}") from exc
         payload = Payload.of(value, job.request.prompt)
         if name == "sleep":
             ms = sleep_ms(payload)

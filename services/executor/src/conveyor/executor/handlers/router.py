@@ -25,6 +25,7 @@ from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent, route_for
 from conveyor.shared import subjects
 from conveyor.shared.events import (
+    NOT_JSON,
     AgentResult,
     JobRecord,
     JobRequest,
@@ -131,7 +132,7 @@ class Router:
     async def route(self, event: WebhookEvent) -> None:
         try:
             payload = msgspec.json.decode(event.payload) if event.payload else None
-        except msgspec.DecodeError:
+        except NOT_JSON:
             payload = None
         try:
             agents = self.resolve(event, payload)
