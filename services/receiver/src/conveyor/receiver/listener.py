@@ -354,6 +354,10 @@ class Connection(asyncio.Protocol):
         buf, self.buf = self.buf, b""
         if buf:
             proto.data_received(bytes(buf))
+        if self.eof and not proto.eof_received():
+            # The EOF came to us first: aiohttp hears it too, and closes as on its own path
+            # (asyncio closes when eof_received answers False), instead of waiting for more.
+            transport.close()
 
     def shut(self) -> None:
         """Close now if no request is in flight, else once it is answered."""
