@@ -298,6 +298,12 @@ async def test_stopping_closes_idle_connections(start_receiver, lovable) -> None
         b"POST /api/webhooks/lovable HTTP/1.1\r\nContent-Length: 0\r\nX-Nul: a\x00b",
         b"POST /api/webhooks/lovable HTTP/1.1\r\nContent-Length: 0\r\nConnection: Upgrade",
         b"POST /api/webhooks/lovable HTTP/1.1",  # no length
+        # What aiohttp refuses (a 400 there): a repeated singleton header, too many headers,
+        # a header line over its limit.
+        b"POST /api/webhooks/lovable HTTP/1.1\r\nContent-Length: 0\r\nContent-Type: a\r\nContent-Type: b",
+        b"POST /api/webhooks/lovable HTTP/1.1\r\nContent-Length: 0\r\nUser-Agent: a\r\nUser-Agent: b",
+        b"POST /api/webhooks/lovable HTTP/1.1\r\nContent-Length: 0" + b"\r\nX-A: b" * 128,
+        b"POST /api/webhooks/lovable HTTP/1.1\r\nContent-Length: 0\r\nX-A: " + b"b" * 8190,
     ],
 )
 def test_parse_head_takes_only_plain_webhook_posts(head: bytes) -> None:

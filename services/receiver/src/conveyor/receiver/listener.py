@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_parser import SINGLETON_HEADERS
 
 from conveyor.receiver.handlers import webhooks
 from conveyor.receiver.metrics import Metrics
@@ -45,8 +46,12 @@ _PATH = "/api/webhooks/"
 _PLAIN = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 # Headers whose presence means a request this path does not take.
 _ELSEWHERE = frozenset(("transfer-encoding", "expect", "upgrade", "traceparent"))
-# Headers that must not be repeated here (aiohttp decides what a repeat means).
-_ONCE = frozenset(("content-length", "host", "connection", "x-forwarded-for"))
+# Headers that must not be repeated here: those aiohttp refuses to see twice (a 400 there), and
+# two whose repeats it would read in its own way.
+_ONCE = SINGLETON_HEADERS | {"connection", "x-forwarded-for"}
+# aiohttp's parser limits: a head past them is aiohttp's to refuse.
+_MAX_HEADERS = 128
+_MAX_LINE = 8190
 # aiohttp's keep-alive timeout, so an idle connection lasts as long on either path.
 IDLE_S = 3630.0
 _PAUSE_AT = 256 * 1024  # unread bytes buffered behind a request in flight before reading stops
@@ -86,6 +91,8 @@ def parse_head(head: bytes) -> Head | None:
     if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
         return None  # a bare CR or LF: not for this path to interpret
     lines = head.decode("ascii").split("\r\n")
+    if len(lines) > _MAX_HEADERS + 1 or (len(head) > _MAX_LINE and max(map(len, lines)) > _MAX_LINE):
+        return None
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[0] != "POST" or parts[2] != "HTTP/1.1" or not parts[1].startswith(_PATH):
         return None
