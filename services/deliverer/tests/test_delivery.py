@@ -430,3 +430,32 @@ async def test_a_redelivery_of_a_delivered_result_is_not_sent_again(
     assert [r.answered for r in sink.requests] == [200]  # the first delivery only
     assert 'callbacks_total{outcome="already_delivered"} 1.0' in metrics
     assert [a.outcome for a in (await read_log(kv, "job_once_again")).attempts] == ["delivered"]
+
+
+async def test_a_probe_that_finds_the_result_delivered_releases_the_circuit(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any, registry: CollectorRegistry
+) -> None:
+    """Half-open, the probe is a redelivery of a result the attempt log says was delivered: it
+    sends nothing, and the next result to that endpoint must still go out."""
+    sink.status = 503
+    s = settings(
+        nats_url, callback_breaker_threshold=1, callback_breaker_cooldown_s=1.5, callback_max_attempts=1
+    )
+    async with deliverer(s, registry):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_opens", sink.url())
+        await log_when(kv, "job_opens", ["dead_lettered"])  # one failure: the circuit is open
+        # Delivery 1 is paused by the open circuit; delivery 2, after the cool-down, is the probe.
+        delivered = events.DeliveryAttempt(at=utcnow(), url=sink.url(), status_code=200, latency_ms=1.0)
+        log = DeliveryLog(job_id="job_sent_before", attempts=[delivered], delivered=True)
+        await kv.put("job_sent_before", encoder.encode(log))
+        await publish_result("job_sent_before", sink.url())
+
+        async def probe_found_it_delivered() -> None:
+            assert registry.get_sample_value("callbacks_total", {"outcome": "already_delivered"}) == 1
+
+        await eventually(probe_found_it_delivered, timeout=15)
+        sink.status = 200
+        await publish_result("job_after", sink.url())
+        await log_when(kv, "job_after", ["delivered"], timeout=10)
+    assert [r.answered for r in sink.requests] == [503, 200]

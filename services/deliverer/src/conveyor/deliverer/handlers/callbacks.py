@@ -91,32 +91,35 @@ class DeliverCallback:
             self.metrics.outcome["paused"].inc()
             raise RetryableError(f"circuit open for {endpoint}; paused {pause:.1f}s", delay_s=pause)
 
+        # This call may be the half-open probe: every way out that has no answer from the
+        # endpoint must release it, or the endpoint stays paused until a restart.
+        answered = False
         try:
-            entry = None if first else await self.attempts.read(job.job_id)
-        except Exception as exc:
-            self.breakers.abandon(endpoint)
-            raise RetryableError(f"cannot read the delivery log: {exc}") from exc
-        if entry is not None and entry.attempts and entry.attempts[-1].outcome == "delivered":
-            # Delivered, and then the ack did not reach JetStream (a NATS node went away, or
-            # this process died, between the two): the endpoint has it; do not send it again.
-            self.metrics.outcome["already_delivered"].inc()
-            log.info("job %s was delivered before (attempt log): not sent again", job.job_id)
-            return
-        number = (0 if first else round_attempts(entry)) + 1
+            try:
+                entry = None if first else await self.attempts.read(job.job_id)
+            except Exception as exc:
+                raise RetryableError(f"cannot read the delivery log: {exc}") from exc
+            if entry is not None and entry.attempts and entry.attempts[-1].outcome == "delivered":
+                # Delivered, and then the ack did not reach JetStream (a NATS node went away, or
+                # this process died, between the two): the endpoint has it; do not send it again.
+                self.metrics.outcome["already_delivered"].inc()
+                log.info("job %s was delivered before (attempt log): not sent again", job.job_id)
+                return
+            number = (0 if first else round_attempts(entry)) + 1
 
-        body = encoder.encode(job.result)
-        headers = inject_headers(
-            {
-                "Content-Type": "application/json",
-                **standard_headers(self.keys.for_url(url), webhook_id(job.job_id), body),
-            }
-        )
-        at = utcnow()
-        try:
+            body = encoder.encode(job.result)
+            headers = inject_headers(
+                {
+                    "Content-Type": "application/json",
+                    **standard_headers(self.keys.for_url(url), webhook_id(job.job_id), body),
+                }
+            )
+            at = utcnow()
             result = await post(self.client, url, body, headers, timeout_s=self.settings.callback_timeout_s)
-        except BaseException:
-            self.breakers.abandon(endpoint)
-            raise
+            answered = True
+        finally:
+            if not answered:
+                self.breakers.abandon(endpoint)
         if result.kind == "retry":
             self.breakers.failure(endpoint)
         elif result.kind == "refused":
