@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -18,17 +19,28 @@ from conveyor.shared.streams import ensure_streams
 from conveyor.shared.testing.fixtures import eventually
 
 
-def make_consumer(js: JetStreamContext, name: str, handler: Handler, *, concurrency: int) -> Consumer:
+def consumer_config(name: str, max_deliver: int | None = None) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=name,
+        filter_subject="jobs.run.>",
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=10,
+        max_deliver=max_deliver,
+    )
+
+
+def make_consumer(
+    js: JetStreamContext, name: str, handler: Handler, *, concurrency: int, **kw: Any
+) -> Consumer:
     return Consumer(
         js=js,
         stream=subjects.JOBS,
-        config=ConsumerConfig(
-            durable_name=name, filter_subject="jobs.run.>", ack_policy=AckPolicy.EXPLICIT, ack_wait=10
-        ),
+        config=consumer_config(name, kw.pop("max_deliver", None)),
         handler=handler,
         stage="test",
         metrics=ConsumerMetrics(CollectorRegistry(), "test"),
         concurrency=concurrency,
+        **kw,
     )
 
 
@@ -151,5 +163,46 @@ async def test_slots_freed_during_a_pull_are_covered_by_the_next_pull(
         while pulls.pending_msgs:
             batches.append(json.loads((await pulls.next_msg()).data)["batch"])
         assert batches and min(batches) >= 4, batches
+    finally:
+        await consumer.stop(1)
+
+
+async def test_a_last_attempt_the_dlq_could_not_take_is_dead_lettered_when_it_is_back(
+    js: JetStreamContext,
+) -> None:
+    """The DLQ publish fails on the last attempt, so the message is NAKed: it must come back
+    (JetStream would stop at its own max_deliver) and reach the DLQ once the DLQ is there."""
+    await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
+    await js.add_consumer(subjects.JOBS, consumer_config("limited", 3))  # as an earlier version left it
+    seen: list[int] = []
+
+    async def handle(msg: Msg) -> None:
+        seen.append(attempts_of(msg))
+        if seen[-1] == 3:
+            await js.delete_stream(subjects.DLQ)  # the last attempt's DLQ copy fails
+        raise RuntimeError("always fails")
+
+    consumer = make_consumer(
+        js, "limited", handle, concurrency=1, max_deliver=3, retry_base_s=0.01, retry_cap_s=0.05
+    )
+    await consumer.start()
+    try:
+        assert (await js.consumer_info(subjects.JOBS, "limited")).config.max_deliver == -1
+        await js.publish("jobs.run.dev", b"x")
+
+        async def past_the_limit() -> None:
+            assert seen[-1] > 3
+
+        await eventually(past_the_limit)
+        await ensure_streams(js, [subjects.DLQ])
+
+        async def dead_lettered() -> Msg:
+            info = await js.consumer_info(subjects.JOBS, "limited")
+            assert info.num_pending == 0 and info.num_ack_pending == 0
+            return await js.get_last_msg(subjects.DLQ, "dlq.test.jobs.run.dev")
+
+        dead = await eventually(dead_lettered)
+        assert dead.data == b"x" and int(dead.headers["Conveyor-Attempts"]) > 3
+        assert "always fails" in dead.headers["Conveyor-Error"]
     finally:
         await consumer.stop(1)

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from conveyor.executor.builtin import ANALYSES
 from conveyor.executor.config import AgentConfig, Settings
 from conveyor.executor.service import SPEC
 from conveyor.shared import subjects
@@ -193,6 +194,9 @@ async def test_unreadable_messages_are_dead_lettered_byte_for_byte(bus, make_set
     async with serve(SPEC, make_settings()):
         await bus.js.publish("jobs.run.dev", b"not json", headers={subjects.MSG_ID: "bad-1"})
         await bus.js.publish("events.lovable.agent.task_requested", b'{"job_id": 7}')
+        # Not UTF-8: msgspec raises UnicodeDecodeError, not a DecodeError; once taken for a bug
+        # and retried for ever on the workers' consumer, which has no delivery limit.
+        await bus.js.publish("jobs.run.qa", b'{"job_id": "j\xff"}', headers={subjects.MSG_ID: "bad-2"})
         later = await bus.job("noop")
         await bus.until(later, "completed")
 
@@ -208,6 +212,9 @@ async def test_unreadable_messages_are_dead_lettered_byte_for_byte(bus, make_set
         assert job.headers["Conveyor-Error"].startswith("unreadable body: ")
         assert event.headers["Conveyor-Error"].startswith("unreadable body: ")
         assert job.headers["Conveyor-Attempts"] == "1"
+        not_utf8 = await eventually(lambda: bus.js.get_last_msg(subjects.DLQ, "dlq.executor.jobs.run.qa"))
+        assert not_utf8.data == b'{"job_id": "j\xff"}'
+        assert not_utf8.headers["Conveyor-Error"].startswith("unreadable body: ")
 
 
 async def test_unroutable_event_fails_its_job_so_the_caller_hears(bus, make_settings) -> None:
@@ -252,3 +259,23 @@ async def test_agent_concurrency_runs_one_at_a_time_without_using_attempts(bus, 
         first, second = sorted((ra, rb), key=lambda r: r.started_at or r.created_at)
         assert first.finished_at is not None and second.started_at is not None
         assert second.started_at >= first.finished_at
+
+
+async def test_an_instant_agent_that_crashes_fails_after_its_attempts(
+    bus, make_settings, monkeypatch
+) -> None:
+    """A bug in an instant backend is a failed attempt, not a message NAKed forever."""
+
+    def crash(payload: Any, agent: str) -> Any:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setitem(ANALYSES, "crash", crash)
+    agent = AgentConfig(name="crash", backend="builtin", instant=True, retries=1)
+    async with serve(SPEC, make_settings(agent)):
+        job_id = await bus.job("crash")
+        rec = await bus.until(job_id, "failed")
+        assert rec.attempts == 2 and rec.error == "ZeroDivisionError: division by zero"
+        result = (await bus.one_result(job_id)).result
+        assert result.status == "failed" and "failed after 2 attempt(s)" in result.result.summary
+        [dead] = await bus.dead_letters("crash")
+        assert "ZeroDivisionError" in dead.headers["Conveyor-Error"]

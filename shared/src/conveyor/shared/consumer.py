@@ -4,11 +4,16 @@ Settlement lives here and nowhere else:
   handler returns            -> ack (unless the handler settled the message itself)
   RetryableError             -> nak with delay (its own, else exponential backoff with jitter)
   PermanentError, bad decode -> copy to the DLQ, then term
-  any other exception        -> a bug: logged, nak with backoff; max_deliver bounds it
+  any other exception        -> a bug: logged, nak with backoff; the attempt limit bounds it
   last attempt failing       -> copy to the DLQ, then term
   cancelled by shutdown      -> nak at once, so another replica picks it up now
 The DLQ copy is acknowledged by JetStream before the original is terminated, so a crash
 between the two leaves the message redeliverable, never lost.
+
+The attempt limit is the config's ``max_deliver``, enforced here: the durable itself is
+created with no limit. JetStream never redelivers past its own max_deliver, so a last attempt
+NAKed by a shutdown, or by a DLQ publish that failed, would be left neither handled nor
+dead-lettered; unlimited, it comes back and is dead-lettered on that later delivery.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import logging
 import random
@@ -23,7 +29,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
-import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -33,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from conveyor.shared import subjects, wire
 from conveyor.shared.errors import PermanentError, RetryableError
-from conveyor.shared.events import utcnow
+from conveyor.shared.events import NOT_JSON, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +162,7 @@ class Consumer:
     poll_s: float = 1.0
     retry_base_s: float = 1.0
     retry_cap_s: float = 60.0
+    max_attempts: int = 0  # the last is dead-lettered; 0: the config's max_deliver (unset: no limit)
     _sub: Subscription | None = None
     _next: str = ""  # the durable's pull-request subject
     _task: asyncio.Task[None] | None = None
@@ -170,14 +176,16 @@ class Consumer:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)  # a slot freed or a pull ended
     _refused: str = ""  # why the server ended a pull early, if it did
 
+    def __post_init__(self) -> None:
+        if not self.max_attempts:
+            self.max_attempts = self.config.max_deliver or -1
+        # The limit is ours (see the module docstring); the server must keep redelivering.
+        self.config = dataclasses.replace(self.config, max_deliver=-1)
+
     @property
     def name(self) -> str:
         assert self.config.durable_name
         return self.config.durable_name
-
-    @property
-    def max_deliver(self) -> int:
-        return self.config.max_deliver or -1
 
     async def start(self) -> None:
         """Create or converge the durable, subscribe to its deliveries, and start pulling."""
@@ -328,7 +336,7 @@ class Consumer:
                 if not msg._ackd:
                     await msg.nak()
             raise
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except NOT_JSON as exc:
             # Every handler decodes its body first; one that cannot be read never will be.
             log.error("dead-lettering %s: unreadable body: %s", msg.subject, exc)
             return await self._dead_letter(msg, f"unreadable body: {exc}", None)
@@ -359,7 +367,7 @@ class Consumer:
         return "ok"
 
     def _last(self, attempt: int) -> bool:
-        return self.max_deliver > 0 and attempt >= self.max_deliver
+        return self.max_attempts > 0 and attempt >= self.max_attempts
 
     def retry_delay(self, attempt: int) -> float:
         return backoff_delay(attempt, self.retry_base_s, self.retry_cap_s)
