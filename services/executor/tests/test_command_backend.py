@@ -38,6 +38,8 @@ elif mode == "progress":
     while not os.path.exists(job["input"]["go"]):
         time.sleep(0.05)
     print(json.dumps({"summary": "done"}))
+elif mode == "big":
+    print(json.dumps({"summary": "x" * job["input"]["bytes"]}))
 elif mode == "garbage":
     print("not json at all")
 elif mode == "hang":
@@ -135,6 +137,23 @@ async def test_output_that_is_not_the_contract_fails_clearly(
         job_id = await bus.job("cli", {"mode": "garbage"})
         rec = await bus.until(job_id, "failed")
         assert "output no JSON object found: 'not json at all'" in (rec.error or "")
+
+
+async def test_a_result_over_max_payload_fails_the_job_at_once(
+    bus, make_settings, agent_script, tmp_path
+) -> None:
+    """A result NATS cannot carry is not a crash to retry: the job fails on its first attempt,
+    and the caller hears why in a result that fits."""
+    async with serve(SPEC, make_settings(cmd(agent_script, tmp_path, retries=2))) as rt:
+        limit = rt.nc.max_payload
+        job_id = await bus.job("cli", {"mode": "big", "bytes": limit + 1000})
+        rec = await bus.until(job_id, "failed")
+        assert rec.attempts == 1
+        assert rec.error is not None and rec.error.startswith("result of ")
+        assert f"bytes exceeds the NATS max_payload of {limit} bytes" in rec.error
+        result = (await bus.one_result(job_id)).result
+        assert result.status == "failed" and result.result.summary == f"cli failed: {rec.error}"
+        assert rec.error in await bus.log_lines(job_id)
 
 
 async def test_timeout_kills_the_process_group(bus, make_settings, agent_script, tmp_path) -> None:

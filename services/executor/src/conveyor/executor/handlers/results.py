@@ -25,6 +25,20 @@ from conveyor.shared.telemetry import inject_headers
 _encoder = msgspec.json.Encoder()
 
 
+def encoded(
+    result: AgentResult, *, callback_url: str | None, source: str, correlation_id: str | None
+) -> bytes:
+    """The body of ``results.<job_id>`` for ``result``."""
+    body = JobResult(
+        job_id=result.job_id,
+        callback_url=callback_url,
+        source=source,
+        result=result,
+        correlation_id=correlation_id,
+    )
+    return _encoder.encode(body)
+
+
 class Results:
     def __init__(self, requests: JsRequests, js: JetStreamContext) -> None:
         self.requests = requests
@@ -39,19 +53,13 @@ class Results:
         correlation_id: str | None,
     ) -> None:
         job_id = result.job_id
-        body = JobResult(
-            job_id=job_id,
-            callback_url=callback_url,
-            source=source,
-            result=result,
-            correlation_id=correlation_id,
-        )
+        body = encoded(result, callback_url=callback_url, source=source, correlation_id=correlation_id)
         headers = {subjects.MSG_ID: ids.result_msg_id(job_id), subjects.H_JOB_ID: job_id}
         if correlation_id:
             headers[subjects.H_CORRELATION_ID] = correlation_id
         headers = inject_headers(headers)
         headers[EXPECTED_STREAM] = subjects.RESULTS
-        await self.requests.publish(subjects.result(job_id), _encoder.encode(body), headers)
+        await self.requests.publish(subjects.result(job_id), body, headers)
 
     async def republish(self, record: JobRecord, correlation_id: str | None = None) -> None:
         """Publish a job's stored result just after its record ended it (a no-op for JetStream if

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import msgspec
 from msgspec.structs import replace
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -29,7 +30,7 @@ from opentelemetry import trace
 from conveyor.executor.backends import AgentError, AgentJob, Backend
 from conveyor.executor.config import Settings
 from conveyor.executor.handlers.jobstore import JobStore, Versioned, checked_job_id
-from conveyor.executor.handlers.results import Results
+from conveyor.executor.handlers.results import Results, encoded
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
 from conveyor.shared import wire
@@ -52,6 +53,11 @@ log = logging.getLogger(__name__)
 STAGE = "executor"
 SATURATED_DELAY_S = 1.0
 PROGRESS_EVERY_S = 1.0
+# Headers count against the server's max_payload too (nats-py checks the body alone), and a
+# message over it closes the connection: this much is kept for them.
+HEADER_ROOM = 4096
+
+_encoder = msgspec.json.Encoder()
 
 
 @dataclass
@@ -133,6 +139,13 @@ class Attempt:
         if self.previous is None:
             self.previous = [ln for ln in await self.store.read_log(self.job_id) if ln.attempt < self.number]
         await self.store.write_log(self.job_id, [*self.previous, *self.lines])
+
+
+def _text_size(body: ResultBody) -> int:
+    """Characters of text in ``body``: JSON escaping makes at most six bytes of each, so a
+    result well under the limit by this count is not encoded twice to be measured."""
+    size = len(body.summary) + sum(map(len, body.files_changed)) + sum(map(len, body.suggestions))
+    return size + (len(body.code_diff) if isinstance(body.code_diff, str) else 0)
 
 
 def _leave(msg: Msg) -> None:
@@ -313,6 +326,12 @@ class Worker:
             )
         except AgentError as exc:
             return Outcome("failed", error=str(exc), transient=exc.transient)
+        except Exception as exc:
+            # A bug in a backend. Left to the consumer it would be NAKed forever: the workers'
+            # consumer has no max_deliver, and an instant agent's attempt is only counted here.
+            log.exception("backend %s failed on job %s", agent.backend, req.job_id)
+            attempt.log("error", f"{type(exc).__name__}: {exc}")
+            return Outcome("failed", error=f"{type(exc).__name__}: {exc}", transient=True)
 
     async def _execute(self, agent: Agent, req: JobRequest, attempt: Attempt, run: Running) -> Outcome:
         """Run the backend under the timeout; a cancel request cancels the backend's task."""
@@ -472,17 +491,21 @@ class Worker:
         """Write the terminal record, publish the result, tell the fan-out parent.
         Returns False when someone else had already decided the job's end."""
         now = utcnow()
-        result = None
-        if outcome.status != "cancelled":
-            result = AgentResult(
+
+        def result_of(ending: Outcome) -> AgentResult | None:
+            if ending.status == "cancelled":
+                return None
+            return AgentResult(
                 job_id=req.job_id,
                 lovable_project_id=req.project_id,
                 agent_id=agent_name,
-                status=outcome.status,  # type: ignore[arg-type]
-                result=outcome.body or ResultBody(summary=outcome.error or outcome.status),
+                status=ending.status,  # type: ignore[arg-type]
+                result=ending.body or ResultBody(summary=ending.error or ending.status),
                 execution_time=elapsed_ms,
                 timestamp=now,
             )
+
+        result = result_of(outcome)
         number = attempt.number
 
         def change(r: JobRecord | None) -> JobRecord | None:
@@ -505,6 +528,18 @@ class Worker:
                 callback_url=base.callback_url or req.callback_url,
             )
 
+        if (
+            result is not None
+            and _text_size(result.result) * 6 + HEADER_ROOM * 4 > self.js._nc.max_payload
+            and (too_big := self._oversized(change(attempt.cur.record), req))
+        ):
+            # Neither the record nor the result could be sent, on any attempt: end the job failed
+            # now with a small result the caller can get (``change`` reads the new values).
+            log.warning("job %s: %s", req.job_id, too_big)
+            attempt.log("error", too_big)
+            summary = f"{agent_name} failed: {too_big}"
+            outcome = Outcome("failed", body=ResultBody(summary=summary), error=too_big, ran=outcome.ran)
+            result = result_of(outcome)
         # The log first: once a client sees the terminal record, the log it fetches is complete.
         if not (attempt.quiet and outcome.status == "completed"):
             await attempt.flush_log()
@@ -530,6 +565,26 @@ class Worker:
         if req.parent_id is not None:
             await self.child_done(req.parent_id)
         return True
+
+    def _oversized(self, record: JobRecord | None, req: JobRequest) -> str | None:
+        """Why the terminal ``record`` or its result message cannot go through NATS, if either
+        is over the server's max_payload (nats-py refuses to send it)."""
+        if record is None or record.result is None:
+            return None
+        limit = self.js._nc.max_payload
+        message = encoded(
+            record.result,
+            callback_url=record.callback_url,
+            source=record.source,
+            correlation_id=req.correlation_id,
+        )
+        size = max(len(_encoder.encode(record)), len(message))
+        if size + HEADER_ROOM <= limit:
+            return None
+        return (
+            f"result of {size} bytes exceeds the NATS max_payload of {limit} bytes "
+            f"(less {HEADER_ROOM} for headers)"
+        )
 
     async def _settle_finished(self, msg: Msg, cur: Versioned, req: JobRequest) -> None:
         """The job already ended: make sure its result is out, then drop this delivery."""
