@@ -41,6 +41,17 @@ async def test_a_subject_that_would_split_the_command_is_refused(nc: Client, sub
         await wire.publish(nc, subject, b"x")
 
 
+async def test_headers_count_against_max_payload_and_an_oversized_message_is_refused_here(nc: Client) -> None:
+    # The server's limit is on the whole message: one over it, sent, would make the server drop
+    # the connection and everything in flight on it.
+    headers = wire.header_block({"Nats-Msg-Id": "a" * 100})
+    payload = b"x" * (nc.max_payload - 10)
+    with pytest.raises(nats.errors.MaxPayloadError):
+        await wire.publish(nc, "wire.big", payload, headers=headers)
+    await nc.flush(timeout=5)
+    assert nc.is_connected and nc.stats["reconnects"] == 0
+
+
 async def test_a_handler_that_raises_does_not_stop_the_connection(nc: Client) -> None:
     got: list[bytes] = []
 

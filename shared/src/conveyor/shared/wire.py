@@ -101,7 +101,9 @@ async def publish(
     limit = nc._max_pending_size
     if not nc.is_connected and (limit <= 0 or size + nc._pending_data_size > limit):
         raise nats.errors.OutboundBufferLimitError
-    if size > nc._max_payload:
+    # The server's limit is on headers and body together (nats-py checks the body alone); a
+    # message over it would make the server close the connection, with everything in flight.
+    if size + (len(headers) if headers else 0) > nc._max_payload:
         raise nats.errors.MaxPayloadError
     if headers is None:
         cmd = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), size, payload)

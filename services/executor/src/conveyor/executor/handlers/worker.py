@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 STAGE = "executor"
 SATURATED_DELAY_S = 1.0
 PROGRESS_EVERY_S = 1.0
-# Headers count against the server's max_payload too (nats-py checks the body alone), and a
-# message over it closes the connection: this much is kept for them.
+# Headers count against the server's max_payload too (wire.publish refuses a message over it):
+# a result is measured with this much kept for them.
 HEADER_ROOM = 4096
 
 _encoder = msgspec.json.Encoder()
@@ -568,7 +568,7 @@ class Worker:
 
     def _oversized(self, record: JobRecord | None, req: JobRequest) -> str | None:
         """Why the terminal ``record`` or its result message cannot go through NATS, if either
-        is over the server's max_payload (nats-py refuses to send it)."""
+        is over the server's max_payload (the publish would be refused)."""
         if record is None or record.result is None:
             return None
         limit = self.js._nc.max_payload
