@@ -222,7 +222,7 @@ def parse_site_config(data: bytes | str) -> SiteConfig:
     except msgspec.ValidationError as exc:
         raise field_error(exc) from None
     except NOT_JSON as exc:
-        raise ConfigInvalid("", f"not valid JSON: {exc or type(exc).__name__}") from None
+        raise ConfigInvalid("", f"not valid JSON: {exc}") from None
 
 
 def config_hash(config: SiteConfig) -> str:

@@ -28,7 +28,7 @@ _CACHE_MAX = 10_000
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def key_id_of(digest: str) -> str:

@@ -38,7 +38,7 @@ class BuiltinBackend:
         try:
             value = msgspec.json.decode(raw) if raw else {}
         except NOT_JSON as exc:
-            raise AgentError(f"input is not JSON: {exc or type(exc).__name__}") from exc
+            raise AgentError(f"input is not JSON: {exc}") from exc
         payload = Payload.of(value, job.request.prompt)
         if name == "sleep":
             ms = sleep_ms(payload)
