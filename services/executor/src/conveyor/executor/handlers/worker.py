@@ -148,6 +148,11 @@ def _text_size(body: ResultBody) -> int:
     return size + (len(body.code_diff) if isinstance(body.code_diff, str) else 0)
 
 
+def _cancelled(attempt: Attempt, reason: str) -> Outcome:
+    attempt.log("warning", f"cancelled: {reason}")
+    return Outcome("cancelled", error=reason)
+
+
 def _leave(msg: Msg) -> None:
     """Another executor owns this job now: settle nothing (its in-progress acks keep the
     message; if it dies, JetStream redelivers)."""
@@ -336,7 +341,8 @@ class Worker:
     async def _execute(self, agent: Agent, req: JobRequest, attempt: Attempt, run: Running) -> Outcome:
         """Run the backend under the timeout; a cancel request cancels the backend's task."""
         if run.cancel_reason is not None:
-            return Outcome("cancelled", error=run.cancel_reason)
+            # Cancelled while "processing" was being written: the log says so all the same.
+            return _cancelled(attempt, run.cancel_reason)
         job = self._job(agent, req, attempt)
         timeout = req.timeout_ms / 1000 if req.timeout_ms else agent.timeout_s
         task = asyncio.create_task(self.backends[agent.backend].run(job))
@@ -348,7 +354,7 @@ class Worker:
             return Outcome("completed", body=body)
         except TimeoutError:
             if run.cancel_reason is not None:
-                return Outcome("cancelled", error=run.cancel_reason)
+                return _cancelled(attempt, run.cancel_reason)
             attempt.log("error", f"no answer within {timeout:g} s: stopped")
             return Outcome(
                 "timeout",
@@ -358,8 +364,7 @@ class Worker:
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if run.cancel_reason is not None and me is not None and me.cancelling() == 0:
-                attempt.log("warning", f"cancelled: {run.cancel_reason}")
-                return Outcome("cancelled", error=run.cancel_reason)
+                return _cancelled(attempt, run.cancel_reason)
             raise
         except AgentError as exc:
             attempt.log("error", str(exc))
