@@ -6,9 +6,14 @@ for a publish, a JSON parse into a dataclass. On the hot paths (the receiver's e
 record, the executor's job record and result) that machinery cost about as much CPU as the
 work around it. Here each request gets a counter token under one inbox prefix, goes out
 through ``wire.publish``, replies resolve the waiting future straight from the client's
-read loop (``wire.deliver_directly``), one timer expires overdue waits in batches, and
+read loop (``reader.deliver_directly``), one timer expires overdue waits in batches, and
 PubAcks are decoded by msgspec. The runner keeps one per connection (``Runtime.requests``);
 each call may set its own timeout.
+
+Deadlines are kept in one FIFO queue per timeout value: the callers use a few fixed timeouts
+(settings), and within one timeout deadlines only grow, so each wait costs an append and a
+popleft. A heap cost two O(log n) steps per wait over every wait of the last timeout period
+(110,000 at 11,000 webhooks/s): 3% of the receiver's CPU.
 
 JetStream sees the same messages as before (Nats-Msg-Id, Nats-Expected-Stream,
 Nats-Expected-Last-Subject-Sequence), so what it guarantees is unchanged: a PubAck means the
@@ -19,9 +24,9 @@ fails when the key's revision is not the expected one. Errors are nats-py's own 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import math
+from collections import deque
 from typing import Any
 
 import msgspec
@@ -31,7 +36,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from conveyor.shared import wire
+from conveyor.shared import reader, wire
 
 EXPECTED_STREAM = "Nats-Expected-Stream"
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
@@ -78,14 +83,15 @@ class JsRequests:
         self._tokens = itertools.count()
         # token -> (future, headers sent when the reply is a PubAck, else None)
         self._waiting: dict[str, tuple[asyncio.Future[Any], dict[str, str] | None]] = {}
-        self._deadlines: list[tuple[float, str]] = []  # a heap: calls may differ in timeout
+        # timeout -> (deadline, token) in the order sent, so in deadline order
+        self._deadlines: dict[float, deque[tuple[float, str]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox() + "."
-        self._sub = await wire.deliver_directly(self._nc, self._prefix + "*", self._on_reply)
+        self._sub = await reader.deliver_directly(self._nc, self._prefix + "*", self._on_reply)
 
     async def stop(self) -> None:
         """Unsubscribe; whoever still waits gets ConnectionClosedError instead of its timeout."""
@@ -113,8 +119,12 @@ class JsRequests:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._waiting[token] = (fut, ack_headers)
-        deadline = loop.time() + (self._timeout_s if timeout_s is None else timeout_s)
-        heapq.heappush(self._deadlines, (deadline, token))
+        timeout = self._timeout_s if timeout_s is None else timeout_s
+        deadline = loop.time() + timeout
+        queue = self._deadlines.get(timeout)
+        if queue is None:
+            queue = self._deadlines[timeout] = deque()
+        queue.append((deadline, token))
         if deadline + _SWEEP_S < self._timer_at:  # sooner than the sweep already planned
             self._plan(loop, deadline + _SWEEP_S)
         try:
@@ -186,14 +196,19 @@ class JsRequests:
         loop = asyncio.get_running_loop()
         now = loop.time()
         self._timer, self._timer_at = None, math.inf
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _, token = heapq.heappop(deadlines)
-            entry = self._waiting.pop(token, None)
-            if entry is not None and not entry[0].done():
-                entry[0].set_exception(nats.errors.TimeoutError())
-        if deadlines:
-            self._plan(loop, deadlines[0][0] + _SWEEP_S)
+        waiting = self._waiting
+        soonest = math.inf
+        for timeout, queue in list(self._deadlines.items()):
+            while queue and queue[0][0] <= now:
+                entry = waiting.pop(queue.popleft()[1], None)
+                if entry is not None and not entry[0].done():
+                    entry[0].set_exception(nats.errors.TimeoutError())
+            if queue:
+                soonest = min(soonest, queue[0][0])
+            else:
+                del self._deadlines[timeout]
+        if soonest < math.inf:
+            self._plan(loop, soonest + _SWEEP_S)
 
 
 def is_key_exists(exc: BaseException) -> bool:
