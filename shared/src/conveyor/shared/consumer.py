@@ -36,7 +36,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from conveyor.shared import subjects, wire
+from conveyor.shared import reader, subjects, wire
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import NOT_JSON, utcnow
 
@@ -193,7 +193,7 @@ class Consumer:
         await self.js.add_consumer(self.stream, self.config)
         nc = self.js._nc
         self._next = f"{self.js._prefix}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
-        self._sub = await wire.deliver_directly(nc, nc.new_inbox() + ".*", self._arrived)
+        self._sub = await reader.deliver_directly(nc, nc.new_inbox() + ".*", self._arrived)
         # Children looked up once: a label lookup per message costs more than the count itself.
         self._outcomes = {
             outcome: self.metrics.messages.labels(self.name, outcome)

@@ -1,4 +1,4 @@
-"""The two per-message paths of nats-py that the job path runs ten times per job, made cheap.
+"""The send half of nats-py's per-message path, made cheap (reader.py is the receive half).
 
 Publishing: ``Client.publish`` checks every header key against a regular expression and
 strips, translates and encodes each key and value on its own, then builds the command with
@@ -13,31 +13,18 @@ so the server starts on a burst while the rest of it is still being made (the re
 at its maximum rate went from 0.75 to 0.95 of a core busy, and from about 10,700 to
 11,200-11,500 webhooks/s).
 
-Delivering: a subscription with a callback puts each message on an ``asyncio.Queue`` that a
-task of its own drains, one task switch per message. :func:`deliver_directly` hands each
-message to a plain function from the client's read loop instead (the function must not
-block: it starts a task or resolves a future).
-
-Reading headers: nats-py parses every received header block with a generator that calls
-``str.isspace`` on each character of each header name (about 65 calls per message on the
-job path), a fifth of the executor's reading cost. :func:`parse_header_lines` gives the
-same answer for every input (the tests compare the two on generated blocks) with one C
-call per name; importing this module installs it on the client class.
-
-These use nats-py internals (``_pending``, ``_flush_queue``, ``_pending_queue``,
-``_parse_header_lines``), which is why nats-py is pinned to one minor version in the lock
-file; the tests run every service through them.
+This uses nats-py internals (``_pending``, ``_flush_queue``), which is why nats-py is pinned
+to one minor version in the lock file; the tests run every service through them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +40,6 @@ def header_block(headers: Mapping[str, str]) -> bytes:
     if text.count("\r") != text.count("\n") or text.count("\n") != len(headers) + 2:
         raise nats.errors.BadHeaderError("a header key or value contains CR or LF")
     return text.encode()
-
-
-# The characters str.isspace() is true for that a name decoded as ASCII can hold.
-_SPACES = frozenset(c for c in map(chr, range(128)) if c.isspace())
-
-
-def parse_header_lines(raw: bytes) -> dict[str, str]:
-    """nats-py's ``Client._parse_header_lines``: ``Name: Value`` lines to a dict; lines with no
-    colon, a non-ASCII name or whitespace inside the name are skipped; values are stripped
-    and decoded as UTF-8 with replacement."""
-    out: dict[str, str] = {}
-    for line in raw.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        try:
-            key = name.strip().decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        if _SPACES.isdisjoint(key):
-            out[key] = value.strip().decode("utf-8", "replace")
-    return out
-
-
-_nats_parse_header_lines = Client.__dict__["_parse_header_lines"]
-Client._parse_header_lines = staticmethod(parse_header_lines)  # type: ignore[method-assign,assignment]
 
 
 def _check_subject(subject: str) -> None:
@@ -139,37 +100,3 @@ async def ack(msg: Msg, body: bytes = b"") -> None:
         raise nats.errors.Error("not a JetStream message: no reply subject to acknowledge")
     await publish(msg._client, msg.reply, body)
     msg._ackd = True
-
-
-class _Direct:
-    """Stands in for a subscription's pending queue: each message goes straight to ``handle``."""
-
-    def __init__(self, sub: Subscription, handle: Callable[[Msg], None]) -> None:
-        self._sub = sub
-        self._handle = handle
-
-    def put_nowait(self, msg: Msg) -> None:
-        self._sub._pending_size -= len(msg.data)  # nothing is left pending
-        try:
-            self._handle(msg)
-        except Exception:  # never into the client's read loop
-            log.exception("handling a message on %s failed", msg.subject)
-
-    def qsize(self) -> int:
-        return 0
-
-    def empty(self) -> bool:
-        return True
-
-    def task_done(self) -> None:
-        return None
-
-    async def join(self) -> None:
-        return None
-
-
-async def deliver_directly(nc: Client, subject: str, handle: Callable[[Msg], None]) -> Subscription:
-    """Subscribe so that ``handle(msg)`` runs for each message in the client's read loop."""
-    sub = await nc.subscribe(subject)  # no callback: no task of its own
-    sub._pending_queue = _Direct(sub, handle)  # type: ignore[assignment]
-    return sub

@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
+from conveyor.shared import reader  # noqa: F401  (installs the services' message parser)
 from conveyor.shared.testing.nats_server import NatsServer, start_nats_server
 
 T = TypeVar("T")
