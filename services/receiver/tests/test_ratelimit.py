@@ -10,7 +10,7 @@ import httpx
 import nats
 import pytest
 
-from conveyor.receiver.ratelimit import PREFETCH_MAX, RateLimiter
+from conveyor.receiver.ratelimit import PREFETCH_MAX, Decision, RateLimiter
 from conveyor.shared import subjects
 from conveyor.shared.streams import ensure_kv
 from conveyor.shared.testing.procs import ServiceProcess, service_env
@@ -99,6 +99,23 @@ async def test_window_reopens_after_it_ends(nats_url: str) -> None:
         assert [(await other.hit("k", 2, 10.0)).allowed for _ in range(2)] == [True, False]
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        Decision(True, 10, 3, 59.2),
+        Decision(False, 10, 0, 0.4),
+        Decision(False, 5, 0, -1.0),
+        Decision(True, 0, 0, 0.0),
+    ],
+)
+def test_header_lines_say_what_the_header_dict_says(decision: Decision) -> None:
+    """The lean webhook path writes :meth:`Decision.header_lines`; aiohttp's routes use
+    :meth:`Decision.headers`: the same headers, values and order."""
+    lines = decision.header_lines().decode().split("\r\n")
+    assert lines[-1] == ""
+    assert [tuple(line.split(": ", 1)) for line in lines[:-1]] == list(decision.headers().items())
 
 
 async def test_per_key_limit(receiver, new_key) -> None:

@@ -102,17 +102,16 @@ def parse_head(head: bytes) -> Head | None:
     fields: dict[str, str] = {}
     names: list[str] = []
     for line in lines[1:]:
-        colon = line.find(":")
-        if colon < 1:
+        name, colon, value = line.partition(":")
+        if not colon or not name:
             return None
-        name = line[:colon]
         names.append(name)
         key = name.lower()
         if key in fields:
             if key in _ONCE:
                 return None
             continue  # the first one counts, as with aiohttp's headers.get
-        fields[key] = line[colon + 1 :].strip()
+        fields[key] = value.strip()
     # Letters, digits and hyphens only (the head is ASCII): an obs-fold, a space before the
     # colon or an unusual name is aiohttp's to judge.
     if not "".join(names).replace("-", "").isalnum() or not _ELSEWHERE.isdisjoint(fields):
@@ -337,7 +336,7 @@ class Connection(asyncio.Protocol):
         if extra:
             lines += [b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in extra.items()]
         if call.rate_limit is not None:
-            lines += [b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in call.rate_limit.headers().items()]
+            lines.append(call.rate_limit.header_lines())
         if self.close_after or self.listener.closing:
             lines.append(b"Connection: close\r\n")
         lines += (b"\r\n", payload)

@@ -52,6 +52,17 @@ class Decision:
             out["Retry-After"] = str(max(1, math.ceil(self.reset_s)))
         return out
 
+    def header_lines(self) -> bytes:
+        """:meth:`headers` as HTTP/1.1 header lines, in one format (the lean webhook path
+        writes its answers itself; a dict and six encodes cost it 1% of a webhook)."""
+        lines = _LINES % (self.limit, self.remaining, max(0, math.ceil(self.reset_s)))
+        if not self.allowed:
+            lines += b"Retry-After: %d\r\n" % max(1, math.ceil(self.reset_s))
+        return lines
+
+
+_LINES = b"X-RateLimit-Limit: %d\r\nX-RateLimit-Remaining: %d\r\nX-RateLimit-Reset: %d\r\n"
+
 
 UNLIMITED = Decision(True, 0, 0, 0.0)
 
