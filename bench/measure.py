@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from bench import payloads, wrkload
+from bench import payloads, stalls, wrkload
 from bench.procs import CLK_TCK, Proc, Procs, cpu_seconds, memory_mb
 from bench.stats import summarize
 
@@ -190,23 +190,30 @@ async def open_rate(
     n = max(int(rate * (seconds or ctx.duration)), 50)
     batch = make(n)
     f = payloads.write(ctx.file(f"{name}.req"), batch.requests)
+    pauses = ctx.file(f"{name}.pauses")
+    watcher = await ctx.procs.python(f"{name}-pauses", "bench.stalls", "--out", str(pauses))
     meter = CpuMeter(watch)
-    d = await run_driver(
-        ctx,
-        name,
-        port,
-        f,
-        "--mode",
-        "open",
-        "--rate",
-        f"{rate:.1f}",
-        "--concurrency",
-        str(min(ctx.connections, 64)),
-        times=True,
-    )
+    try:
+        d = await run_driver(
+            ctx,
+            name,
+            port,
+            f,
+            "--mode",
+            "open",
+            "--rate",
+            f"{rate:.1f}",
+            "--concurrency",
+            str(min(ctx.connections, 64)),
+            times=True,
+        )
+    finally:
+        await ctx.procs.stop(watcher)
     times = d.pop("_times")
     d["worst_seconds"] = worst_seconds(times)
     d["cpu_cores"] = meter.stop()
+    if times["sched"]:
+        d["machine_pauses"] = stalls.read(pauses, min(times["sched"]), max(times["done"]))
     return d
 
 

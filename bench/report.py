@@ -28,6 +28,15 @@ def _ms(lat: Any, *qs: str) -> str:
     return " / ".join(f"{lat[q]:.1f}" if _num(lat.get(q)) else "n/a" for q in qs) + " ms"
 
 
+_PAUSES = "machine pauses meanwhile (an idle sleeper woke >= 4 ms late)"
+
+
+def _pauses(p: dict[str, Any]) -> str:
+    if not p["count"]:
+        return "none"
+    return f"{p['count']}, longest {p['longest_ms']:.1f} ms, {p['total_ms']:.0f} ms in all"
+
+
 def _rate(x: Any, unit: str) -> str:
     return f"{x:,.0f} {unit}" if _num(x) else "n/a"
 
@@ -169,6 +178,8 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 "  worst seconds at half rate (p99)",
                 ", ".join(f"s{w['second']}: {w['p99']:g} ms" for w in half["worst_seconds"]),
             )
+        if half.get("machine_pauses"):
+            add("ingest", "  " + _PAUSES, _pauses(half["machine_pauses"]))
         add("ingest", "  cores used at max rate", _cpu(mx.get("cpu_cores")))
         per = _per(mx.get("cpu_cores"), mx.get("ok"))
         fper = _per(_get(r, "floors", "http", "cpu_cores"), _get(r, "floors", "http", "ok"))
@@ -343,6 +354,8 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 f"Express at half rate ({bh['rate_target']:,.0f}/s): p50/p99/p99.9",
                 _ms(bh["latency_ms"], "p50", "p99", "p99.9"),
             )
+            if bh.get("machine_pauses"):
+                add("baseline", "  " + _PAUSES, _pauses(bh["machine_pauses"]))
         bj = _get(b, "e2e_max", "jobs_per_s")
         cj = _get(r, "e2e", "max", "jobs_per_s")
         if b.get("e2e_max"):
