@@ -119,8 +119,11 @@ async def dead_letter(
     error: str,
     last_status: int | None = None,
     attempts: int | None = None,
+    subject: str | None = None,
 ) -> None:
-    """Copy ``msg`` to ``dlq.<stage>.<subject>``: body byte for byte, the story in headers."""
+    """Copy ``msg`` to ``dlq.<stage>.<subject>``: body byte for byte, the story in headers.
+    ``subject`` (default: the message's own) is the original subject recorded for replay."""
+    subject = subject or msg.subject
     headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
     try:
         md = msg.metadata
@@ -131,7 +134,7 @@ async def dead_letter(
         headers["Conveyor-Original-Msg-Id"] = msg.headers[subjects.MSG_ID]
     headers.update(
         {
-            subjects.H_ORIGINAL_SUBJECT: msg.subject,
+            subjects.H_ORIGINAL_SUBJECT: subject,
             subjects.H_ORIGINAL_STREAM: stream,
             subjects.H_ORIGINAL_SEQ: str(seq),
             subjects.H_STAGE: stage,
@@ -144,7 +147,7 @@ async def dead_letter(
     )
     if last_status is not None:
         headers[subjects.H_LAST_STATUS] = str(last_status)
-    await js.publish(subjects.dlq(stage, msg.subject), msg.data, stream=subjects.DLQ, headers=headers)
+    await js.publish(subjects.dlq(stage, subject), msg.data, stream=subjects.DLQ, headers=headers)
 
 
 @dataclass
@@ -342,7 +345,7 @@ class Consumer:
             return await self._dead_letter(msg, f"unreadable body: {exc}", None)
         except PermanentError as exc:
             log.error("dead-lettering %s: %s", msg.subject, exc)
-            return await self._dead_letter(msg, str(exc), exc.status_code, exc.attempts)
+            return await self._dead_letter(msg, str(exc), exc.status_code, exc.attempts, exc.subject)
         except RetryableError as exc:
             # The delivery count is parsed from the reply subject only when something failed.
             attempt = attempts_of(msg)
@@ -373,11 +376,22 @@ class Consumer:
         return backoff_delay(attempt, self.retry_base_s, self.retry_cap_s)
 
     async def _dead_letter(
-        self, msg: Msg, error: str, status: int | None, attempts: int | None = None
+        self,
+        msg: Msg,
+        error: str,
+        status: int | None,
+        attempts: int | None = None,
+        subject: str | None = None,
     ) -> str:
         try:
             await dead_letter(
-                self.js, msg, stage=self.stage, error=error, last_status=status, attempts=attempts
+                self.js,
+                msg,
+                stage=self.stage,
+                error=error,
+                last_status=status,
+                attempts=attempts,
+                subject=subject,
             )
         except Exception:
             log.exception("could not dead-letter %s; leaving it for redelivery", msg.subject)

@@ -40,9 +40,19 @@ class PermanentError(HandlerError):
 
     ``attempts`` overrides the DLQ's attempt count when the handler counts attempts itself
     (a delivery paused by a circuit breaker is redelivered without being an attempt).
+    ``subject`` files the dead letter under another original subject, the one a replay
+    should go to (a parked result is filed under its ``results.<job_id>``).
     """
 
-    def __init__(self, message: str, *, status_code: int | None = None, attempts: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        attempts: int | None = None,
+        subject: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.attempts = attempts
+        self.subject = subject
