@@ -70,6 +70,15 @@ async def sink() -> AsyncIterator[Sink]:
     await s.runner.cleanup()
 
 
+@pytest.fixture
+async def other_sink() -> AsyncIterator[Sink]:
+    """A second endpoint (its own port, so its own circuit)."""
+    s = await Sink().start()
+    yield s
+    assert s.runner is not None
+    await s.runner.cleanup()
+
+
 def job_result(job_id: str, url: str | None, *, source: str = "api") -> JobResult:
     return JobResult(
         job_id=job_id,

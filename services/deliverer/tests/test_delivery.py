@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from conveyor.deliverer.config import Settings
+from conveyor.deliverer.parking import pause_s
 from conveyor.deliverer.service import SPEC
 from conveyor.shared import events, subjects
 from conveyor.shared.config import Secret
@@ -111,7 +113,13 @@ async def test_fails_twice_then_delivered_on_the_third_attempt(
     assert 'callbacks_total{outcome="delivered"} 1.0' in metrics
     assert 'callbacks_total{outcome="retry"} 2.0' in metrics
     assert 'callback_duration_seconds_count{outcome="delivered"} 1.0' in metrics
-    assert 'deliverer_messages_total{consumer="deliverer",outcome="retried"} 2.0' in metrics
+    # Each retry waited parked, not unacknowledged: the executor's message was settled once,
+    # the parked copies once each, and nothing is left in PARKED.
+    assert 'deliverer_messages_total{consumer="deliverer",outcome="ok"} 1.0' in metrics
+    assert 'deliverer_messages_total{consumer="deliverer-parked",outcome="ok"} 2.0' in metrics
+    assert (await js.stream_info(subjects.PARKED)).state.messages == 0
+    gaps = [(b.at - a.at).total_seconds() for a, b in zip(log.attempts, log.attempts[1:], strict=False)]
+    assert gaps[0] >= 0.2 * 0.8 and gaps[1] >= 0.4 * 0.8  # the schedule, less its jitter
 
 
 async def test_dead_letter_then_cli_replay_delivers_exactly_once(
@@ -130,7 +138,9 @@ async def test_dead_letter_then_cli_replay_delivers_exactly_once(
         assert letter.data == published  # byte for byte
         h = letter.headers or {}
         assert h[subjects.H_ORIGINAL_SUBJECT] == "results.job_dead"
-        assert h[subjects.H_ORIGINAL_STREAM] == subjects.RESULTS
+        # Filed under the executor's subject (a replay goes back there); the failing attempt
+        # was taken from the parked copy, and the stream says so.
+        assert h[subjects.H_ORIGINAL_STREAM] == subjects.PARKED
         assert h[subjects.H_STAGE] == "deliver"
         assert h[subjects.H_LAST_STATUS] == "500"
         assert h[subjects.H_ATTEMPTS] == "2"
@@ -164,11 +174,16 @@ async def test_dead_letter_then_cli_replay_delivers_exactly_once(
 
 
 async def assert_settled(js: JetStreamContext) -> None:
-    """Nothing left for the deliverer: no message pending, none awaiting an ack or a retry."""
+    """Nothing left for the deliverer: no message pending, none awaiting an ack, none parked."""
 
     async def settled() -> None:
-        info = await js.consumer_info(subjects.RESULTS, subjects.DELIVERER)
-        assert info.num_pending == 0 and info.num_ack_pending == 0
+        for stream, durable in (
+            (subjects.RESULTS, subjects.DELIVERER),
+            (subjects.PARKED, subjects.DELIVERER_PARKED),
+        ):
+            info = await js.consumer_info(stream, durable)
+            assert info.num_pending == 0 and info.num_ack_pending == 0
+        assert (await js.stream_info(subjects.PARKED)).state.messages == 0  # nothing parked
 
     await eventually(settled)
 
@@ -313,7 +328,7 @@ async def test_circuit_breaker_pauses_without_counting_attempts(
     s = settings(
         nats_url,
         callback_breaker_threshold=2,
-        callback_breaker_cooldown_s=0.5,
+        callback_breaker_cooldown_s=1.0,
         callback_retry_schedule_s="0.05",
         callback_retry_jitter=0.0,
         callback_max_attempts=50,
@@ -325,18 +340,31 @@ async def test_circuit_breaker_pauses_without_counting_attempts(
         async def paused_a_few_times() -> None:
             assert registry.get_sample_value("callbacks_total", {"outcome": "paused"}) >= 3
 
-        await eventually(paused_a_few_times)
+        await eventually(paused_a_few_times, timeout=20)
+        # The paused result waits in PARKED, not unacknowledged in either consumer.
+        for stream, durable in (
+            (subjects.RESULTS, subjects.DELIVERER),
+            (subjects.PARKED, subjects.DELIVERER_PARKED),
+        ):
+            assert (await js.consumer_info(stream, durable)).num_ack_pending <= 1  # 1: the attempt now
         sink.status = 200
         log = await log_when_delivered(kv, "job_cb")
-        info = await js.consumer_info(subjects.RESULTS, subjects.DELIVERER)
+        delivered = [
+            (await js.consumer_info(stream, durable)).delivered.consumer_seq  # type: ignore[union-attr]
+            for stream, durable in (
+                (subjects.RESULTS, subjects.DELIVERER),
+                (subjects.PARKED, subjects.DELIVERER_PARKED),
+            )
+        ]
         paused = registry.get_sample_value("callbacks_total", {"outcome": "paused"})
         metrics = await scrape(rt)
 
     # Every recorded attempt reached the sink; paused deliveries reached nothing and count for nothing.
     assert len(log.attempts) == len(sink.requests)
-    assert info.delivered.consumer_seq >= len(log.attempts) + paused  # type: ignore[union-attr]
+    assert delivered[0] == 1  # the executor's message: taken once, then parked
+    assert sum(delivered) == len(log.attempts) + paused
     assert paused >= 3
-    assert "callback_circuits_open" in metrics
+    assert "callback_circuits_open" in metrics and "parked_results_messages" in metrics
 
 
 async def log_when_delivered(kv: KeyValue, key: str) -> DeliveryLog:
@@ -459,3 +487,94 @@ async def test_a_probe_that_finds_the_result_delivered_releases_the_circuit(
         await publish_result("job_after", sink.url())
         await log_when(kv, "job_after", ["delivered"], timeout=10)
     assert [r.answered for r in sink.requests] == [503, 200]
+
+
+# --- parking: a result that must wait is stored in PARKED, not held unacknowledged ----------
+
+
+async def test_a_dead_endpoint_does_not_hold_up_the_others_past_the_ack_pending_limit(
+    nats_url: str,
+    js: JetStreamContext,
+    sink: Any,
+    other_sink: Any,
+    publish_result: Any,
+    registry: CollectorRegistry,
+) -> None:
+    dead, live = sink, other_sink
+    dead.status = 503
+    s = settings(
+        nats_url,
+        callback_max_ack_pending=8,  # far fewer than the dead endpoint's results
+        callback_concurrency=4,
+        callback_batch=4,
+        callback_breaker_threshold=2,
+        callback_breaker_cooldown_s=1.0,
+        callback_retry_schedule_s="0.3",
+        callback_retry_max_delay_s=3.0,
+        callback_max_attempts=100,
+    )
+    async with deliverer(s, registry):
+        for i in range(30):
+            await publish_result(f"job_dead_{i}", dead.url())
+        for i in range(10):
+            await publish_result(f"job_live_{i}", live.url())
+
+        async def live_all_delivered() -> None:
+            assert live.answered(200) == 10
+
+        # With NAKs, the dead endpoint's 30 results filled all 8 ack-pending slots, again and
+        # again, and the live endpoint's results behind them were never handed out.
+        await eventually(live_all_delivered, timeout=15)
+        info = await js.consumer_info(subjects.RESULTS, subjects.DELIVERER)
+        assert info.num_ack_pending <= 4 and info.num_pending == 0
+        parked = (await js.stream_info(subjects.PARKED)).state.messages
+        assert parked >= 20, parked  # the dead endpoint's results wait here
+        assert registry.get_sample_value("callbacks_total", {"outcome": "paused"}) >= 1
+
+        dead.status = 200  # the endpoint comes back: every parked result goes out, once
+
+        async def dead_all_delivered() -> None:
+            assert dead.answered(200) == 30
+
+        await eventually(dead_all_delivered, timeout=30)
+        await assert_settled(js)
+    ids = Counter(r.headers["webhook-id"] for r in dead.requests if r.answered == 200)
+    assert set(ids) == {f"result-job_dead_{i}" for i in range(30)} and max(ids.values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("pauses", "wait", "low", "high"),
+    [
+        (1, 0.7, 0.7, 0.7),  # the first pause: what the circuit has left, nothing more
+        (2, 0.7, 60.0, 66.0),  # then the cool-down doubled per pause, spread by up to 10%
+        (3, 0.7, 120.0, 132.0),
+        (20, 0.7, 600.0, 600.0 * 1.1),  # capped
+        (2, 90.0, 90.0, 90.0),  # never shorter than the circuit's own wait
+    ],
+)
+def test_a_result_paused_again_and_again_is_parked_for_longer(
+    pauses: int, wait: float, low: float, high: float
+) -> None:
+    for _ in range(50):
+        assert low <= pause_s(pauses, wait, 30.0, 600.0) <= high
+
+
+async def test_a_parking_failure_falls_back_to_waiting_unacknowledged(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any, registry: CollectorRegistry
+) -> None:
+    """Without the PARKED stream, a retry is a NAK with the same delay, as before parking."""
+    sink.plan = [500]
+    async with deliverer(settings(nats_url, callback_retry_jitter=0.0), registry):
+        await js.delete_stream(subjects.PARKED)
+        await publish_result("job_unparked", sink.url())
+
+        async def delivered() -> None:
+            assert sink.answered(200) == 1
+
+        await eventually(delivered, timeout=10)
+        await asyncio.sleep(0)
+    assert [r.answered for r in sink.requests] == [500, 200]
+    metrics = registry.get_sample_value(
+        "deliverer_messages_total", {"consumer": subjects.DELIVERER, "outcome": "retried"}
+    )
+    assert metrics == 1.0

@@ -90,6 +90,17 @@ def stream_configs(replicas: int = 1) -> dict[str, StreamConfig]:
             max_age=DAY,
             duplicate_window=120.0,
         ),
+        # Results waiting for a later attempt (deliverer parking.py): a hold is removed when it
+        # fires, the due copy when it is acknowledged. No age limit: a parked result is
+        # accepted work.
+        subjects.PARKED: cfg(
+            subjects.PARKED,
+            ["parked.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            allow_msg_schedules=True,
+            max_age=0,
+            duplicate_window=120.0,
+        ),
         subjects.SCHEDULES: cfg(
             subjects.SCHEDULES,
             ["schedules.>"],

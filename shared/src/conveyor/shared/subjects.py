@@ -19,6 +19,7 @@ DEPLOYS: Final = "DEPLOYS"  # deploys.{requested,status}.<site>
 DLQ: Final = "DLQ"  # dlq.<stage>.<original subject>         any stage -> operators
 CONTROL: Final = "CONTROL"  # ctl.<verb>.<id>                 receiver -> any service (test sends, ...)
 SCHEDULES: Final = "SCHEDULES"  # schedules.def.<id> (+ fired copies on schedules.fire.<id>)
+PARKED: Final = "PARKED"  # parked.hold.<job_id> -> (at its time) parked.results.<job_id>  deliverer
 
 # KV buckets ---------------------------------------------------------------------------------------
 KV_JOBS: Final = "jobs"  # job_id -> JobRecord (written by executor; receiver creates "queued")
@@ -38,6 +39,7 @@ WORKERS: Final = "executor"
 FANOUT: Final = "executor-fanout"  # on JOBS, jobs.fanout.>: fan-out parents' deadlines
 DELIVERER: Final = "deliverer"
 DELIVERER_TEST_SENDS: Final = "deliverer-test-sends"  # on CONTROL, ctl.test_send.>
+DELIVERER_PARKED: Final = "deliverer-parked"  # on PARKED, parked.results.>: parked results due
 DEPLOYER: Final = "deployer"
 SCHEDULER: Final = "executor-scheduler"  # on SCHEDULES, schedules.fire.>: firings -> jobs
 
@@ -99,6 +101,19 @@ def fanout_deadline(parent_id: str) -> str:
 
 def result(job_id: str) -> str:
     return f"results.{token(job_id)}"
+
+
+# A result waiting for a later attempt: held as a scheduled message, then due (deliverer parking.py).
+PARKED_RESULTS_PREFIX: Final = "parked.results."
+PARKED_RESULTS_FILTER: Final = "parked.results.>"
+
+
+def parked_hold(job_id: str) -> str:
+    return f"parked.hold.{token(job_id)}"
+
+
+def parked_result(job_id: str) -> str:
+    return f"{PARKED_RESULTS_PREFIX}{token(job_id)}"
 
 
 def deploy_requested(site: str) -> str:

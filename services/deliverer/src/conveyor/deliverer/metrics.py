@@ -36,6 +36,12 @@ class Metrics:
             "Messages now in the DLQ stream (every stage), refreshed from stream info.",
             registry=registry,
         )
+        self.parked = Gauge(
+            "parked_results_messages",
+            "Messages now in the PARKED stream: results waiting for a later attempt (an open "
+            "circuit or a retry), and parked results due and not yet taken.",
+            registry=registry,
+        )
         self.open_circuits = Gauge(
             "callback_circuits_open",
             "Endpoints whose circuit breaker is open in this process.",

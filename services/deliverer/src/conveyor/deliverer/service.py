@@ -20,6 +20,7 @@ from conveyor.deliverer.config import (
 from conveyor.deliverer.handlers.callbacks import STAGE, DeliverCallback
 from conveyor.deliverer.handlers.send_test_event import SendTestEvent
 from conveyor.deliverer.metrics import Metrics
+from conveyor.deliverer.parking import Parking
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import build_client
 from conveyor.deliverer.signing_keys import SigningKeys
@@ -36,15 +37,16 @@ def ack_wait_s(settings: Settings) -> float:
     return settings.callback_timeout_s + 30.0
 
 
-def results_consumer(settings: Settings) -> ConsumerConfig:
+def results_consumer(settings: Settings, *, parked: bool = False) -> ConsumerConfig:
+    """The executor's results, or (``parked``) the parked ones that are due again."""
     return ConsumerConfig(
-        durable_name=subjects.DELIVERER,
-        filter_subject="results.>",
+        durable_name=subjects.DELIVERER_PARKED if parked else subjects.DELIVERER,
+        filter_subject=subjects.PARKED_RESULTS_FILTER if parked else "results.>",
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait_s(settings),
-        # Attempts are counted from the delivery log, not by JetStream: a delivery paused by an
-        # open circuit is redelivered without being an attempt. The handler dead-letters.
+        # Attempts are counted from the delivery log, not by JetStream: a result comes back
+        # (parked, or redelivered) without that being an attempt. The handler dead-letters.
         max_deliver=-1,
         max_ack_pending=settings.callback_max_ack_pending,
     )
@@ -62,11 +64,15 @@ def test_sends_consumer(settings: Settings) -> ConsumerConfig:
 
 
 async def _refresh_gauges(rt: Runtime[Settings], metrics: Metrics, breakers: Breakers) -> None:
-    """dlq_depth_messages from the DLQ stream's state; open circuits from this process."""
+    """dlq_depth_messages and parked_results from the streams' state; open circuits from this
+    process."""
     while not rt.stopping.is_set():
         with contextlib.suppress(Exception):
             info = await rt.js.stream_info(subjects.DLQ)
             metrics.dlq_depth.set(info.state.messages or 0)
+        with contextlib.suppress(Exception):
+            info = await rt.js.stream_info(subjects.PARKED)
+            metrics.parked.set(info.state.messages or 0)
         metrics.open_circuits.set(breakers.open_count())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rt.stopping.wait(), rt.settings.dlq_gauge_interval_s)
@@ -80,7 +86,9 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
     keys = SigningKeys(signing_secrets(s), endpoint_secrets(s))
     attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES], rt.requests)
     client = build_client(
-        AddressPolicy(allowed_networks(s)), max_connections=s.callback_concurrency + TEST_SEND_CONCURRENCY
+        # Two consumers (results, parked results) at CALLBACK_CONCURRENCY each, and test sends.
+        AddressPolicy(allowed_networks(s)),
+        max_connections=2 * s.callback_concurrency + TEST_SEND_CONCURRENCY,
     )
     policy = RetryPolicy(
         schedule_s=retry_schedule(s),
@@ -89,13 +97,23 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         max_delay_s=s.callback_retry_max_delay_s,
         retry_after_max_s=s.callback_retry_after_max_s,
     )
-    deliver = DeliverCallback(s, client, attempts, breakers, policy, keys, metrics, rt.tracer)
+    deliver = DeliverCallback(
+        s, client, attempts, breakers, policy, keys, metrics, rt.tracer, Parking(rt.requests)
+    )
     send_test = SendTestEvent(s, client, attempts, keys, metrics)
     gauges = asyncio.create_task(_refresh_gauges(rt, metrics, breakers), name="deliverer-gauges")
     try:
         await rt.consume(
             subjects.RESULTS,
             results_consumer(s),
+            deliver,
+            stage=STAGE,
+            concurrency=s.callback_concurrency,
+            batch=s.callback_batch,
+        )
+        await rt.consume(
+            subjects.PARKED,
+            results_consumer(s, parked=True),
             deliver,
             stage=STAGE,
             concurrency=s.callback_concurrency,
@@ -120,7 +138,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
 
 SPEC = ServiceSpec(
     name="deliverer",
-    streams=[subjects.RESULTS, subjects.DLQ, subjects.CONTROL],
+    streams=[subjects.RESULTS, subjects.PARKED, subjects.DLQ, subjects.CONTROL],
     buckets=[subjects.KV_DELIVERIES],
     components=components,
 )

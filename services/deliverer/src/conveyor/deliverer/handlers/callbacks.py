@@ -1,8 +1,11 @@
 """``results.<job_id>`` -> a signed POST of the AgentResult to the job's callback URL.
 
-Settlement goes through conveyor.shared.consumer: returning acks; RetryableError NAKs with
-our delay (a retry is a JetStream redelivery, so it survives a restart); PermanentError
-copies the result to ``dlq.deliver.results.<job_id>`` and, once that is stored, terminates it.
+Settlement goes through conveyor.shared.consumer: returning acks; PermanentError copies the
+result to ``dlq.deliver.results.<job_id>`` and, once that is stored, terminates it. A result that
+must wait (a failed attempt, an open circuit) is parked (parking.py) and then acknowledged:
+it comes back on ``parked.results.<job_id>`` to this same handler, so the wait survives a
+restart without holding a consumer slot. RetryableError (a NAK with our delay) is what is
+left when parking fails.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from conveyor.deliverer.breaker import Breakers
 from conveyor.deliverer.config import Settings
 from conveyor.deliverer.http_client import CallbackClient
 from conveyor.deliverer.metrics import Metrics
+from conveyor.deliverer.parking import Parking, is_parked, pause_s, pauses_of
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import endpoint_of, post
 from conveyor.deliverer.signing_keys import SigningKeys
+from conveyor.shared import subjects
 from conveyor.shared.consumer import attempts_of
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
@@ -48,6 +53,7 @@ class DeliverCallback:
     keys: SigningKeys
     metrics: Metrics
     tracer: trace.Tracer
+    parking: Parking
 
     def __post_init__(self) -> None:
         self.tracing = exporting(self.tracer)
@@ -70,7 +76,8 @@ class DeliverCallback:
 
     async def deliver(self, msg: Msg, job: JobResult) -> None:
         url = self.target(job)
-        first = attempts_of(msg) == 1
+        # The executor's message, first delivered: no attempt can have been made yet.
+        first = attempts_of(msg) == 1 and not is_parked(msg)
         if url is None:
             log.info("job %s (source %s) has no callback URL: skipped", job.job_id, job.source)
             self.metrics.outcome["skipped"].inc()
@@ -86,10 +93,12 @@ class DeliverCallback:
             return
 
         endpoint = endpoint_of(url)
-        if (pause := self.breakers.wait_s(endpoint)) is not None:
+        if (wait := self.breakers.wait_s(endpoint)) is not None:
             # Not an attempt: nothing is recorded, so the attempt count does not move.
             self.metrics.outcome["paused"].inc()
-            raise RetryableError(f"circuit open for {endpoint}; paused {pause:.1f}s", delay_s=pause)
+            delay = pause_s(pauses_of(msg) + 1, wait, self.breakers.cooldown_s, self.policy.max_delay_s)
+            await self.later(msg, job, delay, f"circuit open for {endpoint}", paused=True)
+            return
 
         # This call may be the half-open probe: every way out that has no answer from the
         # endpoint must release it, or the endpoint stays paused until a restart.
@@ -158,17 +167,44 @@ class DeliverCallback:
             # Nothing reads this record back before the result is settled: write it off the hot path.
             await self.attempts.append_later(job.job_id, record, known=not first, entry=entry)
             return
-        # A retry reads this record to count attempts, so it is stored before the NAK.
+        # A retry reads this record to count attempts, so it is stored before the result is parked.
         await self.attempts.append(job.job_id, record, known=not first, entry=entry)
         if outcome == "retry":
             delay = self.policy.delay(number, result.retry_after_s)
-            raise RetryableError(
-                f"attempt {number} of {self.policy.max_attempts} to {endpoint} failed: {result.error}",
-                delay_s=delay,
-                status_code=result.status_code,
-            )
+            why = f"attempt {number} of {self.policy.max_attempts} to {endpoint} failed: {result.error}"
+            await self.later(msg, job, delay, why, status_code=result.status_code)
+            return
         raise PermanentError(
             f"{result.error} (attempt {number} of {self.policy.max_attempts}, {url})",
             status_code=result.status_code,
             attempts=number,
+            # A parked result is filed where the executor put it, and a replay goes back there.
+            subject=subjects.result(job.job_id),
+        )
+
+    async def later(
+        self,
+        msg: Msg,
+        job: JobResult,
+        delay_s: float,
+        why: str,
+        *,
+        paused: bool = False,
+        status_code: int | None = None,
+    ) -> None:
+        """Park the result to come back in ``delay_s``; if it cannot be parked, NAK it with that
+        delay (it then waits unacknowledged, as before parking)."""
+        try:
+            await self.parking.hold(msg, job.job_id, delay_s, paused=paused)
+        except Exception as exc:
+            raise RetryableError(
+                f"{why}; not parked ({exc})", delay_s=delay_s, status_code=status_code
+            ) from exc
+        # An open circuit parks every result for its endpoint: one line each would flood the log.
+        log.log(
+            logging.DEBUG if paused else logging.WARNING,
+            "job %s parked for %.1fs: %s",
+            job.job_id,
+            delay_s,
+            why,
         )
