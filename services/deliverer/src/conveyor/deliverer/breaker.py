@@ -3,7 +3,8 @@
 closed --(N consecutive failures)--> open --(cool-down over)--> half-open: one probe goes out;
 its success closes the circuit, its failure opens it for another cool-down. While a circuit
 is open, results for that endpoint wait in JetStream (parked, see parking.py, for at least
-the remaining cool-down) and are not counted as attempts. Replicas keep their own breakers: each learns from its own calls.
+the remaining cool-down) and are not counted as attempts. Replicas keep their own
+breakers: each learns from its own calls.
 """
 
 from __future__ import annotations
