@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -62,21 +63,27 @@ class Sink:
         return sum(1 for r in self.requests if r.answered == status)
 
 
+@contextlib.asynccontextmanager
+async def serving() -> AsyncIterator[Sink]:
+    s = await Sink().start()
+    try:
+        yield s
+    finally:
+        assert s.runner is not None
+        await s.runner.cleanup()
+
+
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
-    s = await Sink().start()
-    yield s
-    assert s.runner is not None
-    await s.runner.cleanup()
+    async with serving() as s:
+        yield s
 
 
 @pytest.fixture
 async def other_sink() -> AsyncIterator[Sink]:
     """A second endpoint (its own port, so its own circuit)."""
-    s = await Sink().start()
-    yield s
-    assert s.runner is not None
-    await s.runner.cleanup()
+    async with serving() as s:
+        yield s
 
 
 def job_result(job_id: str, url: str | None, *, source: str = "api") -> JobResult:
