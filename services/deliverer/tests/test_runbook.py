@@ -11,6 +11,8 @@ make, sent raw with nc.request, against dead letters the deliverer wrote; replay
     ... | nats pub --jetstream <subject> -H Nats-Msg-Id:replay-DLQ-<seq>   publish to <subject>
     nats stream rmm DLQ <seq> -f                      $JS.API.STREAM.MSG.DELETE.DLQ {"seq": N}
     nats stream purge DLQ --subject 'dlq.deliver.>' -f   $JS.API.STREAM.PURGE.DLQ {"filter": ...}
+    nats stream subjects PARKED 'parked.hold.>'       $JS.API.STREAM.INFO.PARKED {"subjects_filter": ...}
+    nats stream get PARKED --last-for <hold subject>  $JS.API.STREAM.MSG.GET.PARKED {"last_by_subj": S}
 """
 
 from __future__ import annotations
@@ -202,3 +204,58 @@ async def view(nc: Client, filter_subject: str) -> list[Any]:
         await sub.unsubscribe()
         ok(await api(nc, f"$JS.API.CONSUMER.DELETE.{subjects.DLQ}.{name}"))
     return got
+
+
+async def test_runbook_looks_at_parked_results_without_a_consumer(
+    nats_url: str, nc: Client, js: JetStreamContext, sink: Any, publish_result: Any
+) -> None:
+    """The runbook's commands for parked results are read-only (stream info and direct gets):
+    a consumer on the work-queue stream PARKED could take holds away, and `nats stream view`
+    (an ordered consumer) is refused on it."""
+    settings = Settings(
+        nats_url=nats_url,
+        port=0,
+        callback_signing_secrets=Secret("whsec_cnVuYm9vay10ZXN0LWtleQ=="),
+        callback_allowed_networks="127.0.0.0/8",
+        callback_retry_schedule_s="3600",  # the retry waits parked for an hour
+        callback_retry_jitter=0.0,
+    )
+    sink.status = 503
+    async with serve(SPEC, settings):
+        await publish_result("job_parked", sink.url())
+        hold = subjects.parked_hold("job_parked")
+
+        async def parked() -> dict[str, Any]:
+            # nats stream subjects PARKED 'parked.hold.>'
+            info = ok(
+                await api(nc, f"$JS.API.STREAM.INFO.{subjects.PARKED}", {"subjects_filter": "parked.hold.>"})
+            )
+            assert info["state"]["subjects"] == {hold: 1}
+            return info
+
+        info = await eventually(parked)
+        assert info["state"]["messages"] == 1  # nats stream info PARKED
+        # nats stream get PARKED --last-for parked.hold.job_parked --json
+        message = ok(await api(nc, f"$JS.API.STREAM.MSG.GET.{subjects.PARKED}", {"last_by_subj": hold}))[
+            "message"
+        ]
+        headers = nats_headers(message["hdrs"])
+        assert headers[subjects.H_SCHEDULE].startswith("@at ")
+        assert headers[subjects.H_SCHEDULE_TARGET] == subjects.parked_result("job_parked")
+        assert (
+            base64.b64decode(message["data"])
+            == (await js.get_last_msg(subjects.RESULTS, "results.job_parked")).data
+        )
+        # What `nats stream view` asks for: a pager consumer that does not acknowledge.
+        pager = {
+            "stream_name": subjects.PARKED,
+            "config": {
+                "name": "pager",
+                "ack_policy": "none",
+                "deliver_policy": "all",
+                "filter_subject": "parked.hold.>",
+                "mem_storage": True,
+            },
+        }
+        refused = await api(nc, f"$JS.API.CONSUMER.CREATE.{subjects.PARKED}.pager", pager)
+        assert refused["error"]["err_code"] == 10084, refused  # explicit ack required on a work queue

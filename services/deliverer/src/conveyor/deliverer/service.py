@@ -64,8 +64,8 @@ def test_sends_consumer(settings: Settings) -> ConsumerConfig:
 
 
 async def _refresh_gauges(rt: Runtime[Settings], metrics: Metrics, breakers: Breakers) -> None:
-    """dlq_depth_messages and parked_results from the streams' state; open circuits from this
-    process."""
+    """dlq_depth_messages and parked_results_messages from the streams' state; open circuits
+    from this process."""
     while not rt.stopping.is_set():
         with contextlib.suppress(Exception):
             info = await rt.js.stream_info(subjects.DLQ)
