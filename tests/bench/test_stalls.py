@@ -36,7 +36,8 @@ async def test_a_process_kept_off_the_cpu_reports_the_pause(tmp_path: Path) -> N
         await proc.wait()
     assert seen["count"] >= 1
     assert 150 <= seen["longest_ms"] <= 2000
-    assert stalls.read(out, 0, start - 0.001)["count"] == 0  # nothing before the pause
+    # Before it, at most the machine's own short pauses (the very thing the watcher is for).
+    assert stalls.read(out, 0, start - 0.001)["longest_ms"] < 150
 
 
 def test_only_pauses_inside_the_window_count(tmp_path: Path) -> None:
