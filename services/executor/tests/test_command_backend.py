@@ -19,6 +19,8 @@ from conveyor.shared.testing.fixtures import eventually
 AGENT = r"""
 import json, os, subprocess, sys, time
 job = json.load(sys.stdin)
+if isinstance(job["input"].get("data"), dict):  # an event routed here: its payload's data
+    job["input"] = job["input"]["data"]
 mode = job["input"].get("mode", "ok")
 print("reading the job", file=sys.stderr, flush=True)
 if mode == "ok":
@@ -191,3 +193,24 @@ def test_no_stray_children_of_this_process() -> None:
     """Every agent process the tests above started is gone (none is a child of pytest any more)."""
     children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
     assert not [c for c in children if not gone(int(c))]
+
+
+async def test_a_fan_out_whose_combined_result_is_over_max_payload_still_ends(
+    bus, make_settings, agent_script, tmp_path
+) -> None:
+    """Each child's result fits; their sum, the parent's result, does not. The parent ends
+    failed with a small result that says where the children's results are, instead of never
+    ending (its record and result were refused on every try, so no callback went out)."""
+    one, two = cmd(agent_script, tmp_path), cmd(agent_script, tmp_path)
+    two = AgentConfig(name="cli2", backend="command", command=one.command, retries=0)
+    async with serve(SPEC, make_settings(one, two, routes={"test.big": ["cli", "cli2"]})) as rt:
+        limit = rt.nc.max_payload
+        parent = await bus.event("test.big", {"mode": "big", "bytes": limit * 6 // 10})
+        rec = await bus.until(parent, "failed", timeout=20)
+        for child in rec.children:
+            assert (await bus.record(child)).status == "completed"  # each one fitted
+        assert rec.error is not None and f"bytes exceeds the NATS max_payload of {limit} bytes" in rec.error
+        result = (await bus.one_result(parent)).result
+        assert result.status == "failed"
+        assert result.result.summary.startswith(rec.error)
+        assert all(f"/api/jobs/{child}/result" in result.result.summary for child in rec.children)

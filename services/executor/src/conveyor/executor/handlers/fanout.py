@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from conveyor.executor.handlers.jobstore import Conflict, JobStore, Versioned
-from conveyor.executor.handlers.results import Results
+from conveyor.executor.handlers.results import Results, oversize
 from conveyor.executor.registry import Agent
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import (
@@ -285,6 +285,16 @@ class Fanout:
             result=result,
             error="; ".join(failed) or None,
         )
+        if result is not None and (too_big := oversize(record, self.js._nc.max_payload)):
+            # Each child's result fitted, their sum does not: the parent ends failed with a small
+            # result that says where the children's results are, instead of never ending.
+            where = ", ".join(f"/api/jobs/{c}/result" for c in children)
+            log.warning("fan-out %s: %s", record.job_id, too_big)
+            small = replace(
+                result, status="failed", result=ResultBody(summary=f"{too_big}; each agent's result: {where}")
+            )
+            status = "failed"
+            record = replace(record, status=status, result=small, error=too_big)
         try:
             await self.store.save(parent.record.job_id, record, parent.revision)
         except Conflict:

@@ -18,11 +18,42 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from conveyor.shared import ids, subjects
-from conveyor.shared.events import AgentResult, JobRecord, JobResult
+from conveyor.shared.events import AgentResult, JobRecord, JobResult, ResultBody
 from conveyor.shared.jsrequests import EXPECTED_STREAM, JsRequests
 from conveyor.shared.telemetry import inject_headers
 
 _encoder = msgspec.json.Encoder()
+
+# Headers count against the server's max_payload too (wire.publish refuses a message over it):
+# a result is measured with this much kept for them.
+HEADER_ROOM = 4096
+# What a result message holds beyond its record's fields: the correlation id, "kind", names.
+_MESSAGE_EXTRA = 128
+
+
+def may_exceed(body: ResultBody, max_payload: int) -> bool:
+    """Whether a result with ``body`` could come near ``max_payload``: JSON escaping makes at
+    most six bytes of a character, so one well under by this count is not encoded to be
+    measured (the finisher of every job asks)."""
+    size = len(body.summary) + sum(map(len, body.files_changed)) + sum(map(len, body.suggestions))
+    size += len(body.code_diff) if isinstance(body.code_diff, str) else 0
+    return size * 6 + HEADER_ROOM * 4 > max_payload
+
+
+def oversize(record: JobRecord, max_payload: int, correlation_id: str | None = None) -> str | None:
+    """Why the terminal ``record`` or its result message cannot go through NATS, or None.
+    Whoever ends a job asks before writing: a record or result over the server's max_payload
+    is refused on every attempt, and the job would never end. The message carries the
+    record's result, URL, source and job id, so the record's size bounds it."""
+    if record.result is None or not may_exceed(record.result.result, max_payload - len(record.error or "")):
+        return None
+    size = len(_encoder.encode(record)) + len(correlation_id or "") + _MESSAGE_EXTRA
+    if size + HEADER_ROOM <= max_payload:
+        return None
+    return (
+        f"result of about {size} bytes exceeds the NATS max_payload of {max_payload} bytes "
+        f"(less {HEADER_ROOM} for headers)"
+    )
 
 
 def encoded(

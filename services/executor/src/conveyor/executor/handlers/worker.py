@@ -21,7 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import msgspec
 from msgspec.structs import replace
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -30,7 +29,7 @@ from opentelemetry import trace
 from conveyor.executor.backends import AgentError, AgentJob, Backend
 from conveyor.executor.config import Settings
 from conveyor.executor.handlers.jobstore import JobStore, Versioned, checked_job_id
-from conveyor.executor.handlers.results import Results, encoded
+from conveyor.executor.handlers.results import Results, may_exceed, oversize
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
 from conveyor.shared import wire
@@ -53,11 +52,6 @@ log = logging.getLogger(__name__)
 STAGE = "executor"
 SATURATED_DELAY_S = 1.0
 PROGRESS_EVERY_S = 1.0
-# Headers count against the server's max_payload too (wire.publish refuses a message over it):
-# a result is measured with this much kept for them.
-HEADER_ROOM = 4096
-
-_encoder = msgspec.json.Encoder()
 
 
 @dataclass
@@ -139,13 +133,6 @@ class Attempt:
         if self.previous is None:
             self.previous = [ln for ln in await self.store.read_log(self.job_id) if ln.attempt < self.number]
         await self.store.write_log(self.job_id, [*self.previous, *self.lines])
-
-
-def _text_size(body: ResultBody) -> int:
-    """Characters of text in ``body``: JSON escaping makes at most six bytes of each, so a
-    result well under the limit by this count is not encoded twice to be measured."""
-    size = len(body.summary) + sum(map(len, body.files_changed)) + sum(map(len, body.suggestions))
-    return size + (len(body.code_diff) if isinstance(body.code_diff, str) else 0)
 
 
 def _cancelled(attempt: Attempt, reason: str) -> Outcome:
@@ -533,10 +520,12 @@ class Worker:
                 callback_url=base.callback_url or req.callback_url,
             )
 
+        limit = self.js._nc.max_payload
         if (
             result is not None
-            and _text_size(result.result) * 6 + HEADER_ROOM * 4 > self.js._nc.max_payload
-            and (too_big := self._oversized(change(attempt.cur.record), req))
+            and may_exceed(result.result, limit)
+            and (new := change(attempt.cur.record)) is not None
+            and (too_big := oversize(new, limit, req.correlation_id))
         ):
             # Neither the record nor the result could be sent, on any attempt: end the job failed
             # now with a small result the caller can get (``change`` reads the new values).
@@ -570,26 +559,6 @@ class Worker:
         if req.parent_id is not None:
             await self.child_done(req.parent_id)
         return True
-
-    def _oversized(self, record: JobRecord | None, req: JobRequest) -> str | None:
-        """Why the terminal ``record`` or its result message cannot go through NATS, if either
-        is over the server's max_payload (the publish would be refused)."""
-        if record is None or record.result is None:
-            return None
-        limit = self.js._nc.max_payload
-        message = encoded(
-            record.result,
-            callback_url=record.callback_url,
-            source=record.source,
-            correlation_id=req.correlation_id,
-        )
-        size = max(len(_encoder.encode(record)), len(message))
-        if size + HEADER_ROOM <= limit:
-            return None
-        return (
-            f"result of {size} bytes exceeds the NATS max_payload of {limit} bytes "
-            f"(less {HEADER_ROOM} for headers)"
-        )
 
     async def _settle_finished(self, msg: Msg, cur: Versioned, req: JobRequest) -> None:
         """The job already ended: make sure its result is out, then drop this delivery."""
