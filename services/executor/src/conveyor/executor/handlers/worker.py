@@ -140,6 +140,21 @@ def _cancelled(attempt: Attempt, reason: str) -> Outcome:
     return Outcome("cancelled", error=reason)
 
 
+def _failure(exc: Exception, agent: Agent, req: JobRequest, attempt: Attempt) -> Outcome:
+    """A failed attempt (call from the ``except`` block): an AgentError as the backend put it;
+    anything else is a bug in the backend, counted as a transient failure so the service keeps
+    serving. Left to the consumer it would be NAKed for ever: the workers' consumer has no
+    max_deliver, and an instant agent's attempt is only counted here."""
+    if isinstance(exc, AgentError):
+        attempt.log("error", str(exc))
+        retry_after_s = getattr(exc, "retry_after_s", None)
+        return Outcome("failed", error=str(exc), transient=exc.transient, retry_after_s=retry_after_s)
+    log.exception("backend %s failed on job %s", agent.backend, req.job_id)
+    error = f"{type(exc).__name__}: {exc}"
+    attempt.log("error", error)
+    return Outcome("failed", error=error, transient=True)
+
+
 def _leave(msg: Msg) -> None:
     """Another executor owns this job now: settle nothing (its in-progress acks keep the
     message; if it dies, JetStream redelivers)."""
@@ -316,14 +331,8 @@ class Worker:
             return Outcome(
                 "completed", body=await self.backends[agent.backend].run(self._job(agent, req, attempt))
             )
-        except AgentError as exc:
-            return Outcome("failed", error=str(exc), transient=exc.transient)
         except Exception as exc:
-            # A bug in a backend. Left to the consumer it would be NAKed forever: the workers'
-            # consumer has no max_deliver, and an instant agent's attempt is only counted here.
-            log.exception("backend %s failed on job %s", agent.backend, req.job_id)
-            attempt.log("error", f"{type(exc).__name__}: {exc}")
-            return Outcome("failed", error=f"{type(exc).__name__}: {exc}", transient=True)
+            return _failure(exc, agent, req, attempt)
 
     async def _execute(self, agent: Agent, req: JobRequest, attempt: Attempt, run: Running) -> Outcome:
         """Run the backend under the timeout; a cancel request cancels the backend's task."""
@@ -353,18 +362,8 @@ class Worker:
             if run.cancel_reason is not None and me is not None and me.cancelling() == 0:
                 return _cancelled(attempt, run.cancel_reason)
             raise
-        except AgentError as exc:
-            attempt.log("error", str(exc))
-            return Outcome(
-                "failed",
-                error=str(exc),
-                transient=exc.transient,
-                retry_after_s=getattr(exc, "retry_after_s", None),
-            )
-        except Exception as exc:  # a bug in a backend: count it as a failed attempt, keep serving
-            log.exception("backend %s failed on job %s", agent.backend, req.job_id)
-            attempt.log("error", f"{type(exc).__name__}: {exc}")
-            return Outcome("failed", error=f"{type(exc).__name__}: {exc}", transient=True)
+        except Exception as exc:
+            return _failure(exc, agent, req, attempt)
         finally:
             run.task = None
             if not task.done():
