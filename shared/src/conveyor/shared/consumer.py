@@ -165,7 +165,8 @@ class Consumer:
     poll_s: float = 1.0
     retry_base_s: float = 1.0
     retry_cap_s: float = 60.0
-    max_attempts: int = 0  # the last is dead-lettered; 0: the config's max_deliver (unset: no limit)
+    # The config's max_deliver (unset: no limit); the last attempt is dead-lettered.
+    max_attempts: int = field(init=False)
     _sub: Subscription | None = None
     _next: str = ""  # the durable's pull-request subject
     _task: asyncio.Task[None] | None = None
@@ -180,8 +181,7 @@ class Consumer:
     _refused: str = ""  # why the server ended a pull early, if it did
 
     def __post_init__(self) -> None:
-        if not self.max_attempts:
-            self.max_attempts = self.config.max_deliver or -1
+        self.max_attempts = self.config.max_deliver or -1
         # The limit is ours (see the module docstring); the server must keep redelivering.
         self.config = dataclasses.replace(self.config, max_deliver=-1)
 
