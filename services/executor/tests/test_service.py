@@ -174,6 +174,25 @@ async def test_a_job_requested_again_after_the_duplicate_window_sends_no_second_
         assert len(await bus.results(job_id)) == 1
 
 
+async def test_a_job_found_over_without_its_result_in_results_publishes_it(bus, make_settings) -> None:
+    """The finisher wrote the terminal record and died before publishing: the next delivery of
+    the job finds it over, sees RESULTS has nothing for it, and publishes the stored result."""
+    async with serve(SPEC, make_settings()):
+        job_id = await bus.job("noop")
+        first = await bus.until(job_id, "completed")
+        await bus.one_result(job_id)
+        await bus.js.purge_stream(subjects.RESULTS, subject=subjects.result(job_id))  # never published
+        await forget_message_ids(bus.js, subjects.JOBS, "jobs.probe")
+        await forget_message_ids(bus.js, subjects.RESULTS, "results.probe")
+        again = JobRequest(job_id=job_id, agent="noop", created_at=dt.datetime.now(dt.UTC))
+        await bus.js.publish(
+            subjects.job_run("noop"), msgspec.json.encode(again), headers={subjects.MSG_ID: job_id}
+        )
+        result = await bus.one_result(job_id)
+        assert result.result == first.result  # the stored one, not a second run
+        assert (await bus.record(job_id)).updated_at == first.updated_at
+
+
 async def test_unknown_agent_fails_at_once_with_a_dead_letter_and_a_failed_result(bus, make_settings) -> None:
     async with serve(SPEC, make_settings()) as rt:
         job_id = await bus.job("nobody")

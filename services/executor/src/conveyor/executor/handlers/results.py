@@ -14,7 +14,6 @@ for as long as RESULTS keeps results (7 days, as long as the job records last).
 from __future__ import annotations
 
 import msgspec
-import nats.js.errors
 from nats.js import JetStreamContext
 
 from conveyor.shared import ids, subjects
@@ -105,12 +104,11 @@ class Results:
             await self._publish_stored(record, correlation_id)
 
     async def stored(self, job_id: str) -> bool:
-        """Whether RESULTS holds a result for ``job_id``."""
-        try:
-            await self.js.get_last_msg(subjects.RESULTS, subjects.result(job_id))
-        except nats.js.errors.NotFoundError:
-            return False
-        return True
+        """Whether RESULTS holds a result for ``job_id``: the subject's count from stream info,
+        not the message itself (a result can be most of a megabyte)."""
+        subject = subjects.result(job_id)
+        info = await self.js.stream_info(subjects.RESULTS, subjects_filter=subject)
+        return bool((info.state.subjects or {}).get(subject))
 
     async def _publish_stored(self, record: JobRecord, correlation_id: str | None) -> None:
         assert record.result is not None
