@@ -55,20 +55,6 @@ def oversize(record: JobRecord, max_payload: int, correlation_id: str | None = N
     )
 
 
-def encoded(
-    result: AgentResult, *, callback_url: str | None, source: str, correlation_id: str | None
-) -> bytes:
-    """The body of ``results.<job_id>`` for ``result``."""
-    body = JobResult(
-        job_id=result.job_id,
-        callback_url=callback_url,
-        source=source,
-        result=result,
-        correlation_id=correlation_id,
-    )
-    return _encoder.encode(body)
-
-
 class Results:
     def __init__(self, requests: JsRequests, js: JetStreamContext) -> None:
         self.requests = requests
@@ -83,7 +69,14 @@ class Results:
         correlation_id: str | None,
     ) -> None:
         job_id = result.job_id
-        body = encoded(result, callback_url=callback_url, source=source, correlation_id=correlation_id)
+        message = JobResult(
+            job_id=job_id,
+            callback_url=callback_url,
+            source=source,
+            result=result,
+            correlation_id=correlation_id,
+        )
+        body = _encoder.encode(message)
         headers = {subjects.MSG_ID: ids.result_msg_id(job_id), subjects.H_JOB_ID: job_id}
         if correlation_id:
             headers[subjects.H_CORRELATION_ID] = correlation_id
