@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import hmac
 import time
 
 import pytest
@@ -48,3 +50,38 @@ def test_standard_webhooks_several_signatures() -> None:
     stale = {**headers, "webhook-timestamp": str(int(time.time()) - 600)}
     with pytest.raises(SignatureError, match="too old"):
         signing.standard_verify(["whsec_c2Vjb25k"], body, stale)
+
+
+def test_undecodable_standard_secret_is_not_the_empty_key() -> None:
+    # A lenient base64 decode drops what it cannot read: "whsec_!!!!" was the empty HMAC key,
+    # and anyone could sign with it.
+    body = b'{"type":"x"}'
+    ts = int(time.time())
+    digest = hmac.digest(b"", f"msg_1.{ts}.".encode() + body, "sha256")
+    forged = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(ts),
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+    }
+    with pytest.raises(ValueError):
+        signing.standard_key("whsec_!!!!")
+    with pytest.raises(signing.SignatureError):
+        signing.standard_verify(["whsec_!!!!"], body, forged)
+
+
+@pytest.mark.parametrize(
+    ("secret", "standard", "problem"),
+    [
+        ("", True, "is empty"),
+        ("  ", False, "is empty"),
+        ("whsec_", True, "has 0 bytes"),
+        ("whsec_!!!!", True, "does not decode"),
+        ("whsec_!!!!", False, "has 10 bytes"),
+        ("whsec_" + base64.b64encode(b"k" * 15).decode(), True, "has 15 bytes"),
+        ("whsec_" + base64.b64encode(b"k" * 16).decode(), True, None),
+        ("sixteen-bytes-ok", False, None),
+    ],
+)
+def test_secret_problem(secret: str, standard: bool, problem: str | None) -> None:
+    found = signing.secret_problem(secret, standard=standard)
+    assert found is None if problem is None else (found is not None and problem in found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import random
 
@@ -15,7 +16,8 @@ from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.shared.config import Secret, load_settings
 from conveyor.shared.errors import ConfigError
 
-SECRET = "whsec_c2lnbmluZy1rZXk="
+SECRET = "whsec_" + base64.b64encode(b"deliverer-signing-key").decode()
+A, B, C, D = ("whsec_" + base64.b64encode(f"endpoint-secret-{c}".encode()).decode() for c in "abcd")
 
 
 def test_schedule_then_doubling_within_the_cap() -> None:
@@ -95,15 +97,14 @@ def test_endpoint_secrets_by_url_origin_then_host() -> None:
     s = Settings(
         callback_signing_secrets=Secret(SECRET),
         callback_endpoint_secrets=Secret(
-            '{"https://a.example/hook": "whsec_YQ==", "https://b.example": "whsec_Yg==,whsec_Yw==",'
-            ' "c.example": "whsec_ZA=="}'
+            f'{{"https://a.example/hook": "{A}", "https://b.example": "{B},{C}", "c.example": "{D}"}}'
         ),
     )
     keys = SigningKeys(signing_secrets(s), endpoint_secrets(s))
-    assert keys.for_url("https://a.example/hook") == ["whsec_YQ=="]
+    assert keys.for_url("https://a.example/hook") == [A]
     assert keys.for_url("https://a.example/other") == [SECRET]
-    assert keys.for_url("https://b.example/x?y=1") == ["whsec_Yg==", "whsec_Yw=="]
-    assert keys.for_url("http://c.example:8080/x") == ["whsec_ZA=="]
+    assert keys.for_url("https://b.example/x?y=1") == [B, C]
+    assert keys.for_url("http://c.example:8080/x") == [D]
     assert keys.for_url("https://d.example/") == [SECRET]
 
 
@@ -124,5 +125,24 @@ def test_settings_fail_at_start_naming_the_setting() -> None:
     with pytest.raises(ConfigError, match="CALLBACK_SIGNING_SECRETS"):
         load_settings(Settings, {})
     # The inbound Lovable secret signs callbacks when no callback secret is configured.
-    fallback = load_settings(Settings, {"LOVABLE_WEBHOOK_SECRET": "shared"})
-    assert signing_secrets(fallback) == ["shared"]
+    fallback = load_settings(Settings, {"LOVABLE_WEBHOOK_SECRET": "shared-lovable-secret"})
+    assert signing_secrets(fallback) == ["shared-lovable-secret"]
+
+
+def test_weak_callback_signing_secrets_are_refused_at_start() -> None:
+    # Each would sign callbacks with a key anyone can find: empty ("whsec_", undecodable
+    # base64) or a few bytes long.
+    weak = ["whsec_", "whsec_!!!!", "whsec_YWJj", "whsec_" + base64.b64encode(b"k" * 15).decode()]
+    for secret in weak:
+        for name, value in (
+            ("CALLBACK_SIGNING_SECRETS", f"{SECRET},{secret}"),
+            ("CALLBACK_ENDPOINT_SECRETS", f'{{"a.example": "{secret}"}}'),
+        ):
+            with pytest.raises(ConfigError, match=name) as err:
+                load_settings(Settings, {"CALLBACK_SIGNING_SECRETS": SECRET, name: value})
+            assert secret not in str(err.value)
+    # The inbound secret as the fallback signer is held to the same rule.
+    with pytest.raises(ConfigError, match="LOVABLE_WEBHOOK_SECRET"):
+        load_settings(Settings, {"LOVABLE_WEBHOOK_SECRET": "shared"})
+    strong = "whsec_" + base64.b64encode(b"k" * 16).decode()
+    assert signing_secrets(load_settings(Settings, {"CALLBACK_SIGNING_SECRETS": strong})) == [strong]

@@ -7,12 +7,16 @@ reason a caller can show (never the expected signature).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import time
 from collections.abc import Iterable, Mapping
 
 DEFAULT_TOLERANCE_S = 300
+# The least key material a secret may have: an HMAC key any shorter can be searched for, and
+# an empty one (an empty or undecodable secret) lets anyone sign.
+MIN_SECRET_BYTES = 16
 
 
 class SignatureError(Exception):
@@ -97,10 +101,30 @@ def github_verify(secrets: Iterable[str], body: bytes, signature: str | None) ->
 
 
 def standard_key(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_<base64>`` secret (a bare secret is used as raw bytes)."""
+    """The HMAC key of a ``whsec_<base64>`` secret (a bare secret is used as raw bytes).
+    ValueError when the base64 does not decode: a lenient decode drops what it cannot read,
+    and "whsec_!!!!" would be the empty key."""
     if secret.startswith("whsec_"):
-        return base64.b64decode(secret[len("whsec_") :])
+        try:
+            return base64.b64decode(secret[len("whsec_") :], validate=True)
+        except binascii.Error:
+            raise ValueError("not whsec_<base64>: the base64 does not decode") from None
     return secret.encode()
+
+
+def secret_problem(secret: str, *, standard: bool) -> str | None:
+    """What makes ``secret`` unfit to sign or verify with, or None. ``standard``: it is read as
+    a Standard Webhooks secret (``whsec_<base64>``, else raw bytes); otherwise (lovable,
+    github) its UTF-8 bytes are the key. Never says anything of the secret's value."""
+    if not secret.strip():
+        return "is empty"
+    try:
+        key = standard_key(secret) if standard else secret.encode()
+    except ValueError as exc:
+        return f"is {exc}"
+    if len(key) < MIN_SECRET_BYTES:
+        return f"has {len(key)} bytes of key material; at least {MIN_SECRET_BYTES} are needed"
+    return None
 
 
 def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

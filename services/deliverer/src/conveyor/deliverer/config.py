@@ -110,15 +110,13 @@ def allowed_networks(settings: Settings) -> list[IPNetwork]:
 
 
 def _split_secrets(value: str, setting: str) -> list[str]:
-    from conveyor.shared.signing import standard_key
+    from conveyor.shared.signing import secret_problem
 
     secrets = [s.strip() for s in value.split(",") if s.strip()]
-    for s in secrets:
-        try:
-            if not standard_key(s):
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"{setting}: a secret is not whsec_<base64>") from None
+    for i, s in enumerate(secrets):
+        # Empty, undecodable or short key material: anyone could sign as us (never the value).
+        if problem := secret_problem(s, standard=True):
+            raise ValueError(f"{setting}: secret {i + 1} of {len(secrets)} {problem}")
     return secrets
 
 
@@ -127,8 +125,16 @@ def signing_secrets(settings: Settings) -> list[str]:
     configured = _split_secrets(settings.callback_signing_secrets.reveal(), "CALLBACK_SIGNING_SECRETS")
     if configured:
         return configured
+    from conveyor.shared.signing import secret_problem
+
     fallback = settings.lovable_webhook_secret.reveal()
-    return [fallback] if fallback else []
+    if not fallback:
+        return []
+    if problem := secret_problem(fallback, standard=True):
+        raise ValueError(
+            f"LOVABLE_WEBHOOK_SECRET (signs callbacks while CALLBACK_SIGNING_SECRETS is empty): {problem}"
+        )
+    return [fallback]
 
 
 def endpoint_secrets(settings: Settings) -> dict[str, list[str]]:
