@@ -6,6 +6,7 @@ import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.payloads import JOB_ID_SECRET
 from bench.procs import Nats, Proc, Procs, free_port, start_nats, wait_http
 
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"bench-callback-signing-key-0001").decode()
@@ -67,6 +68,7 @@ async def start(
         "LOVABLE_CALLBACK_URL": callback_url,
         "CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8",
         "CALLBACK_SIGNING_SECRETS": SIGNING_SECRET,
+        "JOB_ID_SECRET": JOB_ID_SECRET,
         # The webhook limiter stays on (its counters are real KV writes) but never trips.
         "RATE_LIMIT_MAX": "1000000000",
         "LOG_LEVEL": log_level,

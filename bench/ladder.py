@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bench import serving
+from bench.payloads import JOB_ID_SECRET
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import JobRecord, WebhookEvent, encoder, utcnow
 from conveyor.shared.http import HttpMetrics, error_middleware, metrics_middleware
@@ -62,8 +63,8 @@ async def serve(port: int, url: str, level: int, secret: str) -> None:
         except SignatureError as exc:
             return web.json_response({"error": exc.reason}, status=401)
         body = decoder.decode(raw)
-        delivery = request.headers.get("X-Lovable-Delivery") or body.id
-        job_id = ids.job_id_for_delivery("lovable", delivery)
+        delivery = body.id  # signed, as the receiver takes it
+        job_id = ids.job_id_for_delivery(JOB_ID_SECRET.encode(), "lovable", delivery)
         now = utcnow()
         event = WebhookEvent(
             event_id=delivery, job_id=job_id, source="lovable", type=body.type, received_at=now,

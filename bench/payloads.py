@@ -2,8 +2,9 @@
 
 Signing and encoding happen before the clock starts, so the load driver only writes bytes.
 Every request has its own delivery id, so the receiver sees no replays; the job id each one
-will get is known in advance (``ids.job_id_for_delivery``), which is how the callback sink's
-arrivals are matched to send times.
+will get is known in advance (``ids.job_id_for_delivery`` with JOB_ID_SECRET, which the
+benchmark gives the receiver), which is how the callback sink's arrivals are matched to send
+times.
 
 File format (read by ``bench.driver`` and by ``wrk/replay.lua``): for each request, its
 length as 8 ASCII digits, then the request bytes.
@@ -21,6 +22,8 @@ from conveyor.shared.signing import lovable_sign
 
 WEBHOOK_PATH = "/api/webhooks/lovable"
 PROJECTS = 64  # distinct project ids, round robin: per-project rate-limit keys are spread out
+# The receiver's JOB_ID_SECRET in the benchmark: job ids are keyed, so the driver must know it.
+JOB_ID_SECRET = "bench-job-id-secret-0001"
 
 # A representative review request (~0.7 KB of JSON): a small diff and one file.
 _DIFF = (
@@ -100,7 +103,7 @@ def build(
             signed_request(host, port, path, secret, delivery, body, f"bench-project-{seq % PROJECTS}")
         )
         deliveries.append(delivery)
-        jobs.append(job_id_for_delivery("lovable", delivery))
+        jobs.append(job_id_for_delivery(JOB_ID_SECRET.encode(), "lovable", delivery))
     return Batch(requests, deliveries, jobs, size)
 
 

@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from conveyor.receiver.config import Settings
 from conveyor.receiver.service import SPEC
-from conveyor.shared import subjects
+from conveyor.receiver.state import STATE
+from conveyor.shared import ids, subjects
 from conveyor.shared.config import Secret
 from conveyor.shared.runner import Runtime, serve
 
@@ -37,6 +38,10 @@ class Receiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.rt.http_port}"
+
+    def job_id(self, source: str, dedupe_key: str) -> str:
+        """The job id this receiver gives a webhook (its key is a secret of the receiver's)."""
+        return ids.job_id_for_delivery(self.rt.app[STATE].job_id_key, source, dedupe_key)
 
 
 Start = Callable[..., contextlib.AbstractAsyncContextManager[Receiver]]

@@ -97,7 +97,9 @@ async def test_health_endpoints(receiver, lovable, js) -> None:
 
 
 def test_settings_from_env_and_toml(tmp_path: Path) -> None:
-    s = load_settings(Settings, {"LOVABLE_WEBHOOK_SECRET": "s", "RATE_LIMIT_MAX": "7"}, section="receiver")
+    s = load_settings(
+        Settings, {"LOVABLE_WEBHOOK_SECRET": "lovable-test-secret", "RATE_LIMIT_MAX": "7"}, section="receiver"
+    )
     assert s.port == 3100 and s.rate_limit_max == 7 and s.rate_limit_window_ms == 60_000
     assert s.known_agents == ["dev", "qa", "architect", "pm", "ux-design-expert"]
 
@@ -106,7 +108,8 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
         "[receiver]\n"
         'agents = ["dev", "reviewer"]\n'
         "[[receiver.webhook_sources]]\n"
-        'name = "acme"\nscheme = "standard"\nsecrets = ["whsec_YWJj"]\nallow_ips = ["10.0.0.0/8"]\n'
+        'name = "acme"\nscheme = "standard"\nsecrets = ["whsec_YWNtZS1zdGFuZGFyZC1zZWNyZXQ="]\n'
+        'allow_ips = ["10.0.0.0/8"]\n'
     )
     s = load_settings(Settings, {"CONVEYOR_CONFIG": str(toml), "PORT": "4000"}, section="receiver")
     assert s.port == 4000 and s.known_agents == [
@@ -121,7 +124,9 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
         ("acme", "standard", ["10.0.0.0/8"])
     ]
 
-    env_sources = '[{"name": "gh", "scheme": "github", "secrets": ["x"], "event_types": ["push"]}]'
+    env_sources = (
+        '[{"name": "gh", "scheme": "github", "secrets": ["github-test-secret"], "event_types": ["push"]}]'
+    )
     # The executor's agent tables in AGENTS are understood too (only the name matters here).
     agents = '["lint", {"name": "docs", "backend": "builtin"}]'
     s = load_settings(Settings, {"WEBHOOK_SOURCES": env_sources, "AGENTS": agents}, section="receiver")
@@ -132,9 +137,15 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "named"),
     [
-        ({"WEBHOOK_SOURCES": '[{"name": "x", "scheme": "ftp", "secrets": ["s"]}]'}, "WEBHOOK_SOURCES"),
+        (
+            {"WEBHOOK_SOURCES": '[{"name": "x", "scheme": "ftp", "secrets": ["github-test-secret"]}]'},
+            "WEBHOOK_SOURCES",
+        ),
         ({"WEBHOOK_SOURCES": '[{"name": "x", "scheme": "github", "secrets": []}]'}, "WEBHOOK_SOURCES"),
-        ({"WEBHOOK_SOURCES": '[{"name": "test", "scheme": "github", "secrets": ["s"]}]'}, "WEBHOOK_SOURCES"),
+        (
+            {"WEBHOOK_SOURCES": '[{"name": "test", "scheme": "github", "secrets": ["github-test-secret"]}]'},
+            "WEBHOOK_SOURCES",
+        ),
         ({"RATE_LIMIT_MAX": "lots"}, "RATE_LIMIT_MAX"),
         ({"TRUSTED_PROXIES": "not-a-network"}, ""),
         ({"AGENTS": '["bad agent"]'}, "AGENTS"),

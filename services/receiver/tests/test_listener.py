@@ -174,14 +174,8 @@ async def test_pipelined_and_split_requests_are_answered_in_order(receiver, lova
     conn.close()
     status_ids = [json.loads(b)["id"] for b in bodies]
     assert len(set(ids)) == 3
-    assert ids == [receiver_job_id(i) for i in status_ids]
+    assert ids == [receiver.job_id("lovable", i) for i in status_ids]
     assert handed_over(receiver) == 0
-
-
-def receiver_job_id(delivery: str) -> str:
-    from conveyor.shared import ids
-
-    return ids.job_id_for_delivery("lovable", delivery)
 
 
 async def test_other_requests_on_the_same_connection_go_to_aiohttp(receiver, lovable) -> None:

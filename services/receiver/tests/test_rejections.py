@@ -267,19 +267,17 @@ async def test_rate_limited_webhook_gets_429_with_retry_after(start_receiver, lo
     async with start_receiver(rate_limit_max=2, rate_limit_window_ms=60_000) as r:
         answers = []
         for _ in range(3):
-            body, headers = _valid(lovable)
-            answers.append(
-                await r.http.post(URL, content=body, headers=headers | {"X-Lovable-Project-Id": "p1"})
-            )
+            body, headers = _valid(lovable, project_id="p1")
+            answers.append(await r.http.post(URL, content=body, headers=headers))
         assert [a.status_code for a in answers] == [202, 202, 429]
         assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["1", "0", "0"]
         refused = answers[2]
         assert refused.json()["error"] == "rate_limited"
         assert 1 <= int(refused.headers["Retry-After"]) <= 60
         assert refused.headers["X-RateLimit-Limit"] == "2"
-        # Another project has its own budget.
-        body, headers = _valid(lovable)
-        resp = await r.http.post(URL, content=body, headers=headers | {"X-Lovable-Project-Id": "p2"})
+        # Another project (the signed body's project_id) has its own budget.
+        body, headers = _valid(lovable, project_id="p2")
+        resp = await r.http.post(URL, content=body, headers=headers)
         assert resp.status_code == 202
         assert await bus.count("EVENTS") == 3
 

@@ -15,7 +15,7 @@ import msgspec
 from standardwebhooks.webhooks import Webhook
 
 from conveyor.receiver.config import WebhookSource
-from conveyor.shared import ids, signing, subjects
+from conveyor.shared import signing, subjects
 from conveyor.shared.config import Secret
 from conveyor.shared.events import webhook_event_decoder
 
@@ -59,7 +59,9 @@ async def test_github_example_passes_the_signature_check_over_http(start_receive
 
 
 async def test_github_event_accepted_and_unrouted_event_ignored(start_receiver, bus, js) -> None:
-    async with start_receiver(webhook_sources=[source("github", "github", ["old", GITHUB_SECRET])]) as r:
+    async with start_receiver(
+        webhook_sources=[source("github", "github", ["old-github-secret-0001", GITHUB_SECRET])]
+    ) as r:
         body = json.dumps({"action": "opened", "number": 7}).encode()
         headers = {
             "X-Hub-Signature-256": "sha256="
@@ -69,11 +71,13 @@ async def test_github_event_accepted_and_unrouted_event_ignored(start_receiver, 
         }
         resp = await r.http.post("/api/webhooks/github", content=body, headers=headers)
         assert resp.status_code == 202, resp.text
-        assert resp.json()["job_id"] == ids.job_id_for_delivery("github", "d-1")
+        # X-GitHub-Delivery is not signed: the body's digest names the delivery.
+        digest = hashlib.sha256(body).hexdigest()
+        assert resp.json()["job_id"] == r.job_id("github", digest)
         msg = await js.get_last_msg(subjects.EVENTS, "events.github.pull_request")
         event = webhook_event_decoder.decode(msg.data)
         assert (event.source, event.type, event.event_id) == ("github", "pull_request", "d-1")
-        assert msg.headers and msg.headers[subjects.MSG_ID] == "github:d-1"
+        assert msg.headers and msg.headers[subjects.MSG_ID] == f"github:{digest}"
 
         headers |= {"X-GitHub-Event": "star", "X-GitHub-Delivery": "d-2"}
         resp = await r.http.post("/api/webhooks/github", content=body, headers=headers)
@@ -104,7 +108,7 @@ async def test_standard_webhooks_signed_by_the_reference_package(start_receiver,
             headers = standard_headers(secret, f"msg_{n}", body)
             resp = await r.http.post("/api/webhooks/acme", content=body, headers=headers)
             assert resp.status_code == 202, resp.text
-            assert resp.json()["job_id"] == ids.job_id_for_delivery("acme", f"msg_{n}")
+            assert resp.json()["job_id"] == r.job_id("acme", f"msg_{n}")
 
         # Several signatures in one header (sender-side rotation): one good one is enough.
         bad = Webhook("whsec_" + base64.b64encode(b"x" * 32).decode()).sign(
@@ -136,15 +140,16 @@ async def test_standard_webhooks_stale_signature_from_package_refused(start_rece
 
 
 async def test_lovable_signature_and_rotation(start_receiver, lovable, bus, js) -> None:
-    async with start_receiver(lovable_webhook_secret=Secret("old-secret, new-secret")) as r:
-        for n, secret in enumerate(("old-secret", "new-secret")):
+    old, new = "old-lovable-secret-01", "new-lovable-secret-01"
+    async with start_receiver(lovable_webhook_secret=Secret(f"{old}, {new}")) as r:
+        for n, secret in enumerate((old, new)):
             body = lovable.body("code.review_requested", id=f"evt_{n}", project_id="p9")
             resp = await r.http.post(
                 "/api/webhooks/lovable", content=body, headers=lovable.headers(body, secret=secret)
             )
             assert resp.status_code == 202, resp.text
             data = resp.json()
-            assert data["job_id"] == ids.job_id_for_delivery("lovable", f"evt_{n}")
+            assert data["job_id"] == r.job_id("lovable", f"evt_{n}")
             assert data["status_url"] == f"/api/jobs/{data['job_id']}"
             assert data["stream_url"] == f"/api/jobs/{data['job_id']}/stream"
             assert resp.headers["Location"] == data["status_url"]
@@ -152,8 +157,8 @@ async def test_lovable_signature_and_rotation(start_receiver, lovable, bus, js) 
         event = webhook_event_decoder.decode(msg.data)
         assert (event.project_id, event.event_id) == ("p9", "evt_1")
 
-        # X-Lovable-Delivery, when sent, is the delivery id rather than the body's id.
+        # The body's id is the delivery id: an X-Lovable-Delivery header (not signed) is not read.
         body = lovable.body(id="evt_body")
-        headers = lovable.headers(body, secret="new-secret") | {"X-Lovable-Delivery": "dlv-42"}
+        headers = lovable.headers(body, secret=new) | {"X-Lovable-Delivery": "dlv-42"}
         resp = await r.http.post("/api/webhooks/lovable", content=body, headers=headers)
-        assert resp.json()["job_id"] == ids.job_id_for_delivery("lovable", "dlv-42")
+        assert resp.json()["job_id"] == r.job_id("lovable", "evt_body")

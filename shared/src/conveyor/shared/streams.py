@@ -140,6 +140,7 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
         subjects.KV_DEPLOYMENTS: kv(subjects.KV_DEPLOYMENTS, ttl=30 * DAY),
         subjects.KV_DEPLOY_LEASES: kv(subjects.KV_DEPLOY_LEASES),
         subjects.KV_SCHEDULES: kv(subjects.KV_SCHEDULES),
+        subjects.KV_SECRETS: kv(subjects.KV_SECRETS),
     }
 
 

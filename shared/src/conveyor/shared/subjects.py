@@ -32,6 +32,7 @@ KV_SITES: Final = "sites"  # site_id -> SiteRecord
 KV_DEPLOYMENTS: Final = "deployments"  # deployment_id -> DeploymentRecord
 KV_DEPLOY_LEASES: Final = "deploy_leases"  # site_id -> DeployLease (one active deployment per site)
 KV_SCHEDULES: Final = "schedules"  # schedule_id -> ScheduleRecord (receiver writes; executor records runs)
+KV_SECRETS: Final = "secrets"  # name -> a server-held secret (receiver: job_id); no API reads it
 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"

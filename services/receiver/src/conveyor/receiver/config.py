@@ -9,6 +9,7 @@ from typing import Any, Literal
 import msgspec
 
 from conveyor.shared.config import BaseSettings, Secret
+from conveyor.shared.signing import secret_problem
 from conveyor.shared.subjects import is_token
 
 Scheme = Literal["lovable", "github", "standard"]
@@ -70,6 +71,11 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """WEBHOOK_SOURCES: JSON list (or [[receiver.webhook_sources]] in TOML) of extra sources."""
     trusted_proxies: str = ""
     """TRUSTED_PROXIES: comma-separated CIDRs whose X-Forwarded-For is believed."""
+    job_id_secret: Secret | None = None
+    """JOB_ID_SECRET: the key job ids are derived with (HMAC-SHA256 of the source and the signed
+    delivery id, or of the API key and its Idempotency-Key), so nobody who knows an event id can
+    compute its job id. Every replica must have the same one, or none: unset, the first
+    receiver to start stores a random one in the KV bucket ``secrets`` and all use that."""
 
     admin_api_key: Secret | None = None
     """ADMIN_API_KEY: guards /api/admin/keys (no admin API without it, unless admin keys exist)."""
@@ -88,7 +94,8 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     read_rate_limit_max: int = 600
     """READ_RATE_LIMIT_MAX: reads without an API key per RATE_LIMIT_WINDOW_MS per client address."""
     rate_limit_max: int = 100
-    """RATE_LIMIT_MAX: webhooks per window per project (x-lovable-project-id) or client address; 0 = off."""
+    """RATE_LIMIT_MAX: webhooks per window per project (the signed body's project_id) or client
+    address; 0 = off."""
     rate_limit_window_ms: int = 60_000
     """RATE_LIMIT_WINDOW_MS: the webhook rate-limit window."""
 
@@ -98,7 +105,8 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     max_body_bytes: int = 1024 * 1024
     """MAX_BODY_BYTES: larger bodies get 413 without being read."""
     max_prompt_chars: int = 5000
-    """MAX_PROMPT_CHARS: longest prompt POST /api/jobs accepts."""
+    """MAX_PROMPT_CHARS: longest prompt POST /api/jobs accepts, and longest field of a webhook's
+    body that becomes a job's prompt (prompt, task, instructions, in data or at the top)."""
 
     fast_webhooks: bool = True
     """FAST_WEBHOOKS: answer plain webhook POSTs on the lean HTTP/1.1 path (listener.py) and
@@ -128,9 +136,39 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
         names = [s.name for s in self.webhook_sources]
         if len(names) != len(set(names)):
             raise ValueError("webhook_sources: each name may appear once")
+        # A weak secret lets anyone sign: refuse to start with one, naming the setting.
+        for setting, value in (
+            ("LOVABLE_WEBHOOK_SECRET", self.lovable_webhook_secret),
+            ("GITHUB_WEBHOOK_SECRET", self.github_webhook_secret),
+        ):
+            if value is not None:
+                secrets = split_secrets(value)
+                if not secrets:
+                    raise ValueError(f"{setting}: is empty (unset it to turn the source off)")
+                for i, secret in enumerate(secrets):
+                    which = f" (secret {i + 1} of {len(secrets)})" if len(secrets) > 1 else ""
+                    check_secret(f"{setting}{which}", secret, standard=False)
+        for i, source in enumerate(self.webhook_sources):
+            for j, secret in enumerate(source.secrets):
+                where = f"WEBHOOK_SOURCES[{i}].secrets[{j}] (source {source.name!r})"
+                check_secret(where, secret.reveal(), standard=source.scheme == "standard")
+        if self.job_id_secret is not None:
+            check_secret("JOB_ID_SECRET", self.job_id_secret.reveal(), standard=False)
 
     @property
     def known_agents(self) -> list[str]:
         """What POST /api/jobs accepts: the shipped agents, then AGENTS, each once."""
         extra = [a if isinstance(a, str) else str(a.get("name", "")) for a in self.agents]
         return list(dict.fromkeys([*DEFAULT_AGENTS, *extra]))
+
+
+def split_secrets(value: Secret) -> list[str]:
+    """A comma-separated secret setting (several during a rotation), as its secrets."""
+    return [s.strip() for s in value.reveal().split(",") if s.strip()]
+
+
+def check_secret(setting: str, secret: str, *, standard: bool) -> None:
+    """ValueError naming ``setting`` (never the value) when ``secret`` is empty, undecodable or
+    short (signing.secret_problem)."""
+    if problem := secret_problem(secret, standard=standard):
+        raise ValueError(f"{setting}: {problem}")

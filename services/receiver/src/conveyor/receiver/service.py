@@ -13,6 +13,7 @@ from conveyor.receiver import schedules_api, sites_api
 from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings
 from conveyor.receiver.handlers import admin, health, jobs, send_test_event, stream, webhooks
+from conveyor.receiver.job_ids import job_id_key
 from conveyor.receiver.listener import listener_for
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.middleware import edge, expect_handler
@@ -53,6 +54,7 @@ BUCKETS = [
     subjects.KV_JOB_LOGS,
     subjects.KV_SITES,
     subjects.KV_DEPLOYMENTS,
+    subjects.KV_SECRETS,
 ]
 
 E = None  # an error answer: ErrorBody
@@ -62,11 +64,9 @@ _WEBHOOK_HEADERS = tuple(
     for name, desc in (
         ("X-Lovable-Timestamp", "lovable: unix seconds"),
         ("X-Lovable-Signature", 'lovable: "sha256=" + hex HMAC-SHA256 of "{timestamp}.{body}"'),
-        ("X-Lovable-Delivery", "lovable: delivery id (default: the body's id)"),
-        ("X-Lovable-Project-Id", "lovable: rate-limit key (default: client address)"),
         ("X-Hub-Signature-256", 'github: "sha256=" + hex HMAC-SHA256 of the body'),
         ("X-GitHub-Event", "github: event name"),
-        ("X-GitHub-Delivery", "github: delivery id"),
+        ("X-GitHub-Delivery", "github: delivery id (a repeat of a signed body is a duplicate under any)"),
         ("webhook-id", "standard: message id"),
         ("webhook-timestamp", "standard: unix seconds"),
         ("webhook-signature", 'standard: space-separated "v1,<base64>" signatures'),
@@ -178,8 +178,10 @@ def operations() -> list[Operation]:
             auth="webhook",
             params=_WEBHOOK_HEADERS,
             description="Schemes: lovable, github, standard (Standard Webhooks). 202 only after JetStream "
-            "acknowledged the event and the job record exists; a repeated delivery id answers the same "
-            'job with duplicate=true; a GitHub event no route wants answers status "ignored".',
+            "acknowledged the event and the job record exists; a repeated delivery (the Lovable body's "
+            "id, the signed webhook-id, the same GitHub body) answers the same job with duplicate=true; "
+            'a GitHub event no route wants answers status "ignored". A prompt field (prompt, task, '
+            "instructions, in data or at the top) over MAX_PROMPT_CHARS answers 422 naming it.",
         ),
         Operation(
             "POST",
@@ -297,7 +299,8 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     st.keys.kv = st.kv[subjects.KV_APIKEYS]
     st.limiter = RateLimiter(st.kv[subjects.KV_RATELIMITS])
     st.job_records = Bucket(st.kv[subjects.KV_JOBS], rt.requests)
-    st.js = js
+    st.job_id_key = await job_id_key(st.kv[subjects.KV_SECRETS], st.settings.job_id_secret)
+    st.js = js  # last: no request is taken before the above are set
     yield
 
 

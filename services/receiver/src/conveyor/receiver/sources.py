@@ -3,12 +3,17 @@
 Each scheme turns (headers, raw body) into an :class:`Inbound` or raises :class:`HTTPError`
 with the status the product fixes: 401 for missing, malformed or wrong signatures and for
 stale or future timestamps; 400 for an empty body or invalid JSON; 422 for a well-formed body
-of the wrong shape or an unknown event type.
+of the wrong shape, an unknown event type or a prompt over MAX_PROMPT_CHARS.
+
+Only what the signature covers steers a request: the delivery id that deduplicates it and
+the project its rate limit is counted for come from the signed body (or, for Standard
+Webhooks, the signed ``webhook-id``), never from a header a replayer could change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import re
 import time
@@ -18,7 +23,13 @@ from typing import Any
 
 import msgspec
 
-from conveyor.receiver.config import GITHUB_EVENT_TYPES, LOVABLE_EVENT_TYPES, Settings, WebhookSource
+from conveyor.receiver.config import (
+    GITHUB_EVENT_TYPES,
+    LOVABLE_EVENT_TYPES,
+    Settings,
+    WebhookSource,
+    split_secrets,
+)
 from conveyor.shared import signing, subjects
 from conveyor.shared.config import Secret
 from conveyor.shared.http import HTTPError
@@ -27,7 +38,20 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DELIVERY_ID = re.compile(r"^[\x21-\x7e]{1,200}\Z")
 
 
-class LovableWebhook(msgspec.Struct, frozen=True, kw_only=True):
+# The fields of an event the executor's router makes a job's prompt of (router.prompt_of): in
+# ``data``, then at the top level. Each is held to MAX_PROMPT_CHARS, as POST /api/jobs's prompt is.
+PROMPT_FIELDS = ("prompt", "task", "instructions")
+
+
+class _Prompts(msgspec.Struct, frozen=True, kw_only=True):
+    """A body's top-level prompt fields (only strings become prompts; anything else is left)."""
+
+    prompt: Any = None
+    task: Any = None
+    instructions: Any = None
+
+
+class LovableWebhook(_Prompts, frozen=True, kw_only=True):
     """The Lovable body: {id, type, project_id, data, created_at}."""
 
     id: str
@@ -37,7 +61,7 @@ class LovableWebhook(msgspec.Struct, frozen=True, kw_only=True):
     created_at: str
 
 
-class StandardWebhook(msgspec.Struct, frozen=True, kw_only=True):
+class StandardWebhook(_Prompts, frozen=True, kw_only=True):
     """A Standard Webhooks payload: {type, timestamp, data}; only ``type`` is required here."""
 
     type: str
@@ -45,10 +69,11 @@ class StandardWebhook(msgspec.Struct, frozen=True, kw_only=True):
     data: Any = None
 
 
-class GithubWebhook(msgspec.Struct, frozen=True, kw_only=True):
+class GithubWebhook(_Prompts, frozen=True, kw_only=True):
     """GitHub bodies vary by event; they are all JSON objects."""
 
     action: str | None = None
+    data: Any = None  # GitHub sends none; a body that has one could carry a prompt in it
 
 
 _lovable_decoder = msgspec.json.Decoder(LovableWebhook)
@@ -60,9 +85,10 @@ _github_decoder = msgspec.json.Decoder(GithubWebhook)
 class Inbound:
     """A verified webhook, ready to publish."""
 
-    delivery_id: str
+    delivery_id: str  # what the sender calls this delivery (shown, not trusted)
+    dedupe_key: str  # signed: what names the delivery for duplicates and its job id
     event_type: str
-    project_id: str | None
+    project_id: str | None  # signed (lovable's body): the rate limit's key
     ignored: bool = False  # an event type the source accepts but does not route (github)
 
 
@@ -76,6 +102,7 @@ class Source:
     networks: tuple[Network, ...]
     tolerance_s: int
     callback_url: str | None
+    max_prompt_chars: int = 5000
 
     def allows(self, address: str | None) -> bool:
         if not self.networks:
@@ -113,8 +140,11 @@ class Source:
             raise _unauthorized(exc.reason) from None
         parsed = decode_json(_lovable_decoder, body)
         event_type = self._event_type(parsed.type)
-        delivery = headers.get("X-Lovable-Delivery") or parsed.id
-        return Inbound(_delivery_id(delivery, "X-Lovable-Delivery or id"), event_type, parsed.project_id)
+        # The body's id, not X-Lovable-Delivery: a captured webhook re-sent inside its window
+        # under a new header would otherwise be a new job each time.
+        delivery = _delivery_id(parsed.id, "id")
+        self._check_prompts(parsed, parsed.data)
+        return Inbound(delivery, delivery, event_type, parsed.project_id)
 
     def _github(self, headers: Mapping[str, str], body: bytes) -> Inbound:
         try:
@@ -125,12 +155,16 @@ class Source:
         if not event:
             raise HTTPError(400, "missing_header", "missing X-GitHub-Event header", field="X-GitHub-Event")
         delivery = _delivery_id(headers.get("X-GitHub-Delivery"), "X-GitHub-Delivery")
-        decode_json(_github_decoder, body)
+        parsed = decode_json(_github_decoder, body)
+        # X-GitHub-Delivery is not signed and the body has no timestamp: the same signed body
+        # under another delivery id is the same delivery.
+        dedupe = hashlib.sha256(body).hexdigest()
         if (self.event_types and event not in self.event_types) or not subjects.is_token(event):
             if self.ignore_unknown:
-                return Inbound(delivery, event, None, ignored=True)
+                return Inbound(delivery, dedupe, event, None, ignored=True)
             raise _unknown_type(event)
-        return Inbound(delivery, event, None)
+        self._check_prompts(parsed, parsed.data)
+        return Inbound(delivery, dedupe, event, None)
 
     def _standard(self, headers: Mapping[str, str], body: bytes, now: float) -> Inbound:
         try:
@@ -140,7 +174,21 @@ class Source:
         except signing.SignatureError as exc:
             raise _unauthorized(exc.reason) from None
         parsed = decode_json(_standard_decoder, body)
-        return Inbound(_delivery_id(msg_id, "webhook-id"), self._event_type(parsed.type), None)
+        event_type = self._event_type(parsed.type)
+        delivery = _delivery_id(msg_id, "webhook-id")  # signed with the body
+        self._check_prompts(parsed, parsed.data)
+        return Inbound(delivery, delivery, event_type, None)
+
+    def _check_prompts(self, top: _Prompts, data: Any) -> None:
+        """422 naming the first field the executor would take as a prompt that is too long."""
+        limit = self.max_prompt_chars
+        inner = data if isinstance(data, dict) else {}
+        for name in PROMPT_FIELDS:
+            for field, value in ((f"data.{name}", inner.get(name)), (name, getattr(top, name))):
+                if isinstance(value, str) and len(value) > limit:
+                    raise HTTPError(
+                        422, "invalid_field", f"{field}: longer than {limit} characters", field=field
+                    )
 
     def _event_type(self, event_type: str) -> str:
         known = event_type in self.event_types if self.event_types else _well_formed(event_type)
@@ -219,11 +267,9 @@ def build_sources(settings: Settings) -> dict[str, Source]:
     shortcuts = (("lovable", settings.lovable_webhook_secret), ("github", settings.github_webhook_secret))
     for name, secret in shortcuts:
         if secret and name not in configs:
-            secrets = [s.strip() for s in secret.reveal().split(",") if s.strip()]
-            configs[name] = msgspec.convert(
-                {"name": name, "scheme": name, "secrets": secrets}, WebhookSource, dec_hook=_secret
-            )
-    return {name: _source(cfg) for name, cfg in configs.items()}
+            cfg = {"name": name, "scheme": name, "secrets": split_secrets(secret)}
+            configs[name] = msgspec.convert(cfg, WebhookSource, dec_hook=_secret)
+    return {name: _source(cfg, settings.max_prompt_chars) for name, cfg in configs.items()}
 
 
 def _secret(type_: type, obj: Any) -> Any:
@@ -232,7 +278,7 @@ def _secret(type_: type, obj: Any) -> Any:
     raise NotImplementedError
 
 
-def _source(cfg: WebhookSource) -> Source:
+def _source(cfg: WebhookSource, max_prompt_chars: int) -> Source:
     default_types = {"lovable": LOVABLE_EVENT_TYPES, "github": GITHUB_EVENT_TYPES, "standard": []}
     types = cfg.event_types or default_types[cfg.scheme]
     ignore = cfg.unknown_events == "ignore" if cfg.unknown_events else cfg.scheme == "github"
@@ -245,6 +291,7 @@ def _source(cfg: WebhookSource) -> Source:
         networks=tuple(ipaddress.ip_network(n, strict=False) for n in cfg.allow_ips),
         tolerance_s=cfg.tolerance_s,
         callback_url=cfg.callback_url,
+        max_prompt_chars=max_prompt_chars,
     )
 
 

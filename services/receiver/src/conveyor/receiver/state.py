@@ -72,6 +72,7 @@ class Receiver:
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
     agents: tuple[str, ...] = ()  # settings.known_agents, computed once
     event_subjects: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, type) -> subject
+    job_id_key: bytes = b""  # the key job ids are derived with (job_ids.py); set before js
 
     # --- availability -----------------------------------------------------------------------
 
@@ -204,7 +205,7 @@ class Receiver:
     async def limit_webhook(
         self, source: str, project_id: str | None, address: Callable[[], str | None]
     ) -> Decision | None:
-        """Webhook limits: RATE_LIMIT_MAX per window per project id (header) or client address.
+        """Webhook limits: RATE_LIMIT_MAX per window per project id (signed) or client address.
         The decision, for the answer's headers; 429 (HTTPError) when it refuses."""
         if self.settings.rate_limit_max <= 0:
             return None

@@ -66,7 +66,7 @@ async def create(request: web.Request) -> web.Response:
     if key is None:
         job_id = ids.new_id("job")
     elif _IDEMPOTENCY_KEY.match(key):
-        job_id = ids.derived_id("job", "api", principal.key_id, key)
+        job_id = ids.api_job_id(st.job_id_key, principal.key_id, key)
     else:
         raise HTTPError(
             400,

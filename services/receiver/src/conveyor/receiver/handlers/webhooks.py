@@ -129,14 +129,12 @@ async def _take(call: Call, st: Receiver, source: Source) -> Answer:
         st.metrics.webhook(name, "ignored").inc()
         ignored = Ignored(status="ignored", event=inbound.event_type, delivery_id=inbound.delivery_id)
         return Answer(202, encoder.encode(ignored))
-    project = inbound.project_id
-    if source.scheme == "lovable":
-        project = call.headers.get("X-Lovable-Project-Id") or project
-    call.rate_limit = await st.limit_webhook(name, project, call.address)
+    # The signed project id, never a header: a replayer must not pick its own bucket.
+    call.rate_limit = await st.limit_webhook(name, inbound.project_id, call.address)
     if call.rate_limit is not None:
         st.refuse_over(call.rate_limit, "webhook")
 
-    job_id = ids.job_id_for_delivery(name, inbound.delivery_id)
+    job_id = ids.job_id_for_delivery(st.job_id_key, name, inbound.dedupe_key)
     now = utcnow()
     event = WebhookEvent(
         event_id=inbound.delivery_id,
@@ -163,7 +161,7 @@ async def _take(call: Call, st: Receiver, source: Source) -> Answer:
         subject=st.event_subject(name, inbound.event_type),
         stream=subjects.EVENTS,
         data=encoder.encode(event),
-        msg_id=f"{name}:{inbound.delivery_id}",
+        msg_id=f"{name}:{inbound.dedupe_key}",
         record=record,
         correlation_id=call.correlation,
     )
