@@ -3,16 +3,22 @@
 Everything started here is a child of this process and is stopped by it on Ctrl-C (SIGINT)
 or SIGTERM: services first (they drain), then nats-server. Settings given in the
 environment override the defaults below; if NATS_URL is given, that server is used and no
-embedded one is started.
+embedded one is started. RUN_DATA_DIR moves .data/ elsewhere.
+
+The admin and API keys, the webhook secret and the callback signing secret are random, made
+on the first run and kept in .data/local-keys.json (mode 0600), so every later run (and
+scripts/send_webhook.py) uses the same ones; delete the file for new ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import json
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -24,7 +30,7 @@ from conveyor.shared.signing import SignatureError, standard_verify
 from conveyor.shared.testing.nats_server import start_nats_server
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / ".data"
+DATA = Path(os.environ.get("RUN_DATA_DIR") or ROOT / ".data")
 SERVICES = ("receiver", "executor", "deliverer", "deployer")
 DEFAULT_PORTS = {"receiver": 3100, "executor": 3101, "deliverer": 3102, "deployer": 3103}
 
@@ -33,13 +39,52 @@ def env(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
-async def run_sink(port: int, secrets: list[str], log_path: Path) -> web.AppRunner:
+def _new_keys() -> dict[str, str]:
+    return {
+        "ADMIN_API_KEY": "cvk_admin_" + secrets.token_urlsafe(32),
+        "LOVABLE_API_KEY": "cvk_" + secrets.token_urlsafe(32),
+        "LOVABLE_WEBHOOK_SECRET": secrets.token_urlsafe(32),
+        "CALLBACK_SIGNING_SECRETS": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+
+
+def local_keys(path: Path) -> dict[str, str]:
+    """This checkout's keys and secrets: read from ``path``, or made now and written there
+    (readable by its owner only) when it is missing or lacks one."""
+    keys: dict[str, str] = {}
+    if path.exists():
+        loaded = json.loads(path.read_text())
+        if isinstance(loaded, dict):
+            keys = {k: v for k, v in loaded.items() if isinstance(v, str) and v}
+    fresh = _new_keys()
+    if all(k in keys for k in fresh) and path.stat().st_mode & 0o077 == 0:
+        return keys
+    keys = {**fresh, **keys}
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(keys, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return keys
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the checkout when it is inside it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+async def run_sink(port: int, signing_secrets: list[str], log_path: Path) -> web.AppRunner:
     """A local callback endpoint: verifies the signature, appends each callback to a file."""
 
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            standard_verify(secrets, body, request.headers)
+            standard_verify(signing_secrets, body, request.headers)
             verified = "signature ok"
         except SignatureError as exc:
             verified = f"signature INVALID: {exc.reason}"
@@ -71,12 +116,14 @@ async def wait_ready(name: str, url: str, proc: asyncio.subprocess.Process, time
     async with httpx.AsyncClient(timeout=1) as client:
         while asyncio.get_running_loop().time() < deadline:
             if proc.returncode is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}; see .data/logs/{name}.log")
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode}; see {shown(DATA / 'logs' / name)}.log"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get(f"{url}/health/ready")).status_code == 200:
                     return
             await asyncio.sleep(0.2)
-    raise RuntimeError(f"{name} not ready after {timeout}s; see .data/logs/{name}.log")
+    raise RuntimeError(f"{name} not ready after {timeout}s; see {shown(DATA / 'logs' / name)}.log")
 
 
 async def main() -> int:
@@ -86,8 +133,10 @@ async def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    secret = env("LOVABLE_WEBHOOK_SECRET", "dev-secret-change-me")
-    signing = env("CALLBACK_SIGNING_SECRETS", "whsec_ZGV2LWNhbGxiYWNrLXNpZ25pbmcta2V5LTAx")
+    keys_file = DATA / "local-keys.json"
+    keys = {name: env(name, value) for name, value in local_keys(keys_file).items()}
+    secret = keys["LOVABLE_WEBHOOK_SECRET"]
+    signing = keys["CALLBACK_SIGNING_SECRETS"]
     sink_port = int(env("SINK_PORT", "3199"))
     sink_log = DATA / "callbacks.jsonl"
     ports = {s: int(env(f"{s.upper()}_PORT", str(p))) for s, p in DEFAULT_PORTS.items()}
@@ -108,8 +157,8 @@ async def main() -> int:
         "LOVABLE_CALLBACK_URL": env("LOVABLE_CALLBACK_URL", f"http://127.0.0.1:{sink_port}/callbacks"),
         "CALLBACK_ALLOWED_NETWORKS": env("CALLBACK_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"),
         "CALLBACK_SIGNING_SECRETS": signing,
-        "ADMIN_API_KEY": env("ADMIN_API_KEY", "dev-admin-key-change-me"),
-        "LOVABLE_API_KEY": env("LOVABLE_API_KEY", "dev-api-key-change-me"),
+        "ADMIN_API_KEY": keys["ADMIN_API_KEY"],
+        "LOVABLE_API_KEY": keys["LOVABLE_API_KEY"],
         "DATA_DIR": env("DATA_DIR", str(DATA / "deployer")),
         "LOG_LEVEL": env("LOG_LEVEL", "INFO"),
     }
@@ -133,9 +182,15 @@ Conveyor is running.
   executor     http://127.0.0.1:{ports['executor']}/metrics
   deliverer    http://127.0.0.1:{ports['deliverer']}/metrics
   deployer     http://127.0.0.1:{ports['deployer']}/metrics   (published sites: http://<slug>.localhost:{ports['deployer']}/)
-  nats         {nats_url}   (data in .data/nats)
-  logs         .data/logs/<service>.log
-  callbacks    POSTed to {common['LOVABLE_CALLBACK_URL']}, printed here and appended to {sink_log.relative_to(ROOT)}
+  nats         {nats_url}   (data in {shown(DATA / 'nats')})
+  logs         {shown(DATA / 'logs')}/<service>.log
+  callbacks    POSTed to {common['LOVABLE_CALLBACK_URL']}, printed here and appended to {shown(sink_log)}
+
+Keys of this checkout (made on the first run, kept in {shown(keys_file)}; delete it for new ones):
+  ADMIN_API_KEY             {keys['ADMIN_API_KEY']}
+  LOVABLE_API_KEY           {keys['LOVABLE_API_KEY']}
+  LOVABLE_WEBHOOK_SECRET    {secret}
+  CALLBACK_SIGNING_SECRETS  {signing}
 
 Send a signed Lovable webhook (paste into another shell):
 
@@ -146,6 +201,11 @@ Send a signed Lovable webhook (paste into another shell):
 
 or:  .venv/bin/python scripts/send_webhook.py --url {receiver}/api/webhooks/lovable --secret '{secret}'
 
+Submit a job with the API key:
+
+  curl -sS {receiver}/api/jobs -H 'Authorization: Bearer {keys['LOVABLE_API_KEY']}' \\
+    -H 'Content-Type: application/json' -d '{{"agent":"qa","prompt":"Check this"}}'
+
 Then: curl -sS {receiver}/api/jobs/<job_id>     Ctrl-C stops everything.
 """, flush=True)  # fmt: skip
 
@@ -154,7 +214,10 @@ Then: curl -sS {receiver}/api/jobs/<job_id>     Ctrl-C stops everything.
         done, _ = await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task in waiters:
-                print(f"{waiters[task]} exited unexpectedly; see .data/logs/{waiters[task]}.log", flush=True)
+                print(
+                    f"{waiters[task]} exited unexpectedly; see {shown(DATA / 'logs' / waiters[task])}.log",
+                    flush=True,
+                )
                 code = 1
         stopper.cancel()
     except RuntimeError as exc:

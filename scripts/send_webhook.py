@@ -2,6 +2,8 @@
 
 The signature is the default Lovable scheme: X-Lovable-Signature = "sha256=" +
 hex(HMAC-SHA256(secret, "{timestamp}.{raw body}")), X-Lovable-Timestamp = unix seconds.
+The secret: --secret, else LOVABLE_WEBHOOK_SECRET, else the one ``make run`` keeps in
+.data/local-keys.json.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 
@@ -29,13 +32,31 @@ diff --git a/app/auth.py b/app/auth.py
 """
 
 
+KEYS = (
+    Path(os.environ.get("RUN_DATA_DIR") or Path(__file__).resolve().parent.parent / ".data")
+    / "local-keys.json"
+)
+
+
+def default_secret() -> str | None:
+    if os.environ.get("LOVABLE_WEBHOOK_SECRET"):
+        return os.environ["LOVABLE_WEBHOOK_SECRET"]
+    try:
+        value = json.loads(KEYS.read_text()).get("LOVABLE_WEBHOOK_SECRET")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('PORT', '3100')}/api/webhooks/lovable")
-    p.add_argument("--secret", default=os.environ.get("LOVABLE_WEBHOOK_SECRET", "dev-secret-change-me"))
+    p.add_argument("--secret", default=default_secret())
     p.add_argument("--type", default="code.review_requested")
     p.add_argument("--project", default="demo-project")
     args = p.parse_args()
+    if not args.secret:
+        p.error(f"no secret: pass --secret, set LOVABLE_WEBHOOK_SECRET, or run `make run` once ({KEYS})")
 
     event_id = f"evt_{uuid.uuid4().hex[:16]}"
     body = json.dumps(
@@ -57,8 +78,6 @@ def main() -> int:
         "Content-Type": "application/json",
         "X-Lovable-Timestamp": str(ts),
         "X-Lovable-Signature": lovable_sign(args.secret, ts, body),
-        "X-Lovable-Delivery": event_id,
-        "X-Lovable-Project-Id": args.project,
     }
     r = httpx.post(args.url, content=body, headers=headers, timeout=10)
     print(r.status_code, r.text)
