@@ -233,9 +233,15 @@ def together(*managers: Any) -> Any:
 # --- prompts ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["lean path", "aiohttp"])
 async def test_a_webhook_prompt_over_max_prompt_chars_is_refused_naming_the_field(
-    receiver, lovable, bus
+    start_receiver, lovable, bus, fast: bool
 ) -> None:
+    async with start_receiver(fast_webhooks=fast) as receiver:
+        await _prompts_refused(receiver, lovable, bus)
+
+
+async def _prompts_refused(receiver: Any, lovable: Any, bus: Any) -> None:
     body = lovable.body("agent.task_requested", data={"prompt": "x" * 200_000})
     resp = await receiver.http.post(URL, content=body, headers=lovable.headers(body))
     assert resp.status_code == 422, resp.text
