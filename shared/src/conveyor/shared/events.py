@@ -205,6 +205,12 @@ class ApiKeyRecord(Message, frozen=True, kw_only=True):
     per_minute: int = 60
     per_day: int = 10_000
     revoked: bool = False
+    # Scope (conveyor.shared.tenancy): "" for keys made before projects, which act as admin
+    # keys (admin=true) or keys of the default project.
+    scope: Literal["", "admin", "org", "project"] = ""
+    org_id: str | None = None
+    project_id: str | None = None
+    read_only: bool = False
 
 
 # Built once, reused (msgspec perf tips).

@@ -140,6 +140,8 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
         subjects.KV_DEPLOYMENTS: kv(subjects.KV_DEPLOYMENTS, ttl=30 * DAY),
         subjects.KV_DEPLOY_LEASES: kv(subjects.KV_DEPLOY_LEASES),
         subjects.KV_SCHEDULES: kv(subjects.KV_SCHEDULES),
+        subjects.KV_ORGS: kv(subjects.KV_ORGS),
+        subjects.KV_PROJECTS: kv(subjects.KV_PROJECTS),
     }
 
 

@@ -32,6 +32,8 @@ KV_SITES: Final = "sites"  # site_id -> SiteRecord
 KV_DEPLOYMENTS: Final = "deployments"  # deployment_id -> DeploymentRecord
 KV_DEPLOY_LEASES: Final = "deploy_leases"  # site_id -> DeployLease (one active deployment per site)
 KV_SCHEDULES: Final = "schedules"  # schedule_id -> ScheduleRecord (receiver writes; executor records runs)
+KV_ORGS: Final = "orgs"  # org_id -> Organisation
+KV_PROJECTS: Final = "projects"  # project_id -> Project (every service mirrors it in memory)
 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"

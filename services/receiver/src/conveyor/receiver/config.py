@@ -10,6 +10,7 @@ import msgspec
 
 from conveyor.shared.config import BaseSettings, Secret
 from conveyor.shared.subjects import is_token
+from conveyor.shared.tenancy import Project
 
 Scheme = Literal["lovable", "github", "standard"]
 
@@ -119,6 +120,9 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """SCHEDULE_MIN_INTERVAL_S: the shortest interval (or cron gap) a schedule may have; 422 below
     it. Never below 1 s, the server's own floor."""
 
+    cors_origins: list[str] = []
+    """CORS_ORIGINS: browser origins allowed for the default project (JSON list or comma-separated)."""
+
     def __post_init__(self) -> None:
         for net in filter(None, (p.strip() for p in self.trusted_proxies.split(","))):
             ipaddress.ip_network(net, strict=False)
@@ -134,3 +138,14 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
         """What POST /api/jobs accepts: the shipped agents, then AGENTS, each once."""
         extra = [a if isinstance(a, str) else str(a.get("name", "")) for a in self.agents]
         return list(dict.fromkeys([*DEFAULT_AGENTS, *extra]))
+
+
+def default_project(settings: Settings) -> Project:
+    """The default project as the receiver knows it: the settings that configured Conveyor
+    before projects (its webhook secrets stay with the sources they belong to)."""
+    return Project.default(
+        callback_url=settings.lovable_callback_url,
+        cors_origins=list(settings.cors_origins),
+        per_minute=0,
+        per_day=0,
+    )

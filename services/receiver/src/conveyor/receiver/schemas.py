@@ -90,19 +90,13 @@ class KeyCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     per_minute: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
     per_day: Annotated[int, Meta(ge=0, le=100_000_000)] | None = None
     admin: bool = False
-
-
-class KeyCreated(msgspec.Struct, frozen=True, kw_only=True):
-    """The only answer that ever contains the key itself."""
-
-    key: str
-    key_id: str
-    name: str
-    prefix: str
-    admin: bool
-    per_minute: int
-    per_day: int
-    created_at: dt.datetime
+    """Same as scope "admin"."""
+    scope: Literal["admin", "org", "project"] | None = None
+    """What the key reaches: everything, one organisation's projects, or one project (default:
+    the project named by ``project_id``, else the default project)."""
+    org_id: Annotated[str, Meta(max_length=63)] | None = None
+    project_id: Annotated[str, Meta(max_length=63)] | None = None
+    read_only: bool = False
 
 
 class KeyView(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +108,16 @@ class KeyView(msgspec.Struct, frozen=True, kw_only=True):
     per_day: int
     revoked: bool
     created_at: dt.datetime
+    scope: Literal["admin", "org", "project"] = "project"
+    org_id: str | None = None
+    project_id: str | None = None
+    read_only: bool = False
+
+
+class KeyCreated(KeyView, frozen=True, kw_only=True):
+    """The only answer that ever contains the key itself."""
+
+    key: str
 
 
 class KeyList(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,9 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.receiver import schedules_api, sites_api
+from conveyor.receiver import projects_api, schedules_api, sites_api
 from conveyor.receiver.apikeys import ApiKeys
-from conveyor.receiver.config import Settings
+from conveyor.receiver.config import Settings, default_project
 from conveyor.receiver.handlers import admin, health, jobs, send_test_event, stream, webhooks
 from conveyor.receiver.listener import listener_for
 from conveyor.receiver.metrics import Metrics
@@ -41,7 +41,10 @@ from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
 from conveyor.shared.kvbucket import Bucket
+from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.runner import Runtime, ServiceSpec
+from conveyor.shared.sealing import Sealer
+from conveyor.shared.tenancy import Directory, project_decoder
 
 STREAMS = [subjects.EVENTS, subjects.JOBS, subjects.CONTROL, subjects.DEPLOYS]
 BUCKETS = [
@@ -53,6 +56,8 @@ BUCKETS = [
     subjects.KV_JOB_LOGS,
     subjects.KV_SITES,
     subjects.KV_DEPLOYMENTS,
+    subjects.KV_ORGS,
+    subjects.KV_PROJECTS,
 ]
 
 E = None  # an error answer: ErrorBody
@@ -254,13 +259,15 @@ def routes(rt: Runtime[Any]) -> None:
         keys=ApiKeys(settings, lambda: rt.connected and not rt.stopping.is_set()),
         metrics=Metrics(rt.registry),
         agents=tuple(settings.known_agents),
+        directory=Directory(default_project(settings)),
+        sealer=Sealer.parse(settings.conveyor_secret_keys),
     )
     st.metrics.preset(list(st.sources))
     # Spans cost ~10% of a webhook's CPU; with no processor (no exporter) they are dropped anyway.
     st.tracing = bool(getattr(getattr(rt.tracer, "span_processor", None), "_span_processors", True))
     rt.app[STATE] = st
     health.install(rt.app)
-    ops = [*operations(), *schedules_api.operations()]
+    ops = [*operations(), *schedules_api.operations(), *projects_api.operations()]
     expect = expect_handler(settings.max_body_bytes)
     for op in ops:
         if op.handler is not None:
@@ -297,8 +304,18 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     st.keys.kv = st.kv[subjects.KV_APIKEYS]
     st.limiter = RateLimiter(st.kv[subjects.KV_RATELIMITS])
     st.job_records = Bucket(st.kv[subjects.KV_JOBS], rt.requests)
+    st.projects = KvMirror(
+        st.kv[subjects.KV_PROJECTS],
+        subjects.KV_PROJECTS,
+        project_decoder.decode,
+        on_change=st.directory.update,
+    )
+    await st.projects.start()
     st.js = js
-    yield
+    try:
+        yield
+    finally:
+        await st.projects.stop()
 
 
 def _details(rt: Runtime[Any]) -> dict[str, Any]:

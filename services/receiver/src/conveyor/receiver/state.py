@@ -26,8 +26,11 @@ from conveyor.shared.events import JobRecord, encoder, job_record_decoder
 from conveyor.shared.http import HTTPError
 from conveyor.shared.jsrequests import EXPECTED_STREAM, PubAck, is_key_exists
 from conveyor.shared.kvbucket import Bucket
+from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.runner import Runtime
+from conveyor.shared.sealing import Sealer
 from conveyor.shared.telemetry import inject_headers
+from conveyor.shared.tenancy import Directory, Project
 
 CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
@@ -72,6 +75,16 @@ class Receiver:
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
     agents: tuple[str, ...] = ()  # settings.known_agents, computed once
     event_subjects: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, type) -> subject
+    directory: Directory = field(default_factory=lambda: Directory(Project.default()))
+    sealer: Sealer = field(default_factory=lambda: Sealer([]))
+    projects: KvMirror[Project] | None = None
+
+    def projects_mirror_put(self, project_id: str, project: Project | None) -> None:
+        """A project this replica just wrote, seen here at once (others see it through the watch)."""
+        if self.projects is not None:
+            self.projects.put_local(project_id, project)
+        else:
+            self.directory.update(project_id, project)
 
     # --- availability -----------------------------------------------------------------------
 
