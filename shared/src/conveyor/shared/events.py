@@ -18,6 +18,9 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "timeout",
 ResultStatus = Literal["completed", "failed", "timeout"]
 
 
+# Objects made before projects belong to the default project (conveyor.shared.tenancy).
+DEFAULT_PROJECT = "default"
+
 # What msgspec raises for bytes it cannot read as JSON: malformed (DecodeError, and its subclass
 # ValidationError for the wrong shape), not UTF-8, or nested deeper than the stack allows.
 NOT_JSON: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
@@ -70,6 +73,7 @@ class WebhookEvent(Message, frozen=True, kw_only=True):
     project_id: str | None = None
     callback_url: str | None = None
     correlation_id: str | None = None
+    project: str = DEFAULT_PROJECT  # the Conveyor project that owns the job (project_id is the sender's)
 
 
 # --- jobs.run.<agent> -------------------------------------------------------------------------
@@ -91,6 +95,7 @@ class JobRequest(Message, frozen=True, kw_only=True):
     timeout_ms: int | None = None  # overrides the agent's own timeout
     schedule_id: str | None = None
     correlation_id: str | None = None
+    project: str = DEFAULT_PROJECT
 
 
 # --- results.<job_id> -------------------------------------------------------------------------
@@ -105,6 +110,7 @@ class JobResult(Message, frozen=True, kw_only=True):
     result: AgentResult
     correlation_id: str | None = None
     kind: Literal["job", "test", "deployment"] = "job"
+    project: str = DEFAULT_PROJECT  # whose callback secret signs it
 
 
 # --- KV jobs ------------------------------------------------------------------------------------
@@ -132,6 +138,7 @@ class JobRecord(Message, frozen=True, kw_only=True):
     children: list[str] = []
     schedule_id: str | None = None
     result: AgentResult | None = None
+    project: str = DEFAULT_PROJECT  # who may see it; another project's job answers 404
 
     @property
     def terminal(self) -> bool:

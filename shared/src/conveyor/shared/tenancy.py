@@ -20,11 +20,10 @@ from typing import Literal
 
 import msgspec
 
-from conveyor.shared.events import Message
+from conveyor.shared.events import DEFAULT_PROJECT, Message
 from conveyor.shared.sealing import SealedSecret
 
 DEFAULT_ORG = "default"
-DEFAULT_PROJECT = "default"
 
 ScopeKind = Literal["admin", "org", "project"]
 

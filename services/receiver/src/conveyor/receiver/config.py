@@ -82,10 +82,10 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """APIKEY_CACHE_S: how long a replica trusts its cached copy of a key record (revocations made
     on another replica take effect within this time; on this replica at once)."""
 
-    reads_require_api_key: bool = False
-    """READS_REQUIRE_API_KEY: whether GET /api/jobs/{id}[/...] needs a key. Off by default: job
-    ids are unguessable and the 202 of a webhook hands its status_url to a sender that has no
-    API key. Without a key, reads are limited per client address (READ_RATE_LIMIT_MAX)."""
+    reads_require_api_key: bool = True
+    """READS_REQUIRE_API_KEY: whether GET /api/jobs/{id}[/...] needs a key (the key's project
+    must own the job). false: reads without a key are allowed for the default project's jobs
+    only, limited per client address (READ_RATE_LIMIT_MAX)."""
     read_rate_limit_max: int = 600
     """READ_RATE_LIMIT_MAX: reads without an API key per RATE_LIMIT_WINDOW_MS per client address."""
     rate_limit_max: int = 100

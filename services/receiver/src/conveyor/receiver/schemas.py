@@ -49,6 +49,9 @@ class JobCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     callback_url: Annotated[str, Meta(max_length=2048)] | None = None
     project_id: Annotated[str, Meta(max_length=200)] | None = None
     timeout_ms: Annotated[int, Meta(ge=1000, le=86_400_000)] | None = None
+    project: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
+    """The Conveyor project the job belongs to: a project key's own by default; admin and
+    organisation keys name one (else the default project)."""
 
 
 class JobPending(msgspec.Struct, frozen=True, kw_only=True):

@@ -96,7 +96,7 @@ def _job_reads() -> list[Operation]:
             deprecated=deprecated,
         )
 
-    cancel_responses = {202: CancelAccepted, 404: E, 409: E, **_KEYED}
+    cancel_responses = {202: CancelAccepted, 403: E, 404: E, 409: E, **_KEYED}
     return [
         read(_JOB, jobs.get, "The job's record", JobRecord),
         read(f"{_JOB}/result", jobs.result, "The callback body (camelCase) once there is one", AgentResult),
@@ -192,7 +192,7 @@ def operations() -> list[Operation]:
             jobs.create,
             "Submit a job to an agent",
             "jobs",
-            {202: Accepted, 400: E, 413: E, 422: E, **_KEYED},
+            {202: Accepted, 400: E, 403: E, 404: E, 413: E, 422: E, **_KEYED},
             body=JobCreate,
             auth="api_key",
             params=(*_API_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first job.")),
@@ -204,7 +204,7 @@ def operations() -> list[Operation]:
             admin.list_keys,
             "List API keys",
             "admin",
-            {200: KeyList, 401: E, 403: E, 503: E},
+            {200: KeyList, 401: E, 403: E, 429: E, 503: E},
             auth="admin",
             params=_API_KEY_QUERY,
         ),
@@ -214,7 +214,7 @@ def operations() -> list[Operation]:
             admin.create_key,
             "Create an API key (shown once)",
             "admin",
-            {201: KeyCreated, 400: E, 401: E, 403: E, 413: E, 422: E, 503: E},
+            {201: KeyCreated, 400: E, 401: E, 403: E, 404: E, 413: E, 422: E, 429: E, 503: E},
             body=KeyCreate,
             auth="admin",
             params=_API_KEY_QUERY,
@@ -225,7 +225,7 @@ def operations() -> list[Operation]:
             admin.revoke_key,
             "Revoke an API key",
             "admin",
-            {200: KeyView, 401: E, 403: E, 404: E, 503: E},
+            {200: KeyView, 401: E, 403: E, 404: E, 429: E, 503: E},
             auth="admin",
             params=_API_KEY_QUERY,
         ),

@@ -30,7 +30,7 @@ from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.runner import Runtime
 from conveyor.shared.sealing import Sealer
 from conveyor.shared.telemetry import inject_headers
-from conveyor.shared.tenancy import Directory, Project
+from conveyor.shared.tenancy import DEFAULT_PROJECT, Directory, Project
 
 CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
@@ -181,6 +181,27 @@ class Receiver:
         if admin and not principal.admin:
             raise HTTPError(403, "forbidden", "this key is not an admin key")
         return principal
+
+    # --- projects ---------------------------------------------------------------------------
+
+    def sees(self, principal: Principal | None, project: str) -> bool:
+        """Whether the caller may see an object of ``project``. Anonymous readers (only when
+        READS_REQUIRE_API_KEY=false) see the default project's objects alone."""
+        if principal is None:
+            return project == DEFAULT_PROJECT
+        return self.directory.sees(principal.scope, project)
+
+    def writable(self, principal: Principal, requested: str | None = None) -> Project:
+        """The project a write acts in: the one named (admin and org keys), else the key's own.
+        404 for a project the key does not see; 403 for a read-only key."""
+        scope = principal.scope
+        if scope.read_only:
+            raise HTTPError(403, "read_only_key", f"this key is read-only ({scope.describe()})")
+        project_id = requested or scope.project_id or DEFAULT_PROJECT
+        project = self.directory.get(project_id)
+        if project is None or not scope.sees(project.project_id, project.org_id):
+            raise HTTPError(404, "project_not_found", f"no project {project_id[:64]!r}", field="project")
+        return project
 
     async def reader(self, request: web.Request) -> Principal | None:
         """Reads by job id: a key when one is given (its limits apply), else, unless

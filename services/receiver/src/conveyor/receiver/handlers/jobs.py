@@ -9,6 +9,7 @@ import msgspec
 import nats.js.errors
 from aiohttp import web
 
+from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.webhooks import accepted, respond
 from conveyor.receiver.schemas import CancelAccepted, JobCreate, JobPending
 from conveyor.receiver.sources import decode_json
@@ -50,7 +51,8 @@ async def create(request: web.Request) -> web.Response:
     await st.limit_key(request, principal)
     st.require_nats()
     body: JobCreate = decode_json(_job_create_decoder, await st.read_body(request))
-    if body.agent not in st.agents:
+    project = st.writable(principal, body.project)
+    if body.agent not in st.agents or not project.may_run(body.agent):
         raise HTTPError(
             422,
             "unknown_agent",
@@ -88,6 +90,7 @@ async def create(request: web.Request) -> web.Response:
         callback_url=body.callback_url,
         timeout_ms=body.timeout_ms,
         correlation_id=correlation,
+        project=project.project_id,
     )
     record = JobRecord(
         job_id=job_id,
@@ -98,6 +101,7 @@ async def create(request: web.Request) -> web.Response:
         source="api",
         project_id=body.project_id,
         callback_url=body.callback_url,
+        project=project.project_id,
     )
     duplicate = await st.accept(
         subject=subjects.job_run(body.agent),
@@ -111,8 +115,9 @@ async def create(request: web.Request) -> web.Response:
     return accepted(st, job_id, duplicate)
 
 
-async def load(st: Receiver, job_id: str) -> tuple[JobRecord, int]:
-    """The job's record and KV revision; 404 when there is none."""
+async def load(st: Receiver, job_id: str, principal: Principal | None) -> tuple[JobRecord, int]:
+    """The job's record and KV revision; 404 when there is none or the caller's scope does not
+    see its project (the same answer, so ids of other projects' jobs cannot be probed)."""
     if not subjects.is_token(job_id):
         raise _not_found(job_id)
     kv = st.bucket(subjects.KV_JOBS)
@@ -121,39 +126,43 @@ async def load(st: Receiver, job_id: str) -> tuple[JobRecord, int]:
             entry = await kv.get(job_id)
         except nats.js.errors.KeyNotFoundError:
             raise _not_found(job_id) from None
-    return job_record_decoder.decode(entry.value or b""), entry.revision or 0
+    record = job_record_decoder.decode(entry.value or b"")
+    if not st.sees(principal, record.project):
+        raise _not_found(job_id)
+    return record, entry.revision or 0
 
 
 def _not_found(job_id: str) -> HTTPError:
     return HTTPError(404, "job_not_found", f"no job {job_id[:100]!r}")
 
 
-async def write_access(request: web.Request) -> tuple[Receiver, str]:
-    """A write on a job: an API key is required."""
+async def write_access(request: web.Request) -> tuple[Receiver, JobRecord]:
+    """A write on a job: a full key whose scope sees the job's project."""
     st = request.app[STATE]
     principal = await st.authenticate(request)
     await st.limit_key(request, principal)
-    return st, request.match_info["job_id"]
+    record, _ = await load(st, request.match_info["job_id"], principal)
+    st.writable(principal, record.project)
+    return st, record
 
 
-async def read_access(request: web.Request) -> tuple[Receiver, str]:
-    """A read of a job: a key if given, else anonymous (see READS_REQUIRE_API_KEY)."""
+async def read_access(request: web.Request) -> tuple[Receiver, JobRecord]:
+    """A read of a job: its record, when the caller may see it (see READS_REQUIRE_API_KEY)."""
     st = request.app[STATE]
-    await st.reader(request)
-    return st, request.match_info["job_id"]
+    principal = await st.reader(request)
+    record, _ = await load(st, request.match_info["job_id"], principal)
+    return st, record
 
 
 async def get(request: web.Request) -> web.Response:
-    st, job_id = await read_access(request)
-    record, _ = await load(st, job_id)
+    _, record = await read_access(request)
     return respond(200, record)
 
 
 async def result(request: web.Request) -> web.Response:
     """The callback body (AgentResult) once there is one; 202 while the job runs; 409 when it
     finished without one (cancelled, or failed before producing a result)."""
-    st, job_id = await read_access(request)
-    record, _ = await load(st, job_id)
+    _, record = await read_access(request)
     if record.result is not None:
         return respond(200, record.result)
     if not record.terminal:
@@ -168,8 +177,7 @@ async def result(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    st, job_id = await write_access(request)
-    record, _ = await load(st, job_id)
+    st, record = await write_access(request)
     if record.terminal:
         raise HTTPError(
             409, "job_finished", f"job already {record.status}; nothing to cancel", job_status=record.status
@@ -182,16 +190,14 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def logs(request: web.Request) -> web.Response:
-    st, job_id = await read_access(request)
-    record, _ = await load(st, job_id)
-    raw = await _optional(st, subjects.KV_JOB_LOGS, job_id)
+    st, record = await read_access(request)
+    raw = await _optional(st, subjects.KV_JOB_LOGS, record.job_id)
     return respond(200, job_log_decoder.decode(raw) if raw else JobLog(job_id=record.job_id))
 
 
 async def deliveries(request: web.Request) -> web.Response:
-    st, job_id = await read_access(request)
-    record, _ = await load(st, job_id)
-    raw = await _optional(st, subjects.KV_DELIVERIES, job_id)
+    st, record = await read_access(request)
+    raw = await _optional(st, subjects.KV_DELIVERIES, record.job_id)
     return respond(200, delivery_log_decoder.decode(raw) if raw else DeliveryLog(job_id=record.job_id))
 
 
