@@ -58,6 +58,7 @@ H_FAILED_AT: Final = "Conveyor-Failed-At"
 H_LAST_STATUS: Final = "Conveyor-Last-Status"
 H_STAGE: Final = "Conveyor-Stage"
 H_SCHEDULE_ID: Final = "Conveyor-Schedule-Id"
+H_PROJECT: Final = "Conveyor-Project"  # on dead letters: the project that owns the message
 
 # JetStream message schedules (ADR-51; @every and cron need nats-server 2.14+): set on schedules.def.<id> ...
 H_SCHEDULE: Final = "Nats-Schedule"  # "@every 15m", a 6-field cron (seconds first), "@daily"

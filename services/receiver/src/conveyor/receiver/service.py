@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.receiver import projects_api, schedules_api, sites_api
+from conveyor.receiver import deadletters_api, projects_api, schedules_api, sites_api
 from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings, default_project
 from conveyor.receiver.handlers import admin, health, jobs, send_test_event, stream, webhooks
@@ -46,7 +46,7 @@ from conveyor.shared.runner import Runtime, ServiceSpec
 from conveyor.shared.sealing import Sealer
 from conveyor.shared.tenancy import Directory, project_decoder
 
-STREAMS = [subjects.EVENTS, subjects.JOBS, subjects.CONTROL, subjects.DEPLOYS]
+STREAMS = [subjects.EVENTS, subjects.JOBS, subjects.CONTROL, subjects.DEPLOYS, subjects.DLQ]
 BUCKETS = [
     subjects.KV_JOBS,
     subjects.KV_CANCELS,
@@ -267,7 +267,12 @@ def routes(rt: Runtime[Any]) -> None:
     st.tracing = bool(getattr(getattr(rt.tracer, "span_processor", None), "_span_processors", True))
     rt.app[STATE] = st
     health.install(rt.app)
-    ops = [*operations(), *schedules_api.operations(), *projects_api.operations()]
+    ops = [
+        *operations(),
+        *schedules_api.operations(),
+        *projects_api.operations(),
+        *deadletters_api.operations(),
+    ]
     expect = expect_handler(settings.max_body_bytes)
     for op in ops:
         if op.handler is not None:

@@ -324,7 +324,7 @@ async def stream_deployment(request: web.Request) -> web.StreamResponse:
     deployment_id = _deployment_id(request)
     await _own_deployment(st, principal, deployment_id)
     raw_last = request.headers.get("Last-Event-ID", "").strip()
-    last_id = int(raw_last) if raw_last.isdigit() else None
+    last_id = int(raw_last) if raw_last.isascii() and raw_last.isdigit() else None
     with st.nats_errors():
         watcher = await st.bucket(subjects.KV_DEPLOYMENTS).watch(deployment_id)
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -29,7 +29,7 @@ _DELETE_OPS = ("DEL", "PURGE")
 
 def _last_event_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID", "").strip()
-    return int(raw) if raw.isdigit() else None
+    return int(raw) if raw.isascii() and raw.isdigit() else None
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
