@@ -145,6 +145,29 @@ class JobRecord(Message, frozen=True, kw_only=True):
         return self.status in TERMINAL_STATUSES
 
 
+class JobIndexEntry(Message, frozen=True, kw_only=True):
+    """On ``jobindex.<project>`` when a job is made (Nats-Msg-Id ``idx-<job_id>``): what lists
+    of jobs filter on without reading every record."""
+
+    job_id: str
+    created_at: dt.datetime
+    source: str
+    agent: str | None = None
+    event_type: str | None = None
+    schedule_id: str | None = None
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobIndexEntry:
+        return cls(
+            job_id=record.job_id,
+            created_at=record.created_at,
+            source=record.source,
+            agent=record.agent,
+            event_type=record.event_type,
+            schedule_id=record.schedule_id,
+        )
+
+
 class CancelRequest(Message, frozen=True, kw_only=True):
     """KV ``job_cancels``: presence means "stop this job"; workers watch the bucket."""
 
@@ -232,3 +255,4 @@ delivery_log_decoder = msgspec.json.Decoder(DeliveryLog)
 api_key_decoder = msgspec.json.Decoder(ApiKeyRecord)
 send_test_decoder = msgspec.json.Decoder(SendTestEvent)
 job_log_decoder = msgspec.json.Decoder(JobLog)
+job_index_decoder = msgspec.json.Decoder(JobIndexEntry)

@@ -20,6 +20,7 @@ DLQ: Final = "DLQ"  # dlq.<stage>.<original subject>         any stage -> operat
 CONTROL: Final = "CONTROL"  # ctl.<verb>.<id>                 receiver -> any service (test sends, ...)
 SCHEDULES: Final = "SCHEDULES"  # schedules.def.<id> (+ fired copies on schedules.fire.<id>)
 PARKED: Final = "PARKED"  # parked.hold.<job_id> -> (at its time) parked.results.<job_id>  deliverer
+JOBINDEX: Final = "JOBINDEX"  # jobindex.<project>: one JobIndexEntry per job, in creation order
 
 # KV buckets ---------------------------------------------------------------------------------------
 KV_JOBS: Final = "jobs"  # job_id -> JobRecord (written by executor; receiver creates "queued")
@@ -104,6 +105,11 @@ def fanout_deadline(parent_id: str) -> str:
 
 def result(job_id: str) -> str:
     return f"results.{token(job_id)}"
+
+
+def job_index(project: str) -> str:
+    """One subject per project, not per job: the server's per-subject state stays bounded."""
+    return f"jobindex.{token(project)}"
 
 
 # A result waiting for a later attempt: held as a scheduled message, then due (deliverer parking.py).

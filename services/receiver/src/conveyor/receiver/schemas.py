@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from conveyor.shared.events import DeliveryAttempt, JobStatus
+from conveyor.shared.events import DeliveryAttempt, JobRecord, JobStatus
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +52,48 @@ class JobCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     project: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
     """The Conveyor project the job belongs to: a project key's own by default; admin and
     organisation keys name one (else the default project)."""
+
+
+class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A job in a list: its record without the result (GET /api/jobs/{id} has that)."""
+
+    job_id: str
+    status: JobStatus
+    project: str
+    source: str
+    agent: str | None
+    event_type: str | None
+    progress: int
+    error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None
+    schedule_id: str | None
+    children: list[str]
+
+    @classmethod
+    def of(cls, r: JobRecord) -> JobSummary:
+        return cls(
+            job_id=r.job_id,
+            status=r.status,
+            project=r.project,
+            source=r.source,
+            agent=r.agent,
+            event_type=r.event_type,
+            progress=r.progress,
+            error=r.error,
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+            finished_at=r.finished_at,
+            schedule_id=r.schedule_id,
+            children=r.children,
+        )
+
+
+class JobList(msgspec.Struct, frozen=True, kw_only=True):
+    jobs: list[JobSummary]
+    next_cursor: int | None
+    """Pass as ``cursor`` for the next page; null when the list reached the end."""
 
 
 class JobPending(msgspec.Struct, frozen=True, kw_only=True):

@@ -25,6 +25,7 @@ from conveyor.receiver.schemas import (
     Health,
     Ignored,
     JobCreate,
+    JobList,
     JobPending,
     KeyCreate,
     KeyCreated,
@@ -46,7 +47,14 @@ from conveyor.shared.runner import Runtime, ServiceSpec
 from conveyor.shared.sealing import Sealer
 from conveyor.shared.tenancy import Directory, project_decoder
 
-STREAMS = [subjects.EVENTS, subjects.JOBS, subjects.CONTROL, subjects.DEPLOYS, subjects.DLQ]
+STREAMS = [
+    subjects.EVENTS,
+    subjects.JOBS,
+    subjects.CONTROL,
+    subjects.DEPLOYS,
+    subjects.DLQ,
+    subjects.JOBINDEX,
+]
 BUCKETS = [
     subjects.KV_JOBS,
     subjects.KV_CANCELS,
@@ -196,6 +204,24 @@ def operations() -> list[Operation]:
             body=JobCreate,
             auth="api_key",
             params=(*_API_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first job.")),
+        ),
+        Operation(
+            "GET",
+            "/api/jobs",
+            jobs.list_jobs,
+            "Jobs the key's scope sees, oldest first",
+            "jobs",
+            {200: JobList, 400: E, 404: E, **_KEYED},
+            auth="api_key",
+            params=(
+                Param("project", "query", "Only this project (a project key: its own)."),
+                Param("status", "query", "queued, processing, completed, failed, timeout or cancelled."),
+                Param("agent", "query", "Only jobs of this agent."),
+                Param("since", "query", "Created at or after this ISO 8601 time."),
+                Param("until", "query", "Created at or before this ISO 8601 time."),
+                Param("limit", "query", "At most this many (1-500, default 50)."),
+                Param("cursor", "query", "next_cursor of the previous page."),
+            ),
         ),
         *_job_reads(),
         Operation(

@@ -9,6 +9,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -22,7 +23,7 @@ from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.ratelimit import Decision, LimiterUnavailable, RateLimiter
 from conveyor.receiver.sources import Network, Source, client_address, peer_host
 from conveyor.shared import subjects
-from conveyor.shared.events import JobRecord, encoder, job_record_decoder
+from conveyor.shared.events import JobIndexEntry, JobRecord, encoder, job_record_decoder
 from conveyor.shared.http import HTTPError
 from conveyor.shared.jsrequests import EXPECTED_STREAM, PubAck, is_key_exists
 from conveyor.shared.kvbucket import Bucket
@@ -306,21 +307,34 @@ class Receiver:
             sent = await self.rt.requests.send(subject, data, headers, timeout_s=timeout_s)
         except Exception as exc:
             raise self._publish_error(exc) from None
+        pending = [sent]
         try:
             made = await records.send_create(record.job_id, encoder.encode(record), timeout_s=timeout_s)
+            pending.append(made)
+            # The list entry goes out in the same flush (an entry whose job never came to be
+            # is skipped by the list, which reads each job's record).
+            indexed = await self.rt.requests.send(
+                subjects.job_index(record.project),
+                encoder.encode(JobIndexEntry.of(record)),
+                {subjects.MSG_ID: f"idx-{record.job_id}", EXPECTED_STREAM: subjects.JOBINDEX},
+                timeout_s=timeout_s,
+            )
         except Exception as exc:
-            sent.cancel()
+            for fut in pending:
+                _drop(fut)
             raise self._publish_error(exc) from None
         kv = self.kv[subjects.KV_JOBS]
         try:
             ack = await sent
         except Exception as exc:
+            _drop(indexed)
             with contextlib.suppress(Exception):
                 if created := (await _created(kv, made, record))[0]:
                     await kv.delete(record.job_id, last=created)
             raise self._publish_error(exc) from None
         try:
             created, found = await _created(kv, made, record)
+            await indexed  # a repeat is dropped by its Nats-Msg-Id (or listed once: see list_jobs)
         except Exception as exc:
             raise self._publish_error(exc) from None
         # A repeat after EVENTS' duplicate window is stored again; the record, from the first
@@ -341,6 +355,12 @@ class Receiver:
                 limit=limit,
             )
         return self.unavailable(publish_failure(exc))
+
+
+def _drop(fut: asyncio.Future[Any]) -> None:
+    """Stop waiting for ``fut``; an answer it already has is read, so none goes unretrieved."""
+    if not fut.cancel() and not fut.cancelled():
+        fut.exception()
 
 
 def publish_failure(exc: Exception) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from urllib.parse import urlsplit
 
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.webhooks import accepted, respond
-from conveyor.receiver.schemas import CancelAccepted, JobCreate, JobPending
+from conveyor.receiver.schemas import CancelAccepted, JobCreate, JobList, JobPending, JobSummary
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
 from conveyor.shared import ids, subjects
@@ -23,11 +24,13 @@ from conveyor.shared.events import (
     JobRequest,
     delivery_log_decoder,
     encoder,
+    job_index_decoder,
     job_log_decoder,
     job_record_decoder,
     utcnow,
 )
 from conveyor.shared.http import HTTPError
+from conveyor.shared.streamread import next_message
 
 _job_create_decoder = msgspec.json.Decoder(JobCreate)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
@@ -209,3 +212,89 @@ async def _optional(st: Receiver, bucket: str, key: str) -> bytes | None:
         except nats.js.errors.KeyNotFoundError:
             return None
     return entry.value or None
+
+
+# --- GET /api/jobs ------------------------------------------------------------------------------
+
+_SCAN_MAX = 2000  # index entries looked at per page, shown or not: a page costs a bounded amount
+_STATUSES = frozenset(("queued", "processing", "completed", "failed", "timeout", "cancelled"))
+
+
+def _query_time(request: web.Request, name: str) -> dt.datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise HTTPError(400, "invalid_query", f"{name}: an ISO 8601 time", field=name) from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _query_int(request: web.Request, name: str, default: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 1 <= int(raw) <= high:
+        raise HTTPError(400, "invalid_query", f"{name}: an integer from 1 to {high}", field=name)
+    return int(raw)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """The jobs the key's scope sees, oldest first from ``since`` or ``cursor``; filters on
+    project, status, agent and creation time. Fan-out children are listed with their parent."""
+    st = request.app[STATE]
+    principal = await st.authenticate(request)
+    await st.limit_key(request, principal)
+    st.require_nats()
+    q = request.query
+    project = q.get("project") or principal.scope.project_id
+    if project is not None and not (subjects.is_token(project) and st.sees(principal, project)):
+        raise HTTPError(404, "project_not_found", f"no project {project[:64]!r}", field="project")
+    status = q.get("status")
+    if status is not None and status not in _STATUSES:
+        raise HTTPError(
+            400, "invalid_query", f"status: one of {', '.join(sorted(_STATUSES))}", field="status"
+        )
+    agent = q.get("agent")
+    since, until = _query_time(request, "since"), _query_time(request, "until")
+    limit = _query_int(request, "limit", 50, 500)
+    cursor = _query_int(request, "cursor", 0, 2**62) or None
+    subject = subjects.job_index(project) if project else "jobindex.>"
+
+    found: list[JobSummary] = []
+    seen: set[str] = set()
+    next_cursor: int | None = None
+    seq, scanned = cursor, 0
+    records = st.job_records
+    assert records is not None
+    with st.nats_errors():
+        while scanned < _SCAN_MAX:
+            stored = await next_message(
+                st.rt.requests, subjects.JOBINDEX, subject, seq=seq or 1, since=None if seq else since
+            )
+            if stored is None:
+                next_cursor = None
+                break
+            scanned += 1
+            seq = next_cursor = stored.seq + 1
+            entry = job_index_decoder.decode(stored.data)
+            owner = stored.subject.removeprefix("jobindex.")
+            if until is not None and entry.created_at > until:
+                next_cursor = None
+                break
+            if entry.job_id in seen or not st.sees(principal, owner):
+                continue
+            if agent is not None and entry.agent != agent:
+                continue
+            got = await records.get(entry.job_id)
+            if got is None:
+                continue  # expired, or never came to be (its publish failed)
+            record = job_record_decoder.decode(got[0])
+            if status is not None and record.status != status:
+                continue
+            seen.add(entry.job_id)
+            found.append(JobSummary.of(record))
+            if len(found) >= limit:
+                break
+    return respond(200, JobList(jobs=found, next_cursor=next_cursor))
