@@ -25,9 +25,11 @@ from conveyor.receiver.state import STATE
 from conveyor.shared import ids, subjects
 from conveyor.shared.config import Secret
 from conveyor.shared.runner import Runtime, serve
+from conveyor.shared.sealing import new_key_setting
 
 LOVABLE_SECRET = "lovable-test-secret"
 ADMIN_KEY = "admin-test-key"
+SEALING_KEYS = new_key_setting()  # one per test run: project secrets sealed at rest
 
 
 @dataclass
@@ -58,6 +60,7 @@ def start_receiver(nats_url: str) -> Start:
             "port": 0,
             "lovable_webhook_secret": Secret(LOVABLE_SECRET),
             "admin_api_key": Secret(ADMIN_KEY),
+            "conveyor_secret_keys": Secret(SEALING_KEYS),
             "shutdown_grace_s": 1.0,
             **overrides,
         }
@@ -153,3 +156,46 @@ async def admin_key(r: Receiver, **limits: Any) -> str:
 def new_key() -> Callable[..., Any]:
     """``await new_key(receiver, per_minute=3)``: a fresh API key made through the admin API."""
     return admin_key
+
+
+def _admin(r: Receiver) -> dict[str, str]:
+    key = r.rt.settings.admin_api_key
+    assert key is not None
+    return {"Authorization": f"Bearer {key.reveal()}"}
+
+
+async def _make_project(
+    r: Receiver, project_id: str, org_id: str = "default", **fields: Any
+) -> dict[str, Any]:
+    """A project made through the admin API (its organisation made first when it is new)."""
+    admin = _admin(r)
+    if org_id != "default":
+        resp = await r.http.post("/api/admin/orgs", json={"org_id": org_id, "name": org_id}, headers=admin)
+        assert resp.status_code in (201, 409), resp.text
+    body = {"project_id": project_id, "org_id": org_id, "name": project_id, **fields}
+    resp = await r.http.post("/api/admin/projects", json=body, headers=admin)
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())
+
+
+async def _project_key(r: Receiver, project_id: str, **fields: Any) -> dict[str, str]:
+    """Authorization headers of a new key of ``project_id``."""
+    resp = await r.http.post(
+        "/api/admin/keys",
+        json={"name": f"key-{project_id}", "project_id": project_id, **fields},
+        headers=_admin(r),
+    )
+    assert resp.status_code == 201, resp.text
+    return {"Authorization": f"Bearer {resp.json()['key']}"}
+
+
+@pytest.fixture
+def make_project() -> Callable[..., Any]:
+    """``await make_project(receiver, "alpha", org_id=..., **fields)``."""
+    return _make_project
+
+
+@pytest.fixture
+def project_key() -> Callable[..., Any]:
+    """``await project_key(receiver, "alpha", read_only=True)``: Authorization headers."""
+    return _project_key

@@ -174,7 +174,7 @@ async def test_hostile_ids_and_headers_get_4xx_and_leave_the_nats_connection_alo
     # "%0A" decodes to a newline, which once passed the job-id check (Python's "$" matches
     # before it) and went into a NATS protocol line.
     reconnects = receiver.rt.nc.stats["reconnects"]
-    resp = await receiver.http.get("/api/jobs/abc%0A")
+    resp = await receiver.http.get("/api/jobs/abc%0A", headers={"Authorization": "Bearer admin-test-key"})
     assert resp.status_code == 404, resp.text
     assert resp.json()["error"] == "job_not_found"
     resp = await receiver.http.get("/api/jobs/abc", headers={"Authorization": b"Bearer \xff\xfe"})

@@ -149,7 +149,7 @@ async def test_api_key_required(receiver, new_key, bus) -> None:
 
 
 async def test_reads_without_a_key(start_receiver, new_key) -> None:
-    async with start_receiver(read_rate_limit_max=3) as r:
+    async with start_receiver(read_rate_limit_max=3, reads_require_api_key=False) as r:
         key = await new_key(r)
         job = (await r.http.post("/api/jobs", json={"agent": "dev", "prompt": "x"}, headers=auth(key))).json()
         # The status URL a webhook sender gets works without a key, limited per client address.
@@ -161,7 +161,7 @@ async def test_reads_without_a_key(start_receiver, new_key) -> None:
         assert (await r.http.get(job["status_url"], headers=auth(key))).status_code == 200
         # Writes always need a key.
         assert (await r.http.post(f"{job['status_url']}/cancel")).status_code == 401
-    async with start_receiver(reads_require_api_key=True) as r:
+    async with start_receiver() as r:
         resp = await r.http.get(job["status_url"])
         assert (resp.status_code, resp.json()["error"]) == (401, "missing_api_key")
 

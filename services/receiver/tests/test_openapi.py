@@ -35,7 +35,7 @@ async def test_document_describes_every_route(receiver) -> None:
     assert job_create["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/JobCreate"
     }
-    assert set(job_create["responses"]) == {"202", "400", "401", "413", "422", "429", "503"}
+    assert set(job_create["responses"]) == {"202", "400", "401", "403", "404", "413", "422", "429", "503"}
 
 
 def run_schemathesis(base_url: str) -> list[str]:

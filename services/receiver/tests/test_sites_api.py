@@ -45,10 +45,15 @@ def config(slug: str = "acme", headline: str = "Fresh bread, every morning") -> 
 
 
 @pytest.fixture
-async def api(start_receiver: Any) -> AsyncIterator[httpx.AsyncClient]:
+async def site_receiver(start_receiver: Any) -> AsyncIterator[Any]:
     async with start_receiver(admin_api_key=Secret(ADMIN)) as r:
         r.http.headers.update(AUTH)
-        yield r.http
+        yield r
+
+
+@pytest.fixture
+def api(site_receiver: Any) -> httpx.AsyncClient:
+    return site_receiver.http
 
 
 @pytest.fixture
@@ -143,7 +148,7 @@ async def test_bad_requests(api: httpx.AsyncClient) -> None:
 
 async def test_publish_records_and_publishes_once(api: httpx.AsyncClient, js: JetStreamContext) -> None:
     r = await api.post("/api/sites/acme/publish")
-    assert r.status_code == 400 and r.json()["error"] == "no_draft"
+    assert r.status_code == 404 and r.json()["error"] == "not_found"
 
     await api.post("/api/sites", json={"config": config()})
     r = await api.post("/api/sites/acme/publish")
@@ -263,21 +268,47 @@ async def _has(events: list[tuple[int, str]], status: str) -> None:
     assert status in [s for _, s in events]
 
 
-async def test_sites_belong_to_their_key(api: httpx.AsyncClient) -> None:
-    keys = []
-    for name in ("alice", "bob"):
-        r = await api.post("/api/admin/keys", json={"name": name})
-        assert r.status_code == 201, r.text
-        keys.append({"Authorization": f"Bearer {r.json()['key']}"})
-    alice, bob = keys
+async def test_sites_belong_to_their_project(
+    api: httpx.AsyncClient, site_receiver: Any, make_project: Any, project_key: Any
+) -> None:
+    r = site_receiver
+    for project in ("alpha", "beta"):
+        await make_project(r, project)
+    alice, bob = await project_key(r, "alpha"), await project_key(r, "beta")
     assert (await api.post("/api/sites", json={"config": config()}, headers=alice)).status_code == 201
-    assert (await api.get("/api/sites/acme", headers=bob)).status_code == 403
-    assert (await api.post("/api/sites/acme/publish", headers=bob)).status_code == 403
-    r = await api.post("/api/sites", json={"config": config(headline="mine now")}, headers=bob)
-    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    # Another project's site is a missing one, for every verb.
+    assert (await api.get("/api/sites/acme", headers=bob)).status_code == 404
+    assert (await api.post("/api/sites/acme/publish", headers=bob)).status_code == 404
+    # Saving over it does not move it: the slug is taken.
+    r2 = await api.post("/api/sites", json={"config": config(headline="mine now")}, headers=bob)
+    assert (r2.status_code, r2.json()["error"]) == (409, "slug_taken")
     dep = (await api.post("/api/sites/acme/publish", headers=alice)).json()["deployment_id"]
-    assert (await api.get(f"/api/deployments/{dep}", headers=bob)).status_code == 403
+    assert (await api.get(f"/api/deployments/{dep}", headers=bob)).status_code == 404
+    assert (await api.post(f"/api/deployments/{dep}/cancel", headers=bob)).status_code == 404
     assert (await api.get(f"/api/deployments/{dep}")).status_code == 200  # the admin key sees every site
+    # A read-only key of the project reads it and may not change it.
+    reader = await project_key(r, "alpha", read_only=True)
+    assert (await api.get("/api/sites/acme", headers=reader)).status_code == 200
+    assert (await api.post("/api/sites/acme/publish", headers=reader)).status_code == 403
+
+
+async def test_a_key_cannot_take_over_an_admins_site(
+    api: httpx.AsyncClient, site_receiver: Any, make_project: Any, project_key: Any
+) -> None:
+    """Once: an ordinary key saved a draft over a site an admin key made, published it, and from
+    then on owned it (the admin's other keys got 403)."""
+    await make_project(site_receiver, "other")
+    intruder = await project_key(site_receiver, "other")
+    assert (await api.post("/api/sites", json={"config": config()})).status_code == 201  # admin, default
+    r = await api.post("/api/sites", json={"config": config(headline="taken over")}, headers=intruder)
+    assert r.status_code == 409
+    assert (await api.post("/api/sites/acme/publish", headers=intruder)).status_code == 404
+    site = (await api.get("/api/sites/acme")).json()["site"]
+    assert site["project"] == "default" and site["draft"]["sections"]["hero"]["headline"] != "taken over"
+    default_key = {
+        "Authorization": f"Bearer {(await api.post('/api/admin/keys', json={'name': 'd'})).json()['key']}"
+    }
+    assert (await api.get("/api/sites/acme", headers=default_key)).status_code == 200
 
 
 async def test_publish_without_nats_is_503(start_receiver: Any, nats_server: NatsServer) -> None:

@@ -21,7 +21,8 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from conveyor.cli import dlq, render
+from conveyor.cli import render
+from conveyor.shared import deadletters as dlq
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 

@@ -67,6 +67,10 @@ class BaseSettings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     """NATS_REPLICAS: replicas for streams and buckets this service creates (3 in a cluster)."""
     service_instance: str = ""
     """SERVICE_INSTANCE: a name for this replica in logs and metrics (defaults to host:pid)."""
+    conveyor_secret_keys: Secret | None = None
+    """CONVEYOR_SECRET_KEYS: keys that seal project secrets at rest, ``<id>:<base64 of 32 bytes>``,
+    comma-separated; the first seals, all open (rotation). Without it, projects cannot be given
+    secrets (the default project's come from the settings)."""
 
 
 S = TypeVar("S", bound=BaseSettings)

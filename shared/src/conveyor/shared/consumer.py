@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
+import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -38,7 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from conveyor.shared import reader, subjects, wire
 from conveyor.shared.errors import PermanentError, RetryableError
-from conveyor.shared.events import NOT_JSON, utcnow
+from conveyor.shared.events import DEFAULT_PROJECT, NOT_JSON, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,26 @@ async def dead_letter(
     )
     if last_status is not None:
         headers[subjects.H_LAST_STATUS] = str(last_status)
+    if subjects.H_PROJECT not in headers and (project := project_of(msg.data)) is not None:
+        headers[subjects.H_PROJECT] = project
     await js.publish(subjects.dlq(stage, subject), msg.data, stream=subjects.DLQ, headers=headers)
+
+
+class _Owned(msgspec.Struct):
+    project: str = DEFAULT_PROJECT
+
+
+_owned_decoder = msgspec.json.Decoder(_Owned)
+
+
+def project_of(data: bytes) -> str | None:
+    """The project a message belongs to, from its body (every message we publish carries one;
+    older ones are the default project's). None for a body that is not ours to read: such a dead
+    letter is an operator's (admin keys) alone."""
+    try:
+        return _owned_decoder.decode(data).project
+    except NOT_JSON:
+        return None
 
 
 @dataclass

@@ -41,7 +41,7 @@ from conveyor.shared.deploys import (
     new_deployment_id,
     site_decoder,
 )
-from conveyor.shared.events import encoder, utcnow
+from conveyor.shared.events import DEFAULT_PROJECT, encoder, utcnow
 from conveyor.shared.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,10 @@ class DeployStore:
         project_id: str | None = None,
         source: str = "api",
         owner: str | None = None,
+        project: str = DEFAULT_PROJECT,
     ) -> tuple[SiteRecord, bool]:
-        """Create the site (id = slug) or replace its draft. Returns (record, created)."""
+        """Create the site (id = slug) or replace its draft. Returns (record, created). A site
+        stays in the project that made it: saving over another project's slug is refused."""
         site_id = config.slug
         now = utcnow()
         for _ in range(_CAS_TRIES):
@@ -143,6 +145,7 @@ class DeployStore:
                     project_id=project_id,
                     source=source,
                     owner=owner,
+                    project=project,
                 )
                 try:
                     await self.sites.create(site_id, encoder.encode(record))
@@ -150,8 +153,9 @@ class DeployStore:
                 except nats.js.errors.KeyWrongLastSequenceError:
                     continue
             current, rev = found
-            if owner and current.owner and current.owner != owner:
-                raise DeployStoreError(403, "forbidden", f"site {site_id} belongs to another owner")
+            if current.project != project:
+                # Slugs are public host names, so saying it is taken tells nothing new.
+                raise DeployStoreError(409, "slug_taken", f"the slug {site_id!r} is taken; choose another")
             record = msgspec.structs.replace(
                 current,
                 name=config.name,
@@ -214,6 +218,7 @@ class DeployStore:
                 project_id=site.project_id,
                 source=site.source,
                 correlation_id=correlation_id,
+                project=site.project,
             )
             pointers = (
                 {"latest_request": deployment_id} if kind in LIVE_KINDS else {"latest_preview": deployment_id}

@@ -21,7 +21,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta
 
-from conveyor.shared.events import NOT_JSON, Message
+from conveyor.shared.events import DEFAULT_PROJECT, NOT_JSON, Message
 
 # --- Field types --------------------------------------------------------------------------------
 
@@ -305,6 +305,7 @@ class DeploymentRecord(Message, frozen=True, kw_only=True):
     project_id: str | None = None
     source: str = "api"
     correlation_id: str | None = None
+    project: str = DEFAULT_PROJECT  # the site's project: a deployment never moves
 
     @property
     def terminal(self) -> bool:
@@ -331,6 +332,7 @@ class SiteRecord(Message, frozen=True, kw_only=True):
     project_id: str | None = None
     source: str = "api"
     owner: str | None = None
+    project: str = DEFAULT_PROJECT  # set when the site is made; saving over it never moves it
     latest_request: str | None = None  # newest publish or rollback: it supersedes queued older ones
     latest_preview: str | None = None
     live_deployment_id: str | None = None

@@ -18,6 +18,9 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "timeout",
 ResultStatus = Literal["completed", "failed", "timeout"]
 
 
+# Objects made before projects belong to the default project (conveyor.shared.tenancy).
+DEFAULT_PROJECT = "default"
+
 # What msgspec raises for bytes it cannot read as JSON: malformed (DecodeError, and its subclass
 # ValidationError for the wrong shape), not UTF-8, or nested deeper than the stack allows.
 NOT_JSON: tuple[type[Exception], ...] = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
@@ -70,6 +73,7 @@ class WebhookEvent(Message, frozen=True, kw_only=True):
     project_id: str | None = None
     callback_url: str | None = None
     correlation_id: str | None = None
+    project: str = DEFAULT_PROJECT  # the Conveyor project that owns the job (project_id is the sender's)
 
 
 # --- jobs.run.<agent> -------------------------------------------------------------------------
@@ -91,6 +95,7 @@ class JobRequest(Message, frozen=True, kw_only=True):
     timeout_ms: int | None = None  # overrides the agent's own timeout
     schedule_id: str | None = None
     correlation_id: str | None = None
+    project: str = DEFAULT_PROJECT
 
 
 # --- results.<job_id> -------------------------------------------------------------------------
@@ -105,6 +110,7 @@ class JobResult(Message, frozen=True, kw_only=True):
     result: AgentResult
     correlation_id: str | None = None
     kind: Literal["job", "test", "deployment"] = "job"
+    project: str = DEFAULT_PROJECT  # whose callback secret signs it
 
 
 # --- KV jobs ------------------------------------------------------------------------------------
@@ -132,10 +138,34 @@ class JobRecord(Message, frozen=True, kw_only=True):
     children: list[str] = []
     schedule_id: str | None = None
     result: AgentResult | None = None
+    project: str = DEFAULT_PROJECT  # who may see it; another project's job answers 404
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class JobIndexEntry(Message, frozen=True, kw_only=True):
+    """On ``jobindex.<project>`` when a job is made (Nats-Msg-Id ``idx-<job_id>``): what lists
+    of jobs filter on without reading every record."""
+
+    job_id: str
+    created_at: dt.datetime
+    source: str
+    agent: str | None = None
+    event_type: str | None = None
+    schedule_id: str | None = None
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobIndexEntry:
+        return cls(
+            job_id=record.job_id,
+            created_at=record.created_at,
+            source=record.source,
+            agent=record.agent,
+            event_type=record.event_type,
+            schedule_id=record.schedule_id,
+        )
 
 
 class CancelRequest(Message, frozen=True, kw_only=True):
@@ -205,6 +235,12 @@ class ApiKeyRecord(Message, frozen=True, kw_only=True):
     per_minute: int = 60
     per_day: int = 10_000
     revoked: bool = False
+    # Scope (conveyor.shared.tenancy): "" for keys made before projects, which act as admin
+    # keys (admin=true) or keys of the default project.
+    scope: Literal["", "admin", "org", "project"] = ""
+    org_id: str | None = None
+    project_id: str | None = None
+    read_only: bool = False
 
 
 # Built once, reused (msgspec perf tips).
@@ -219,3 +255,4 @@ delivery_log_decoder = msgspec.json.Decoder(DeliveryLog)
 api_key_decoder = msgspec.json.Decoder(ApiKeyRecord)
 send_test_decoder = msgspec.json.Decoder(SendTestEvent)
 job_log_decoder = msgspec.json.Decoder(JobLog)
+job_index_decoder = msgspec.json.Decoder(JobIndexEntry)

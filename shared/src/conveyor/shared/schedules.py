@@ -32,7 +32,7 @@ from typing import Final, Literal
 import msgspec
 
 from conveyor.shared import ids, subjects
-from conveyor.shared.events import Message
+from conveyor.shared.events import DEFAULT_PROJECT, Message
 
 Overlap = Literal["skip", "allow"]
 ScheduleStatus = Literal["active", "paused", "ended"]
@@ -68,6 +68,7 @@ class ScheduleFire(Message, frozen=True, kw_only=True):
     input: msgspec.Raw = msgspec.Raw(b"{}")
     project_id: str | None = None
     timeout_ms: int | None = None
+    project: str = DEFAULT_PROJECT  # the Conveyor project its jobs belong to
 
 
 class ScheduleRecord(Message, frozen=True, kw_only=True):
@@ -101,6 +102,7 @@ class ScheduleRecord(Message, frozen=True, kw_only=True):
     last_skipped_at: dt.datetime | None = None
     last_skip_reason: str | None = None
     ended_at: dt.datetime | None = None
+    project: str = DEFAULT_PROJECT  # who may see and change it; another project's answers 404
 
     def fire(self) -> ScheduleFire:
         return ScheduleFire(
@@ -111,6 +113,7 @@ class ScheduleRecord(Message, frozen=True, kw_only=True):
             input=self.input,
             project_id=self.project_id,
             timeout_ms=self.timeout_ms,
+            project=self.project,
         )
 
 

@@ -83,6 +83,16 @@ def stream_configs(replicas: int = 1) -> dict[str, StreamConfig]:
             max_age=30 * DAY,
             duplicate_window=120.0,
         ),
+        # GET /api/jobs lists from here: an entry per job on its project's subject, kept as long
+        # as job records are (KV jobs' TTL).
+        subjects.JOBINDEX: cfg(
+            subjects.JOBINDEX,
+            ["jobindex.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=7 * DAY,
+            duplicate_window=120.0,
+            allow_direct=True,  # pages are read with direct gets (conveyor.shared.streamread)
+        ),
         subjects.CONTROL: cfg(
             subjects.CONTROL,
             ["ctl.>"],
@@ -141,6 +151,8 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
         subjects.KV_DEPLOY_LEASES: kv(subjects.KV_DEPLOY_LEASES),
         subjects.KV_SCHEDULES: kv(subjects.KV_SCHEDULES),
         subjects.KV_SECRETS: kv(subjects.KV_SECRETS),
+        subjects.KV_ORGS: kv(subjects.KV_ORGS),
+        subjects.KV_PROJECTS: kv(subjects.KV_PROJECTS),
     }
 
 

@@ -20,6 +20,7 @@ DLQ: Final = "DLQ"  # dlq.<stage>.<original subject>         any stage -> operat
 CONTROL: Final = "CONTROL"  # ctl.<verb>.<id>                 receiver -> any service (test sends, ...)
 SCHEDULES: Final = "SCHEDULES"  # schedules.def.<id> (+ fired copies on schedules.fire.<id>)
 PARKED: Final = "PARKED"  # parked.hold.<job_id> -> (at its time) parked.results.<job_id>  deliverer
+JOBINDEX: Final = "JOBINDEX"  # jobindex.<project>: one JobIndexEntry per job, in creation order
 
 # KV buckets ---------------------------------------------------------------------------------------
 KV_JOBS: Final = "jobs"  # job_id -> JobRecord (written by executor; receiver creates "queued")
@@ -33,6 +34,8 @@ KV_DEPLOYMENTS: Final = "deployments"  # deployment_id -> DeploymentRecord
 KV_DEPLOY_LEASES: Final = "deploy_leases"  # site_id -> DeployLease (one active deployment per site)
 KV_SCHEDULES: Final = "schedules"  # schedule_id -> ScheduleRecord (receiver writes; executor records runs)
 KV_SECRETS: Final = "secrets"  # name -> a server-held secret (receiver: job_id); no API reads it
+KV_ORGS: Final = "orgs"  # org_id -> Organisation
+KV_PROJECTS: Final = "projects"  # project_id -> Project (every service mirrors it in memory)
 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"
@@ -57,6 +60,7 @@ H_FAILED_AT: Final = "Conveyor-Failed-At"
 H_LAST_STATUS: Final = "Conveyor-Last-Status"
 H_STAGE: Final = "Conveyor-Stage"
 H_SCHEDULE_ID: Final = "Conveyor-Schedule-Id"
+H_PROJECT: Final = "Conveyor-Project"  # on dead letters: the project that owns the message
 
 # JetStream message schedules (ADR-51; @every and cron need nats-server 2.14+): set on schedules.def.<id> ...
 H_SCHEDULE: Final = "Nats-Schedule"  # "@every 15m", a 6-field cron (seconds first), "@daily"
@@ -102,6 +106,11 @@ def fanout_deadline(parent_id: str) -> str:
 
 def result(job_id: str) -> str:
     return f"results.{token(job_id)}"
+
+
+def job_index(project: str) -> str:
+    """One subject per project, not per job: the server's per-subject state stays bounded."""
+    return f"jobindex.{token(project)}"
 
 
 # A result waiting for a later attempt: held as a scheduled message, then due (deliverer parking.py).

@@ -341,6 +341,7 @@ class Pipeline:
             result=body,
             correlation_id=record.correlation_id,
             kind="deployment",
+            project=record.project,
         )
         await self.js.publish(
             subjects.result(record.deployment_id),

@@ -21,6 +21,7 @@ from nats.js.kv import KeyValue
 
 from conveyor.receiver.config import Settings
 from conveyor.shared.events import ApiKeyRecord, api_key_decoder, encoder, utcnow
+from conveyor.shared.tenancy import ADMIN, DEFAULT_PROJECT, DEFAULT_SCOPE, Scope
 
 KEY_PREFIX = "cvk_"
 _NEGATIVE_CACHE_S = 1.0
@@ -38,13 +39,32 @@ def key_id_of(digest: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a request is: a key's id, name, admin flag and limits (0 = unlimited)."""
+    """Who a request is: a key's id, name, admin flag, limits (0 = unlimited) and scope."""
 
     key_id: str
     name: str
     admin: bool
     per_minute: int
     per_day: int
+    scope: Scope = DEFAULT_SCOPE
+
+    @property
+    def project(self) -> str:
+        """The project new objects of this key belong to (admin and org keys name one per call)."""
+        return self.scope.project_id or DEFAULT_PROJECT
+
+
+def scope_of(record: ApiKeyRecord) -> Scope:
+    """A stored key's scope; keys made before scopes are admin keys or default-project keys."""
+    if record.scope == "admin" or (record.scope == "" and record.admin):
+        return ADMIN
+    if record.scope == "org":
+        return Scope(kind="org", org_id=record.org_id, read_only=record.read_only)
+    if record.scope == "project":
+        return Scope(
+            kind="project", org_id=record.org_id, project_id=record.project_id, read_only=record.read_only
+        )
+    return DEFAULT_SCOPE
 
 
 class KeyRevoked(Exception):
@@ -64,7 +84,9 @@ class ApiKeys:
         self._static: dict[str, Principal] = {}
         if settings.admin_api_key:
             # The operator's key: admin, and not rate limited.
-            self._static[hash_key(settings.admin_api_key.reveal())] = Principal("admin", "admin", True, 0, 0)
+            self._static[hash_key(settings.admin_api_key.reveal())] = Principal(
+                "admin", "admin", True, 0, 0, ADMIN
+            )
         if settings.lovable_api_key:
             self._static[hash_key(settings.lovable_api_key.reveal())] = Principal(
                 "lovable", "lovable", False, settings.api_key_per_minute, settings.api_key_per_day
@@ -81,7 +103,10 @@ class ApiKeys:
             return None
         if record.revoked:
             raise KeyRevoked(record.key_id)
-        return Principal(record.key_id, record.name, record.admin, record.per_minute, record.per_day)
+        scope = scope_of(record)
+        return Principal(
+            record.key_id, record.name, scope.kind == "admin", record.per_minute, record.per_day, scope
+        )
 
     async def _lookup(self, digest: str) -> ApiKeyRecord | None:
         now = time.monotonic()
@@ -102,7 +127,7 @@ class ApiKeys:
         return record
 
     async def create(
-        self, name: str, *, per_minute: int, per_day: int, admin: bool
+        self, name: str, *, per_minute: int, per_day: int, scope: Scope
     ) -> tuple[str, ApiKeyRecord]:
         """Make a key; the returned string is the only time it exists outside the caller."""
         assert self.kv is not None
@@ -113,9 +138,13 @@ class ApiKeys:
             name=name,
             created_at=utcnow(),
             prefix=key[:8],
-            admin=admin,
+            admin=scope.kind == "admin",
             per_minute=per_minute,
             per_day=per_day,
+            scope=scope.kind,
+            org_id=scope.org_id,
+            project_id=scope.project_id,
+            read_only=scope.read_only,
         )
         await self.kv.create(digest, encoder.encode(record))
         return key, record

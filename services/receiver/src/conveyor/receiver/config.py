@@ -11,6 +11,7 @@ import msgspec
 from conveyor.shared.config import BaseSettings, Secret
 from conveyor.shared.signing import secret_problem
 from conveyor.shared.subjects import is_token
+from conveyor.shared.tenancy import Project
 
 Scheme = Literal["lovable", "github", "standard"]
 
@@ -87,10 +88,10 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """APIKEY_CACHE_S: how long a replica trusts its cached copy of a key record (revocations made
     on another replica take effect within this time; on this replica at once)."""
 
-    reads_require_api_key: bool = False
-    """READS_REQUIRE_API_KEY: whether GET /api/jobs/{id}[/...] needs a key. Off by default: job
-    ids are unguessable and the 202 of a webhook hands its status_url to a sender that has no
-    API key. Without a key, reads are limited per client address (READ_RATE_LIMIT_MAX)."""
+    reads_require_api_key: bool = True
+    """READS_REQUIRE_API_KEY: whether GET /api/jobs/{id}[/...] needs a key (the key's project
+    must own the job). false: reads without a key are allowed for the default project's jobs
+    only, limited per client address (READ_RATE_LIMIT_MAX)."""
     read_rate_limit_max: int = 600
     """READ_RATE_LIMIT_MAX: reads without an API key per RATE_LIMIT_WINDOW_MS per client address."""
     rate_limit_max: int = 100
@@ -126,6 +127,9 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     schedule_min_interval_s: float = 1.0
     """SCHEDULE_MIN_INTERVAL_S: the shortest interval (or cron gap) a schedule may have; 422 below
     it. Never below 1 s, the server's own floor."""
+
+    cors_origins: list[str] = []
+    """CORS_ORIGINS: browser origins allowed for the default project (JSON list or comma-separated)."""
 
     def __post_init__(self) -> None:
         for net in filter(None, (p.strip() for p in self.trusted_proxies.split(","))):
@@ -172,3 +176,12 @@ def check_secret(setting: str, secret: str, *, standard: bool) -> None:
     short (signing.secret_problem)."""
     if problem := secret_problem(secret, standard=standard):
         raise ValueError(f"{setting}: {problem}")
+def default_project(settings: Settings) -> Project:
+    """The default project as the receiver knows it: the settings that configured Conveyor
+    before projects (its webhook secrets stay with the sources they belong to)."""
+    return Project.default(
+        callback_url=settings.lovable_callback_url,
+        cors_origins=list(settings.cors_origins),
+        per_minute=0,
+        per_day=0,
+    )

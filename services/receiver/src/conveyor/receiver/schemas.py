@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from conveyor.shared.events import DeliveryAttempt, JobStatus
+from conveyor.shared.events import DeliveryAttempt, JobRecord, JobStatus
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,6 +49,51 @@ class JobCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     callback_url: Annotated[str, Meta(max_length=2048)] | None = None
     project_id: Annotated[str, Meta(max_length=200)] | None = None
     timeout_ms: Annotated[int, Meta(ge=1000, le=86_400_000)] | None = None
+    project: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
+    """The Conveyor project the job belongs to: a project key's own by default; admin and
+    organisation keys name one (else the default project)."""
+
+
+class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A job in a list: its record without the result (GET /api/jobs/{id} has that)."""
+
+    job_id: str
+    status: JobStatus
+    project: str
+    source: str
+    agent: str | None
+    event_type: str | None
+    progress: int
+    error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None
+    schedule_id: str | None
+    children: list[str]
+
+    @classmethod
+    def of(cls, r: JobRecord) -> JobSummary:
+        return cls(
+            job_id=r.job_id,
+            status=r.status,
+            project=r.project,
+            source=r.source,
+            agent=r.agent,
+            event_type=r.event_type,
+            progress=r.progress,
+            error=r.error,
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+            finished_at=r.finished_at,
+            schedule_id=r.schedule_id,
+            children=r.children,
+        )
+
+
+class JobList(msgspec.Struct, frozen=True, kw_only=True):
+    jobs: list[JobSummary]
+    next_cursor: int | None
+    """Pass as ``cursor`` for the next page; null when the list reached the end."""
 
 
 class JobPending(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,19 +135,13 @@ class KeyCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     per_minute: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
     per_day: Annotated[int, Meta(ge=0, le=100_000_000)] | None = None
     admin: bool = False
-
-
-class KeyCreated(msgspec.Struct, frozen=True, kw_only=True):
-    """The only answer that ever contains the key itself."""
-
-    key: str
-    key_id: str
-    name: str
-    prefix: str
-    admin: bool
-    per_minute: int
-    per_day: int
-    created_at: dt.datetime
+    """Same as scope "admin"."""
+    scope: Literal["admin", "org", "project"] | None = None
+    """What the key reaches: everything, one organisation's projects, or one project (default:
+    the project named by ``project_id``, else the default project)."""
+    org_id: Annotated[str, Meta(max_length=63)] | None = None
+    project_id: Annotated[str, Meta(max_length=63)] | None = None
+    read_only: bool = False
 
 
 class KeyView(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +153,16 @@ class KeyView(msgspec.Struct, frozen=True, kw_only=True):
     per_day: int
     revoked: bool
     created_at: dt.datetime
+    scope: Literal["admin", "org", "project"] = "project"
+    org_id: str | None = None
+    project_id: str | None = None
+    read_only: bool = False
+
+
+class KeyCreated(KeyView, frozen=True, kw_only=True):
+    """The only answer that ever contains the key itself."""
+
+    key: str
 
 
 class KeyList(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,9 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.receiver import schedules_api, sites_api
+from conveyor.receiver import deadletters_api, projects_api, schedules_api, sites_api
 from conveyor.receiver.apikeys import ApiKeys
-from conveyor.receiver.config import Settings
+from conveyor.receiver.config import Settings, default_project
 from conveyor.receiver.handlers import admin, health, jobs, send_test_event, stream, webhooks
 from conveyor.receiver.job_ids import job_id_key
 from conveyor.receiver.listener import listener_for
@@ -26,6 +26,7 @@ from conveyor.receiver.schemas import (
     Health,
     Ignored,
     JobCreate,
+    JobList,
     JobPending,
     KeyCreate,
     KeyCreated,
@@ -42,9 +43,19 @@ from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
 from conveyor.shared.kvbucket import Bucket
+from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.runner import Runtime, ServiceSpec
+from conveyor.shared.sealing import Sealer
+from conveyor.shared.tenancy import Directory, project_decoder
 
-STREAMS = [subjects.EVENTS, subjects.JOBS, subjects.CONTROL, subjects.DEPLOYS]
+STREAMS = [
+    subjects.EVENTS,
+    subjects.JOBS,
+    subjects.CONTROL,
+    subjects.DEPLOYS,
+    subjects.DLQ,
+    subjects.JOBINDEX,
+]
 BUCKETS = [
     subjects.KV_JOBS,
     subjects.KV_CANCELS,
@@ -55,6 +66,8 @@ BUCKETS = [
     subjects.KV_SITES,
     subjects.KV_DEPLOYMENTS,
     subjects.KV_SECRETS,
+    subjects.KV_ORGS,
+    subjects.KV_PROJECTS,
 ]
 
 E = None  # an error answer: ErrorBody
@@ -91,7 +104,7 @@ def _job_reads() -> list[Operation]:
             deprecated=deprecated,
         )
 
-    cancel_responses = {202: CancelAccepted, 404: E, 409: E, **_KEYED}
+    cancel_responses = {202: CancelAccepted, 403: E, 404: E, 409: E, **_KEYED}
     return [
         read(_JOB, jobs.get, "The job's record", JobRecord),
         read(f"{_JOB}/result", jobs.result, "The callback body (camelCase) once there is one", AgentResult),
@@ -189,10 +202,28 @@ def operations() -> list[Operation]:
             jobs.create,
             "Submit a job to an agent",
             "jobs",
-            {202: Accepted, 400: E, 413: E, 422: E, **_KEYED},
+            {202: Accepted, 400: E, 403: E, 404: E, 413: E, 422: E, **_KEYED},
             body=JobCreate,
             auth="api_key",
             params=(*_API_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first job.")),
+        ),
+        Operation(
+            "GET",
+            "/api/jobs",
+            jobs.list_jobs,
+            "Jobs the key's scope sees, oldest first",
+            "jobs",
+            {200: JobList, 400: E, 404: E, **_KEYED},
+            auth="api_key",
+            params=(
+                Param("project", "query", "Only this project (a project key: its own)."),
+                Param("status", "query", "queued, processing, completed, failed, timeout or cancelled."),
+                Param("agent", "query", "Only jobs of this agent."),
+                Param("since", "query", "Created at or after this ISO 8601 time."),
+                Param("until", "query", "Created at or before this ISO 8601 time."),
+                Param("limit", "query", "At most this many (1-500, default 50)."),
+                Param("cursor", "query", "next_cursor of the previous page."),
+            ),
         ),
         *_job_reads(),
         Operation(
@@ -201,7 +232,7 @@ def operations() -> list[Operation]:
             admin.list_keys,
             "List API keys",
             "admin",
-            {200: KeyList, 401: E, 403: E, 503: E},
+            {200: KeyList, 401: E, 403: E, 429: E, 503: E},
             auth="admin",
             params=_API_KEY_QUERY,
         ),
@@ -211,7 +242,7 @@ def operations() -> list[Operation]:
             admin.create_key,
             "Create an API key (shown once)",
             "admin",
-            {201: KeyCreated, 400: E, 401: E, 403: E, 413: E, 422: E, 503: E},
+            {201: KeyCreated, 400: E, 401: E, 403: E, 404: E, 413: E, 422: E, 429: E, 503: E},
             body=KeyCreate,
             auth="admin",
             params=_API_KEY_QUERY,
@@ -222,7 +253,7 @@ def operations() -> list[Operation]:
             admin.revoke_key,
             "Revoke an API key",
             "admin",
-            {200: KeyView, 401: E, 403: E, 404: E, 503: E},
+            {200: KeyView, 401: E, 403: E, 404: E, 429: E, 503: E},
             auth="admin",
             params=_API_KEY_QUERY,
         ),
@@ -256,13 +287,20 @@ def routes(rt: Runtime[Any]) -> None:
         keys=ApiKeys(settings, lambda: rt.connected and not rt.stopping.is_set()),
         metrics=Metrics(rt.registry),
         agents=tuple(settings.known_agents),
+        directory=Directory(default_project(settings)),
+        sealer=Sealer.parse(settings.conveyor_secret_keys),
     )
     st.metrics.preset(list(st.sources))
     # Spans cost ~10% of a webhook's CPU; with no processor (no exporter) they are dropped anyway.
     st.tracing = bool(getattr(getattr(rt.tracer, "span_processor", None), "_span_processors", True))
     rt.app[STATE] = st
     health.install(rt.app)
-    ops = [*operations(), *schedules_api.operations()]
+    ops = [
+        *operations(),
+        *schedules_api.operations(),
+        *projects_api.operations(),
+        *deadletters_api.operations(),
+    ]
     expect = expect_handler(settings.max_body_bytes)
     for op in ops:
         if op.handler is not None:
@@ -300,8 +338,18 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     st.limiter = RateLimiter(st.kv[subjects.KV_RATELIMITS])
     st.job_records = Bucket(st.kv[subjects.KV_JOBS], rt.requests)
     st.job_id_key = await job_id_key(st.kv[subjects.KV_SECRETS], st.settings.job_id_secret)
+    st.projects = KvMirror(
+        st.kv[subjects.KV_PROJECTS],
+        subjects.KV_PROJECTS,
+        project_decoder.decode,
+        on_change=st.directory.update,
+    )
+    await st.projects.start()
     st.js = js  # last: no request is taken before the above are set
-    yield
+    try:
+        yield
+    finally:
+        await st.projects.stop()
 
 
 def _details(rt: Runtime[Any]) -> dict[str, Any]:

@@ -67,6 +67,9 @@ class SiteSave(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     config: SiteConfig
     callback_url: Annotated[str, Meta(pattern=HTTP_URL_RE, max_length=2000)] | None = None
     project_id: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    project: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
+    """The Conveyor project the site belongs to (admin and organisation keys; a project key's
+    own by default). Fixed when the site is made."""
 
 
 class PreviewCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -164,29 +167,33 @@ def _deployment_id(request: web.Request) -> str:
 
 
 async def _own_site(
-    st: Receiver, principal: Principal, site_id: str, *, missing: HTTPError | None = None
+    st: Receiver,
+    principal: Principal,
+    site_id: str,
+    *,
+    write: bool = False,
 ) -> SiteRecord:
+    """The site when the caller's scope sees its project; another project's site answers as a
+    missing one. ``write``: a read-only key gets 403."""
     with _answers(st):
         found = await _store(st).site(site_id)
-    if found is None:
-        raise missing or HTTPError(404, "not_found", f"no site {site_id}")
-    site = found[0]
-    if site.owner and site.owner != principal.key_id and not principal.admin:
-        raise HTTPError(403, "forbidden", f"site {site_id} belongs to another API key")
-    return site
-
-
-async def _own_deployment(st: Receiver, principal: Principal, deployment_id: str) -> DeploymentRecord:
-    with _answers(st):
-        found = await _store(st).deployment(deployment_id)
-    if found is None:
-        raise HTTPError(404, "not_found", f"no deployment {deployment_id}")
-    await _own_site(st, principal, found[0].site_id)
+    if found is None or not st.sees(principal, found[0].project):
+        raise HTTPError(404, "not_found", f"no site {site_id}; POST /api/sites first")
+    if write:
+        st.writable(principal, found[0].project)
     return found[0]
 
 
-def _no_draft(site_id: str) -> HTTPError:
-    return HTTPError(400, "no_draft", f"no draft saved for site {site_id}; POST /api/sites first")
+async def _own_deployment(
+    st: Receiver, principal: Principal, deployment_id: str, *, write: bool = False
+) -> DeploymentRecord:
+    with _answers(st):
+        found = await _store(st).deployment(deployment_id)
+    if found is None or not st.sees(principal, found[0].project):
+        raise HTTPError(404, "not_found", f"no deployment {deployment_id}")
+    if write:
+        st.writable(principal, found[0].project)
+    return found[0]
 
 
 def _urls(st: Receiver, deployment_id: str) -> tuple[str, str]:
@@ -225,12 +232,14 @@ async def _optional_body(st: Receiver, request: web.Request) -> bytes | None:
 async def save_site(request: web.Request) -> web.Response:
     st, principal = await _caller(request)
     save: SiteSave = _decode(await st.read_body(request), SiteSave)
+    project = st.writable(principal, save.project)
     with _answers(st):
         site, created = await _store(st).save_draft(
             save.config,
             callback_url=save.callback_url,
             project_id=save.project_id,
-            owner=None if principal.admin else principal.key_id,
+            owner=principal.key_id,
+            project=project.project_id,
         )
     view = SiteView(
         site=site,
@@ -254,7 +263,7 @@ async def get_site(request: web.Request) -> web.Response:
 async def publish(request: web.Request) -> web.Response:
     st, principal = await _caller(request)
     site_id = _site_id(request)
-    await _own_site(st, principal, site_id, missing=_no_draft(site_id))
+    await _own_site(st, principal, site_id, write=True)
     with _answers(st):
         req = await _store(st).request(site_id, "publish", correlation_id=request.get(CORRELATION_ID))
     return _accepted(st, req.deployment, req.duplicate)
@@ -263,7 +272,7 @@ async def publish(request: web.Request) -> web.Response:
 async def preview(request: web.Request) -> web.Response:
     st, principal = await _caller(request)
     site_id = _site_id(request)
-    await _own_site(st, principal, site_id, missing=_no_draft(site_id))
+    await _own_site(st, principal, site_id, write=True)
     raw = await _optional_body(st, request)
     body: PreviewCreate = _decode(raw, PreviewCreate) if raw else PreviewCreate()
     with _answers(st):
@@ -276,7 +285,7 @@ async def preview(request: web.Request) -> web.Response:
 async def rollback(request: web.Request) -> web.Response:
     st, principal = await _caller(request)
     site_id = _site_id(request)
-    await _own_site(st, principal, site_id)
+    await _own_site(st, principal, site_id, write=True)
     body: RollbackCreate = _decode(await st.read_body(request), RollbackCreate)
     with _answers(st):
         req = await _store(st).request(
@@ -301,7 +310,7 @@ async def get_deployment(request: web.Request) -> web.Response:
 async def cancel_deployment(request: web.Request) -> web.Response:
     st, principal = await _caller(request)
     deployment_id = _deployment_id(request)
-    await _own_deployment(st, principal, deployment_id)
+    await _own_deployment(st, principal, deployment_id, write=True)
     with _answers(st):
         record = await _store(st).cancel(deployment_id)
     return _json(record, 202)
@@ -315,7 +324,7 @@ async def stream_deployment(request: web.Request) -> web.StreamResponse:
     deployment_id = _deployment_id(request)
     await _own_deployment(st, principal, deployment_id)
     raw_last = request.headers.get("Last-Event-ID", "").strip()
-    last_id = int(raw_last) if raw_last.isdigit() else None
+    last_id = int(raw_last) if raw_last.isascii() and raw_last.isdigit() else None
     with st.nats_errors():
         watcher = await st.bucket(subjects.KV_DEPLOYMENTS).watch(deployment_id)
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -395,7 +404,7 @@ def operations() -> list[Operation]:
             "/api/sites",
             save_site,
             "Create a site or replace its draft",
-            {200: SiteView, 201: SiteView, 400: _E, 413: _E, 422: _E},
+            {200: SiteView, 201: SiteView, 400: _E, 404: _E, 409: _E, 413: _E, 422: _E},
             body=SiteSave,
         ),
         op(

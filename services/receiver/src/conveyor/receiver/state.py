@@ -9,6 +9,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -22,12 +23,15 @@ from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.ratelimit import Decision, LimiterUnavailable, RateLimiter
 from conveyor.receiver.sources import Network, Source, client_address, peer_host
 from conveyor.shared import subjects
-from conveyor.shared.events import JobRecord, encoder, job_record_decoder
+from conveyor.shared.events import JobIndexEntry, JobRecord, encoder, job_record_decoder
 from conveyor.shared.http import HTTPError
 from conveyor.shared.jsrequests import EXPECTED_STREAM, PubAck, is_key_exists
 from conveyor.shared.kvbucket import Bucket
+from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.runner import Runtime
+from conveyor.shared.sealing import Sealer
 from conveyor.shared.telemetry import inject_headers
+from conveyor.shared.tenancy import DEFAULT_PROJECT, Directory, Project
 
 CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
@@ -73,6 +77,16 @@ class Receiver:
     agents: tuple[str, ...] = ()  # settings.known_agents, computed once
     event_subjects: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, type) -> subject
     job_id_key: bytes = b""  # the key job ids are derived with (job_ids.py); set before js
+    directory: Directory = field(default_factory=lambda: Directory(Project.default()))
+    sealer: Sealer = field(default_factory=lambda: Sealer([]))
+    projects: KvMirror[Project] | None = None
+
+    def projects_mirror_put(self, project_id: str, project: Project | None) -> None:
+        """A project this replica just wrote, seen here at once (others see it through the watch)."""
+        if self.projects is not None:
+            self.projects.put_local(project_id, project)
+        else:
+            self.directory.update(project_id, project)
 
     # --- availability -----------------------------------------------------------------------
 
@@ -169,6 +183,27 @@ class Receiver:
         if admin and not principal.admin:
             raise HTTPError(403, "forbidden", "this key is not an admin key")
         return principal
+
+    # --- projects ---------------------------------------------------------------------------
+
+    def sees(self, principal: Principal | None, project: str) -> bool:
+        """Whether the caller may see an object of ``project``. Anonymous readers (only when
+        READS_REQUIRE_API_KEY=false) see the default project's objects alone."""
+        if principal is None:
+            return project == DEFAULT_PROJECT
+        return self.directory.sees(principal.scope, project)
+
+    def writable(self, principal: Principal, requested: str | None = None) -> Project:
+        """The project a write acts in: the one named (admin and org keys), else the key's own.
+        404 for a project the key does not see; 403 for a read-only key."""
+        scope = principal.scope
+        if scope.read_only:
+            raise HTTPError(403, "read_only_key", f"this key is read-only ({scope.describe()})")
+        project_id = requested or scope.project_id or DEFAULT_PROJECT
+        project = self.directory.get(project_id)
+        if project is None or not scope.sees(project.project_id, project.org_id):
+            raise HTTPError(404, "project_not_found", f"no project {project_id[:64]!r}", field="project")
+        return project
 
     async def reader(self, request: web.Request) -> Principal | None:
         """Reads by job id: a key when one is given (its limits apply), else, unless
@@ -273,21 +308,34 @@ class Receiver:
             sent = await self.rt.requests.send(subject, data, headers, timeout_s=timeout_s)
         except Exception as exc:
             raise self._publish_error(exc) from None
+        pending = [sent]
         try:
             made = await records.send_create(record.job_id, encoder.encode(record), timeout_s=timeout_s)
+            pending.append(made)
+            # The list entry goes out in the same flush (an entry whose job never came to be
+            # is skipped by the list, which reads each job's record).
+            indexed = await self.rt.requests.send(
+                subjects.job_index(record.project),
+                encoder.encode(JobIndexEntry.of(record)),
+                {subjects.MSG_ID: f"idx-{record.job_id}", EXPECTED_STREAM: subjects.JOBINDEX},
+                timeout_s=timeout_s,
+            )
         except Exception as exc:
-            sent.cancel()
+            for fut in pending:
+                _drop(fut)
             raise self._publish_error(exc) from None
         kv = self.kv[subjects.KV_JOBS]
         try:
             ack = await sent
         except Exception as exc:
+            _drop(indexed)
             with contextlib.suppress(Exception):
                 if created := (await _created(kv, made, record))[0]:
                     await kv.delete(record.job_id, last=created)
             raise self._publish_error(exc) from None
         try:
             created, found = await _created(kv, made, record)
+            await indexed  # a repeat is dropped by its Nats-Msg-Id (or listed once: see list_jobs)
         except Exception as exc:
             raise self._publish_error(exc) from None
         # A repeat after EVENTS' duplicate window is stored again; the record, from the first
@@ -308,6 +356,12 @@ class Receiver:
                 limit=limit,
             )
         return self.unavailable(publish_failure(exc))
+
+
+def _drop(fut: asyncio.Future[Any]) -> None:
+    """Stop waiting for ``fut``; an answer it already has is read, so none goes unretrieved."""
+    if not fut.cancel() and not fut.cancelled():
+        fut.exception()
 
 
 def publish_failure(exc: Exception) -> str:

@@ -22,8 +22,11 @@ def sleep_ms(payload: Payload) -> int:
             if not 0 <= v <= MAX_SLEEP_MS:
                 raise AgentError(f"sleep: {key} must be between 0 and {MAX_SLEEP_MS}")
             return int(v)
-    if payload.prompt and payload.prompt.strip().isdigit():
-        return int(payload.prompt.strip())
+    text = (payload.prompt or "").strip()
+    if text.isascii() and text.isdigit():
+        if len(text) > 9 or int(text) > MAX_SLEEP_MS:
+            raise AgentError(f"sleep: the prompt must be a number of milliseconds up to {MAX_SLEEP_MS}")
+        return int(text)
     return 1000
 
 

@@ -149,6 +149,7 @@ class Fanout:
                 source=event.source,
                 event_type=event.type,
                 project_id=event.project_id,
+                project=event.project,
                 callback_url=event.callback_url,
             )
             return replace(
@@ -186,6 +187,7 @@ class Fanout:
             source=event.source,
             event_type=event.type,
             project_id=event.project_id,
+            project=event.project,
             parent_id=event.job_id,
         )
         try:
@@ -201,6 +203,7 @@ class Fanout:
             prompt=prompt,
             input=event.payload,
             project_id=event.project_id,
+            project=event.project,
             parent_id=event.job_id,
             correlation_id=event.correlation_id or event.job_id,
         )

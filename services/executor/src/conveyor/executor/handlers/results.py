@@ -67,6 +67,7 @@ class Results:
         callback_url: str | None,
         source: str,
         correlation_id: str | None,
+        project: str,
     ) -> None:
         job_id = result.job_id
         message = JobResult(
@@ -75,6 +76,7 @@ class Results:
             source=source,
             result=result,
             correlation_id=correlation_id,
+            project=project,
         )
         body = _encoder.encode(message)
         headers = {subjects.MSG_ID: ids.result_msg_id(job_id), subjects.H_JOB_ID: job_id}
@@ -110,6 +112,7 @@ class Results:
             callback_url=record.callback_url,
             source=record.source,
             correlation_id=correlation_id,
+            project=record.project,
         )
 
 

@@ -159,6 +159,7 @@ class Router:
             prompt=prompt,
             input=event.payload,
             project_id=event.project_id,
+            project=event.project,
             callback_url=event.callback_url,
             correlation_id=event.correlation_id,
         )
@@ -190,6 +191,7 @@ class Router:
                 source=event.source,
                 event_type=event.type,
                 project_id=event.project_id,
+                project=event.project,
                 callback_url=event.callback_url,
             )
             return replace(

@@ -175,6 +175,7 @@ class Scheduler:
             agent=fire.agent,
             source=SOURCE,
             project_id=fire.project_id,
+            project=fire.project,
             callback_url=fire.callback_url,
             schedule_id=schedule_id,
         )
@@ -188,6 +189,7 @@ class Scheduler:
             prompt=fire.prompt,
             input=fire.input,
             project_id=fire.project_id,
+            project=fire.project,
             callback_url=fire.callback_url,
             timeout_ms=fire.timeout_ms,
             schedule_id=schedule_id,

@@ -383,6 +383,7 @@ class Worker:
             source=req.source,
             event_type=req.event_type,
             project_id=req.project_id,
+            project=req.project,
             callback_url=req.callback_url,
             parent_id=req.parent_id,
             schedule_id=req.schedule_id,

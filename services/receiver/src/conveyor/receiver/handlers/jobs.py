@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from urllib.parse import urlsplit
 
@@ -9,8 +10,9 @@ import msgspec
 import nats.js.errors
 from aiohttp import web
 
+from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.webhooks import accepted, respond
-from conveyor.receiver.schemas import CancelAccepted, JobCreate, JobPending
+from conveyor.receiver.schemas import CancelAccepted, JobCreate, JobList, JobPending, JobSummary
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
 from conveyor.shared import ids, subjects
@@ -22,11 +24,13 @@ from conveyor.shared.events import (
     JobRequest,
     delivery_log_decoder,
     encoder,
+    job_index_decoder,
     job_log_decoder,
     job_record_decoder,
     utcnow,
 )
 from conveyor.shared.http import HTTPError
+from conveyor.shared.streamread import next_message
 
 _job_create_decoder = msgspec.json.Decoder(JobCreate)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
@@ -50,7 +54,8 @@ async def create(request: web.Request) -> web.Response:
     await st.limit_key(request, principal)
     st.require_nats()
     body: JobCreate = decode_json(_job_create_decoder, await st.read_body(request))
-    if body.agent not in st.agents:
+    project = st.writable(principal, body.project)
+    if body.agent not in st.agents or not project.may_run(body.agent):
         raise HTTPError(
             422,
             "unknown_agent",
@@ -88,6 +93,7 @@ async def create(request: web.Request) -> web.Response:
         callback_url=body.callback_url,
         timeout_ms=body.timeout_ms,
         correlation_id=correlation,
+        project=project.project_id,
     )
     record = JobRecord(
         job_id=job_id,
@@ -98,6 +104,7 @@ async def create(request: web.Request) -> web.Response:
         source="api",
         project_id=body.project_id,
         callback_url=body.callback_url,
+        project=project.project_id,
     )
     duplicate = await st.accept(
         subject=subjects.job_run(body.agent),
@@ -111,8 +118,9 @@ async def create(request: web.Request) -> web.Response:
     return accepted(st, job_id, duplicate)
 
 
-async def load(st: Receiver, job_id: str) -> tuple[JobRecord, int]:
-    """The job's record and KV revision; 404 when there is none."""
+async def load(st: Receiver, job_id: str, principal: Principal | None) -> tuple[JobRecord, int]:
+    """The job's record and KV revision; 404 when there is none or the caller's scope does not
+    see its project (the same answer, so ids of other projects' jobs cannot be probed)."""
     if not subjects.is_token(job_id):
         raise _not_found(job_id)
     kv = st.bucket(subjects.KV_JOBS)
@@ -121,39 +129,43 @@ async def load(st: Receiver, job_id: str) -> tuple[JobRecord, int]:
             entry = await kv.get(job_id)
         except nats.js.errors.KeyNotFoundError:
             raise _not_found(job_id) from None
-    return job_record_decoder.decode(entry.value or b""), entry.revision or 0
+    record = job_record_decoder.decode(entry.value or b"")
+    if not st.sees(principal, record.project):
+        raise _not_found(job_id)
+    return record, entry.revision or 0
 
 
 def _not_found(job_id: str) -> HTTPError:
     return HTTPError(404, "job_not_found", f"no job {job_id[:100]!r}")
 
 
-async def write_access(request: web.Request) -> tuple[Receiver, str]:
-    """A write on a job: an API key is required."""
+async def write_access(request: web.Request) -> tuple[Receiver, JobRecord]:
+    """A write on a job: a full key whose scope sees the job's project."""
     st = request.app[STATE]
     principal = await st.authenticate(request)
     await st.limit_key(request, principal)
-    return st, request.match_info["job_id"]
+    record, _ = await load(st, request.match_info["job_id"], principal)
+    st.writable(principal, record.project)
+    return st, record
 
 
-async def read_access(request: web.Request) -> tuple[Receiver, str]:
-    """A read of a job: a key if given, else anonymous (see READS_REQUIRE_API_KEY)."""
+async def read_access(request: web.Request) -> tuple[Receiver, JobRecord]:
+    """A read of a job: its record, when the caller may see it (see READS_REQUIRE_API_KEY)."""
     st = request.app[STATE]
-    await st.reader(request)
-    return st, request.match_info["job_id"]
+    principal = await st.reader(request)
+    record, _ = await load(st, request.match_info["job_id"], principal)
+    return st, record
 
 
 async def get(request: web.Request) -> web.Response:
-    st, job_id = await read_access(request)
-    record, _ = await load(st, job_id)
+    _, record = await read_access(request)
     return respond(200, record)
 
 
 async def result(request: web.Request) -> web.Response:
     """The callback body (AgentResult) once there is one; 202 while the job runs; 409 when it
     finished without one (cancelled, or failed before producing a result)."""
-    st, job_id = await read_access(request)
-    record, _ = await load(st, job_id)
+    _, record = await read_access(request)
     if record.result is not None:
         return respond(200, record.result)
     if not record.terminal:
@@ -168,8 +180,7 @@ async def result(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    st, job_id = await write_access(request)
-    record, _ = await load(st, job_id)
+    st, record = await write_access(request)
     if record.terminal:
         raise HTTPError(
             409, "job_finished", f"job already {record.status}; nothing to cancel", job_status=record.status
@@ -182,16 +193,14 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def logs(request: web.Request) -> web.Response:
-    st, job_id = await read_access(request)
-    record, _ = await load(st, job_id)
-    raw = await _optional(st, subjects.KV_JOB_LOGS, job_id)
+    st, record = await read_access(request)
+    raw = await _optional(st, subjects.KV_JOB_LOGS, record.job_id)
     return respond(200, job_log_decoder.decode(raw) if raw else JobLog(job_id=record.job_id))
 
 
 async def deliveries(request: web.Request) -> web.Response:
-    st, job_id = await read_access(request)
-    record, _ = await load(st, job_id)
-    raw = await _optional(st, subjects.KV_DELIVERIES, job_id)
+    st, record = await read_access(request)
+    raw = await _optional(st, subjects.KV_DELIVERIES, record.job_id)
     return respond(200, delivery_log_decoder.decode(raw) if raw else DeliveryLog(job_id=record.job_id))
 
 
@@ -203,3 +212,89 @@ async def _optional(st: Receiver, bucket: str, key: str) -> bytes | None:
         except nats.js.errors.KeyNotFoundError:
             return None
     return entry.value or None
+
+
+# --- GET /api/jobs ------------------------------------------------------------------------------
+
+_SCAN_MAX = 2000  # index entries looked at per page, shown or not: a page costs a bounded amount
+_STATUSES = frozenset(("queued", "processing", "completed", "failed", "timeout", "cancelled"))
+
+
+def _query_time(request: web.Request, name: str) -> dt.datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise HTTPError(400, "invalid_query", f"{name}: an ISO 8601 time", field=name) from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _query_int(request: web.Request, name: str, default: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 1 <= int(raw) <= high:
+        raise HTTPError(400, "invalid_query", f"{name}: an integer from 1 to {high}", field=name)
+    return int(raw)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """The jobs the key's scope sees, oldest first from ``since`` or ``cursor``; filters on
+    project, status, agent and creation time. Fan-out children are listed with their parent."""
+    st = request.app[STATE]
+    principal = await st.authenticate(request)
+    await st.limit_key(request, principal)
+    st.require_nats()
+    q = request.query
+    project = q.get("project") or principal.scope.project_id
+    if project is not None and not (subjects.is_token(project) and st.sees(principal, project)):
+        raise HTTPError(404, "project_not_found", f"no project {project[:64]!r}", field="project")
+    status = q.get("status")
+    if status is not None and status not in _STATUSES:
+        raise HTTPError(
+            400, "invalid_query", f"status: one of {', '.join(sorted(_STATUSES))}", field="status"
+        )
+    agent = q.get("agent")
+    since, until = _query_time(request, "since"), _query_time(request, "until")
+    limit = _query_int(request, "limit", 50, 500)
+    cursor = _query_int(request, "cursor", 0, 2**62) or None
+    subject = subjects.job_index(project) if project else "jobindex.>"
+
+    found: list[JobSummary] = []
+    seen: set[str] = set()
+    next_cursor: int | None = None
+    seq, scanned = cursor, 0
+    records = st.job_records
+    assert records is not None
+    with st.nats_errors():
+        while scanned < _SCAN_MAX:
+            stored = await next_message(
+                st.rt.requests, subjects.JOBINDEX, subject, seq=seq or 1, since=None if seq else since
+            )
+            if stored is None:
+                next_cursor = None
+                break
+            scanned += 1
+            seq = next_cursor = stored.seq + 1
+            entry = job_index_decoder.decode(stored.data)
+            owner = stored.subject.removeprefix("jobindex.")
+            if until is not None and entry.created_at > until:
+                next_cursor = None
+                break
+            if entry.job_id in seen or not st.sees(principal, owner):
+                continue
+            if agent is not None and entry.agent != agent:
+                continue
+            got = await records.get(entry.job_id)
+            if got is None:
+                continue  # expired, or never came to be (its publish failed)
+            record = job_record_decoder.decode(got[0])
+            if status is not None and record.status != status:
+                continue
+            seen.add(entry.job_id)
+            found.append(JobSummary.of(record))
+            if len(found) >= limit:
+                break
+    return respond(200, JobList(jobs=found, next_cursor=next_cursor))

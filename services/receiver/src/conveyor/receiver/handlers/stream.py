@@ -17,7 +17,7 @@ import nats.errors
 from aiohttp import web
 from nats.js.kv import KeyValue
 
-from conveyor.receiver.handlers.jobs import load, read_access
+from conveyor.receiver.handlers.jobs import read_access
 from conveyor.receiver.state import RATE_LIMIT, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import encoder, job_record_decoder
@@ -29,12 +29,12 @@ _DELETE_OPS = ("DEL", "PURGE")
 
 def _last_event_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID", "").strip()
-    return int(raw) if raw.isdigit() else None
+    return int(raw) if raw.isascii() and raw.isdigit() else None
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    st, job_id = await read_access(request)
-    await load(st, job_id)  # 404 before the stream starts
+    st, record = await read_access(request)  # 404 before the stream starts
+    job_id = record.job_id
     kv = st.bucket(subjects.KV_JOBS)
     with st.nats_errors():
         # A short inactivity limit: the server drops the watch soon after a client leaves.

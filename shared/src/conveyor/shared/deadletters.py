@@ -32,6 +32,7 @@ DLQ_HEADERS = frozenset(
         subjects.H_ATTEMPTS,
         subjects.H_FAILED_AT,
         subjects.H_LAST_STATUS,
+        subjects.H_PROJECT,
         "Conveyor-Original-Msg-Id",
     )
 )
@@ -48,6 +49,11 @@ class DeadLetter:
     def header(self, name: str) -> str | None:
         lowered = name.lower()
         return next((v for k, v in self.headers.items() if k.lower() == lowered), None)
+
+    @property
+    def project(self) -> str | None:
+        """The owning project (the ``Conveyor-Project`` header); None: an operator's alone."""
+        return self.header(subjects.H_PROJECT)
 
     @property
     def stage(self) -> str:
@@ -96,12 +102,13 @@ async def get(js: JetStreamContext, seq: int) -> DeadLetter | None:
 
 
 async def scan(
-    js: JetStreamContext, filter_subject: str = "dlq.>", *, limit: int = 0
+    js: JetStreamContext, filter_subject: str = "dlq.>", *, limit: int = 0, start: int = 0
 ) -> AsyncIterator[DeadLetter]:
-    """Dead letters matching ``filter_subject`` in sequence order, up to the last one stored
-    when the scan began (a letter dead-lettered again during a replay is not picked up twice)."""
+    """Dead letters matching ``filter_subject`` in sequence order from ``start``, up to the last
+    one stored when the scan began (a letter dead-lettered again during a replay is not picked
+    up twice)."""
     info = await js.stream_info(subjects.DLQ)
-    seq, last, found = info.state.first_seq or 1, info.state.last_seq or 0, 0
+    seq, last, found = max(info.state.first_seq or 1, start), info.state.last_seq or 0, 0
     while seq <= last and (limit <= 0 or found < limit):
         try:
             raw = await js.get_msg(subjects.DLQ, seq, subject=filter_subject, next=True)

@@ -1,0 +1,125 @@
+"""Jobs belong to a project: another project's job answers 404 on every route, lists show only
+what the key's scope owns, and read-only keys read but do not write."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import pytest
+
+ADMIN = {"Authorization": "Bearer admin-test-key"}
+
+
+@pytest.fixture
+async def two(start_receiver, make_project, project_key) -> Any:
+    async with start_receiver() as r:
+        await make_project(r, "alpha", "acme")
+        await make_project(r, "beta", "acme")
+        await make_project(r, "gamma", "globex")
+        r.keys = {p: await project_key(r, p) for p in ("alpha", "beta", "gamma")}  # type: ignore[attr-defined]
+        yield r
+
+
+async def _job(r, headers: dict[str, str], **body: Any) -> str:
+    resp = await r.http.post("/api/jobs", json={"agent": "dev", "prompt": "x", **body}, headers=headers)
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["job_id"])
+
+
+async def test_another_projects_job_is_a_missing_one(two) -> None:
+    alpha, beta = two.keys["alpha"], two.keys["beta"]
+    job = await _job(two, alpha)
+    record = (await two.http.get(f"/api/jobs/{job}", headers=alpha)).json()
+    assert record["project"] == "alpha"
+    for method, path in (
+        ("GET", f"/api/jobs/{job}"),
+        ("GET", f"/api/jobs/{job}/result"),
+        ("GET", f"/api/jobs/{job}/logs"),
+        ("GET", f"/api/jobs/{job}/deliveries"),
+        ("GET", f"/api/jobs/{job}/stream"),
+        ("POST", f"/api/jobs/{job}/cancel"),
+        ("GET", f"/api/agents/status/{job}"),
+        ("GET", f"/api/results/{job}"),
+        ("POST", f"/api/agents/cancel/{job}"),
+    ):
+        theirs = await two.http.request(method, path, headers=beta)
+        missing = await two.http.request(method, path.replace(job, "job_" + "0" * 32), headers=beta)
+        assert theirs.status_code == 404, (path, theirs.text)
+        assert theirs.json()["error"] == missing.json()["error"] == "job_not_found"
+    # The job is still queued: nothing of beta's reached it.
+    assert (await two.http.get(f"/api/jobs/{job}", headers=alpha)).json()["status"] == "queued"
+
+
+async def test_scopes_see_their_own_jobs(two, project_key) -> None:
+    jobs = {p: await _job(two, two.keys[p]) for p in ("alpha", "beta", "gamma")}
+    org_key = await two.http.post(
+        "/api/admin/keys", json={"name": "o", "scope": "org", "org_id": "acme"}, headers=ADMIN
+    )
+    org = {"Authorization": f"Bearer {org_key.json()['key']}"}
+    for project, job in jobs.items():
+        expected = 200 if project in ("alpha", "beta") else 404
+        assert (await two.http.get(f"/api/jobs/{job}", headers=org)).status_code == expected
+        assert (await two.http.get(f"/api/jobs/{job}", headers=ADMIN)).status_code == 200
+
+    async def listed(headers: dict[str, str], query: str = "") -> set[str]:
+        resp = await two.http.get(f"/api/jobs{query}", headers=headers)
+        assert resp.status_code == 200, resp.text
+        return {j["job_id"] for j in resp.json()["jobs"]}
+
+    assert await listed(two.keys["alpha"]) == {jobs["alpha"]}
+    assert await listed(org) == {jobs["alpha"], jobs["beta"]}
+    assert await listed(org, "?project=beta") == {jobs["beta"]}
+    assert await listed(ADMIN) == set(jobs.values())
+    resp = await two.http.get("/api/jobs?project=gamma", headers=org)
+    assert (resp.status_code, resp.json()["field"]) == (404, "project")
+    # An org key submits in a project of its organisation, never another's.
+    assert (await _job(two, org, project="beta")) is not None
+    resp = await two.http.post(
+        "/api/jobs", json={"agent": "dev", "prompt": "x", "project": "gamma"}, headers=org
+    )
+    assert resp.status_code == 404
+    # A read-only key reads and does not write.
+    reader = await project_key(two, "alpha", read_only=True)
+    assert (await two.http.get(f"/api/jobs/{jobs['alpha']}", headers=reader)).status_code == 200
+    resp = await two.http.post(f"/api/jobs/{jobs['alpha']}/cancel", headers=reader)
+    assert (resp.status_code, resp.json()["error"]) == (403, "read_only_key")
+    resp = await two.http.post("/api/jobs", json={"agent": "dev", "prompt": "x"}, headers=reader)
+    assert resp.status_code == 403
+
+
+async def test_job_list_filters_and_pages(two) -> None:
+    alpha = two.keys["alpha"]
+    before = dt.datetime.now(dt.UTC)
+    made = [await _job(two, alpha, agent=agent) for agent in ("dev", "qa", "dev", "qa", "dev")]
+    await asyncio.sleep(0.01)
+    middle = dt.datetime.now(dt.UTC)
+    later = [await _job(two, alpha) for _ in range(2)]
+
+    pages, cursor = [], None
+    while True:
+        query = "?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        body = (await two.http.get(f"/api/jobs{query}", headers=alpha)).json()
+        pages.append([j["job_id"] for j in body["jobs"]])
+        cursor = body["next_cursor"]
+        if cursor is None or not body["jobs"]:
+            break
+    assert [j for page in pages for j in page] == made + later  # oldest first, each once
+    assert all(len(page) <= 3 for page in pages)
+
+    qa = (await two.http.get("/api/jobs?agent=qa", headers=alpha)).json()["jobs"]
+    assert [j["job_id"] for j in qa] == [made[1], made[3]]
+    since = middle.isoformat().replace("+00:00", "Z")
+    recent = (await two.http.get(f"/api/jobs?since={since}", headers=alpha)).json()["jobs"]
+    assert [j["job_id"] for j in recent] == later
+    until = await two.http.get("/api/jobs", params={"until": middle.isoformat()}, headers=alpha)
+    assert [j["job_id"] for j in until.json()["jobs"]] == made
+    queued = (await two.http.get("/api/jobs?status=queued", headers=alpha)).json()["jobs"]
+    assert len(queued) == 7 and all(j["status"] == "queued" for j in queued)
+    assert (await two.http.get("/api/jobs?status=completed", headers=alpha)).json()["jobs"] == []
+    for bad in ("?status=done", "?limit=0", "?since=yesterday", "?cursor=-1"):
+        resp = await two.http.get(f"/api/jobs{bad}", headers=alpha)
+        assert resp.status_code == 400 and resp.json()["error"] == "invalid_query", bad
+    since_before = await two.http.get("/api/jobs", params={"since": before.isoformat()}, headers=alpha)
+    assert [j["job_id"] for j in since_before.json()["jobs"]] == made + later

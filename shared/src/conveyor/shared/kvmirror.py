@@ -1,0 +1,117 @@
+"""A KV bucket kept in memory through a watch: small buckets read on every request.
+
+The watch first replays the bucket (the last value of each key), then streams changes. The
+watch is an ephemeral consumer, which a NATS restart loses without telling the client, so
+it is checked now and then and made again when gone (the new one replays everything, so
+nothing written meanwhile is missed). Values that do not decode are logged and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import msgspec
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class KvMirror(Generic[T]):
+    def __init__(
+        self,
+        kv: KeyValue,
+        name: str,
+        decode: Callable[[bytes], T],
+        *,
+        on_change: Callable[[str, T | None], None] | None = None,
+        check_every_s: float = 5.0,
+    ) -> None:
+        self.kv = kv
+        self.name = name
+        self.decode = decode
+        self.on_change = on_change
+        self.check_every_s = check_every_s
+        self.values: dict[str, T] = {}
+        self.loaded = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, *, timeout: float = 10.0) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"mirror-{self.name}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.loaded.wait(), timeout)
+        if not self.loaded.is_set():
+            log.warning("kv %s still loading after %.0fs; continuing", self.name, timeout)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def put_local(self, key: str, value: T | None) -> None:
+        """What this process just wrote, seen at once (the watch brings it again, harmlessly)."""
+        self._set(key, value)
+
+    def _set(self, key: str, value: T | None) -> None:
+        if value is None:
+            self.values.pop(key, None)
+        else:
+            self.values[key] = value
+        if self.on_change is not None:
+            self.on_change(key, value)
+
+    async def _supervise(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                watcher = await self.kv.watchall()
+            except Exception as exc:
+                log.warning("cannot watch kv %s (%s); retrying", self.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.check_every_s)
+                continue
+            delay = 0.5
+            reader = asyncio.create_task(self._read(watcher))
+            try:
+                while not reader.done():
+                    await asyncio.wait({reader}, timeout=self.check_every_s)
+                    if reader.done():
+                        break
+                    try:
+                        await watcher._sub.consumer_info()
+                    except Exception as exc:
+                        log.warning("watch of kv %s lost (%s); watching again", self.name, exc)
+                        break
+            finally:
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+
+    async def _read(self, watcher: KeyValue.KeyWatcher) -> None:
+        seen: set[str] = set()
+        replaying = True
+        async for entry in watcher:
+            if entry is None:  # the replay is over: keys gone while we were not watching go too
+                if replaying:
+                    for key in [k for k in self.values if k not in seen]:
+                        self._set(key, None)
+                    replaying = False
+                self.loaded.set()
+                continue
+            if replaying:
+                seen.add(entry.key)
+            if entry.operation in (KV_DEL, KV_PURGE):
+                self._set(entry.key, None)
+                continue
+            try:
+                self._set(entry.key, self.decode(entry.value or b""))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("kv %s: key %s does not decode (%s); skipped", self.name, entry.key, exc)
