@@ -176,6 +176,8 @@ def check_secret(setting: str, secret: str, *, standard: bool) -> None:
     short (signing.secret_problem)."""
     if problem := secret_problem(secret, standard=standard):
         raise ValueError(f"{setting}: {problem}")
+
+
 def default_project(settings: Settings) -> Project:
     """The default project as the receiver knows it: the settings that configured Conveyor
     before projects (its webhook secrets stay with the sources they belong to)."""

@@ -261,8 +261,6 @@ async def _write(st: Receiver, old_revision: int, project: Project) -> Project:
 # --- validation --------------------------------------------------------------------------------
 
 
-
-
 def _url_problem(url: str) -> str | None:
     # TODO(merge): the shared callback URL check
     return None if url.startswith(("http://", "https://")) else "must be an absolute http(s) URL"
