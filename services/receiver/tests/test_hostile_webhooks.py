@@ -175,8 +175,11 @@ async def test_a_job_id_cannot_be_computed_from_the_event_id(receiver, lovable) 
         "job_" + hashlib.sha256("\x1f".join(["webhook", "lovable", "evt_public"]).encode()).hexdigest()[:32]
     )
     assert job_id != public
-    assert (await receiver.http.get(f"/api/jobs/{public}")).status_code == 404
-    assert (await receiver.http.get(f"/api/jobs/{job_id}")).status_code == 200
+    admin = {"Authorization": "Bearer admin-test-key"}
+    assert (await receiver.http.get(f"/api/jobs/{public}", headers=admin)).status_code == 404
+    assert (await receiver.http.get(f"/api/jobs/{job_id}", headers=admin)).status_code == 200
+    # And reads need a key by default: knowing a job id is not enough to read it.
+    assert (await receiver.http.get(f"/api/jobs/{job_id}")).status_code == 401
 
 
 async def test_api_job_ids_with_an_idempotency_key_are_keyed_too(receiver) -> None:

@@ -67,11 +67,12 @@ async def test_project_secrets_are_sealed_and_never_shown(tenants, js) -> None:
     assert "callback_secret" not in shown
 
 
-async def test_secrets_need_a_sealing_key(receiver) -> None:
-    resp = await receiver.http.post(
-        "/api/admin/projects", json={"org_id": "default", "name": "x"}, headers=ADMIN
-    )
-    assert (resp.status_code, resp.json()["error"]) == (409, "secrets_unavailable")
+async def test_secrets_need_a_sealing_key(start_receiver) -> None:
+    async with start_receiver(conveyor_secret_keys=None) as r:
+        resp = await r.http.post(
+            "/api/admin/projects", json={"org_id": "default", "name": "x"}, headers=ADMIN
+        )
+        assert (resp.status_code, resp.json()["error"]) == (409, "secrets_unavailable")
 
 
 async def test_each_scope_sees_its_own(tenants) -> None:
