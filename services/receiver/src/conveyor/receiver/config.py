@@ -26,7 +26,8 @@ class WebhookSource(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     name: str
     scheme: Scheme
     secrets: list[Secret] = []
-    """Active secrets; any one verifies (rotation: add the new one, later drop the old)."""
+    """The deployment-wide secrets: the default project's. Any one verifies (rotation: add the
+    new one, later drop the old). Empty: only projects with secrets of their own can send."""
     event_types: list[str] = []
     """Accepted event types. Empty: the scheme's default (lovable: its four; github: pull_request,
     push; standard: any well-formed type)."""
@@ -45,8 +46,6 @@ class WebhookSource(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             raise ValueError(
                 f"webhook source name {self.name!r} must match [A-Za-z0-9_-]{{1,128}}, not 'test'"
             )
-        if not self.secrets:
-            raise ValueError(f"webhook source {self.name!r} has no secrets")
         for net in self.allow_ips:
             ipaddress.ip_network(net, strict=False)
 
@@ -129,7 +128,12 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     it. Never below 1 s, the server's own floor."""
 
     cors_origins: list[str] = []
-    """CORS_ORIGINS: browser origins allowed for the default project (JSON list or comma-separated)."""
+    """CORS_ORIGINS: browser origins allowed for the default project (JSON list)."""
+    unknown_projects: Literal["auto", "reject", "default"] = "auto"
+    """UNKNOWN_PROJECTS: a webhook whose signed project (Lovable's project_id, GitHub's repository)
+    no project claims: ``reject`` answers 422 unknown_project; ``default`` gives it to the default
+    project when it verifies with the source's own secrets; ``auto`` is ``default`` for sources
+    that have secrets of their own (deployments configured before projects) and ``reject`` else."""
 
     def __post_init__(self) -> None:
         for net in filter(None, (p.strip() for p in self.trusted_proxies.split(","))):

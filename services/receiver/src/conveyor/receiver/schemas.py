@@ -32,12 +32,15 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool = False
 
 
-class Ignored(msgspec.Struct, frozen=True, kw_only=True):
-    """202 for a verified webhook whose event type no route wants."""
+class Ignored(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """202 for a verified webhook that is not run: its event type no route wants (ignored), or
+    its project is disabled (disabled: enabling the project makes the next one run)."""
 
-    status: Literal["ignored"]
+    status: Literal["ignored", "disabled"]
     event: str
     delivery_id: str
+    project: str | None = None
+    message: str | None = None
 
 
 class JobCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -32,6 +32,7 @@ from conveyor.receiver.config import (
 )
 from conveyor.shared import signing, subjects
 from conveyor.shared.config import Secret
+from conveyor.shared.events import NOT_JSON
 from conveyor.shared.http import HTTPError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -76,6 +77,25 @@ class GithubWebhook(_Prompts, frozen=True, kw_only=True):
     data: Any = None  # GitHub sends none; a body that has one could carry a prompt in it
 
 
+class _LovableProject(msgspec.Struct):
+    project_id: str | None = None
+
+
+class _GithubRepository(msgspec.Struct):
+    full_name: str | None = None
+
+
+class _GithubInstallation(msgspec.Struct):
+    id: int | None = None
+
+
+class _GithubProject(msgspec.Struct):
+    repository: _GithubRepository | None = None
+    installation: _GithubInstallation | None = None
+
+
+_lovable_project = msgspec.json.Decoder(_LovableProject)
+_github_project = msgspec.json.Decoder(_GithubProject)
 _lovable_decoder = msgspec.json.Decoder(LovableWebhook)
 _standard_decoder = msgspec.json.Decoder(StandardWebhook)
 _github_decoder = msgspec.json.Decoder(GithubWebhook)
@@ -115,21 +135,51 @@ class Source:
             return False
         return any(ip in net for net in self.networks)
 
-    def verify(self, headers: Mapping[str, str], body: bytes, now: float | None = None) -> Inbound:
-        """Authenticate then parse; signature problems come before body problems."""
+    def verify(
+        self,
+        headers: Mapping[str, str],
+        body: bytes,
+        now: float | None = None,
+        secrets: tuple[str, ...] | None = None,
+    ) -> Inbound:
+        """Authenticate then parse; signature problems come before body problems. ``secrets``:
+        the project's, when the webhook names one that has its own (else the source's)."""
         now = time.time() if now is None else now
+        keys = self.secrets if secrets is None else secrets
+        if not keys:
+            raise _unauthorized("no secret is configured to verify this webhook")
         if self.scheme == "lovable":
-            return self._lovable(headers, body, now)
+            return self._lovable(headers, body, now, keys)
         if self.scheme == "github":
-            return self._github(headers, body)
-        return self._standard(headers, body, now)
+            return self._github(headers, body, keys)
+        return self._standard(headers, body, now, keys)
+
+    def external_ids(self, body: bytes) -> tuple[str, ...]:
+        """What in the body names the sender's project, as project external ids, read before the
+        signature is checked (it only picks the secrets to check it with: a body that verifies
+        with a project's secret is that project's). Empty: the body names none."""
+        try:
+            if self.scheme == "lovable":
+                lovable = _lovable_project.decode(body).project_id
+                return (f"{self.name}:{lovable}",) if lovable else ()
+            if self.scheme == "github":
+                gh = _github_project.decode(body)
+                found = []
+                if gh.repository is not None and gh.repository.full_name:
+                    found.append(f"{self.name}:{gh.repository.full_name}")
+                if gh.installation is not None and gh.installation.id is not None:
+                    found.append(f"{self.name}-installation:{gh.installation.id}")
+                return tuple(found)
+        except NOT_JSON:
+            pass
+        return ()
 
     # --- schemes ------------------------------------------------------------------------------
 
-    def _lovable(self, headers: Mapping[str, str], body: bytes, now: float) -> Inbound:
+    def _lovable(self, headers: Mapping[str, str], body: bytes, now: float, keys: tuple[str, ...]) -> Inbound:
         try:
             signing.lovable_verify(
-                self.secrets,
+                keys,
                 body,
                 headers.get("X-Lovable-Timestamp"),
                 headers.get("X-Lovable-Signature"),
@@ -146,9 +196,9 @@ class Source:
         self._check_prompts(parsed, parsed.data)
         return Inbound(delivery, delivery, event_type, parsed.project_id)
 
-    def _github(self, headers: Mapping[str, str], body: bytes) -> Inbound:
+    def _github(self, headers: Mapping[str, str], body: bytes, keys: tuple[str, ...]) -> Inbound:
         try:
-            signing.github_verify(self.secrets, body, headers.get("X-Hub-Signature-256"))
+            signing.github_verify(keys, body, headers.get("X-Hub-Signature-256"))
         except signing.SignatureError as exc:
             raise _unauthorized(exc.reason) from None
         event = headers.get("X-GitHub-Event")
@@ -166,11 +216,11 @@ class Source:
         self._check_prompts(parsed, parsed.data)
         return Inbound(delivery, dedupe, event, None)
 
-    def _standard(self, headers: Mapping[str, str], body: bytes, now: float) -> Inbound:
+    def _standard(
+        self, headers: Mapping[str, str], body: bytes, now: float, keys: tuple[str, ...]
+    ) -> Inbound:
         try:
-            msg_id = signing.standard_verify(
-                self.secrets, body, headers, tolerance_s=self.tolerance_s, now=now
-            )
+            msg_id = signing.standard_verify(keys, body, headers, tolerance_s=self.tolerance_s, now=now)
         except signing.SignatureError as exc:
             raise _unauthorized(exc.reason) from None
         parsed = decode_json(_standard_decoder, body)
@@ -266,8 +316,9 @@ def build_sources(settings: Settings) -> dict[str, Source]:
     configs: dict[str, WebhookSource] = {s.name: s for s in settings.webhook_sources}
     shortcuts = (("lovable", settings.lovable_webhook_secret), ("github", settings.github_webhook_secret))
     for name, secret in shortcuts:
-        if secret and name not in configs:
-            cfg = {"name": name, "scheme": name, "secrets": split_secrets(secret)}
+        # Always there: projects may bring secrets of their own where the deployment has none.
+        if name not in configs:
+            cfg = {"name": name, "scheme": name, "secrets": split_secrets(secret) if secret else []}
             configs[name] = msgspec.convert(cfg, WebhookSource, dec_hook=_secret)
     return {name: _source(cfg, settings.max_prompt_chars) for name, cfg in configs.items()}
 

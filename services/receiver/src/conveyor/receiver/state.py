@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,9 +31,11 @@ from conveyor.shared.jsrequests import EXPECTED_STREAM, PubAck, is_key_exists
 from conveyor.shared.kvbucket import Bucket
 from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.runner import Runtime
-from conveyor.shared.sealing import Sealer
+from conveyor.shared.sealing import Sealer, SealingError
 from conveyor.shared.telemetry import inject_headers
 from conveyor.shared.tenancy import DEFAULT_PROJECT, Directory, Project
+
+log = logging.getLogger(__name__)
 
 CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
@@ -80,6 +84,7 @@ class Receiver:
     directory: Directory = field(default_factory=lambda: Directory(Project.default()))
     sealer: Sealer = field(default_factory=lambda: Sealer([]))
     projects: KvMirror[Project] | None = None
+    _opened: dict[tuple[str, str], tuple[dt.datetime, tuple[str, ...]]] = field(default_factory=dict)
 
     def projects_mirror_put(self, project_id: str, project: Project | None) -> None:
         """A project this replica just wrote, seen here at once (others see it through the watch)."""
@@ -185,6 +190,43 @@ class Receiver:
         return principal
 
     # --- projects ---------------------------------------------------------------------------
+
+    def webhook_project(self, source: Source, body: bytes) -> tuple[Project, tuple[str, ...]]:
+        """The project a webhook is for and the secrets that must verify it: the project its
+        signed body names (its own secrets for this source, else the source's), or the default
+        project with the source's secrets (see UNKNOWN_PROJECTS). 422 when neither applies."""
+        external = source.external_ids(body)
+        for x in external:
+            project = self.directory.resolve(x)
+            if project is not None:
+                return project, self._webhook_secrets(project, source) or source.secrets
+        policy = self.settings.unknown_projects
+        if policy == "default" or (policy == "auto" and source.secrets) or not external:
+            return self.directory.default, source.secrets
+        raise HTTPError(
+            422,
+            "unknown_project",
+            f"no project is set up for {external[0][:120]!r}; ask the operator to add it",
+            field="project_id",
+        )
+
+    def _webhook_secrets(self, project: Project, source: Source) -> tuple[str, ...]:
+        """A project's secrets for ``source``, opened once per version of the project."""
+        cached = self._opened.get((project.project_id, source.name))
+        if cached is not None and cached[0] == project.updated_at:
+            return cached[1]
+        sealed = project.webhook_secrets.get(source.name, [])
+        where = f"project/{project.project_id}/webhook/{source.name}"
+        try:
+            opened = tuple(self.sealer.open(s, where) for s in sealed)
+        except SealingError as exc:
+            # An operator's mistake (a key dropped too early), not the sender's: retry later.
+            log.error("project %s: webhook secrets do not open: %s", project.project_id, exc)
+            raise self.unavailable("this project's webhook secrets cannot be read") from None
+        if len(self._opened) > 10_000:
+            self._opened.clear()
+        self._opened[(project.project_id, source.name)] = (project.updated_at, opened)
+        return opened
 
     def sees(self, principal: Principal | None, project: str) -> bool:
         """Whether the caller may see an object of ``project``. Anonymous readers (only when

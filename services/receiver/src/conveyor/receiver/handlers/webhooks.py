@@ -124,11 +124,23 @@ async def _take(call: Call, st: Receiver, source: Source) -> Answer:
         raise HTTPError(403, "forbidden_address", "this address may not send to this source")
     st.require_nats()
     body = await call.body()
-    inbound = source.verify(call.headers, body)
+    project, secrets = st.webhook_project(source, body)
+    inbound = source.verify(call.headers, body, secrets=secrets)
     if inbound.ignored:
         st.metrics.webhook(name, "ignored").inc()
         ignored = Ignored(status="ignored", event=inbound.event_type, delivery_id=inbound.delivery_id)
         return Answer(202, encoder.encode(ignored))
+    if not project.enabled:
+        # Answered, so the sender does not retry; not run until the project is enabled.
+        st.metrics.webhook(name, "disabled").inc()
+        disabled = Ignored(
+            status="disabled",
+            event=inbound.event_type,
+            delivery_id=inbound.delivery_id,
+            project=project.project_id,
+            message="this project is disabled: the webhook was verified and not run",
+        )
+        return Answer(202, encoder.encode(disabled))
     # The signed project id, never a header: a replayer must not pick its own bucket.
     call.rate_limit = await st.limit_webhook(name, inbound.project_id, call.address)
     if call.rate_limit is not None:
@@ -136,6 +148,7 @@ async def _take(call: Call, st: Receiver, source: Source) -> Answer:
 
     job_id = ids.job_id_for_delivery(st.job_id_key, name, inbound.dedupe_key)
     now = utcnow()
+    callback_url = source.callback_url if project is st.directory.default else project.callback_for(name)
     event = WebhookEvent(
         event_id=inbound.delivery_id,
         job_id=job_id,
@@ -144,8 +157,9 @@ async def _take(call: Call, st: Receiver, source: Source) -> Answer:
         received_at=now,
         payload=msgspec.Raw(body),
         project_id=inbound.project_id,
-        callback_url=source.callback_url,
+        callback_url=callback_url,
         correlation_id=call.correlation,
+        project=project.project_id,
     )
     record = JobRecord(
         job_id=job_id,
@@ -155,7 +169,8 @@ async def _take(call: Call, st: Receiver, source: Source) -> Answer:
         source=name,
         event_type=inbound.event_type,
         project_id=inbound.project_id,
-        callback_url=source.callback_url,
+        callback_url=callback_url,
+        project=project.project_id,
     )
     duplicate = await st.accept(
         subject=st.event_subject(name, inbound.event_type),
