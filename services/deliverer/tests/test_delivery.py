@@ -578,3 +578,50 @@ async def test_a_parking_failure_falls_back_to_waiting_unacknowledged(
         "deliverer_messages_total", {"consumer": subjects.DELIVERER, "outcome": "retried"}
     )
     assert metrics == 1.0
+
+
+# --- hostile callback URLs and answers ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        (f"http://{'a' * 64}.example/cb", "longer than 63 characters"),
+        ("http://hooks..example/cb", "empty label"),
+        ("http://" + "a." * 127 + "example/cb", "longer than 253 characters"),
+        ("http://2130706433/cb", "ends in a number"),  # 127.0.0.1 in disguise
+        ("http://xn--zz.example/cb", "not valid punycode"),
+    ],
+)
+async def test_a_callback_url_that_cannot_be_dialled_is_dead_lettered_at_once(
+    nats_url: str,
+    js: JetStreamContext,
+    publish_result: Any,
+    registry: CollectorRegistry,
+    url: str,
+    why: str,
+) -> None:
+    async with deliverer(settings(nats_url, callback_max_attempts=5), registry):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_undiallable", url)
+        log = await log_when(kv, "job_undiallable", ["dead_lettered"])
+
+        async def dead() -> Any:
+            return await js.get_last_msg(subjects.DLQ, "dlq.deliver.results.job_undiallable")
+
+        letter = await eventually(dead)
+        await assert_settled(js)
+    error = log.attempts[0].error
+    assert error is not None and error.startswith("invalid callback URL") and why in error
+    h = letter.headers or {}
+    assert h[subjects.H_ATTEMPTS] == "1" and why in h[subjects.H_ERROR]
+    # Permanent: settled once as a dead letter, never an unexpected error retried.
+    for outcome in ("error", "retried"):
+        sample = {"consumer": subjects.DELIVERER, "outcome": outcome}
+        assert not registry.get_sample_value("deliverer_messages_total", sample)
+    assert (
+        registry.get_sample_value(
+            "deliverer_messages_total", {"consumer": subjects.DELIVERER, "outcome": "dead_lettered"}
+        )
+        == 1.0
+    )

@@ -180,6 +180,8 @@ async def test_invalid_urls_are_refused() -> None:
             "http:///nohost",
             "file:///etc/passwd",
             "http://2130706433/",
+            f"http://{'a' * 64}.example/",
+            "http://a..example/",
         ):
             attempt = await post(client, url, b"{}", {}, timeout_s=2)
             assert attempt.kind == "refused", (url, attempt)

@@ -102,6 +102,37 @@ INVALID = {
         422,
         "callback_url",
     ),
+    # Parseable, but no resolver can take the host: refused here, not dead-lettered later.
+    "callback host label over 63": (
+        {"agent": "dev", "prompt": "x", "callback_url": f"https://{'a' * 64}.example/cb"},
+        422,
+        "callback_url",
+    ),
+    "callback host with an empty label": (
+        {"agent": "dev", "prompt": "x", "callback_url": "https://hooks..example/cb"},
+        422,
+        "callback_url",
+    ),
+    "callback host over 253": (
+        {"agent": "dev", "prompt": "x", "callback_url": "https://" + "a." * 124 + "example/cb"},
+        422,
+        "callback_url",
+    ),
+    "callback host with a bad character": (
+        {"agent": "dev", "prompt": "x", "callback_url": "https://hooks%2e.example/cb"},
+        422,
+        "callback_url",
+    ),
+    "callback host a number": (
+        {"agent": "dev", "prompt": "x", "callback_url": "http://2130706433/cb"},
+        422,
+        "callback_url",
+    ),
+    "callback host not IDNA": (
+        {"agent": "dev", "prompt": "x", "callback_url": "https://" + "é" * 70 + ".example/cb"},
+        422,
+        "callback_url",
+    ),
     "input not an object": ({"agent": "dev", "prompt": "x", "input": [1]}, 422, "input"),
     "unknown field": ({"agent": "dev", "prompt": "x", "colour": "red"}, 422, "colour"),
 }

@@ -82,4 +82,12 @@ async def test_validation_and_auth(receiver, new_key, bus) -> None:
     for body in ({"url": "not a url"}, {"url": "ftp://x.test/"}, {"uri": "https://x.test"}, {"url": ""}):
         resp = await receiver.http.post("/api/webhooks/test", json=body, headers=h)
         assert resp.status_code == 422, body
+    # Parseable, but no resolver can take the host: refused with the reason.
+    for url, why in (
+        (f"https://{'a' * 64}.x.test/", "longer than 63 characters"),
+        ("https://hooks..x.test/", "empty label"),
+    ):
+        resp = await receiver.http.post("/api/webhooks/test", json={"url": url}, headers=h)
+        assert resp.status_code == 422 and resp.json()["field"] == "url", resp.text
+        assert why in resp.json()["message"]
     assert await bus.count(subjects.CONTROL) == 0

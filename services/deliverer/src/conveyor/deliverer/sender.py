@@ -20,10 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from yarl import URL
-
 from conveyor.deliverer.http_client import CallbackClient, ProtocolError, Target, UnsendableHeader
 from conveyor.deliverer.ssrf import AddressPolicy, BlockedAddressError
+from conveyor.shared.urls import InvalidCallbackURL, check_callback_url
 
 Kind = Literal["ok", "retry", "final", "refused"]
 
@@ -67,15 +66,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 @functools.lru_cache(maxsize=4096)
 def _parse(url: str) -> Target | str:
-    """Where the URL's POST goes, or why it cannot be a callback URL. Cached: most results go
-    to a few URLs, and parsing one costs about as much as signing the body."""
+    """Where the URL's POST goes, or why it cannot be a callback URL (conveyor.shared.urls, the
+    receiver's check too). Cached: most results go to a few URLs, and parsing one costs about as
+    much as signing the body."""
     try:
-        parsed = URL(url)
-        host, port, host_header = parsed.raw_host, parsed.port, parsed.host_port_subcomponent
-    except (ValueError, TypeError) as exc:
+        parsed = check_callback_url(url)
+    except InvalidCallbackURL as exc:
         return f"invalid callback URL: {exc}"
-    if parsed.scheme not in ("http", "https"):
-        return f"invalid callback URL: scheme {parsed.scheme!r} (want http or https)"
+    host, port, host_header = parsed.raw_host, parsed.port, parsed.host_port_subcomponent
     if not host or port is None or not host_header:
         return "invalid callback URL: no host"
     auth = None

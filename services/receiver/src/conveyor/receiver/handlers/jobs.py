@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 
 import msgspec
 import nats.js.errors
@@ -27,6 +26,7 @@ from conveyor.shared.events import (
     utcnow,
 )
 from conveyor.shared.http import HTTPError
+from conveyor.shared.urls import callback_url_problem
 
 _job_create_decoder = msgspec.json.Decoder(JobCreate)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
@@ -37,11 +37,8 @@ def _invalid(field: str, message: str) -> HTTPError:
 
 
 def valid_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
+    """A URL the deliverer can call back: the deliverer's own check (conveyor.shared.urls)."""
+    return callback_url_problem(url) is None
 
 
 async def create(request: web.Request) -> web.Response:
@@ -59,8 +56,8 @@ async def create(request: web.Request) -> web.Response:
         )
     if len(body.prompt) > st.settings.max_prompt_chars:
         raise _invalid("prompt", f"longer than {st.settings.max_prompt_chars} characters")
-    if body.callback_url is not None and not valid_url(body.callback_url):
-        raise _invalid("callback_url", "must be an absolute http(s) URL")
+    if body.callback_url is not None and (problem := callback_url_problem(body.callback_url)):
+        raise _invalid("callback_url", problem)
 
     key = request.headers.get("Idempotency-Key")
     if key is None:
