@@ -1,10 +1,10 @@
-"""conveyor.shared.urls: the callback URL check shared by receiver and deliverer."""
+"""conveyor.shared.urls: the callback URL check shared by receiver and deliverer, and redaction."""
 
 from __future__ import annotations
 
 import pytest
 
-from conveyor.shared.urls import callback_url_problem, check_callback_url
+from conveyor.shared.urls import callback_url_problem, check_callback_url, redact_url
 
 
 @pytest.mark.parametrize(
@@ -63,3 +63,20 @@ def test_check_gives_the_parsed_url() -> None:
     parsed = check_callback_url("https://u:p@Hooks.Example.com:8443/in?q=1")
     got = (parsed.raw_host, parsed.port, parsed.user, parsed.password)
     assert got == ("hooks.example.com", 8443, "u", "p")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:pass@host/x?a=b@c", "https://user:***@host/x?a=b@c"),
+        ("https://token@host/x", "https://***@host/x"),  # a lone user name is a token
+        ("https://user:@host/", "https://user:***@host/"),
+        ("https://u:p@x@host/", "https://u:***@host/"),  # the last '@' ends the user info
+        ("https://host/a@b", "https://host/a@b"),  # an '@' in the path is not user info
+        ("nats://user:pass@nats:4222", "nats://user:***@nats:4222"),
+        ("user:pass@nats:4222", "user:***@nats:4222"),  # NATS takes it without a scheme
+        ("https://host/", "https://host/"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

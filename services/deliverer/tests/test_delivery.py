@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
+import logging
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -581,6 +583,49 @@ async def test_a_parking_failure_falls_back_to_waiting_unacknowledged(
 
 
 # --- hostile callback URLs and answers ------------------------------------------------------
+
+
+def basic(userinfo: bytes) -> str:
+    return "Basic " + base64.b64encode(userinfo).decode()
+
+
+async def test_credentials_in_the_url_go_as_basic_auth_and_are_never_stored_or_logged(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sink.plan = [500, 200]
+    with_password = f"http://cb-user:pa%3Ass-w0rd@127.0.0.1:{sink.port}/cb"
+    with_token = f"http://tok-3n@127.0.0.1:{sink.port}/cb"  # the user part is the secret
+    async with deliverer(settings(nats_url, callback_max_attempts=3)):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_creds", with_password)
+        log = await log_when(kv, "job_creds", ["retry", "delivered"])
+        sink.status = 400  # final at once: dead-lettered
+        published = await publish_result("job_token", with_token)
+        dead_log = await log_when(kv, "job_token", ["dead_lettered"])
+
+        async def dead() -> Any:
+            return await js.get_last_msg(subjects.DLQ, "dlq.deliver.results.job_token")
+
+        letter = await eventually(dead)
+        stored = [(await kv.get(k)).value or b"" for k in ("job_creds", "job_token")]
+
+    # Sent: every attempt carries the credentials as Basic auth, the password percent-decoded.
+    assert [r.headers.get("authorization") for r in sink.requests] == [
+        basic(b"cb-user:pa:ss-w0rd"),
+        basic(b"cb-user:pa:ss-w0rd"),
+        basic(b"tok-3n:"),
+    ]
+    # Stored and shown: the URL with the password (or the lone token) hidden.
+    assert [a.url for a in log.attempts] == [f"http://cb-user:***@127.0.0.1:{sink.port}/cb"] * 2
+    assert dead_log.attempts[0].url == f"http://***@127.0.0.1:{sink.port}/cb"
+    error = (letter.headers or {})[subjects.H_ERROR]
+    assert f"http://***@127.0.0.1:{sink.port}/cb" in error
+    for secret in ("pa%3Ass-w0rd", "pa:ss-w0rd", "ss-w0rd", "tok-3n"):
+        assert all(secret.encode() not in value for value in stored), secret
+        assert secret not in error
+        assert secret not in caplog.text, secret
+    assert letter.data == published  # the message itself keeps them: a replay must send them
 
 
 @pytest.mark.parametrize(

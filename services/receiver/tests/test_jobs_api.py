@@ -149,6 +149,31 @@ async def test_submit_validation_names_the_field(name: str, receiver, new_key, b
     await bus.assert_nothing_accepted()
 
 
+async def test_callback_credentials_are_sent_on_but_never_shown(receiver, new_key, js) -> None:
+    key = await new_key(receiver)
+    url = "https://cb-user:s3cret-pw@cb.test/x"
+    body = {"agent": "qa", "prompt": "check", "callback_url": url}
+    created = await receiver.http.post("/api/jobs", json=body, headers=auth(key))
+    assert created.status_code == 202, created.text
+    job = created.json()
+    # The executor gets them, for the deliverer to send as Basic auth ...
+    request = job_request_decoder.decode((await js.get_last_msg(subjects.JOBS, "jobs.run.qa")).data)
+    assert request.callback_url == url
+    # ... readers never do: the record, its seed alias and its stream show the URL redacted.
+    shown = "https://cb-user:***@cb.test/x"
+    record = await receiver.http.get(job["status_url"], headers=auth(key))
+    assert record.json()["callback_url"] == shown
+    alias = await receiver.http.get(f"/api/agents/status/{job['job_id']}", headers=auth(key))
+    assert alias.json()["callback_url"] == shown
+    async with receiver.http.stream("GET", job["stream_url"], headers=auth(key)) as resp:
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                assert '"callback_url":"https://cb-user:***@cb.test/x"' in line
+                break
+    for text in (record.text, alias.text):
+        assert "s3cret" not in text
+
+
 async def test_submit_body_errors(receiver, new_key, bus) -> None:
     key = await new_key(receiver)
     h = auth(key)

@@ -1,5 +1,5 @@
 """Callback URLs: the one validation the receiver (at submission) and the deliverer (before
-dialling) share.
+dialling) share, and the redaction of credentials in any URL that is stored readable or logged.
 
 Validation: an absolute http(s) URL whose host is an IP literal or a host name the resolver can
 take: labels of 1-63 letters, digits, ``-`` (not first or last) or ``_``, at most 253
@@ -7,6 +7,9 @@ characters in all (IDNA-encoded), not ending in a number (``http://2130706433/``
 ``http://127.1/`` are IPv4 addresses in disguise), non-ASCII names IDNA-encodable and ``xn--``
 labels valid punycode; a port from 1 to 65535. Whether the address is one callbacks may reach
 is the SSRF guard's question, asked by the deliverer on every connection.
+
+Redaction: user info is shown as ``user:***@`` when it has a password and ``***@`` when it
+has none (``nats://token@host``, ``https://apikey@host``: the user part is the secret).
 """
 
 from __future__ import annotations
@@ -94,3 +97,27 @@ def callback_url_problem(url: str) -> str | None:
     except InvalidCallbackURL as exc:
         return str(exc)
     return None
+
+
+# scheme://authority; the authority ends at the path, query, fragment or whitespace.
+_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#\s]*)")
+
+
+def _hidden(authority: str) -> str:
+    userinfo, at, hostport = authority.rpartition("@")  # the last '@' ends the user info
+    if not at:
+        return authority
+    user, colon, _ = userinfo.partition(":")
+    return f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password (or a lone user name: a token) of its user info hidden.
+    Works on any string; one without a scheme is taken as ``[userinfo@]host...`` (NATS's
+    ``user:pass@host:4222`` form)."""
+    if "@" not in url:
+        return url  # most URLs: no user info, nothing to hide
+    if "://" in url:
+        return _AUTHORITY.sub(lambda m: m.group(1) + _hidden(m.group(2)), url, count=1)
+    authority, slash, rest = url.partition("/")
+    return _hidden(authority) + slash + rest

@@ -22,7 +22,7 @@ from typing import Literal
 
 from conveyor.deliverer.http_client import CallbackClient, ProtocolError, Target, UnsendableHeader
 from conveyor.deliverer.ssrf import AddressPolicy, BlockedAddressError
-from conveyor.shared.urls import InvalidCallbackURL, check_callback_url
+from conveyor.shared.urls import InvalidCallbackURL, check_callback_url, redact_url
 
 Kind = Literal["ok", "retry", "final", "refused"]
 
@@ -90,9 +90,10 @@ def check_url(url: str) -> str | None:
 
 
 def endpoint_of(url: str) -> str:
-    """The circuit-breaker key: scheme://host:port (a host that is down is down for all paths)."""
+    """The circuit-breaker key: scheme://host:port (a host that is down is down for all paths).
+    It is logged: no user info, and an invalid URL's is redacted."""
     parsed = _parse(url)
-    return url if isinstance(parsed, str) else f"{parsed.scheme}://{parsed.host}:{parsed.port}"
+    return redact_url(url) if isinstance(parsed, str) else f"{parsed.scheme}://{parsed.host}:{parsed.port}"
 
 
 def _snippet(data: bytes) -> str:

@@ -32,6 +32,7 @@ from conveyor.shared.events import DeliveryAttempt, JobResult, encoder, job_resu
 from conveyor.shared.logs import bound
 from conveyor.shared.signing import standard_headers
 from conveyor.shared.telemetry import exporting, inject_headers, message_span
+from conveyor.shared.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class DeliverCallback:
             outcome = "dead_lettered"
         record = DeliveryAttempt(
             at=at,
-            url=url,
+            url=redact_url(url),  # read by API callers: the credentials stay in the JobResult
             status_code=result.status_code,
             latency_ms=round(result.latency_s * 1000, 3),
             error=result.error,
@@ -175,7 +176,7 @@ class DeliverCallback:
             await self.later(msg, job, delay, why, status_code=result.status_code)
             return
         raise PermanentError(
-            f"{result.error} (attempt {number} of {self.policy.max_attempts}, {url})",
+            f"{result.error} (attempt {number} of {self.policy.max_attempts}, {redact_url(url)})",
             status_code=result.status_code,
             attempts=number,
             # A parked result is filed where the executor put it, and a replay goes back there.

@@ -26,7 +26,7 @@ from conveyor.shared.events import (
     utcnow,
 )
 from conveyor.shared.http import HTTPError
-from conveyor.shared.urls import callback_url_problem
+from conveyor.shared.urls import callback_url_problem, redact_url
 
 _job_create_decoder = msgspec.json.Decoder(JobCreate)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
@@ -39,6 +39,16 @@ def _invalid(field: str, message: str) -> HTTPError:
 def valid_url(url: str) -> bool:
     """A URL the deliverer can call back: the deliverer's own check (conveyor.shared.urls)."""
     return callback_url_problem(url) is None
+
+
+def shown(record: JobRecord) -> JobRecord:
+    """The record as readers get it: the callback URL's credentials hidden. The stored record
+    keeps them, because the executor publishes the job's result (for the deliverer, which sends
+    them as Basic auth) from it."""
+    url = record.callback_url
+    if url is None or "@" not in url:
+        return record
+    return msgspec.structs.replace(record, callback_url=redact_url(url))
 
 
 async def create(request: web.Request) -> web.Response:
@@ -143,7 +153,7 @@ async def read_access(request: web.Request) -> tuple[Receiver, str]:
 async def get(request: web.Request) -> web.Response:
     st, job_id = await read_access(request)
     record, _ = await load(st, job_id)
-    return respond(200, record)
+    return respond(200, shown(record))
 
 
 async def result(request: web.Request) -> web.Response:

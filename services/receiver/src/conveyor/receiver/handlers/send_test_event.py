@@ -22,7 +22,7 @@ from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import DeliveryLog, SendTestEvent, delivery_log_decoder, encoder, utcnow
 from conveyor.shared.http import HTTPError
-from conveyor.shared.urls import callback_url_problem
+from conveyor.shared.urls import callback_url_problem, redact_url
 
 _create_decoder = msgspec.json.Decoder(TestSendCreate)
 _FINAL = {"delivered", "failed", "dead_lettered", "skipped"}
@@ -82,7 +82,7 @@ async def create(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + st.settings.test_send_wait_s
     while True:
-        outcome = _outcome(st, test_id, body.url, await _read(st, test_id))
+        outcome = _outcome(st, test_id, redact_url(body.url), await _read(st, test_id))
         if outcome.status != "pending":
             return respond(200, outcome)
         if loop.time() >= deadline or st.rt.stopping.is_set():
