@@ -220,6 +220,7 @@ async def test_client_errors_and_redirects_are_final_at_once(
         await publish_result("job_302", sink.url())
         log = await log_when(kv, "job_302", ["dead_lettered"])
         assert log.attempts[0].error is not None and "not followed" in log.attempts[0].error
+        assert "elsewhere" not in log.attempts[0].error  # where it points is logged, not stored
         dead = await js.get_last_msg(subjects.DLQ, "dlq.deliver.results.job_302")
         assert (dead.headers or {})[subjects.H_LAST_STATUS] == "302"
         assert (dead.headers or {})[subjects.H_ATTEMPTS] == "1"
@@ -626,6 +627,45 @@ async def test_credentials_in_the_url_go_as_basic_auth_and_are_never_stored_or_l
         assert secret not in error
         assert secret not in caplog.text, secret
     assert letter.data == published  # the message itself keeps them: a replay must send them
+
+
+PAGE = b"internal-only: db password hunter2 " + b"x" * 400
+
+
+async def test_answers_are_logged_but_never_stored_where_the_api_reads(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed answer's body is what the deliverer read from the URL: kept out of the attempt
+    log (GET /api/jobs/{id}/deliveries, POST /api/webhooks/test) and the DLQ headers, or a
+    caller could use the deliverer to read pages back."""
+    caplog.set_level(logging.INFO)
+    sink.answer_body = PAGE
+    sink.plan = [503]
+    sink.status = 404
+    async with deliverer(settings(nats_url, callback_max_attempts=3)):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_echo", sink.url())
+        log = await log_when(kv, "job_echo", ["retry", "dead_lettered"])
+
+        async def dead() -> Any:
+            return await js.get_last_msg(subjects.DLQ, "dlq.deliver.results.job_echo")
+
+        letter = await eventually(dead)
+        req = events.SendTestEvent(id="echo", url=sink.url("/hook"), requested_at=utcnow())
+        await js.publish(subjects.control(subjects.TEST_SEND_VERB, "echo"), encoder.encode(req))
+        test_log = await log_when(kv, "test_echo", ["failed"])
+        stored = [(await kv.get(k)).value or b"" for k in ("job_echo", "test_echo")]
+
+    assert [a.error for a in log.attempts] == ["HTTP 503", "HTTP 404"]
+    assert [a.status_code for a in log.attempts] == [503, 404]
+    assert test_log.attempts[0].error == "HTTP 404"
+    assert all(b"hunter2" not in value for value in stored)
+    assert all("hunter2" not in v for v in (letter.headers or {}).values())
+    # The operator still sees what the endpoint said, cut to 200 bytes: the retry's parking
+    # line, the dead letter's line and the test send's line.
+    lines = [r.getMessage() for r in caplog.records if "hunter2" in r.getMessage()]
+    assert len(lines) == 3, lines
+    assert all(PAGE[:200].decode() in line and PAGE[:201].decode() not in line for line in lines)
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,9 @@ class SendTestEvent:
         result = await post(self.client, req.url, body, headers, timeout_s=self.settings.callback_timeout_s)
         ok = result.kind == "ok"
         self.metrics.test_outcome["delivered" if ok else "failed"].inc()
-        log.info("test send %s to %s: %s", req.id, shown, "delivered" if ok else result.error)
+        outcome = "delivered" if ok else result.error
+        answered = f" (answered: {result.answer})" if result.answer else ""
+        log.info("test send %s to %s: %s%s", req.id, shown, outcome, answered)
         record = DeliveryAttempt(
             at=at,
             url=shown,
