@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.shared.urls import callback_url_problem, check_callback_url, redact_url
+from conveyor.shared.urls import callback_url_problem, check_callback_url, redact_url, redact_urls
 
 
 @pytest.mark.parametrize(
@@ -80,3 +80,8 @@ def test_check_gives_the_parsed_url() -> None:
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_redact_urls_hides_every_server_of_a_list() -> None:
+    servers = "nats://u:s3cret@n1:4222, nats://t0ken@n2:4222,n3:4222"
+    assert redact_urls(servers) == "nats://u:***@n1:4222, nats://***@n2:4222,n3:4222"

@@ -121,3 +121,9 @@ def redact_url(url: str) -> str:
         return _AUTHORITY.sub(lambda m: m.group(1) + _hidden(m.group(2)), url, count=1)
     authority, slash, rest = url.partition("/")
     return _hidden(authority) + slash + rest
+
+
+def redact_urls(servers: str) -> str:
+    """A comma-separated server list (``NATS_URL``) with every entry's credentials hidden;
+    split as the runner splits it to connect."""
+    return ",".join(redact_url(part) for part in servers.split(","))
