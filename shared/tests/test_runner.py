@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from aiohttp import web
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -18,7 +20,7 @@ from conveyor.shared.config import BaseSettings
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.runner import Runtime, ServiceSpec, serve
 from conveyor.shared.testing.fixtures import cyclic_garbage, eventually
-from conveyor.shared.testing.nats_server import NatsServer
+from conveyor.shared.testing.nats_server import NatsServer, run_nats_server
 
 
 class Settings(BaseSettings, frozen=True, kw_only=True):
@@ -139,3 +141,28 @@ async def test_error_answers_leave_no_request_in_a_cycle(nats_url: str) -> None:
             kept = [o for o in garbage if isinstance(o, web.BaseRequest)]
             garbage.clear()
             assert kept == []
+
+
+@pytest.mark.parametrize(
+    ("server_auth", "userinfo", "shown", "secret"),
+    [
+        (["--user", "conveyor", "--pass", "s3cret-pw"], "conveyor:s3cret-pw", "conveyor:***", "s3cret-pw"),
+        (["--auth", "t0ken-abc"], "t0ken-abc", "***", "t0ken-abc"),  # a token is the user part
+    ],
+)
+async def test_nats_credentials_are_never_logged(
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+    server_auth: list[str],
+    userinfo: str,
+    shown: str,
+    secret: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with run_nats_server(tmp_path / "js", extra=server_auth) as server:
+        url = f"nats://{userinfo}@127.0.0.1:{server.port}"
+        async with serve(make_spec([]), Settings(nats_url=url)) as rt:
+            assert rt.connected  # the server requires the credentials: they were used
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"ready (nats nats://{shown}@127.0.0.1:{server.port})" in m for m in messages), messages
+    assert secret not in caplog.text

@@ -7,6 +7,7 @@ webhook (signed) -> receiver -> EVENTS -> executor (router, worker) -> RESULTS -
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -152,9 +153,11 @@ async def test_api_job_with_key_reaches_the_callback(system: dict[str, ServicePr
         )
         assert created.status_code == 201, created.text
         key = created.json()["key"]
+        # Credentials in the callback URL go to the endpoint as Basic auth and nowhere else.
+        with_credentials = sink.url.replace("http://", "http://cb-user:e2e-s3cret@")
         r = await http.post(
             "/api/jobs",
-            json={"agent": "dev", "prompt": "Review", "callback_url": sink.url,
+            json={"agent": "dev", "prompt": "Review", "callback_url": with_credentials,
                   "input": {"diff": "--- a/x.py\n+++ b/x.py\n@@ -0,0 +1 @@\n+eval(input())\n"}},
             headers={"Authorization": f"Bearer {key}"},
         )  # fmt: skip
@@ -172,6 +175,21 @@ async def test_api_job_with_key_reaches_the_callback(system: dict[str, ServicePr
         assert body["lovableProjectId"] is None
         result = (await http.get(f"/api/jobs/{job_id}/result")).json()
         assert result["jobId"] == job_id
+        headers_seen = next(h for h, b in sink.received if json.loads(b)["jobId"] == job_id)
+        assert headers_seen["Authorization"] == "Basic " + base64.b64encode(b"cb-user:e2e-s3cret").decode()
+        shown = sink.url.replace("http://", "http://cb-user:***@")
+        record = (await http.get(f"/api/jobs/{job_id}")).json()
+        assert record["callback_url"] == shown
+
+        async def logged() -> dict[str, Any]:
+            got = (await http.get(f"/api/jobs/{job_id}/deliveries")).json()
+            assert got["delivered"]
+            return got
+
+        deliveries = await eventually(logged)
+        assert [a["url"] for a in deliveries["attempts"]] == [shown]
+    for name, proc in system.items():
+        assert "e2e-s3cret" not in proc.log_path.read_text(errors="replace"), name
 
 
 async def test_receiver_answers_503_when_nats_is_down(nats_server: NatsServer, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ class Sink:
     plan: list[int] = field(default_factory=list)
     delays: list[float] = field(default_factory=list)  # seconds before answering, in order
     answer_headers: dict[str, str] = field(default_factory=dict)
+    answer_body: bytes | None = None  # instead of the JSON {"status": ...}
     requests: list[Request] = field(default_factory=list)
     port: int = 0
     runner: web.AppRunner | None = None
@@ -45,6 +46,8 @@ class Sink:
             status = self.plan.pop(0) if self.plan else self.status
             self.requests.append(Request({k.lower(): v for k, v in request.headers.items()}, body, status))
             self.arrived.set()
+            if self.answer_body is not None:
+                return web.Response(body=self.answer_body, status=status, headers=self.answer_headers)
             return web.json_response({"status": status}, status=status, headers=self.answer_headers)
 
         app = web.Application()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
+import logging
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -218,6 +220,7 @@ async def test_client_errors_and_redirects_are_final_at_once(
         await publish_result("job_302", sink.url())
         log = await log_when(kv, "job_302", ["dead_lettered"])
         assert log.attempts[0].error is not None and "not followed" in log.attempts[0].error
+        assert "elsewhere" not in log.attempts[0].error  # where it points is logged, not stored
         dead = await js.get_last_msg(subjects.DLQ, "dlq.deliver.results.job_302")
         assert (dead.headers or {})[subjects.H_LAST_STATUS] == "302"
         assert (dead.headers or {})[subjects.H_ATTEMPTS] == "1"
@@ -578,3 +581,132 @@ async def test_a_parking_failure_falls_back_to_waiting_unacknowledged(
         "deliverer_messages_total", {"consumer": subjects.DELIVERER, "outcome": "retried"}
     )
     assert metrics == 1.0
+
+
+# --- hostile callback URLs and answers ------------------------------------------------------
+
+
+def basic(userinfo: bytes) -> str:
+    return "Basic " + base64.b64encode(userinfo).decode()
+
+
+async def test_credentials_in_the_url_go_as_basic_auth_and_are_never_stored_or_logged(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sink.plan = [500, 200]
+    with_password = f"http://cb-user:pa%3Ass-w0rd@127.0.0.1:{sink.port}/cb"
+    with_token = f"http://tok-3n@127.0.0.1:{sink.port}/cb"  # the user part is the secret
+    async with deliverer(settings(nats_url, callback_max_attempts=3)):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_creds", with_password)
+        log = await log_when(kv, "job_creds", ["retry", "delivered"])
+        sink.status = 400  # final at once: dead-lettered
+        published = await publish_result("job_token", with_token)
+        dead_log = await log_when(kv, "job_token", ["dead_lettered"])
+
+        async def dead() -> Any:
+            return await js.get_last_msg(subjects.DLQ, "dlq.deliver.results.job_token")
+
+        letter = await eventually(dead)
+        stored = [(await kv.get(k)).value or b"" for k in ("job_creds", "job_token")]
+
+    # Sent: every attempt carries the credentials as Basic auth, the password percent-decoded.
+    assert [r.headers.get("authorization") for r in sink.requests] == [
+        basic(b"cb-user:pa:ss-w0rd"),
+        basic(b"cb-user:pa:ss-w0rd"),
+        basic(b"tok-3n:"),
+    ]
+    # Stored and shown: the URL with the password (or the lone token) hidden.
+    assert [a.url for a in log.attempts] == [f"http://cb-user:***@127.0.0.1:{sink.port}/cb"] * 2
+    assert dead_log.attempts[0].url == f"http://***@127.0.0.1:{sink.port}/cb"
+    error = (letter.headers or {})[subjects.H_ERROR]
+    assert f"http://***@127.0.0.1:{sink.port}/cb" in error
+    for secret in ("pa%3Ass-w0rd", "pa:ss-w0rd", "ss-w0rd", "tok-3n"):
+        assert all(secret.encode() not in value for value in stored), secret
+        assert secret not in error
+        assert secret not in caplog.text, secret
+    assert letter.data == published  # the message itself keeps them: a replay must send them
+
+
+PAGE = b"internal-only: db password hunter2 " + b"x" * 400
+
+
+async def test_answers_are_logged_but_never_stored_where_the_api_reads(
+    nats_url: str, js: JetStreamContext, sink: Any, publish_result: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed answer's body is what the deliverer read from the URL: kept out of the attempt
+    log (GET /api/jobs/{id}/deliveries, POST /api/webhooks/test) and the DLQ headers, or a
+    caller could use the deliverer to read pages back."""
+    caplog.set_level(logging.INFO)
+    sink.answer_body = PAGE
+    sink.plan = [503]
+    sink.status = 404
+    async with deliverer(settings(nats_url, callback_max_attempts=3)):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_echo", sink.url())
+        log = await log_when(kv, "job_echo", ["retry", "dead_lettered"])
+
+        async def dead() -> Any:
+            return await js.get_last_msg(subjects.DLQ, "dlq.deliver.results.job_echo")
+
+        letter = await eventually(dead)
+        req = events.SendTestEvent(id="echo", url=sink.url("/hook"), requested_at=utcnow())
+        await js.publish(subjects.control(subjects.TEST_SEND_VERB, "echo"), encoder.encode(req))
+        test_log = await log_when(kv, "test_echo", ["failed"])
+        stored = [(await kv.get(k)).value or b"" for k in ("job_echo", "test_echo")]
+
+    assert [a.error for a in log.attempts] == ["HTTP 503", "HTTP 404"]
+    assert [a.status_code for a in log.attempts] == [503, 404]
+    assert test_log.attempts[0].error == "HTTP 404"
+    assert all(b"hunter2" not in value for value in stored)
+    assert all("hunter2" not in v for v in (letter.headers or {}).values())
+    # The operator still sees what the endpoint said, cut to 200 bytes: the retry's parking
+    # line, the dead letter's line and the test send's line.
+    lines = [r.getMessage() for r in caplog.records if "hunter2" in r.getMessage()]
+    assert len(lines) == 3, lines
+    assert all(PAGE[:200].decode() in line and PAGE[:201].decode() not in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        (f"http://{'a' * 64}.example/cb", "longer than 63 characters"),
+        ("http://hooks..example/cb", "empty label"),
+        ("http://" + "a." * 127 + "example/cb", "longer than 253 characters"),
+        ("http://2130706433/cb", "ends in a number"),  # 127.0.0.1 in disguise
+        ("http://xn--zz.example/cb", "not valid punycode"),
+    ],
+)
+async def test_a_callback_url_that_cannot_be_dialled_is_dead_lettered_at_once(
+    nats_url: str,
+    js: JetStreamContext,
+    publish_result: Any,
+    registry: CollectorRegistry,
+    url: str,
+    why: str,
+) -> None:
+    async with deliverer(settings(nats_url, callback_max_attempts=5), registry):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_undiallable", url)
+        log = await log_when(kv, "job_undiallable", ["dead_lettered"])
+
+        async def dead() -> Any:
+            return await js.get_last_msg(subjects.DLQ, "dlq.deliver.results.job_undiallable")
+
+        letter = await eventually(dead)
+        await assert_settled(js)
+    error = log.attempts[0].error
+    assert error is not None and error.startswith("invalid callback URL") and why in error
+    h = letter.headers or {}
+    assert h[subjects.H_ATTEMPTS] == "1" and why in h[subjects.H_ERROR]
+    # Permanent: settled once as a dead letter, never an unexpected error retried.
+    for outcome in ("error", "retried"):
+        sample = {"consumer": subjects.DELIVERER, "outcome": outcome}
+        assert not registry.get_sample_value("deliverer_messages_total", sample)
+    assert (
+        registry.get_sample_value(
+            "deliverer_messages_total", {"consumer": subjects.DELIVERER, "outcome": "dead_lettered"}
+        )
+        == 1.0
+    )

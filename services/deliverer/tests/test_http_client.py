@@ -117,15 +117,16 @@ async def test_chunked_answer_split_anywhere_with_extensions_and_trailers(serve)
     srv = await serve(lambda n, head, body: answer)
     async with build_client(LOOPBACK, max_connections=1) as client:
         a = await post(client, f"http://127.0.0.1:{srv.port}/", b"{}", {}, timeout_s=2)
-        assert (a.kind, a.status_code, a.error, a.retry_after_s) == (
+        assert (a.kind, a.status_code, a.error, a.retry_after_s, a.answer) == (
             "retry",
             503,
-            "HTTP 503: busy now...",
+            "HTTP 503",  # stored: the status only; the body is for the log line
             7.0,
+            "busy now...",
         )
     # Byte by byte: the parser keeps its place across reads.
     trickled = await _post_trickled(answer)
-    assert (trickled.status_code, trickled.error) == (503, "HTTP 503: busy now...")
+    assert (trickled.status_code, trickled.error, trickled.answer) == (503, "HTTP 503", "busy now...")
 
 
 async def _post_trickled(answer: bytes) -> Attempt:
@@ -154,7 +155,7 @@ async def test_answer_read_to_close_interim_answers_and_empty_bodies(serve) -> N
     srv = await serve(lambda n, head, body: b"HTTP/1.0 404 Not Found\r\n\r\nno such hook", close_after=True)
     async with build_client(LOOPBACK, max_connections=1) as client:
         a = await post(client, f"http://127.0.0.1:{srv.port}/", b"{}", {}, timeout_s=2)
-        assert (a.kind, a.status_code, a.error) == ("final", 404, "HTTP 404: no such hook")
+        assert (a.kind, a.status_code, a.error, a.answer) == ("final", 404, "HTTP 404", "no such hook")
         interim = await serve(
             lambda n, head, body: (
                 b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
@@ -170,7 +171,8 @@ async def test_answer_read_to_close_interim_answers_and_empty_bodies(serve) -> N
         assert empty.connections == 1
         moved = await serve(lambda n, head, body: ok(b"", "301 Moved", b"Location: https://elsewhere/\r\n"))
         d = await post(client, f"http://127.0.0.1:{moved.port}/", b"{}", {}, timeout_s=2)
-        assert d.kind == "final" and d.error == "HTTP 301 redirect to 'https://elsewhere/' not followed"
+        assert d.kind == "final" and d.error == "HTTP 301: redirect not followed"
+        assert d.answer == "Location: https://elsewhere/"
 
 
 async def test_a_long_answer_is_cut_and_costs_its_connection(serve) -> None:  # type: ignore[no-untyped-def]

@@ -36,6 +36,21 @@ PUBLIC = ipaddress.ip_address("93.184.215.14")
         ("100.64.0.1", "non-public"),
         ("192.0.2.7", "private"),
         ("240.0.0.1", "private"),
+        # Forms that embed an IPv4 address, or are non-global, that Python calls global.
+        ("2002:7f00:1::1", "6to4"),  # 127.0.0.1 in 6to4
+        ("2002:a00:1::", "6to4"),  # 10.0.0.1
+        ("2002:808:808::1", "6to4"),  # deprecated, even around a public address
+        ("192.88.99.1", "6to4 relay"),
+        ("fec0::1", "site-local"),
+        ("3fff::1", "documentation"),
+        ("2001:db8::1", "documentation"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+        ("64:ff9b::7f00:1", "NAT64 loopback"),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a00:1", "NAT64 private"),
+        ("64:ff9b::a9fe:a9fe", "NAT64 cloud metadata"),
+        ("64:ff9b:1::a00:1", "local-use NAT64"),
+        ("::127.0.0.1", "IPv4-compatible"),
+        ("::ffff:10.0.0.1", "private"),
     ],
 )
 def test_policy_refuses_non_public_addresses(address: str, reason: str) -> None:
@@ -51,6 +66,14 @@ def test_policy_allows_public_addresses_and_allowed_networks() -> None:
     assert allowed.refusal(ipaddress.ip_address("::ffff:127.0.0.1")) is None
     assert allowed.refusal(ipaddress.ip_address("10.0.0.1")) == "private"
     assert allowed.refusal(ipaddress.ip_address("169.254.169.254")) == "cloud metadata"
+    # NAT64 is judged by the IPv4 address it carries: DNS64 answers this for public names.
+    assert AddressPolicy().refusal(ipaddress.ip_address("64:ff9b::808:808")) is None
+    # The translator's 127.0.0.1 is not this host's: allowing 127.0.0.0/8 does not allow it.
+    assert allowed.refusal(ipaddress.ip_address("64:ff9b::7f00:1")) == "NAT64 loopback"
+    assert (
+        AddressPolicy([ipaddress.ip_network("2002::/16")]).refusal(ipaddress.ip_address("2002:7f00:1::1"))
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,6 +86,9 @@ def test_policy_allows_public_addresses_and_allowed_networks() -> None:
         ("http://localhost:{port}/cb", "loopback"),  # a name that resolves to loopback
         ("http://[::ffff:127.0.0.1]:{port}/cb", "loopback"),
         ("http://0.0.0.0:{port}/cb", "unspecified"),
+        ("http://[2002:7f00:1::1]:{port}/cb", "6to4"),
+        ("http://[fec0::1]:{port}/cb", "site-local"),
+        ("http://[64:ff9b::7f00:1]:{port}/cb", "NAT64 loopback"),
     ],
 )
 async def test_client_refuses_before_connecting(sink: Any, url: str, reason: str) -> None:
@@ -119,6 +145,22 @@ async def test_guard_dials_the_checked_address_so_rebinding_cannot_pass(sink: An
     assert dns.lookups == ["rebind.example"] * 3 and len(sink.requests) == 1
 
 
+async def test_a_name_answering_an_embedded_internal_address_is_refused(sink: Any) -> None:
+    """The allowed networks let 127.0.0.1 through; its 6to4 and NAT64 forms are not it."""
+    dns = ScriptedDns([["2002:7f00:1::1"], ["64:ff9b::7f00:1"], ["fec0::1"]])
+    policy = AddressPolicy([ipaddress.ip_network("127.0.0.0/8")])
+    async with CallbackClient(policy, max_connections=4, user_agent="test", resolver=dns) as client:
+        url = f"http://embedded.example:{sink.port}/cb"
+        kinds = [await post(client, url, b"{}", {}, timeout_s=2) for _ in range(3)]
+    assert [a.kind for a in kinds] == ["refused"] * 3, kinds
+    assert [a.error and a.error.split(" is a ")[1].split(" address")[0] for a in kinds] == [
+        "6to4",
+        "NAT64 loopback",
+        "site-local",
+    ]
+    assert sink.requests == []
+
+
 def test_check_names_the_exact_address_and_ignores_an_ipv6_scope() -> None:
     policy = AddressPolicy()
     with pytest.raises(BlockedAddressError, match=r"169\.254\.169\.254 is a cloud metadata address"):
@@ -138,6 +180,8 @@ async def test_invalid_urls_are_refused() -> None:
             "http:///nohost",
             "file:///etc/passwd",
             "http://2130706433/",
+            f"http://{'a' * 64}.example/",
+            "http://a..example/",
         ):
             attempt = await post(client, url, b"{}", {}, timeout_s=2)
             assert attempt.kind == "refused", (url, attempt)

@@ -102,6 +102,37 @@ INVALID = {
         422,
         "callback_url",
     ),
+    # Parseable, but no resolver can take the host: refused here, not dead-lettered later.
+    "callback host label over 63": (
+        {"agent": "dev", "prompt": "x", "callback_url": f"https://{'a' * 64}.example/cb"},
+        422,
+        "callback_url",
+    ),
+    "callback host with an empty label": (
+        {"agent": "dev", "prompt": "x", "callback_url": "https://hooks..example/cb"},
+        422,
+        "callback_url",
+    ),
+    "callback host over 253": (
+        {"agent": "dev", "prompt": "x", "callback_url": "https://" + "a." * 124 + "example/cb"},
+        422,
+        "callback_url",
+    ),
+    "callback host with a bad character": (
+        {"agent": "dev", "prompt": "x", "callback_url": "https://hooks%2e.example/cb"},
+        422,
+        "callback_url",
+    ),
+    "callback host a number": (
+        {"agent": "dev", "prompt": "x", "callback_url": "http://2130706433/cb"},
+        422,
+        "callback_url",
+    ),
+    "callback host not IDNA": (
+        {"agent": "dev", "prompt": "x", "callback_url": "https://" + "é" * 70 + ".example/cb"},
+        422,
+        "callback_url",
+    ),
     "input not an object": ({"agent": "dev", "prompt": "x", "input": [1]}, 422, "input"),
     "unknown field": ({"agent": "dev", "prompt": "x", "colour": "red"}, 422, "colour"),
 }
@@ -116,6 +147,31 @@ async def test_submit_validation_names_the_field(name: str, receiver, new_key, b
     assert resp.json()["field"] == field
     assert field in resp.json()["message"]
     await bus.assert_nothing_accepted()
+
+
+async def test_callback_credentials_are_sent_on_but_never_shown(receiver, new_key, js) -> None:
+    key = await new_key(receiver)
+    url = "https://cb-user:s3cret-pw@cb.test/x"
+    body = {"agent": "qa", "prompt": "check", "callback_url": url}
+    created = await receiver.http.post("/api/jobs", json=body, headers=auth(key))
+    assert created.status_code == 202, created.text
+    job = created.json()
+    # The executor gets them, for the deliverer to send as Basic auth ...
+    request = job_request_decoder.decode((await js.get_last_msg(subjects.JOBS, "jobs.run.qa")).data)
+    assert request.callback_url == url
+    # ... readers never do: the record, its seed alias and its stream show the URL redacted.
+    shown = "https://cb-user:***@cb.test/x"
+    record = await receiver.http.get(job["status_url"], headers=auth(key))
+    assert record.json()["callback_url"] == shown
+    alias = await receiver.http.get(f"/api/agents/status/{job['job_id']}", headers=auth(key))
+    assert alias.json()["callback_url"] == shown
+    async with receiver.http.stream("GET", job["stream_url"], headers=auth(key)) as resp:
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                assert '"callback_url":"https://cb-user:***@cb.test/x"' in line
+                break
+    for text in (record.text, alias.text):
+        assert "s3cret" not in text
 
 
 async def test_submit_body_errors(receiver, new_key, bus) -> None:

@@ -82,4 +82,26 @@ async def test_validation_and_auth(receiver, new_key, bus) -> None:
     for body in ({"url": "not a url"}, {"url": "ftp://x.test/"}, {"uri": "https://x.test"}, {"url": ""}):
         resp = await receiver.http.post("/api/webhooks/test", json=body, headers=h)
         assert resp.status_code == 422, body
+    # Parseable, but no resolver can take the host: refused with the reason.
+    for url, why in (
+        (f"https://{'a' * 64}.x.test/", "longer than 63 characters"),
+        ("https://hooks..x.test/", "empty label"),
+    ):
+        resp = await receiver.http.post("/api/webhooks/test", json={"url": url}, headers=h)
+        assert resp.status_code == 422 and resp.json()["field"] == "url", resp.text
+        assert why in resp.json()["message"]
     assert await bus.count(subjects.CONTROL) == 0
+
+
+async def test_credentials_in_the_url_are_sent_on_but_not_answered(receiver, new_key, js) -> None:
+    h = {"Authorization": f"Bearer {await new_key(receiver)}"}
+    url = "https://hook-user:s3cret-pw@hooks.test/in"
+    peer = asyncio.create_task(answer_next_request(js, status_code=204, outcome="delivered"))
+    await asyncio.sleep(0)
+    resp = await receiver.http.post("/api/webhooks/test", json={"url": url}, headers=h)
+    await peer
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["url"] == "https://hook-user:***@hooks.test/in"
+    # The deliverer gets the URL as given: it sends the credentials as Basic auth.
+    msg = await js.get_last_msg(subjects.CONTROL, "ctl.test_send.>")
+    assert send_test_decoder.decode(msg.data).url == url

@@ -43,6 +43,7 @@ from conveyor.shared.jsrequests import JsRequests
 from conveyor.shared.logs import setup_logging
 from conveyor.shared.streams import ensure_kv, ensure_streams
 from conveyor.shared.telemetry import init_tracing
+from conveyor.shared.urls import redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,9 @@ async def _connect(settings: BaseSettings, name: str, stop: asyncio.Event) -> NA
         except Exception as exc:
             if stop.is_set():
                 raise
-            log.warning("nats at %s not reachable (%s); retrying in %.1fs", settings.nats_url, exc, delay)
+            log.warning(
+                "nats at %s not reachable (%s); retrying in %.1fs", redact_urls(settings.nats_url), exc, delay
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             if stop.is_set():
@@ -311,7 +314,7 @@ async def serve(
             # out of the collector's full passes, which otherwise pause every request for ~20 ms.
             gc.freeze()
             watcher = asyncio.create_task(_watch_consumers(rt, gauges))
-            log.info("%s ready (nats %s)", spec.name, settings.nats_url)
+            log.info("%s ready (nats %s)", spec.name, redact_urls(settings.nats_url))
             try:
                 yield rt
             finally:

@@ -4,6 +4,11 @@ Outcomes: ``ok`` (2xx), ``retry`` (connection error, timeout, malformed answer, 
 5xx), ``final`` (any other answer: 3xx is not followed, 4xx will not change by retrying) and
 ``refused`` (the URL is invalid or the SSRF guard refused its address).
 
+What the endpoint answered beyond its status (the start of a body, a redirect's Location) is in
+``Attempt.answer``, for the log line only: ``error`` is stored in the attempt log and the DLQ,
+which API callers read, and echoing answers there would let anyone who can submit a callback
+URL read back what the deliverer can reach.
+
 The client is ``http_client.CallbackClient`` (why not aiohttp's or httpx: see that module
 and the README).
 """
@@ -20,17 +25,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from yarl import URL
-
 from conveyor.deliverer.http_client import CallbackClient, ProtocolError, Target, UnsendableHeader
 from conveyor.deliverer.ssrf import AddressPolicy, BlockedAddressError
+from conveyor.shared.urls import InvalidCallbackURL, check_callback_url, redact_url
 
 Kind = Literal["ok", "retry", "final", "refused"]
 
 USER_AGENT = "Conveyor-Deliverer/0.1"
 RETRYABLE_STATUS = frozenset({408, 429})
-# What we read of an answer: enough for an error message; the connection is dropped past it.
+# What we read of an answer: enough for a log line; the connection is dropped past it.
 MAX_ANSWER_BYTES = 64 * 1024
+LOGGED_ANSWER_BYTES = 200  # of a failed answer's body, in the log line
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +43,9 @@ class Attempt:
     kind: Kind
     status_code: int | None
     latency_s: float
-    error: str | None = None
+    error: str | None = None  # stored and shown: never anything the endpoint wrote
     retry_after_s: float | None = None
+    answer: str | None = None  # the start of the body, or a redirect's Location: logged only
 
 
 def build_client(policy: AddressPolicy, *, max_connections: int) -> CallbackClient:
@@ -67,15 +73,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 @functools.lru_cache(maxsize=4096)
 def _parse(url: str) -> Target | str:
-    """Where the URL's POST goes, or why it cannot be a callback URL. Cached: most results go
-    to a few URLs, and parsing one costs about as much as signing the body."""
+    """Where the URL's POST goes, or why it cannot be a callback URL (conveyor.shared.urls, the
+    receiver's check too). Cached: most results go to a few URLs, and parsing one costs about as
+    much as signing the body."""
     try:
-        parsed = URL(url)
-        host, port, host_header = parsed.raw_host, parsed.port, parsed.host_port_subcomponent
-    except (ValueError, TypeError) as exc:
+        parsed = check_callback_url(url)
+    except InvalidCallbackURL as exc:
         return f"invalid callback URL: {exc}"
-    if parsed.scheme not in ("http", "https"):
-        return f"invalid callback URL: scheme {parsed.scheme!r} (want http or https)"
+    host, port, host_header = parsed.raw_host, parsed.port, parsed.host_port_subcomponent
     if not host or port is None or not host_header:
         return "invalid callback URL: no host"
     auth = None
@@ -92,14 +97,17 @@ def check_url(url: str) -> str | None:
 
 
 def endpoint_of(url: str) -> str:
-    """The circuit-breaker key: scheme://host:port (a host that is down is down for all paths)."""
+    """The circuit-breaker key: scheme://host:port (a host that is down is down for all paths).
+    It is logged: no user info, and an invalid URL's is redacted."""
     parsed = _parse(url)
-    return url if isinstance(parsed, str) else f"{parsed.scheme}://{parsed.host}:{parsed.port}"
+    return redact_url(url) if isinstance(parsed, str) else f"{parsed.scheme}://{parsed.host}:{parsed.port}"
 
 
-def _snippet(data: bytes) -> str:
-    text = data[:200].decode(errors="replace").replace("\r", " ").replace("\n", " ").strip()
-    return f": {text}" if text else ""
+def _logged(text: str) -> str | None:
+    """Something the endpoint sent, fit for one log line: at most LOGGED_ANSWER_BYTES, no
+    control characters."""
+    text = "".join(c if c.isprintable() else " " for c in text[:LOGGED_ANSWER_BYTES]).strip()
+    return text or None
 
 
 async def post(
@@ -130,18 +138,20 @@ async def post(
         )
 
     latency = took()
-    status, head = answer.status, answer.body[:200]
+    status = answer.status
     if 200 <= status < 300:
         return Attempt("ok", status, latency)
+    body = _logged(answer.body[:LOGGED_ANSWER_BYTES].decode(errors="replace"))
     if status in RETRYABLE_STATUS or status >= 500:
         return Attempt(
             "retry",
             status,
             latency,
-            f"HTTP {status}{_snippet(head)}",
+            f"HTTP {status}",
             parse_retry_after(answer.headers.get("retry-after")),
+            body,
         )
     if 300 <= status < 400:
-        location = answer.headers.get("location", "")
-        return Attempt("final", status, latency, f"HTTP {status} redirect to {location!r} not followed")
-    return Attempt("final", status, latency, f"HTTP {status}{_snippet(head)}")
+        location = _logged(f"Location: {answer.headers.get('location', '')}")
+        return Attempt("final", status, latency, f"HTTP {status}: redirect not followed", answer=location)
+    return Attempt("final", status, latency, f"HTTP {status}", answer=body)

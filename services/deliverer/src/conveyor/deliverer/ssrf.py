@@ -29,6 +29,30 @@ METADATA_NETWORKS: tuple[IPNetwork, ...] = tuple(
     )
 )
 
+# Refused by name, whatever Python's ipaddress tables say of them (they differ between Python
+# versions, and 3.11 calls the first three global): a callback has no business there.
+REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
+    (ipaddress.ip_network(n), kind)
+    for n, kind in (
+        # 6to4 (RFC 3056, deprecated by RFC 7526) carries an IPv4 address in bits 16-47:
+        # 2002:7f00:1::1 is 127.0.0.1's and 2002:a00:1:: 10.0.0.1's, and a relay or a 6to4
+        # router of the deliverer's own network turns it into a packet for that address.
+        ("2002::/16", "6to4"),
+        ("192.88.99.0/24", "6to4 relay"),
+        ("fec0::/10", "site-local"),  # deprecated (RFC 3879) but still routed inside some networks
+        ("3fff::/20", "documentation"),  # RFC 9637
+        ("2001:db8::/32", "documentation"),
+        ("2001::/32", "Teredo"),  # carries its server's and (obfuscated) client's IPv4 addresses
+        ("64:ff9b:1::/48", "local-use NAT64"),  # RFC 8215: the embedding is the network's own
+        ("::/96", "IPv4-compatible"),  # deprecated (RFC 4291); ::127.0.0.1
+    )
+)
+_REFUSED = {v: tuple((n, k) for n, k in REFUSED_NETWORKS if n.version == v) for v in (4, 6)}
+# The well-known NAT64 prefix (RFC 6052): a translator dials the IPv4 address in the last 32
+# bits, so the address is judged by that one. DNS64 gives IPv6-only hosts such answers for
+# every IPv4-only name, so the public ones must pass.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
 
 class BlockedAddressError(Exception):
     """The callback host resolves to an address callbacks may not reach.
@@ -55,24 +79,10 @@ class AddressPolicy:
     def refusal(self, ip: IPAddress) -> str | None:
         """Why ``ip`` is refused, or None when it may be reached."""
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1, on this very host
         if any(ip in net for net in self.allowed if net.version == ip.version):
             return None
-        if any(ip in net for net in METADATA_NETWORKS if net.version == ip.version):
-            return "cloud metadata"
-        if ip.is_unspecified:
-            return "unspecified"
-        if ip.is_loopback:
-            return "loopback"
-        if ip.is_link_local:
-            return "link-local"
-        if ip.is_multicast:
-            return "multicast"
-        if ip.is_private:
-            return "private"
-        if ip.is_reserved or not ip.is_global:
-            return "non-public"
-        return None
+        return kind_of(ip)
 
     def check(self, host: str, address: str) -> None:
         """Raise BlockedAddressError unless ``address`` (an IP, maybe with a %scope) may be reached."""
@@ -83,3 +93,30 @@ class AddressPolicy:
         reason = self.refusal(ip)
         if reason is not None:
             raise BlockedAddressError(host, str(ip), reason)
+
+
+def kind_of(ip: IPAddress) -> str | None:
+    """What kind of non-public address ``ip`` is, or None for a public one."""
+    if ip.version == 6 and ip in NAT64:
+        # The translator's view of the IPv4 address, not ours: an allowed 127.0.0.0/8 is this
+        # host's loopback, not the translator's, so only an allowed IPv6 network lets it through.
+        embedded = kind_of(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        return None if embedded is None else f"NAT64 {embedded}"
+    if any(ip in net for net in METADATA_NETWORKS if net.version == ip.version):
+        return "cloud metadata"
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    for net, kind in _REFUSED[ip.version]:
+        if ip in net:
+            return kind
+    if ip.is_private:
+        return "private"
+    if ip.is_reserved or not ip.is_global:
+        return "non-public"
+    return None

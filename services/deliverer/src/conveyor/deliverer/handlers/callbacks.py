@@ -32,6 +32,7 @@ from conveyor.shared.events import DeliveryAttempt, JobResult, encoder, job_resu
 from conveyor.shared.logs import bound
 from conveyor.shared.signing import standard_headers
 from conveyor.shared.telemetry import exporting, inject_headers, message_span
+from conveyor.shared.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class DeliverCallback:
             outcome = "dead_lettered"
         record = DeliveryAttempt(
             at=at,
-            url=url,
+            url=redact_url(url),  # read by API callers: the credentials stay in the JobResult
             status_code=result.status_code,
             latency_ms=round(result.latency_s * 1000, 3),
             error=result.error,
@@ -172,10 +173,13 @@ class DeliverCallback:
         if outcome == "retry":
             delay = self.policy.delay(number, result.retry_after_s)
             why = f"attempt {number} of {self.policy.max_attempts} to {endpoint} failed: {result.error}"
-            await self.later(msg, job, delay, why, status_code=result.status_code)
+            await self.later(msg, job, delay, why, status_code=result.status_code, answer=result.answer)
             return
+        if result.answer:
+            # The DLQ headers and the attempt log carry the status only (both are read back).
+            log.warning("job %s: %s answered %s: %s", job.job_id, endpoint, result.status_code, result.answer)
         raise PermanentError(
-            f"{result.error} (attempt {number} of {self.policy.max_attempts}, {url})",
+            f"{result.error} (attempt {number} of {self.policy.max_attempts}, {redact_url(url)})",
             status_code=result.status_code,
             attempts=number,
             # A parked result is filed where the executor put it, and a replay goes back there.
@@ -191,6 +195,7 @@ class DeliverCallback:
         *,
         paused: bool = False,
         status_code: int | None = None,
+        answer: str | None = None,
     ) -> None:
         """Park the result to come back in ``delay_s``; if it cannot be parked, NAK it with that
         delay (it then waits unacknowledged, as before parking)."""
@@ -203,8 +208,9 @@ class DeliverCallback:
         # An open circuit parks every result for its endpoint: one line each would flood the log.
         log.log(
             logging.DEBUG if paused else logging.WARNING,
-            "job %s parked for %.1fs: %s",
+            "job %s parked for %.1fs: %s%s",
             job.job_id,
             delay_s,
             why,
+            f" (answered: {answer})" if answer else "",
         )

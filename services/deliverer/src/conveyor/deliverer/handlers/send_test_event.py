@@ -24,6 +24,7 @@ from conveyor.shared.consumer import attempts_of
 from conveyor.shared.errors import PermanentError
 from conveyor.shared.events import DeliveryAttempt, encoder, send_test_decoder, utcnow
 from conveyor.shared.signing import standard_headers
+from conveyor.shared.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class SendTestEvent:
         if not subjects.is_token(req.id):
             raise PermanentError(f"test send id {req.id!r} is not a safe key")
         key = log_key(req.id)
+        shown = redact_url(req.url)  # the record is the API's answer; req.url keeps the credentials
         if attempts_of(msg) > 1 and await self.attempts.read(key) is not None:
             return  # answered before a crash lost the ack: one attempt only
 
@@ -66,7 +68,7 @@ class SendTestEvent:
             self.metrics.test_outcome["expired"].inc()
             expired = DeliveryAttempt(
                 at=utcnow(),
-                url=req.url,
+                url=shown,
                 status_code=None,
                 latency_ms=0.0,
                 error=f"request expired: {age:.0f}s old, limit {self.settings.test_send_max_age_s:g}s",
@@ -86,10 +88,12 @@ class SendTestEvent:
         result = await post(self.client, req.url, body, headers, timeout_s=self.settings.callback_timeout_s)
         ok = result.kind == "ok"
         self.metrics.test_outcome["delivered" if ok else "failed"].inc()
-        log.info("test send %s to %s: %s", req.id, req.url, "delivered" if ok else result.error)
+        outcome = "delivered" if ok else result.error
+        answered = f" (answered: {result.answer})" if result.answer else ""
+        log.info("test send %s to %s: %s%s", req.id, shown, outcome, answered)
         record = DeliveryAttempt(
             at=at,
-            url=req.url,
+            url=shown,
             status_code=result.status_code,
             latency_ms=round(result.latency_s * 1000, 3),
             error=result.error,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from urllib.parse import urlsplit
 
 import msgspec
 import nats.js.errors
@@ -31,6 +30,7 @@ from conveyor.shared.events import (
 )
 from conveyor.shared.http import HTTPError
 from conveyor.shared.streamread import next_message
+from conveyor.shared.urls import callback_url_problem, redact_url
 
 _job_create_decoder = msgspec.json.Decoder(JobCreate)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
@@ -41,11 +41,18 @@ def _invalid(field: str, message: str) -> HTTPError:
 
 
 def valid_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
+    """A URL the deliverer can call back: the deliverer's own check (conveyor.shared.urls)."""
+    return callback_url_problem(url) is None
+
+
+def shown(record: JobRecord) -> JobRecord:
+    """The record as readers get it: the callback URL's credentials hidden. The stored record
+    keeps them, because the executor publishes the job's result (for the deliverer, which sends
+    them as Basic auth) from it."""
+    url = record.callback_url
+    if url is None or "@" not in url:
+        return record
+    return msgspec.structs.replace(record, callback_url=redact_url(url))
 
 
 async def create(request: web.Request) -> web.Response:
@@ -64,8 +71,8 @@ async def create(request: web.Request) -> web.Response:
         )
     if len(body.prompt) > st.settings.max_prompt_chars:
         raise _invalid("prompt", f"longer than {st.settings.max_prompt_chars} characters")
-    if body.callback_url is not None and not valid_url(body.callback_url):
-        raise _invalid("callback_url", "must be an absolute http(s) URL")
+    if body.callback_url is not None and (problem := callback_url_problem(body.callback_url)):
+        raise _invalid("callback_url", problem)
 
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -159,7 +166,7 @@ async def read_access(request: web.Request) -> tuple[Receiver, JobRecord]:
 
 async def get(request: web.Request) -> web.Response:
     _, record = await read_access(request)
-    return respond(200, record)
+    return respond(200, shown(record))
 
 
 async def result(request: web.Request) -> web.Response:

@@ -15,7 +15,6 @@ import msgspec
 import nats.js.errors
 from aiohttp import web
 
-from conveyor.receiver.handlers.jobs import valid_url
 from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.schemas import TestSendCreate, TestSendOutcome
 from conveyor.receiver.sources import decode_json
@@ -23,6 +22,7 @@ from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import DeliveryLog, SendTestEvent, delivery_log_decoder, encoder, utcnow
 from conveyor.shared.http import HTTPError
+from conveyor.shared.urls import callback_url_problem, redact_url
 
 _create_decoder = msgspec.json.Decoder(TestSendCreate)
 _FINAL = {"delivered", "failed", "dead_lettered", "skipped"}
@@ -67,8 +67,8 @@ async def create(request: web.Request) -> web.Response:
     await st.limit_key(request, principal)
     js = st.require_nats()
     body: TestSendCreate = decode_json(_create_decoder, await st.read_body(request))
-    if not valid_url(body.url):
-        raise HTTPError(422, "invalid_field", "url: must be an absolute http(s) URL", field="url")
+    if problem := callback_url_problem(body.url):
+        raise HTTPError(422, "invalid_field", f"url: {problem}", field="url")
     test_id = uuid.uuid4().hex
     req = SendTestEvent(id=test_id, url=body.url, requested_at=utcnow())
     with st.nats_errors():
@@ -82,7 +82,7 @@ async def create(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + st.settings.test_send_wait_s
     while True:
-        outcome = _outcome(st, test_id, body.url, await _read(st, test_id))
+        outcome = _outcome(st, test_id, redact_url(body.url), await _read(st, test_id))
         if outcome.status != "pending":
             return respond(200, outcome)
         if loop.time() >= deadline or st.rt.stopping.is_set():

@@ -17,7 +17,7 @@ import nats.errors
 from aiohttp import web
 from nats.js.kv import KeyValue
 
-from conveyor.receiver.handlers.jobs import read_access
+from conveyor.receiver.handlers.jobs import read_access, shown
 from conveyor.receiver.state import RATE_LIMIT, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import encoder, job_record_decoder
@@ -89,7 +89,7 @@ async def _pump(
         record = job_record_decoder.decode(entry.value or b"")
         if last_id is None or entry.revision > last_id:
             kind = "status" if record.status != previous else "progress"
-            data = encoder.encode(record)
+            data = encoder.encode(shown(record))
             await resp.write(b"id: %d\nevent: %s\ndata: %s\n\n" % (entry.revision, kind.encode(), data))
         previous = record.status
         if record.terminal:
