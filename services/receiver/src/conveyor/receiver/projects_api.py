@@ -36,6 +36,7 @@ from conveyor.shared.tenancy import (
     organisation_decoder,
     project_decoder,
 )
+from conveyor.shared.urls import callback_url_problem, redact_url
 
 Id = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}\Z", description="lower-case [a-z0-9_-], 1-63")]
 ExternalId = Annotated[str, Meta(pattern=r"^[a-z0-9_-]{1,32}:[\x21-\x7e]{1,200}\Z", max_length=240)]
@@ -184,8 +185,8 @@ def _view_fields(st: Receiver, p: Project) -> dict[str, Any]:
         "name": p.name,
         "enabled": p.enabled,
         "external_ids": p.external_ids,
-        "callback_url": p.callback_url,
-        "callback_urls": p.callback_urls,
+        "callback_url": redact_url(p.callback_url) if p.callback_url else None,
+        "callback_urls": {k: redact_url(v) for k, v in p.callback_urls.items()},
         "agents": p.agents,
         "per_minute": p.per_minute,
         "per_day": p.per_day,
@@ -261,11 +262,6 @@ async def _write(st: Receiver, old_revision: int, project: Project) -> Project:
 # --- validation --------------------------------------------------------------------------------
 
 
-def _url_problem(url: str) -> str | None:
-    # TODO(merge): the shared callback URL check
-    return None if url.startswith(("http://", "https://")) else "must be an absolute http(s) URL"
-
-
 def _check_fields(st: Receiver, f: ProjectFields, project_id: str) -> None:
     if isinstance(f.external_ids, list):
         for x in f.external_ids:
@@ -277,7 +273,7 @@ def _check_fields(st: Receiver, f: ProjectFields, project_id: str) -> None:
         for k, v in (f.callback_urls if isinstance(f.callback_urls, dict) else {}).items()
     ]:
         if isinstance(url, str):
-            problem = _url_problem(url)
+            problem = callback_url_problem(url)
             if problem:
                 raise _invalid(field, problem)
     if isinstance(f.agents, list):
