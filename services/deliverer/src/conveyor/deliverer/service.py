@@ -21,12 +21,16 @@ from conveyor.deliverer.handlers.callbacks import STAGE, DeliverCallback
 from conveyor.deliverer.handlers.send_test_event import SendTestEvent
 from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.parking import Parking
+from conveyor.deliverer.projects import ProjectCallbacks
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import build_client
 from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.deliverer.ssrf import AddressPolicy
 from conveyor.shared import subjects
+from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.runner import Runtime, ServiceSpec
+from conveyor.shared.sealing import Sealer
+from conveyor.shared.tenancy import Directory, Project, project_decoder
 
 TEST_SEND_CONCURRENCY = 8
 
@@ -78,6 +82,12 @@ async def _refresh_gauges(rt: Runtime[Settings], metrics: Metrics, breakers: Bre
             await asyncio.wait_for(rt.stopping.wait(), rt.settings.dlq_gauge_interval_s)
 
 
+def default_project(s: Settings) -> Project:
+    """The default project as the deliverer knows it: the settings' callback URL (its
+    secrets are CALLBACK_SIGNING_SECRETS, kept by SigningKeys)."""
+    return Project.default(callback_url=s.lovable_callback_url or None)
+
+
 @contextlib.asynccontextmanager
 async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
     s = rt.settings
@@ -97,8 +107,14 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         max_delay_s=s.callback_retry_max_delay_s,
         retry_after_max_s=s.callback_retry_after_max_s,
     )
+    directory = Directory(default_project(s))
+    projects = KvMirror(
+        rt.kv[subjects.KV_PROJECTS], subjects.KV_PROJECTS, project_decoder.decode, on_change=directory.update
+    )
+    await projects.start()
+    callbacks = ProjectCallbacks(s, directory, Sealer.parse(s.conveyor_secret_keys), keys)
     deliver = DeliverCallback(
-        s, client, attempts, breakers, policy, keys, metrics, rt.tracer, Parking(rt.requests)
+        s, client, attempts, breakers, policy, callbacks, metrics, rt.tracer, Parking(rt.requests)
     )
     send_test = SendTestEvent(s, client, attempts, keys, metrics)
     gauges = asyncio.create_task(_refresh_gauges(rt, metrics, breakers), name="deliverer-gauges")
@@ -134,11 +150,12 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
             await gauges
         await attempts.flush()
         await client.close()
+        await projects.stop()
 
 
 SPEC = ServiceSpec(
     name="deliverer",
     streams=[subjects.RESULTS, subjects.PARKED, subjects.DLQ, subjects.CONTROL],
-    buckets=[subjects.KV_DELIVERIES],
+    buckets=[subjects.KV_DELIVERIES, subjects.KV_PROJECTS],
     components=components,
 )

@@ -22,9 +22,9 @@ from conveyor.deliverer.config import Settings
 from conveyor.deliverer.http_client import CallbackClient
 from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.parking import Parking, is_parked, pause_s, pauses_of
+from conveyor.deliverer.projects import ProjectCallbacks
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import endpoint_of, post
-from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.shared import subjects
 from conveyor.shared.consumer import attempts_of
 from conveyor.shared.errors import PermanentError, RetryableError
@@ -51,7 +51,7 @@ class DeliverCallback:
     attempts: AttemptLog
     breakers: Breakers
     policy: RetryPolicy
-    keys: SigningKeys
+    projects: ProjectCallbacks
     metrics: Metrics
     tracer: trace.Tracer
     parking: Parking
@@ -60,12 +60,7 @@ class DeliverCallback:
         self.tracing = exporting(self.tracer)
 
     def target(self, job: JobResult) -> str | None:
-        """The job's own URL, else the source's default (LOVABLE_CALLBACK_URL for lovable)."""
-        if job.callback_url:
-            return job.callback_url
-        if job.source == "lovable" and self.settings.lovable_callback_url:
-            return self.settings.lovable_callback_url
-        return self.settings.callback_default_urls.get(job.source) or None
+        return self.projects.target(job)
 
     async def __call__(self, msg: Msg) -> None:
         job = job_result_decoder.decode(msg.data)
@@ -118,12 +113,15 @@ class DeliverCallback:
             number = (0 if first else round_attempts(entry)) + 1
 
             body = encoder.encode(job.result)
+            signing = self.projects.signing(job, url)
             headers = inject_headers(
                 {
                     "Content-Type": "application/json",
-                    **standard_headers(self.keys.for_url(url), webhook_id(job.job_id), body),
+                    **standard_headers(signing.secrets, webhook_id(job.job_id), body),
                 }
             )
+            if signing.credential is not None:
+                headers["Authorization"] = f"Bearer {signing.credential}"
             at = utcnow()
             result = await post(self.client, url, body, headers, timeout_s=self.settings.callback_timeout_s)
             answered = True

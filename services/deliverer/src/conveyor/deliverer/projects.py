@@ -1,0 +1,80 @@
+"""Whose callback this is: where it goes, what signs it, what credential it carries.
+
+A result belongs to a project (``JobResult.project``). The default project's callbacks go
+where the deployment's settings say (LOVABLE_CALLBACK_URL, CALLBACK_DEFAULT_URLS) and are
+signed with CALLBACK_SIGNING_SECRETS (or a per-endpoint secret). Every other project's are
+signed with its own callback secrets, never a shared one, and carry its outbound credential
+as ``Authorization: Bearer``. Secrets are opened from their sealed form once per version of
+the project and kept in memory only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from conveyor.deliverer.config import Settings
+from conveyor.deliverer.signing_keys import SigningKeys
+from conveyor.shared.errors import PermanentError
+from conveyor.shared.events import DEFAULT_PROJECT, JobResult
+from conveyor.shared.sealing import Sealer, SealingError
+from conveyor.shared.tenancy import Directory, Project
+
+
+@dataclass(frozen=True, slots=True)
+class Signing:
+    secrets: list[str]
+    credential: str | None = None
+
+
+@dataclass
+class ProjectCallbacks:
+    settings: Settings
+    directory: Directory
+    sealer: Sealer
+    keys: SigningKeys
+    _opened: dict[str, tuple[dt.datetime, Signing]] = field(default_factory=dict)
+
+    def target(self, job: JobResult) -> str | None:
+        """The job's own URL, else its project's for the source, else (the default project) the
+        source's default from the settings."""
+        if job.callback_url:
+            return job.callback_url
+        if job.project != DEFAULT_PROJECT:
+            project = self.directory.get(job.project)
+            return project.callback_for(job.source) if project is not None else None
+        if job.source == "lovable" and self.settings.lovable_callback_url:
+            return self.settings.lovable_callback_url
+        return self.settings.callback_default_urls.get(job.source) or None
+
+    def signing(self, job: JobResult, url: str) -> Signing:
+        """The secrets that sign ``job``'s callback; PermanentError when its project is gone or
+        has none that open (dead-lettered: a replay after the fix sends it)."""
+        if job.project == DEFAULT_PROJECT:
+            return Signing(self.keys.for_url(url))
+        project = self.directory.get(job.project)
+        if project is None:
+            raise PermanentError(f"project {job.project!r} does not exist: its callback cannot be signed")
+        cached = self._opened.get(project.project_id)
+        if cached is not None and cached[0] == project.updated_at:
+            return cached[1]
+        signing = self._open(project)
+        if len(self._opened) > 10_000:
+            self._opened.clear()
+        self._opened[project.project_id] = (project.updated_at, signing)
+        return signing
+
+    def _open(self, p: Project) -> Signing:
+        where = f"project/{p.project_id}"
+        try:
+            secrets = [self.sealer.open(s, f"{where}/callback") for s in p.callback_secrets]
+            credential = (
+                self.sealer.open(p.outbound_credential, f"{where}/outbound")
+                if p.outbound_credential
+                else None
+            )
+        except SealingError as exc:
+            raise PermanentError(f"project {p.project_id!r}: its secrets do not open ({exc})") from None
+        if not secrets:
+            raise PermanentError(f"project {p.project_id!r} has no callback signing secret")
+        return Signing(secrets, credential)
