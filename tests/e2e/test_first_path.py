@@ -86,7 +86,10 @@ async def test_signed_webhook_reaches_the_callback(system: dict[str, ServiceProc
             "created_at": "2026-11-21T10:00:00Z",
         }
     )  # fmt: skip
-    async with httpx.AsyncClient(base_url=receiver, timeout=10) as http:
+    # Reads need a key: the admin's here (the webhook's job is the default project's).
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    async with httpx.AsyncClient(base_url=receiver, timeout=10, headers=admin) as http:
+        assert (await http.get("/api/jobs/job_x", headers={"Authorization": ""})).status_code == 401
         r = await http.post("/api/webhooks/lovable", content=raw, headers=headers)
         assert r.status_code == 202, r.text
         job_id = r.json()["job_id"]
@@ -173,16 +176,20 @@ async def test_api_job_with_key_reaches_the_callback(system: dict[str, ServicePr
         body = await eventually(delivered, timeout=30)
         assert body["agentId"] == "dev" and body["status"] == "completed"
         assert body["lovableProjectId"] is None
-        result = (await http.get(f"/api/jobs/{job_id}/result")).json()
+        result = (
+            await http.get(f"/api/jobs/{job_id}/result", headers={"Authorization": f"Bearer {key}"})
+        ).json()
         assert result["jobId"] == job_id
         headers_seen = next(h for h, b in sink.received if json.loads(b)["jobId"] == job_id)
         assert headers_seen["Authorization"] == "Basic " + base64.b64encode(b"cb-user:e2e-s3cret").decode()
         shown = sink.url.replace("http://", "http://cb-user:***@")
-        record = (await http.get(f"/api/jobs/{job_id}")).json()
+        record = (await http.get(f"/api/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})).json()
         assert record["callback_url"] == shown
 
         async def logged() -> dict[str, Any]:
-            got = (await http.get(f"/api/jobs/{job_id}/deliveries")).json()
+            got = (
+                await http.get(f"/api/jobs/{job_id}/deliveries", headers={"Authorization": f"Bearer {key}"})
+            ).json()
             assert got["delivered"]
             return got
 

@@ -125,7 +125,7 @@ async def test_every_second_runs_jobs_to_callbacks_and_pause_resume_delete_contr
         assert body["status"] == "completed" and body["agentId"] == "qa"
         assert "'os' imported but unused" in " ".join(body["result"]["suggestions"])
     assert len(sink.job_ids()) == len(set(sink.job_ids()))
-    job = (await http.get(f"/api/jobs/{jobs[0].job_id}")).json()
+    job = (await http.get(f"/api/jobs/{jobs[0].job_id}", headers=system.auth)).json()
     assert job["schedule_id"] == sid and job["source"] == "schedule"
 
     view = (await http.get(url, headers=system.auth)).json()
