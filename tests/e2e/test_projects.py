@@ -177,3 +177,34 @@ async def test_the_default_project_works_as_before(system: System) -> None:
     Webhook(DEFAULT_SIGNING).verify(body, {k.lower(): v for k, v in headers_seen.items()})
     assert "Authorization" not in headers_seen
     assert (await system.http.get(f"/api/jobs/{job_id}")).json()["project"] == "default"
+
+
+async def test_a_sender_asks_its_projects_integration_status(system: System) -> None:
+    http = system.http
+    await _project(http, "a", system.sinks["a"])
+    raw, headers = signed("webhook-secret-of-project-a", "lp-a")
+    job_id = (await http.post("/api/webhooks/lovable", content=raw, headers=headers)).json()["job_id"]
+
+    def ask(secret: str, lovable_project: str = "lp-a") -> tuple[bytes, dict[str, str]]:
+        body = json.dumps({"project_id": lovable_project}).encode()
+        ts = int(time.time())
+        return body, {"X-Lovable-Timestamp": str(ts), "X-Lovable-Signature": lovable_sign(secret, ts, body)}
+
+    async def reported() -> dict[str, Any]:
+        body, headers = ask("webhook-secret-of-project-a")
+        resp = await http.post("/api/webhooks/lovable/status", content=body, headers=headers)
+        assert resp.status_code == 200, resp.text
+        got = resp.json()
+        assert got["last_callback"] is not None and got["last_callback"]["outcome"] == "delivered"
+        assert got["last_webhook_received"] is not None  # each writer merges every 2 s
+        return dict(got)
+
+    status = await eventually(reported, timeout=30)
+    assert [json.loads(b)["jobId"] for _, b in system.sinks["a"].received] == [job_id]
+    assert (status["project"], status["enabled"], status["failures_last_hour"]) == ("a", True, 0)
+    assert status["callback_url_configured"] is True
+    # Only the project's own secret may ask.
+    for secret, project in (("webhook-secret-of-project-b", "lp-a"), (DEFAULT_SECRET, "lp-a")):
+        body, headers = ask(secret, project)
+        resp = await http.post("/api/webhooks/lovable/status", content=body, headers=headers)
+        assert resp.status_code == 401, resp.text

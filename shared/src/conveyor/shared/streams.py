@@ -153,6 +153,7 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
         subjects.KV_SECRETS: kv(subjects.KV_SECRETS),
         subjects.KV_ORGS: kv(subjects.KV_ORGS),
         subjects.KV_PROJECTS: kv(subjects.KV_PROJECTS),
+        subjects.KV_INTEGRATION: kv(subjects.KV_INTEGRATION),
     }
 
 

@@ -36,6 +36,7 @@ KV_SCHEDULES: Final = "schedules"  # schedule_id -> ScheduleRecord (receiver wri
 KV_SECRETS: Final = "secrets"  # name -> a server-held secret (receiver: job_id); no API reads it
 KV_ORGS: Final = "orgs"  # org_id -> Organisation
 KV_PROJECTS: Final = "projects"  # project_id -> Project (every service mirrors it in memory)
+KV_INTEGRATION: Final = "integration"  # project_id -> IntegrationStatus (receiver, deliverer)
 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"

@@ -27,6 +27,7 @@ from conveyor.deliverer.sender import build_client
 from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.deliverer.ssrf import AddressPolicy
 from conveyor.shared import subjects
+from conveyor.shared.integration import IntegrationRecorder
 from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.runner import Runtime, ServiceSpec
 from conveyor.shared.sealing import Sealer
@@ -113,8 +114,19 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
     )
     await projects.start()
     callbacks = ProjectCallbacks(s, directory, Sealer.parse(s.conveyor_secret_keys), keys)
+    integration = IntegrationRecorder(rt.kv[subjects.KV_INTEGRATION])
+    integration.start()
     deliver = DeliverCallback(
-        s, client, attempts, breakers, policy, callbacks, metrics, rt.tracer, Parking(rt.requests)
+        s,
+        client,
+        attempts,
+        breakers,
+        policy,
+        callbacks,
+        metrics,
+        rt.tracer,
+        Parking(rt.requests),
+        integration,
     )
     send_test = SendTestEvent(s, client, attempts, keys, metrics)
     gauges = asyncio.create_task(_refresh_gauges(rt, metrics, breakers), name="deliverer-gauges")
@@ -151,11 +163,12 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         await attempts.flush()
         await client.close()
         await projects.stop()
+        await integration.stop()
 
 
 SPEC = ServiceSpec(
     name="deliverer",
     streams=[subjects.RESULTS, subjects.PARKED, subjects.DLQ, subjects.CONTROL],
-    buckets=[subjects.KV_DELIVERIES, subjects.KV_PROJECTS],
+    buckets=[subjects.KV_DELIVERIES, subjects.KV_PROJECTS, subjects.KV_INTEGRATION],
     components=components,
 )

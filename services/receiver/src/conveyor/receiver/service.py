@@ -12,7 +12,7 @@ from aiohttp import web
 from conveyor.receiver import deadletters_api, projects_api, schedules_api, sites_api
 from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings, default_project
-from conveyor.receiver.handlers import admin, health, jobs, send_test_event, stream, webhooks
+from conveyor.receiver.handlers import admin, health, integration, jobs, send_test_event, stream, webhooks
 from conveyor.receiver.job_ids import job_id_key
 from conveyor.receiver.listener import listener_for
 from conveyor.receiver.metrics import Metrics
@@ -42,6 +42,7 @@ from conveyor.receiver.sources import build_sources, parse_networks
 from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
+from conveyor.shared.integration import IntegrationRecorder
 from conveyor.shared.kvbucket import Bucket
 from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.runner import Runtime, ServiceSpec
@@ -68,6 +69,7 @@ BUCKETS = [
     subjects.KV_SECRETS,
     subjects.KV_ORGS,
     subjects.KV_PROJECTS,
+    subjects.KV_INTEGRATION,
 ]
 
 E = None  # an error answer: ErrorBody
@@ -179,6 +181,20 @@ def operations() -> list[Operation]:
             {200: TestSendOutcome, 202: TestSendOutcome, 404: E, **_KEYED},
             auth="api_key",
             params=_API_KEY_QUERY,
+        ),
+        Operation(
+            "POST",
+            "/api/webhooks/{source}/status",
+            integration.status,
+            "A project's integration status, asked by its sender",
+            "webhooks",
+            {200: integration.IntegrationView, 400: E, 401: E, 404: E, 413: E, 422: E, 503: E},
+            body=dict,
+            auth="webhook",
+            params=_WEBHOOK_HEADERS[:2],
+            description="Signed like a webhook to the same source (lovable), with a body naming the "
+            'project as its webhooks do ({"project_id": ...}): enabled, the last webhook received, '
+            "the last callback and its outcome, failed callback attempts in the last hour.",
         ),
         Operation(
             "POST",
@@ -345,10 +361,13 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         on_change=st.directory.update,
     )
     await st.projects.start()
+    st.integration = IntegrationRecorder(st.kv[subjects.KV_INTEGRATION])
+    st.integration.start()
     st.js = js  # last: no request is taken before the above are set
     try:
         yield
     finally:
+        await st.integration.stop()
         await st.projects.stop()
 
 

@@ -147,7 +147,7 @@ class Source:
         now = time.time() if now is None else now
         keys = self.secrets if secrets is None else secrets
         if not keys:
-            raise _unauthorized("no secret is configured to verify this webhook")
+            raise unauthorized("no secret is configured to verify this webhook")
         if self.scheme == "lovable":
             return self._lovable(headers, body, now, keys)
         if self.scheme == "github":
@@ -187,7 +187,7 @@ class Source:
                 now=now,
             )
         except signing.SignatureError as exc:
-            raise _unauthorized(exc.reason) from None
+            raise unauthorized(exc.reason) from None
         parsed = decode_json(_lovable_decoder, body)
         event_type = self._event_type(parsed.type)
         # The body's id, not X-Lovable-Delivery: a captured webhook re-sent inside its window
@@ -200,7 +200,7 @@ class Source:
         try:
             signing.github_verify(keys, body, headers.get("X-Hub-Signature-256"))
         except signing.SignatureError as exc:
-            raise _unauthorized(exc.reason) from None
+            raise unauthorized(exc.reason) from None
         event = headers.get("X-GitHub-Event")
         if not event:
             raise HTTPError(400, "missing_header", "missing X-GitHub-Event header", field="X-GitHub-Event")
@@ -222,7 +222,7 @@ class Source:
         try:
             msg_id = signing.standard_verify(keys, body, headers, tolerance_s=self.tolerance_s, now=now)
         except signing.SignatureError as exc:
-            raise _unauthorized(exc.reason) from None
+            raise unauthorized(exc.reason) from None
         parsed = decode_json(_standard_decoder, body)
         event_type = self._event_type(parsed.type)
         delivery = _delivery_id(msg_id, "webhook-id")  # signed with the body
@@ -251,7 +251,7 @@ def _well_formed(event_type: str) -> bool:
     return all(subjects.is_token(part) for part in event_type.split(".")) and len(event_type) <= 200
 
 
-def _unauthorized(reason: str) -> HTTPError:
+def unauthorized(reason: str) -> HTTPError:
     return HTTPError(401, "invalid_signature", reason, headers={"WWW-Authenticate": "Signature"})
 
 

@@ -27,6 +27,7 @@ from conveyor.receiver.sources import Network, Source, client_address, peer_host
 from conveyor.shared import subjects
 from conveyor.shared.events import JobIndexEntry, JobRecord, encoder, job_record_decoder
 from conveyor.shared.http import HTTPError
+from conveyor.shared.integration import IntegrationRecorder
 from conveyor.shared.jsrequests import EXPECTED_STREAM, PubAck, is_key_exists
 from conveyor.shared.kvbucket import Bucket
 from conveyor.shared.kvmirror import KvMirror
@@ -84,6 +85,7 @@ class Receiver:
     directory: Directory = field(default_factory=lambda: Directory(Project.default()))
     sealer: Sealer = field(default_factory=lambda: Sealer([]))
     projects: KvMirror[Project] | None = None
+    integration: IntegrationRecorder | None = None  # last webhook per project (status endpoint)
     _opened: dict[tuple[str, str], tuple[dt.datetime, tuple[str, ...]]] = field(default_factory=dict)
 
     def projects_mirror_put(self, project_id: str, project: Project | None) -> None:

@@ -29,6 +29,7 @@ from conveyor.shared import subjects
 from conveyor.shared.consumer import attempts_of
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
+from conveyor.shared.integration import IntegrationRecorder
 from conveyor.shared.logs import bound
 from conveyor.shared.signing import standard_headers
 from conveyor.shared.telemetry import exporting, inject_headers, message_span
@@ -55,6 +56,7 @@ class DeliverCallback:
     metrics: Metrics
     tracer: trace.Tracer
     parking: Parking
+    integration: IntegrationRecorder | None = None  # per project: last callback, failures
 
     def __post_init__(self) -> None:
         self.tracing = exporting(self.tracer)
@@ -151,6 +153,8 @@ class DeliverCallback:
         )
         self.metrics.outcome[outcome].inc()
         self.metrics.took[outcome].observe(result.latency_s)
+        if self.integration is not None:
+            self.integration.callback(job.project, at, outcome, result.status_code)
 
         if outcome == "delivered":
             # One line per callback costs ~7% of the deliverer's CPU at INFO; the metrics and the

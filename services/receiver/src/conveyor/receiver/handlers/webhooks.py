@@ -181,6 +181,8 @@ async def _take(call: Call, st: Receiver, source: Source) -> Answer:
         correlation_id=call.correlation,
     )
     st.metrics.webhook(name, "duplicate" if duplicate else "accepted").inc()
+    if st.integration is not None:
+        st.integration.webhook(project.project_id, now)
     now_s = time.time()
     st.last_webhook[name] = now_s
     st.metrics.last_webhook_at(name).set(now_s)
