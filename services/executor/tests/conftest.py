@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from conveyor.executor.config import AgentConfig, Settings
 from conveyor.shared import subjects
 from conveyor.shared.events import (
+    DEFAULT_PROJECT,
     CancelRequest,
     JobRecord,
     JobRequest,
@@ -26,6 +27,7 @@ from conveyor.shared.events import (
     job_result_decoder,
 )
 from conveyor.shared.streams import ensure_kv, ensure_streams
+from conveyor.shared.tenancy import Project
 from conveyor.shared.testing.fixtures import eventually
 
 enc = msgspec.json.Encoder()
@@ -56,11 +58,14 @@ class Bus:
 
     async def setup(self) -> None:
         await ensure_streams(self.js, [subjects.EVENTS, subjects.JOBS, subjects.RESULTS, subjects.DLQ])
-        kv = await ensure_kv(self.js, [subjects.KV_JOBS, subjects.KV_CANCELS, subjects.KV_JOB_LOGS])
-        self.jobs, self.cancels, self.logs = (
+        kv = await ensure_kv(
+            self.js, [subjects.KV_JOBS, subjects.KV_CANCELS, subjects.KV_JOB_LOGS, subjects.KV_PROJECTS]
+        )
+        self.jobs, self.cancels, self.logs, self.projects = (
             kv[subjects.KV_JOBS],
             kv[subjects.KV_CANCELS],
             kv[subjects.KV_JOB_LOGS],
+            kv[subjects.KV_PROJECTS],
         )
 
     async def job(
@@ -77,6 +82,7 @@ class Bus:
                 updated_at=now,
                 agent=agent,
                 callback_url=kw.get("callback_url"),
+                project=kw.get("project", DEFAULT_PROJECT),
             )
             await self.jobs.create(job_id, enc.encode(rec))
         req = JobRequest(
@@ -122,6 +128,12 @@ class Bus:
             headers={subjects.MSG_ID: f"{source}:{job_id}"},
         )
         return job_id
+
+    async def project(self, project_id: str, **fields: Any) -> None:
+        """Store a project record the way the admin API does (executors mirror the bucket)."""
+        now = dt.datetime.now(dt.UTC)
+        base: dict[str, Any] = {"org_id": "org-1", "name": project_id, "created_at": now, "updated_at": now}
+        await self.projects.put(project_id, enc.encode(Project(project_id=project_id, **{**base, **fields})))
 
     async def cancel(self, job_id: str, reason: str = "cancelled by request") -> None:
         req = CancelRequest(job_id=job_id, requested_at=dt.datetime.now(dt.UTC), reason=reason)

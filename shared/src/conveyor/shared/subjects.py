@@ -14,6 +14,7 @@ from typing import Final
 EVENTS: Final = "EVENTS"  # events.<source>.<type...>        receiver -> executor router
 JOBS: Final = "JOBS"  # jobs.run.<agent>                     router/receiver -> executor workers
 #                       jobs.fanout.<parent_id>              router -> executor (a fan-out's deadline)
+#                       jobs.limited.<project>.<agent>       executor -> executor (a project's running limit)
 RESULTS: Final = "RESULTS"  # results.<job_id>               executor -> deliverer
 DEPLOYS: Final = "DEPLOYS"  # deploys.{requested,status}.<site>
 DLQ: Final = "DLQ"  # dlq.<stage>.<original subject>         any stage -> operators
@@ -47,6 +48,7 @@ DELIVERER_TEST_SENDS: Final = "deliverer-test-sends"  # on CONTROL, ctl.test_sen
 DELIVERER_PARKED: Final = "deliverer-parked"  # on PARKED, parked.results.>: parked results due
 DEPLOYER: Final = "deployer"
 SCHEDULER: Final = "executor-scheduler"  # on SCHEDULES, schedules.fire.>: firings -> jobs
+LIMITED_PREFIX: Final = "executor-limited-"  # + <project>, on JOBS, jobs.limited.<project>.>
 
 # Headers we add (Nats-* ones are the server's) ----------------------------------------------------
 MSG_ID: Final = "Nats-Msg-Id"
@@ -103,6 +105,23 @@ def job_run(agent: str) -> str:
 def fanout_deadline(parent_id: str) -> str:
     """The executor's timer for a fan-out parent (JOBS is a work queue: one consumer per filter)."""
     return f"jobs.fanout.{token(parent_id)}"
+
+
+# The jobs of a project with a running limit (Project.max_running) wait here for one of its slots;
+# each project has its own durable (executor handlers/fairness.py).
+LIMITED_JOBS_FILTER: Final = "jobs.limited.>"
+
+
+def job_limited(project: str, agent: str) -> str:
+    return f"jobs.limited.{token(project)}.{token(agent)}"
+
+
+def limited_filter(project: str) -> str:
+    return f"jobs.limited.{token(project)}.>"
+
+
+def limited_consumer(project: str) -> str:
+    return f"{LIMITED_PREFIX}{token(project)}"
 
 
 def result(job_id: str) -> str:

@@ -36,6 +36,16 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.limited = Counter(
+            "executor_jobs_limited",
+            "Jobs moved to their project's own queue because the project has a running limit.",
+            registry=registry,
+        )
+        self.limited_projects = Gauge(
+            "executor_limited_projects",
+            "Projects whose limited queue this executor pulls from now.",
+            registry=registry,
+        )
         # Children looked up once: labels() on every job shows in a no-op job's profile.
         self.running = {a: self.in_progress.labels(a) for a in agents}
         self.retried = {a: self.retries.labels(a) for a in agents}

@@ -12,6 +12,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from conveyor.executor.backends import make_backends
 from conveyor.executor.config import Settings
 from conveyor.executor.handlers.cancels import Canceller, Cancels
+from conveyor.executor.handlers.fairness import Gates
 from conveyor.executor.handlers.fanout import Fanout
 from conveyor.executor.handlers.jobstore import JobStore
 from conveyor.executor.handlers.results import Results
@@ -81,6 +82,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             cancel_reason=cancels.reason,
             deadline_ms=settings.fanout_deadline_ms,
         )
+        gates = Gates(rt, settings, metrics, stage=STAGE)
         worker = Worker(
             js=rt.js,
             settings=settings,
@@ -94,6 +96,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             child_done=fanout.child_done,
             tracer=rt.tracer,
             instance=rt.instance,
+            gates=gates,
         )
         canceller = Canceller(store, worker.cancel_running, fanout.child_done)
         router = Router(
@@ -109,6 +112,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             tracer=rt.tracer,
         )
         await cancels.start(canceller.on_cancel)
+        await gates.start(worker.handle_limited)  # limits known before the first job is taken
         configs = consumer_configs(settings)
 
         async def consume(name: str, stream: str, handler: Any, concurrency: int) -> None:
@@ -128,6 +132,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             await consume(subjects.ROUTER, subjects.EVENTS, router.handle, settings.router_concurrency)
             yield
         finally:
+            await gates.stop()
             await cancels.stop()
 
 
@@ -139,7 +144,7 @@ def details(rt: Runtime[Any]) -> dict[str, Any]:
 SPEC = ServiceSpec(
     name="executor",
     streams=[subjects.EVENTS, subjects.JOBS, subjects.RESULTS, subjects.DLQ],
-    buckets=[subjects.KV_JOBS, subjects.KV_CANCELS, subjects.KV_JOB_LOGS],
+    buckets=[subjects.KV_JOBS, subjects.KV_CANCELS, subjects.KV_JOB_LOGS, subjects.KV_PROJECTS],
     components=with_scheduler(components),
     details=details,
 )

@@ -7,6 +7,9 @@ there first wins); run the backend under the agent's timeout with in-progress ac
 either finish (record -> result -> ack), retry (record back to "queued", NAK with backoff),
 or give up (DLQ copy -> record "failed" -> failed result -> term).
 
+A job of a project with a running limit (``max_running``) is first moved to its project's own
+queue and taken from there (handlers/fairness.py).
+
 Attempts are counted in the record when an attempt starts, not from JetStream's delivery
 count, so a NAK that only hands a job to another replica never uses up a retry, while an
 executor that died mid-attempt does.
@@ -18,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from msgspec.structs import replace
@@ -28,6 +31,7 @@ from opentelemetry import trace
 
 from conveyor.executor.backends import AgentError, AgentJob, Backend
 from conveyor.executor.config import Settings
+from conveyor.executor.handlers.fairness import Gates
 from conveyor.executor.handlers.jobstore import JobStore, Versioned, checked_job_id
 from conveyor.executor.handlers.results import Results, may_exceed, oversize
 from conveyor.executor.metrics import Metrics
@@ -177,6 +181,7 @@ class Worker:
         child_done: Callable[[str], Awaitable[None]],
         tracer: trace.Tracer,
         instance: str,
+        gates: Gates | None = None,
     ) -> None:
         self.js = js
         self.settings = settings
@@ -194,12 +199,29 @@ class Worker:
         self.running: dict[str, Running] = {}
         self.slots = {n: asyncio.Semaphore(a.concurrency) for n, a in agents.items() if a.concurrency}
         self.heartbeat_s = max(0.5, settings.ack_wait_s / 3)
+        self.gates = gates
+        self.limited: Mapping[str, int] = gates.limits if gates is not None else {}
 
     # --- entry point ---------------------------------------------------------------------------
 
     async def handle(self, msg: Msg) -> None:
+        """A job from the shared queue, ``jobs.run.<agent>``."""
         req = job_request_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
         checked_job_id(req.job_id)
+        if req.project in self.limited and req.agent in self.agents and self.gates is not None:
+            # Its project has a running limit: the job waits for a slot in its own queue.
+            await self.gates.hop(msg, req)
+            return
+        await self._process(msg, req)
+
+    async def handle_limited(self, msg: Msg) -> None:
+        """A job from its project's own queue, ``jobs.limited.<project>.<agent>``: the durable's
+        max_ack_pending has already counted it against the project's limit."""
+        req = job_request_decoder.decode(msg.data)
+        checked_job_id(req.job_id)
+        await self._process(msg, req)
+
+    async def _process(self, msg: Msg, req: JobRequest) -> None:
         with (
             bound(job=req.job_id, correlation=req.correlation_id),
             message_span(self.tracer, self.tracing, "jobs.run.* process", msg.headers, msg.subject),
