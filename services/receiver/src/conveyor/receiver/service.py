@@ -17,7 +17,6 @@ from conveyor.receiver.listener import listener_for
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.middleware import edge, expect_handler
 from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document
-from conveyor.receiver.ratelimit import RateLimiter
 from conveyor.receiver.schemas import (
     Accepted,
     AgentHealth,
@@ -41,6 +40,7 @@ from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
 from conveyor.shared.kvbucket import Bucket
+from conveyor.shared.ratelimit import RateLimiter
 from conveyor.shared.runner import Runtime, ServiceSpec
 
 STREAMS = [subjects.EVENTS, subjects.JOBS, subjects.CONTROL, subjects.DEPLOYS]
