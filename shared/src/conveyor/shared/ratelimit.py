@@ -87,11 +87,18 @@ class RateLimiter:
     """Counts hits per key in KV; see the module docstring for the algorithm."""
 
     def __init__(
-        self, kv: KeyValue, *, clock: Callable[[], float] = time.time, max_conflicts: int = 50
+        self,
+        kv: KeyValue,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_conflicts: int = 50,
+        claim_ahead: bool = True,
     ) -> None:
         self._kv = kv
         self._clock = clock
         self._max_conflicts = max_conflicts
+        # Off where hits are rare (schedule firings): slots claimed there would mostly go unused.
+        self._prefetch_from = PREFETCH_FROM if claim_ahead else math.inf
         self._keys: dict[str, _Key] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -185,7 +192,7 @@ class RateLimiter:
             else:
                 first, start = w.count, w.start
             left = limit - first
-            claim = min(left, n + (min(PREFETCH_MAX, left // 100) if left >= PREFETCH_FROM else 0))
+            claim = min(left, n + (min(PREFETCH_MAX, left // 100) if left >= self._prefetch_from else 0))
             new = _Window(0, start, first + claim)
             try:
                 if w is None:
