@@ -37,7 +37,7 @@ from nats.js.kv import KeyValue
 
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.jobs import valid_url
-from conveyor.receiver.openapi import Operation, Param
+from conveyor.receiver.openapi import Operation, Param, link
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import NATS_DOWN, STATE, Receiver
 from conveyor.shared import ids, subjects
@@ -682,6 +682,10 @@ _E = None
 _KEYED = {401: _E, 429: _E, 503: _E}
 _KEY_QUERY = (Param("api_key", "query", "The API key, when an Authorization header cannot be sent."),)
 _ONE = "/api/schedules/{schedule_id}"
+_LINKS = {
+    name: link(f"{method}_api_schedules_schedule_id", schedule_id="schedule_id")
+    for name, method in (("GetSchedule", "get"), ("ChangeSchedule", "patch"), ("DeleteSchedule", "delete"))
+}
 
 
 def operations() -> list[Operation]:
@@ -717,6 +721,7 @@ def operations() -> list[Operation]:
             "over them is skipped: last_outcome rate_limited). 422 names the field of an invalid cron "
             "expression, time zone, or an interval below SCHEDULE_MIN_INTERVAL_S (default a minute); "
             "409 schedule_limit_reached when the key holds SCHEDULE_MAX_PER_OWNER schedules.",
+            links={200: _LINKS, 201: _LINKS},
         ),
         op(
             "GET",

@@ -16,7 +16,7 @@ from conveyor.receiver.handlers import admin, health, jobs, send_test_event, str
 from conveyor.receiver.listener import listener_for
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.middleware import edge, expect_handler
-from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document
+from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document, job_links, link
 from conveyor.receiver.schemas import (
     Accepted,
     AgentHealth,
@@ -156,6 +156,9 @@ def operations() -> list[Operation]:
             params=_API_KEY_QUERY,
             description="200 with the outcome when the deliverer reports within TEST_SEND_WAIT_S, "
             "else 202 with status pending and a status URL.",
+            links={
+                s: {"GetTestSend": link("get_api_webhooks_test_test_id", test_id="id")} for s in (200, 202)
+            },
         ),
         Operation(
             "GET",
@@ -180,6 +183,7 @@ def operations() -> list[Operation]:
             description="Schemes: lovable, github, standard (Standard Webhooks). 202 only after JetStream "
             "acknowledged the event and the job record exists; a repeated delivery id answers the same "
             'job with duplicate=true; a GitHub event no route wants answers status "ignored".',
+            links={202: job_links()},
         ),
         Operation(
             "POST",
@@ -191,6 +195,7 @@ def operations() -> list[Operation]:
             body=JobCreate,
             auth="api_key",
             params=(*_API_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first job.")),
+            links={202: job_links()},
         ),
         *_job_reads(),
         Operation(
@@ -213,6 +218,7 @@ def operations() -> list[Operation]:
             body=KeyCreate,
             auth="admin",
             params=_API_KEY_QUERY,
+            links={201: {"RevokeKey": link("delete_api_admin_keys_key_id", key_id="key_id")}},
         ),
         Operation(
             "DELETE",
@@ -267,7 +273,8 @@ def routes(rt: Runtime[Any]) -> None:
             rt.app.router.add_route(op.method, op.path, op.handler, expect_handler=expect)
     spec = document([*ops, *sites_api.operations()], title="Conveyor receiver", version=_version())
     # What this deployment accepts is known at start: say so in the document.
-    spec["components"]["schemas"]["JobCreate"]["properties"]["agent"]["enum"] = list(settings.known_agents)
+    for schema in ("JobCreate", "ScheduleCreate", "SchedulePatch"):
+        spec["components"]["schemas"][schema]["properties"]["agent"]["enum"] = list(settings.known_agents)
     for param in spec["paths"]["/api/webhooks/{source}"]["post"]["parameters"]:
         if param["name"] == "source" and st.sources:
             param["schema"]["enum"] = sorted(st.sources)
