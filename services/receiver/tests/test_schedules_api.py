@@ -15,6 +15,7 @@ import pytest
 from croniter import croniter
 from nats.js import JetStreamContext
 
+from conveyor.receiver.config import Settings
 from conveyor.shared import subjects
 from conveyor.shared.events import encoder
 from conveyor.shared.schedules import (
@@ -421,3 +422,9 @@ async def test_the_record_carries_the_owners_limits(
     admins = (await create(receiver, ADMIN_KEY)).json()
     rec = schedule_record_decoder.decode((await kv.get(admins["schedule_id"])).value)
     assert (rec.owner_per_minute, rec.owner_per_day) == (0, 0)  # the admin key is not limited
+
+
+@pytest.mark.parametrize("cap", [0, -1, 10_001])
+def test_the_cap_is_a_number_one_value_can_hold(cap: int) -> None:
+    with pytest.raises(ValueError, match="SCHEDULE_MAX_PER_OWNER"):
+        Settings(schedule_max_per_owner=cap)
