@@ -9,13 +9,14 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 PROJECT_FILES := pyproject.toml uv.lock shared/pyproject.toml cli/pyproject.toml $(wildcard services/*/pyproject.toml)
 
-.PHONY: run test lint fmt bench images compose-up compose-down smoke ops-check system-deps clean help
+.PHONY: run test lint fmt bench fuzz images compose-up compose-down smoke ops-check system-deps clean help
 
 help:
 	@echo "make run      start nats-server and the four services locally (Ctrl-C stops all)"
 	@echo "make test     run the test suite (installs what it needs)"
 	@echo "make lint     ruff check + format check"
 	@echo "make bench    benchmarks with ratios against baselines measured in the same run"
+	@echo "make fuzz     schemathesis over the receiver's API against a live system (FUZZ_CASES=10000)"
 	@echo "make images   build the service images with podman"
 	@echo "make smoke    build images, run the compose stack, send a webhook, see the callback"
 
@@ -48,6 +49,10 @@ fmt: $(VENV)/.synced
 
 bench: $(VENV)/.synced
 	$(BIN)/python -m bench
+
+# Long (10,000 cases by default), so not part of `make test`; FUZZ_CASES, FUZZ_SEED, FUZZ_WORKERS.
+fuzz: $(VENV)/.synced
+	$(BIN)/python scripts/fuzz.py
 
 # Containers (docs/operations.md): podman + podman-compose; slow, so not part of `make test`.
 images: $(VENV)/.synced

@@ -1,6 +1,7 @@
 """Schedules end to end, every service a real process on one nats-server whose message
 scheduler does the firing: schedule -> firings -> jobs -> callbacks at a real sink; pause,
-resume, delete; every service restarted with NATS kept; a cron's next run."""
+resume, delete; every service restarted with NATS kept; a cron's next run; firings charged to the
+owner's key limits."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import zoneinfo
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats.js.errors
@@ -60,13 +62,17 @@ async def system(nats_server: NatsServer, sink: Sink, tmp_path: Path) -> AsyncIt
         CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",
         CALLBACK_SIGNING_SECRETS=SIGNING,
         LLM_BACKEND="builtin",
+        SCHEDULE_MIN_INTERVAL_S="1",  # every second: the server's floor (the default is a minute)
     )
     procs = {name: ServiceProcess(name, env, tmp_path / "logs" / f"{name}.log") for name in SERVICES}
     try:
         await asyncio.gather(*(p.start() for p in procs.values()))
         async with httpx.AsyncClient(base_url=procs["receiver"].url, timeout=10) as http:
+            # Each firing counts against the key, so its minute holds the firings of a long test.
             made = await http.post(
-                "/api/admin/keys", json={"name": "e2e"}, headers={"Authorization": f"Bearer {ADMIN}"}
+                "/api/admin/keys",
+                json={"name": "e2e", "per_minute": 1000},
+                headers={"Authorization": f"Bearer {ADMIN}"},
             )
             assert made.status_code == 201, made.text
             yield System(procs, http, made.json()["key"])
@@ -225,3 +231,30 @@ async def test_restarting_every_service_keeps_schedules_and_doubles_no_firing(
 
     await http.patch(f"/api/schedules/{sid}", json={"paused": True}, headers=system.auth)
     await eventually(recorded_and_called_back, timeout=20)
+
+
+async def test_firings_count_against_the_owners_key_like_its_requests(system: System, sink: Sink) -> None:
+    """A key with 4 requests a minute spends one on the create; the schedule gets the other 3 runs,
+    and then firings are skipped, recorded as rate_limited, until the minute is over."""
+    admin = {"Authorization": f"Bearer {ADMIN}"}  # looks at the schedule without spending the key's
+    made = await system.http.post("/api/admin/keys", json={"name": "small", "per_minute": 4}, headers=admin)
+    key = {"Authorization": f"Bearer {made.json()['key']}"}
+    r = await system.http.post(
+        "/api/schedules",
+        json={"agent": "qa", "every": "1s", "overlap": "allow", "callback_url": sink.url},
+        headers=key,
+    )
+    assert r.status_code == 201, r.text
+    url = f"/api/schedules/{r.json()['schedule_id']}"
+
+    async def limited() -> dict[str, Any]:
+        view = (await system.http.get(url, headers=admin)).json()
+        assert view["last_outcome"] == "rate_limited" and view["skipped"] >= 1
+        return view
+
+    view = await eventually(limited, timeout=20)
+    assert view["runs"] == 3 and "over its limit of 4 per minute" in view["last_skip_reason"]
+    # The key itself is spent too: its own next request is refused.
+    refused = await system.http.get(url, headers=key)
+    assert refused.status_code == 429 and refused.headers["X-RateLimit-Limit"] == "4"
+    assert (await system.http.delete(url, headers=admin)).status_code == 200

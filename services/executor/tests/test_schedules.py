@@ -1,12 +1,14 @@
 """Schedule firings -> jobs, in an executor on a real nats-server whose own message scheduler
 fires the definitions: jobs with their own ids, overlap policies, the window, paused and deleted
-schedules, a firing handled twice, and a firing that cannot be read."""
+schedules, firings charged to the owner's key limits, a firing handled twice, and a firing that
+cannot be read."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import itertools
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +27,7 @@ from conveyor.executor.handlers.scheduler import Scheduler, SchedulerMetrics
 from conveyor.executor.service import SPEC
 from conveyor.shared import subjects
 from conveyor.shared.events import JobRecord, job_record_decoder
+from conveyor.shared.ratelimit import RateLimiter
 from conveyor.shared.runner import serve
 from conveyor.shared.schedules import (
     ScheduleRecord,
@@ -229,7 +232,7 @@ async def test_paused_deleted_and_windowed_schedules_run_nothing(
 
 async def test_a_firing_handled_twice_makes_one_job(js: JetStreamContext, bus: Any) -> None:
     s = await schedules_for(js, bus)
-    sched = await s.add("qa", overlap="allow")
+    sched = await s.add("qa", overlap="allow", owner="key_twice", owner_per_minute=10)
     sub = await js.pull_subscribe(
         subjects.schedule_fire(sched.schedule_id),
         durable="test-fires",
@@ -246,7 +249,14 @@ async def test_a_firing_handled_twice_makes_one_job(js: JetStreamContext, bus: A
     finally:
         await s.disarm(sched.schedule_id)
         await sub.unsubscribe()
-    scheduler = Scheduler(js=js, schedules=s.kv, jobs=bus.jobs, metrics=SchedulerMetrics(CollectorRegistry()))
+    limits = (await ensure_kv(js, [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
+    scheduler = Scheduler(
+        js=js,
+        schedules=s.kv,
+        jobs=bus.jobs,
+        limiter=RateLimiter(limits, claim_ahead=False),
+        metrics=SchedulerMetrics(CollectorRegistry()),
+    )
     # A redelivery, and two executors taking the same copy at once.
     await scheduler.handle(msg)
     await asyncio.gather(scheduler.handle(msg), scheduler.handle(msg))
@@ -263,6 +273,74 @@ async def test_a_firing_handled_twice_makes_one_job(js: JetStreamContext, bus: A
     request = await js.get_last_msg(subjects.JOBS, subjects.job_run("qa"))
     assert request.headers is not None and request.headers[subjects.MSG_ID] == job_id
     assert request.headers[subjects.H_SCHEDULE_ID] == sched.schedule_id
+    # The run was charged to the owner once: the repeats found it taken.
+    assert (await limits.get("k.key_twice.m")).value.split()[1] == b"1"
+
+
+async def counter(js: JetStreamContext, key: str) -> int:
+    """The count in KV ratelimits under ``key`` (the receiver's format: "<window start ms> <count>")."""
+    kv = (await ensure_kv(js, [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
+    try:
+        return int((await kv.get(key)).value.split()[1])
+    except nats.js.errors.KeyNotFoundError:
+        return 0
+
+
+async def test_firings_are_charged_to_the_owners_key_and_skipped_over_its_limit(
+    js: JetStreamContext, bus: Any, make_settings: Callable[..., Settings]
+) -> None:
+    s = await schedules_for(js, bus)
+    async with serve(SPEC, make_settings()) as rt:
+        sched = await s.add("qa", overlap="allow", owner="key_limited", owner_per_minute=3, owner_per_day=100)
+
+        async def limited() -> ScheduleRecord:
+            rec = await s.get(sched.schedule_id)
+            assert rec.last_outcome == "rate_limited" and rec.skipped >= 2
+            return rec
+
+        rec = await eventually(limited, timeout=15)
+        await s.disarm(sched.schedule_id)
+        # Three runs, the minute's budget, and no more: every later firing was skipped.
+        assert rec.runs == 3 and len(await s.jobs_of(sched.schedule_id)) == 3
+        assert rec.last_skip_reason == "API key key_limited is over its limit of 3 per minute"
+        assert rec.last_skipped_at is not None and rec.last_run_at is not None
+        assert rec.last_skipped_at > rec.last_run_at
+        # The receiver's counters for the key: what its requests are counted on too.
+        assert await counter(js, "k.key_limited.m") == 3
+
+        # As for a request: a firing the minute refuses still counts in the day.
+        async def day_counts_every_firing() -> None:
+            rec = await s.get(sched.schedule_id)
+            assert await counter(js, "k.key_limited.d") == rec.runs + rec.skipped
+            assert await metric(rt.http_port, "rate_limited") == rec.skipped
+
+        await eventually(day_counts_every_firing)
+        assert await metric(rt.http_port, "run") == 3
+
+
+async def test_a_key_spent_on_requests_runs_no_firing(
+    js: JetStreamContext, bus: Any, make_settings: Callable[..., Settings]
+) -> None:
+    """The owner used its day's budget on API requests (the receiver's counter): its schedule's
+    firings are skipped; an unlimited owner's (the admin key) run."""
+    s = await schedules_for(js, bus)
+    kv = (await ensure_kv(js, [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
+    await kv.put("k.key_spent.d", f"{int(time.time() * 1000)} 50".encode())
+    async with serve(SPEC, make_settings()):
+        spent = await s.add("qa", overlap="allow", owner="key_spent", owner_per_minute=60, owner_per_day=50)
+        free = await s.add("qa", overlap="allow", owner="admin")
+
+        async def settled() -> None:
+            assert (await s.get(spent.schedule_id)).skipped >= 2
+            assert (await s.get(free.schedule_id)).runs >= 2
+
+        await eventually(settled, timeout=15)
+        await asyncio.gather(s.disarm(spent.schedule_id), s.disarm(free.schedule_id))
+        rec = await s.get(spent.schedule_id)
+        assert rec.runs == 0 and await s.jobs_of(spent.schedule_id) == []
+        assert rec.last_outcome == "rate_limited" and rec.last_skip_reason is not None
+        assert rec.last_skip_reason.endswith("limit of 50 per day")
+        assert (await s.get(free.schedule_id)).last_outcome == "run"
 
 
 async def test_an_unreadable_firing_is_dead_lettered(

@@ -11,7 +11,7 @@ import httpx
 
 from conveyor.shared.testing.procs import ServiceProcess, service_env
 
-ADMIN = "admin-test-key"
+ADMIN = "admin-test-key"  # the receiver fixture's ADMIN_API_KEY too
 EXAMPLES_PER_OPERATION = 12
 
 
@@ -36,6 +36,65 @@ async def test_document_describes_every_route(receiver) -> None:
         "$ref": "#/components/schemas/JobCreate"
     }
     assert set(job_create["responses"]) == {"202", "400", "401", "403", "404", "413", "422", "429", "503"}
+
+
+async def test_links_lead_from_an_answer_to_the_routes_of_what_it_names(receiver) -> None:
+    """Each link names an operation that exists, one of its path parameters, and a field of the
+    answer it starts from (what stateful fuzzing and clients follow)."""
+    doc = (await receiver.http.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    ops = {op["operationId"]: (path, op) for path, item in doc["paths"].items() for op in item.values()}
+
+    def fields(schema: dict[str, Any]) -> set[str]:
+        if "$ref" in schema:
+            return fields(schemas[schema["$ref"].rsplit("/", 1)[1]])
+        if "anyOf" in schema:  # a field any of the bodies has
+            return set().union(*(fields(s) for s in schema["anyOf"]))
+        return set(schema.get("properties", {}))
+
+    followed = set()
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            for status, resp in op["responses"].items():
+                for name, target in resp.get("links", {}).items():
+                    assert target["operationId"] in ops, (path, method, name)
+                    target_path, target_op = ops[target["operationId"]]
+                    path_params = {p["name"] for p in target_op["parameters"] if p["in"] == "path"}
+                    body = fields(resp["content"]["application/json"]["schema"])
+                    for param, expression in target["parameters"].items():
+                        assert param in path_params, (name, param)
+                        assert expression.removeprefix("$response.body#/") in body, (name, expression)
+                    followed.add((method.upper(), path, status, target_path))
+    assert {
+        ("POST", "/api/jobs", "202", "/api/jobs/{job_id}"),
+        ("POST", "/api/webhooks/{source}", "202", "/api/jobs/{job_id}"),
+        ("POST", "/api/schedules", "201", "/api/schedules/{schedule_id}"),
+        ("POST", "/api/admin/keys", "201", "/api/admin/keys/{key_id}"),
+        ("POST", "/api/webhooks/test", "202", "/api/webhooks/test/{test_id}"),
+    } <= followed
+
+
+async def test_event_streams_match_their_schema_and_optional_bodies_are_optional(start_receiver) -> None:
+    """What the fuzzer found: each event of GET /api/jobs/{id}/stream is an object (event, data,
+    id), which a schema of type string refused; and POST /api/sites/{id}/preview, documented as
+    needing a body, takes none (the stored draft)."""
+    import schemathesis
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    async with start_receiver(sse_max_s=0.5) as r:
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        doc = (await r.http.get("/openapi.json")).json()
+        preview = doc["paths"]["/api/sites/{site_id}/preview"]["post"]
+        assert preview["requestBody"]["required"] is False
+        assert doc["paths"]["/api/jobs"]["post"]["requestBody"]["required"] is True
+
+        job = await r.http.post("/api/jobs", json={"agent": "dev", "prompt": "x"}, headers=auth)
+        assert job.status_code == 202, job.text
+        stream = await r.http.get(f"/api/jobs/{job.json()['job_id']}/stream", headers=auth)
+        assert stream.status_code == 200 and "event: status" in stream.text
+        operation = schemathesis.openapi.from_dict(doc)["/api/jobs/{job_id}/stream"]["GET"]
+        case = operation.Case(path_parameters={"job_id": job.json()["job_id"]})
+        case.validate_response(stream, checks=[response_schema_conformance])
 
 
 def run_schemathesis(base_url: str) -> list[str]:

@@ -10,8 +10,8 @@ import httpx
 import nats
 import pytest
 
-from conveyor.receiver.ratelimit import PREFETCH_MAX, Decision, RateLimiter
 from conveyor.shared import subjects
+from conveyor.shared.ratelimit import PREFETCH_MAX, Decision, RateLimiter
 from conveyor.shared.streams import ensure_kv
 from conveyor.shared.testing.procs import ServiceProcess, service_env
 

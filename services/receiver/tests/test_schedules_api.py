@@ -4,8 +4,10 @@ sees them, ownership, next runs checked against croniter."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import zoneinfo
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.js.errors
@@ -13,11 +15,26 @@ import pytest
 from croniter import croniter
 from nats.js import JetStreamContext
 
+from conveyor.receiver.config import Settings
 from conveyor.shared import subjects
+from conveyor.shared.events import encoder
+from conveyor.shared.schedules import (
+    OwnerIndex,
+    owner_index_decoder,
+    owner_index_key,
+    schedule_record_decoder,
+)
 from conveyor.shared.testing.fixtures import eventually
 
 ADMIN_KEY = "admin-test-key"  # the receiver fixture's ADMIN_API_KEY
 CALLBACK = "http://127.0.0.1:9/callback"
+
+
+@pytest.fixture
+async def receiver(start_receiver: Any) -> AsyncIterator[Any]:
+    """These tests go down to the server's own floor of 1 s (the default minimum is a minute)."""
+    async with start_receiver(schedule_min_interval_s=1) as r:
+        yield r
 
 
 def auth(key: str) -> dict[str, str]:
@@ -26,6 +43,13 @@ def auth(key: str) -> dict[str, str]:
 
 def body(**over: Any) -> dict[str, Any]:
     return {"agent": "qa", "callback_url": CALLBACK, "input": {"files": {"a.py": "x = 1\n"}}, **over}
+
+
+async def create(r: Any, key: str, headers: dict[str, str] | None = None, **over: Any) -> Any:
+    """POST /api/schedules as ``key`` (hourly unless ``over`` says otherwise)."""
+    return await r.http.post(
+        "/api/schedules", json=body(**{"every": "1h", **over}), headers={**auth(key), **(headers or {})}
+    )
 
 
 async def definition(js: JetStreamContext, schedule_id: str) -> Any | None:
@@ -125,15 +149,25 @@ async def test_invalid_schedules_get_422_naming_the_field(
     assert await definitions(js) == 0
 
 
-async def test_minimum_interval_is_configurable(start_receiver: Any) -> None:
-    async with start_receiver(schedule_min_interval_s=60) as r:
-        short = await r.http.post("/api/schedules", json=body(every="30s"), headers=auth(ADMIN_KEY))
+async def test_minimum_interval_is_a_minute_unless_configured(start_receiver: Any) -> None:
+    async with start_receiver() as r:  # the default
+        short = await r.http.post("/api/schedules", json=body(every="59s"), headers=auth(ADMIN_KEY))
         assert short.status_code == 422 and short.json()["field"] == "every"
         assert "at least 1m" in short.json()["message"]
         tight = await r.http.post("/api/schedules", json=body(cron="*/10 * * * * *"), headers=auth(ADMIN_KEY))
         assert tight.status_code == 422 and tight.json()["field"] == "cron"
         assert "10 s apart" in tight.json()["message"]
         ok = await r.http.post("/api/schedules", json=body(every="1m"), headers=auth(ADMIN_KEY))
+        assert ok.status_code == 201, ok.text
+        changed = await r.http.patch(
+            f"/api/schedules/{ok.json()['schedule_id']}", json={"every": "1s"}, headers=auth(ADMIN_KEY)
+        )
+        assert changed.status_code == 422 and changed.json()["field"] == "every"
+    async with start_receiver(schedule_min_interval_s=10) as r:
+        assert (
+            await r.http.post("/api/schedules", json=body(every="9s"), headers=auth(ADMIN_KEY))
+        ).status_code == 422
+        ok = await r.http.post("/api/schedules", json=body(cron="*/10 * * * * *"), headers=auth(ADMIN_KEY))
         assert ok.status_code == 201, ok.text
 
 
@@ -278,3 +312,119 @@ async def test_nats_down_answers_503(receiver: Any, nats_server: Any) -> None:
         assert r.status_code == 503 and "Retry-After" in r.headers
 
     await eventually(unavailable)
+
+
+# --- the cap per owner ----------------------------------------------------------------------------
+
+LONG_AGO = dt.timedelta(minutes=5)  # longer than any create takes (the receiver allows 60 s)
+
+
+async def test_each_key_holds_at_most_the_cap(
+    start_receiver: Any, new_key: Any, js: JetStreamContext
+) -> None:
+    async with start_receiver(schedule_max_per_owner=3) as r:
+        alice, bob = await new_key(r), await new_key(r)
+        made = [
+            await create(r, alice),
+            await create(r, alice, paused=True),
+            await create(r, alice, every=None, cron="@daily"),
+        ]
+        assert [m.status_code for m in made] == [201, 201, 201]
+        over = await create(r, alice)
+        assert over.status_code == 409, over.text
+        assert over.json()["error"] == "schedule_limit_reached" and over.json()["limit"] == 3
+        assert "SCHEDULE_MAX_PER_OWNER" in over.json()["message"]
+        assert await definitions(js) == 2  # the refused one was never armed
+        # Paused ones hold their place too; another key has its own places.
+        assert (await create(r, bob)).status_code == 201
+        # A repeat of a create already made is answered, not refused.
+        idem = {"Idempotency-Key": "k1"}
+        assert (await create(r, bob, idem)).status_code == 201
+        assert (await create(r, bob, every="2h")).status_code == 201
+        assert (await create(r, bob, idem)).status_code == 200
+        # Deleting one (by the owner or an admin) frees its place.
+        sid = made[1].json()["schedule_id"]
+        assert (await r.http.delete(f"/api/schedules/{sid}", headers=auth(ADMIN_KEY))).status_code == 200
+        again = await create(r, alice)
+        assert again.status_code == 201, again.text
+        assert (await create(r, alice)).status_code == 409
+        listed = (await r.http.get("/api/schedules", headers=auth(alice))).json()["schedules"]
+        assert len(listed) == 3
+
+
+async def test_concurrent_creates_cannot_pass_the_cap_together(start_receiver: Any, new_key: Any) -> None:
+    async with start_receiver(schedule_max_per_owner=3) as r:
+        key = await new_key(r, per_minute=0, per_day=0)
+        answers = await asyncio.gather(*(create(r, key) for _ in range(12)))
+        codes = sorted(a.status_code for a in answers)
+        assert codes.count(201) == 3 and set(codes) <= {201, 409, 503}, [a.text for a in answers]
+        listed = (await r.http.get("/api/schedules", headers=auth(key))).json()["schedules"]
+        assert len(listed) == 3
+
+
+async def test_schedules_made_before_the_index_count(
+    start_receiver: Any, new_key: Any, js: JetStreamContext
+) -> None:
+    async with start_receiver(schedule_max_per_owner=3) as r:
+        key = await new_key(r)
+        first = [(await create(r, key)).json() for _ in range(2)]
+        kv = await js.key_value(subjects.KV_SCHEDULES)
+        owner = schedule_record_decoder.decode((await kv.get(first[0]["schedule_id"])).value).owner
+        await kv.purge(owner_index_key(owner))  # as a release without owner indexes left them
+        assert (await create(r, key)).status_code == 201
+        assert (await create(r, key)).status_code == 409
+        index = owner_index_decoder.decode((await kv.get(owner_index_key(owner))).value)
+        assert {s["schedule_id"] for s in first} < set(index.schedules) and len(index.schedules) == 3
+
+
+async def test_a_place_whose_record_never_came_is_given_back(
+    start_receiver: Any, new_key: Any, js: JetStreamContext
+) -> None:
+    """A create that died between taking its place and writing its record: the place is given
+    back once it is older than a create takes, never while a create may still be under way."""
+    async with start_receiver(schedule_max_per_owner=2) as r:
+        key = await new_key(r)
+        made = (await create(r, key)).json()
+        kv = await js.key_value(subjects.KV_SCHEDULES)
+        owner = made["owner"]
+        entry = await kv.get(owner_index_key(owner))
+        index = owner_index_decoder.decode(entry.value)
+        now = dt.datetime.now(dt.UTC)
+        under_way = OwnerIndex(owner=owner, schedules={**index.schedules, "sch_under_way": now})
+        revision = await kv.update(owner_index_key(owner), encoder.encode(under_way), last=entry.revision)
+        assert (await create(r, key)).status_code == 409
+        lost = OwnerIndex(owner=owner, schedules={**index.schedules, "sch_lost": now - LONG_AGO})
+        await kv.update(owner_index_key(owner), encoder.encode(lost), last=revision)
+        ok = await create(r, key)
+        assert ok.status_code == 201, ok.text
+        index = owner_index_decoder.decode((await kv.get(owner_index_key(owner))).value)
+        assert set(index.schedules) == {made["schedule_id"], ok.json()["schedule_id"]}
+
+
+async def test_the_record_carries_the_owners_limits(
+    receiver: Any, new_key: Any, js: JetStreamContext
+) -> None:
+    """What the executor charges each firing to: the creating key's limits, kept when an admin
+    changes the schedule."""
+    key = await new_key(receiver, per_minute=7, per_day=70)
+    made = (await create(receiver, key)).json()
+    assert made["last_outcome"] is None
+    kv = await js.key_value(subjects.KV_SCHEDULES)
+
+    async def limits() -> tuple[int, int]:
+        rec = schedule_record_decoder.decode((await kv.get(made["schedule_id"])).value)
+        return rec.owner_per_minute, rec.owner_per_day
+
+    assert await limits() == (7, 70)
+    url = f"/api/schedules/{made['schedule_id']}"
+    assert (await receiver.http.patch(url, json={"every": "2h"}, headers=auth(ADMIN_KEY))).status_code == 200
+    assert await limits() == (7, 70)
+    admins = (await create(receiver, ADMIN_KEY)).json()
+    rec = schedule_record_decoder.decode((await kv.get(admins["schedule_id"])).value)
+    assert (rec.owner_per_minute, rec.owner_per_day) == (0, 0)  # the admin key is not limited
+
+
+@pytest.mark.parametrize("cap", [0, -1, 10_001])
+def test_the_cap_is_a_number_one_value_can_hold(cap: int) -> None:
+    with pytest.raises(ValueError, match="SCHEDULE_MAX_PER_OWNER"):
+        Settings(schedule_max_per_owner=cap)

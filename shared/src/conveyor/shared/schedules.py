@@ -36,6 +36,8 @@ from conveyor.shared.events import DEFAULT_PROJECT, Message
 
 Overlap = Literal["skip", "allow"]
 ScheduleStatus = Literal["active", "paused", "ended"]
+# What the last firing inside the window did: a job, or skipped (overlap policy, owner's limit).
+FiringOutcome = Literal["run", "skipped_overlap", "rate_limited"]
 
 UTC: Final = dt.UTC
 # Fired copies expire after this long if no executor takes them (each one handled is deleted at
@@ -103,6 +105,12 @@ class ScheduleRecord(Message, frozen=True, kw_only=True):
     last_skip_reason: str | None = None
     ended_at: dt.datetime | None = None
     project: str = DEFAULT_PROJECT  # who may see and change it; another project's answers 404
+    # The owner's key limits (0 = unlimited), copied from the key when the owner writes the
+    # schedule: each firing that would run is charged to them (records older than these
+    # fields are not charged).
+    owner_per_minute: int = 0
+    owner_per_day: int = 0
+    last_outcome: FiringOutcome | None = None
 
     def fire(self) -> ScheduleFire:
         return ScheduleFire(
@@ -117,8 +125,22 @@ class ScheduleRecord(Message, frozen=True, kw_only=True):
         )
 
 
+class OwnerIndex(Message, frozen=True, kw_only=True):
+    """KV ``schedules`` under ``owner.<key id>``: the schedules one API key holds (id -> when it
+    was added), so the cap per owner is one compare-and-set rather than a scan of the bucket.
+    Schedule ids are single tokens, so no schedule's key looks like this."""
+
+    owner: str
+    schedules: dict[str, dt.datetime] = {}
+
+
+def owner_index_key(owner: str) -> str:
+    return f"owner.{owner}"
+
+
 schedule_record_decoder = msgspec.json.Decoder(ScheduleRecord)
 schedule_fire_decoder = msgspec.json.Decoder(ScheduleFire)
+owner_index_decoder = msgspec.json.Decoder(OwnerIndex)
 
 
 def fire_job_id(schedule_id: str, stream_seq: int, next_header: str | None) -> str:

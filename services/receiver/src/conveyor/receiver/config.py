@@ -123,9 +123,12 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     test_send_wait_s: float = 15.0
     """TEST_SEND_WAIT_S: how long POST /api/webhooks/test waits for the deliverer's outcome
     before answering 202 with a status URL."""
-    schedule_min_interval_s: float = 1.0
+    schedule_min_interval_s: float = 60.0
     """SCHEDULE_MIN_INTERVAL_S: the shortest interval (or cron gap) a schedule may have; 422 below
     it. Never below 1 s, the server's own floor."""
+    schedule_max_per_owner: int = 100
+    """SCHEDULE_MAX_PER_OWNER: the most schedules one API key may hold (active, paused or ended;
+    deleting one frees its place); 409 beyond it. 1 to 10000: the ids are kept in one KV value."""
 
     cors_origins: list[str] = []
     """CORS_ORIGINS: browser origins allowed for the default project (JSON list)."""
@@ -136,6 +139,8 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     that have secrets of their own (deployments configured before projects) and ``reject`` else."""
 
     def __post_init__(self) -> None:
+        if not 1 <= self.schedule_max_per_owner <= 10_000:
+            raise ValueError("SCHEDULE_MAX_PER_OWNER: give 1 to 10000")
         for net in filter(None, (p.strip() for p in self.trusted_proxies.split(","))):
             ipaddress.ip_network(net, strict=False)
         for agent in self.known_agents:

@@ -32,6 +32,19 @@ _REASONS = {
     503: "NATS JetStream unreachable; see Retry-After. Nothing was accepted",
 }
 _RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+# Before OpenAPI 3.2 the schema of an event stream describes each event, not the stream.
+_SSE_EVENT = {
+    "type": "object",
+    "description": "One Server-Sent Event: `event` names it, `data` is the record as JSON text, "
+    "`id` is what Last-Event-ID resumes after.",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["event", "data"],
+}
 
 
 @dataclass(frozen=True)
@@ -50,16 +63,39 @@ class Operation:
     tag: str
     responses: dict[int, Any]  # status -> Struct type, a tuple of them, SSE, TEXT, ANY_JSON, None (error)
     body: Any = None
+    body_required: bool = True
     auth: Auth = "none"
     params: tuple[Param, ...] = ()
     description: str = ""
     deprecated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # status -> OpenAPI links: where an id in the answer can be used next (clients, and the
+    # stateful sequences `make fuzz` runs)
+    links: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def operation_id(self) -> str:
         words = re.sub(r"[{}]", "", self.path).strip("/").replace("-", "_").split("/")
         return "_".join([self.method.lower(), *words])
+
+
+def link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link: ``parameters`` maps the target's parameter to a field of the answer."""
+    return {
+        "operationId": operation_id,
+        "parameters": {name: f"$response.body#/{fld}" for name, fld in parameters.items()},
+    }
+
+
+def job_links(source: str = "job_id") -> dict[str, Any]:
+    """Links from an answer naming a job to the job's own routes."""
+    return {
+        "GetJob": link("get_api_jobs_job_id", job_id=source),
+        "GetJobResult": link("get_api_jobs_job_id_result", job_id=source),
+        "GetJobLogs": link("get_api_jobs_job_id_logs", job_id=source),
+        "GetJobDeliveries": link("get_api_jobs_job_id_deliveries", job_id=source),
+        "CancelJob": link("post_api_jobs_job_id_cancel", job_id=source),
+    }
 
 
 def document(operations: list[Operation], *, title: str, version: str) -> dict[str, Any]:
@@ -129,7 +165,7 @@ def _operation(op: Operation, schema_of: dict[Any, Any]) -> dict[str, Any]:
     out["parameters"] = params
     if op.body is not None:
         out["requestBody"] = {
-            "required": True,
+            "required": op.body_required,
             "content": {"application/json": {"schema": schema_of[op.body]}},
         }
     if op.auth in ("api_key", "admin"):
@@ -147,7 +183,7 @@ def _operation(op: Operation, schema_of: dict[Any, Any]) -> dict[str, Any]:
 def _response(status: int, kind: Any, op: Operation, schema_of: dict[Any, Any]) -> dict[str, Any]:
     resp: dict[str, Any] = {"description": _REASONS.get(status, "Response")}
     if kind == SSE:
-        resp["content"] = {SSE: {"schema": {"type": "string"}}}
+        resp["content"] = {SSE: {"schema": _SSE_EVENT}}
     elif kind == TEXT:
         resp["content"] = {TEXT: {"schema": {"type": "string"}}}
     elif isinstance(kind, tuple):
@@ -164,4 +200,6 @@ def _response(status: int, kind: Any, op: Operation, schema_of: dict[Any, Any]) 
         for name in _RATE_HEADERS:
             headers[name] = {"schema": {"type": "string"}}
     resp["headers"] = headers
+    if status in op.links:
+        resp["links"] = op.links[status]
     return resp

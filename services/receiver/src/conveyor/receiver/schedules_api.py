@@ -8,7 +8,9 @@ admin keys see and change every schedule):
   PATCH  /api/schedules/{schedule_id}   pause ({"paused": true}), resume ({"paused": false}), change
   DELETE /api/schedules/{schedule_id}   stop and forget it
 
-The record lives in KV ``schedules``. An active schedule also has one message on
+The record lives in KV ``schedules``. An API key holds at most SCHEDULE_MAX_PER_OWNER schedules:
+``owner.<key id>`` in the same bucket lists them, and a create first adds its id there
+(compare-and-set), a delete removes it last. An active schedule also has one message on
 ``schedules.def.<id>`` carrying Nats-Schedule and Nats-Schedule-Target ``schedules.fire.<id>``:
 nats-server fires copies of it, and the executor turns each copy into a job. Pause writes the
 record, then purges the def subject; resume writes the record, then publishes the definition
@@ -35,14 +37,16 @@ from nats.js.kv import KeyValue
 
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.jobs import valid_url
-from conveyor.receiver.openapi import Operation, Param
+from conveyor.receiver.openapi import Operation, Param, link
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import NATS_DOWN, STATE, Receiver
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import JobStatus, encoder, job_record_decoder, utcnow
 from conveyor.shared.http import HTTPError
 from conveyor.shared.schedules import (
+    FiringOutcome,
     Overlap,
+    OwnerIndex,
     ScheduleError,
     ScheduleRecord,
     ScheduleStatus,
@@ -50,6 +54,8 @@ from conveyor.shared.schedules import (
     definition_headers,
     format_every,
     next_run,
+    owner_index_decoder,
+    owner_index_key,
     record_timing,
     schedule_record_decoder,
     timing,
@@ -60,6 +66,9 @@ log = logging.getLogger(__name__)
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
 _WRITE_TRIES = 5
+# An id in an owner's index without its record is a create still under way, or one that died
+# between the two writes; after this long it is the latter and its place is given back.
+_RESERVATION_GRACE = dt.timedelta(seconds=60)
 # Server error codes for a definition it refuses (nats-server errors.json).
 _BAD_PATTERN, _BAD_TIME_ZONE = 10189, 10223
 
@@ -152,9 +161,10 @@ class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
     next_run_at: dt.datetime | None
     last_run: LastRun | None
     runs: int  # jobs created so far
-    skipped: int  # firings the overlap policy skipped
+    skipped: int  # firings skipped: the overlap policy, or the owner's key over its rate limit
     last_skipped_at: dt.datetime | None
     last_skip_reason: str | None
+    last_outcome: FiringOutcome | None  # what the last firing did: run, skipped_overlap, rate_limited
     owner: str
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -239,6 +249,98 @@ async def _disarm(st: Receiver, js: JetStreamContext, schedule_id: str) -> None:
     """Purge the def subject: the server forgets the schedule; firings already made stay."""
     with st.nats_errors():
         await js.purge_stream(subjects.SCHEDULES, subject=subjects.schedule(schedule_id))
+
+
+# --- the cap per owner ----------------------------------------------------------------------------
+
+
+async def _index(st: Receiver, kv: KeyValue, owner: str) -> tuple[OwnerIndex, int] | None:
+    """The owner's index and its revision; None when there is none yet."""
+    with st.nats_errors():
+        try:
+            entry = await kv.get(owner_index_key(owner))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+    if not entry.value:
+        return None
+    return owner_index_decoder.decode(entry.value), entry.revision or 0
+
+
+async def _held_before_index(st: Receiver, kv: KeyValue, owner: str) -> dict[str, dt.datetime]:
+    """The owner's schedules found by a scan: once per key, for schedules made before indexes."""
+    with st.nats_errors():
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            keys = []
+    found = await asyncio.gather(*(_load(st, kv, k) for k in keys if subjects.is_token(k)))
+    return {r.schedule_id: r.created_at for r, _ in filter(None, found) if r.owner == owner}
+
+
+async def _write_index(st: Receiver, kv: KeyValue, index: OwnerIndex, revision: int) -> bool:
+    key, data = owner_index_key(index.owner), encoder.encode(index)
+    with st.nats_errors():
+        try:
+            if revision:
+                await kv.update(key, data, last=revision)
+            else:
+                await kv.create(key, data)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False  # another request of this owner wrote first: decide again
+    return True
+
+
+async def _reserve(st: Receiver, kv: KeyValue, owner: str, schedule_id: str, now: dt.datetime) -> None:
+    """Give ``schedule_id`` a place among the owner's schedules (before its record is written, so
+    concurrent creates cannot pass the cap together); 409 when every place is taken."""
+    cap = st.settings.schedule_max_per_owner
+    for _ in range(_WRITE_TRIES):
+        found = await _index(st, kv, owner)
+        if found is None:
+            held, revision = await _held_before_index(st, kv, owner), 0
+        else:
+            held, revision = dict(found[0].schedules), found[1]
+        if schedule_id in held:
+            return  # a repeated Idempotency-Key: its place is taken already
+        if len(held) >= cap:
+            held = await _without_lost(st, kv, held, now)
+            if len(held) >= cap:
+                raise HTTPError(
+                    409,
+                    "schedule_limit_reached",
+                    f"this API key holds {len(held)} schedules, the most SCHEDULE_MAX_PER_OWNER "
+                    f"allows ({cap}); delete one to make another",
+                    limit=cap,
+                )
+        held[schedule_id] = now
+        if await _write_index(st, kv, OwnerIndex(owner=owner, schedules=held), revision):
+            return
+    raise st.unavailable("this API key's schedules kept changing; retry")
+
+
+async def _without_lost(
+    st: Receiver, kv: KeyValue, held: dict[str, dt.datetime], now: dt.datetime
+) -> dict[str, dt.datetime]:
+    """``held`` without the places whose record never came (a create that died between its two
+    writes) or went without giving its place back (a delete that died before its last step)."""
+    old = [i for i, at in held.items() if now - at > _RESERVATION_GRACE]
+    found = await asyncio.gather(*(_load(st, kv, i) for i in old))
+    lost = {i for i, f in zip(old, found, strict=True) if f is None}
+    return {i: at for i, at in held.items() if i not in lost}
+
+
+async def _release(st: Receiver, kv: KeyValue, owner: str, schedule_id: str) -> None:
+    """Give the place back. Best effort: a place not given back is found when the owner reaches
+    the cap (see _without_lost)."""
+    with contextlib.suppress(Exception):
+        for _ in range(_WRITE_TRIES):
+            found = await _index(st, kv, owner)
+            if found is None or schedule_id not in found[0].schedules:
+                return
+            index, revision = found
+            held = {i: at for i, at in index.schedules.items() if i != schedule_id}
+            if await _write_index(st, kv, OwnerIndex(owner=owner, schedules=held), revision):
+                return
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -329,6 +431,7 @@ async def _view(st: Receiver, record: ScheduleRecord, now: dt.datetime) -> Sched
         skipped=record.skipped,
         last_skipped_at=record.last_skipped_at,
         last_skip_reason=record.last_skip_reason,
+        last_outcome=record.last_outcome,
         owner=record.owner,
         created_at=record.created_at,
         updated_at=record.updated_at,
@@ -403,14 +506,18 @@ async def create(request: web.Request) -> web.Response:
         end_at=body.end_at,
         overlap=body.overlap,
         armed_at=now if active else None,
+        owner_per_minute=principal.per_minute,
+        owner_per_day=principal.per_day,
     )
     js, kv = await _store(st)
+    await _reserve(st, kv, principal.key_id, schedule_id, now)
     with st.nats_errors():
         try:
             await kv.create(schedule_id, encoder.encode(record))
         except nats.js.errors.KeyWrongLastSequenceError:
             found = await _load(st, kv, schedule_id)
             if found is None:  # deleted in between: the key was used once
+                await _release(st, kv, principal.key_id, schedule_id)
                 raise HTTPError(
                     409, "idempotency_key_reused", "this Idempotency-Key named a deleted schedule"
                 ) from None
@@ -421,6 +528,7 @@ async def create(request: web.Request) -> web.Response:
         except HTTPError:
             with contextlib.suppress(Exception):
                 await kv.delete(schedule_id)
+                await _release(st, kv, principal.key_id, schedule_id)
             raise
     log.info("schedule %s created: %s %s", schedule_id, record.agent, record.pattern)
     return _json(await _view(st, record, now), 201, {"Location": _status_url(st, schedule_id)})
@@ -434,7 +542,7 @@ async def list_schedules(request: web.Request) -> web.Response:
             keys = await kv.keys()
         except nats.js.errors.NoKeysError:
             keys = []
-    found = await asyncio.gather(*(_load(st, kv, k) for k in keys))
+    found = await asyncio.gather(*(_load(st, kv, k) for k in keys if subjects.is_token(k)))  # not owner.*
     records = [r for r, _ in filter(None, found) if principal.admin or r.owner == principal.key_id]
     records.sort(key=lambda r: (r.created_at, r.schedule_id))
     now = utcnow()
@@ -459,6 +567,8 @@ async def patch_schedule(request: web.Request) -> web.Response:
         old, revision = await _own(st, kv, principal, schedule_id)
         now = utcnow()
         new, rearm = _apply(st, old, patch, now)
+        if principal.key_id == old.owner:  # firings are charged to the limits the key has now
+            new = replace(new, owner_per_minute=principal.per_minute, owner_per_day=principal.per_day)
         with st.nats_errors():
             try:
                 written = await kv.update(schedule_id, encoder.encode(new), last=revision)
@@ -560,6 +670,7 @@ async def delete_schedule(request: web.Request) -> web.Response:
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # the executor recorded a run meanwhile
         await _disarm(st, js, schedule_id)
+        await _release(st, kv, record.owner, schedule_id)
         log.info("schedule %s deleted after %d runs", schedule_id, record.runs)
         return _json(ScheduleDeleted(schedule_id=schedule_id, runs=record.runs))
     raise st.unavailable("the schedule kept changing; retry")
@@ -571,6 +682,10 @@ _E = None
 _KEYED = {401: _E, 429: _E, 503: _E}
 _KEY_QUERY = (Param("api_key", "query", "The API key, when an Authorization header cannot be sent."),)
 _ONE = "/api/schedules/{schedule_id}"
+_LINKS = {
+    name: link(f"{method}_api_schedules_schedule_id", schedule_id="schedule_id")
+    for name, method in (("GetSchedule", "get"), ("ChangeSchedule", "patch"), ("DeleteSchedule", "delete"))
+}
 
 
 def operations() -> list[Operation]:
@@ -602,8 +717,11 @@ def operations() -> list[Operation]:
             body=ScheduleCreate,
             params=(*_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first schedule.")),
             description="Each firing becomes a job like POST /api/jobs (own id, status, callback, dead "
-            "letters), tagged with the schedule id. 422 names the field of an invalid cron "
-            "expression, time zone, or an interval below SCHEDULE_MIN_INTERVAL_S.",
+            "letters), tagged with the schedule id, and is charged to this key's rate limits (a firing "
+            "over them is skipped: last_outcome rate_limited). 422 names the field of an invalid cron "
+            "expression, time zone, or an interval below SCHEDULE_MIN_INTERVAL_S (default a minute); "
+            "409 schedule_limit_reached when the key holds SCHEDULE_MAX_PER_OWNER schedules.",
+            links={200: _LINKS, 201: _LINKS},
         ),
         op(
             "GET",

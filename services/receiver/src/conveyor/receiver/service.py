@@ -17,8 +17,7 @@ from conveyor.receiver.job_ids import job_id_key
 from conveyor.receiver.listener import listener_for
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.middleware import edge, expect_handler
-from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document
-from conveyor.receiver.ratelimit import RateLimiter
+from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, document, job_links, link
 from conveyor.receiver.schemas import (
     Accepted,
     AgentHealth,
@@ -45,6 +44,7 @@ from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
 from conveyor.shared.integration import IntegrationRecorder
 from conveyor.shared.kvbucket import Bucket
 from conveyor.shared.kvmirror import KvMirror
+from conveyor.shared.ratelimit import RateLimiter
 from conveyor.shared.runner import Runtime, ServiceSpec
 from conveyor.shared.sealing import Sealer
 from conveyor.shared.tenancy import Directory, project_decoder
@@ -171,6 +171,9 @@ def operations() -> list[Operation]:
             params=_API_KEY_QUERY,
             description="200 with the outcome when the deliverer reports within TEST_SEND_WAIT_S, "
             "else 202 with status pending and a status URL.",
+            links={
+                s: {"GetTestSend": link("get_api_webhooks_test_test_id", test_id="id")} for s in (200, 202)
+            },
         ),
         Operation(
             "GET",
@@ -211,6 +214,7 @@ def operations() -> list[Operation]:
             "id, the signed webhook-id, the same GitHub body) answers the same job with duplicate=true; "
             'a GitHub event no route wants answers status "ignored". A prompt field (prompt, task, '
             "instructions, in data or at the top) over MAX_PROMPT_CHARS answers 422 naming it.",
+            links={202: job_links()},
         ),
         Operation(
             "POST",
@@ -222,6 +226,7 @@ def operations() -> list[Operation]:
             body=JobCreate,
             auth="api_key",
             params=(*_API_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first job.")),
+            links={202: job_links()},
         ),
         Operation(
             "GET",
@@ -262,6 +267,7 @@ def operations() -> list[Operation]:
             body=KeyCreate,
             auth="admin",
             params=_API_KEY_QUERY,
+            links={201: {"RevokeKey": link("delete_api_admin_keys_key_id", key_id="key_id")}},
         ),
         Operation(
             "DELETE",
@@ -323,7 +329,8 @@ def routes(rt: Runtime[Any]) -> None:
             rt.app.router.add_route(op.method, op.path, op.handler, expect_handler=expect)
     spec = document([*ops, *sites_api.operations()], title="Conveyor receiver", version=_version())
     # What this deployment accepts is known at start: say so in the document.
-    spec["components"]["schemas"]["JobCreate"]["properties"]["agent"]["enum"] = list(settings.known_agents)
+    for schema in ("JobCreate", "ScheduleCreate", "SchedulePatch"):
+        spec["components"]["schemas"][schema]["properties"]["agent"]["enum"] = list(settings.known_agents)
     for param in spec["paths"]["/api/webhooks/{source}"]["post"]["parameters"]:
         if param["name"] == "source" and st.sources:
             param["schema"]["enum"] = sorted(st.sources)

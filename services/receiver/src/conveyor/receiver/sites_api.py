@@ -428,6 +428,7 @@ def operations() -> list[Operation]:
             "Preview the draft (or a given config) at its own URL",
             {202: DeploymentAccepted, 400: _E, 404: _E, 409: _E, 422: _E},
             body=PreviewCreate,
+            body_required=False,  # no body: the stored draft
         ),
         op(
             "POST",

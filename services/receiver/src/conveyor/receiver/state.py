@@ -22,7 +22,6 @@ from nats.js.kv import KeyValue
 from conveyor.receiver.apikeys import ApiKeys, KeyRevoked, KeysUnavailable, Principal
 from conveyor.receiver.config import Settings
 from conveyor.receiver.metrics import Metrics
-from conveyor.receiver.ratelimit import Decision, LimiterUnavailable, RateLimiter
 from conveyor.receiver.sources import Network, Source, client_address, peer_host
 from conveyor.shared import subjects
 from conveyor.shared.events import JobIndexEntry, JobRecord, encoder, job_record_decoder
@@ -31,6 +30,7 @@ from conveyor.shared.integration import IntegrationRecorder
 from conveyor.shared.jsrequests import EXPECTED_STREAM, PubAck, is_key_exists
 from conveyor.shared.kvbucket import Bucket
 from conveyor.shared.kvmirror import KvMirror
+from conveyor.shared.ratelimit import Decision, LimiterUnavailable, RateLimiter, hit_key
 from conveyor.shared.runner import Runtime
 from conveyor.shared.sealing import Sealer, SealingError
 from conveyor.shared.telemetry import inject_headers
@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
 
-
-MINUTE = 60.0
-DAY = 86_400.0
 
 # Anything that means "JetStream did not answer": the request may be retried later.
 NATS_DOWN = (
@@ -272,14 +269,9 @@ class Receiver:
             return
         limiter = self._limiter()
         with self.nats_errors():
-            minute, day = await asyncio.gather(
-                limiter.hit(f"k.{principal.key_id}.m", principal.per_minute, MINUTE),
-                limiter.hit(f"k.{principal.key_id}.d", principal.per_day, DAY),
-            )
-        decisions = [d for d in (minute, day) if d.limit > 0]
-        refused = [d for d in decisions if not d.allowed]
-        decision = refused[0] if refused else min(decisions, key=lambda d: d.remaining)
-        self._apply(request, decision, "api_key")
+            decision = await hit_key(limiter, principal.key_id, principal.per_minute, principal.per_day)
+        if decision is not None:
+            self._apply(request, decision, "api_key")
 
     async def limit_webhook(
         self, source: str, project_id: str | None, address: Callable[[], str | None]

@@ -7,7 +7,11 @@ nats-server fires copies of a schedule's definition (a ``ScheduleFire``) onto
    definition is purged in case it outlived its record. Paused or ended: nothing. Fired before
    start_at: nothing (the server fires from the start; the window is ours to apply). Fired
    after end_at: the schedule ends (record "ended", definition purged).
-   Overlap "skip" while the last run's job is queued or running: skipped.
+   Overlap "skip" while the last run's job is queued or running: skipped. Then the firing is
+   charged to the owner's API key (its per-minute and per-day limits, the same counters in KV
+   ``ratelimits`` the receiver charges requests to); over either limit: skipped, recorded as
+   last_outcome "rate_limited". A firing is charged once per handling, so only one redelivered
+   after a crash between the charge and the record's write is charged twice.
 2. The job id is derived from the schedule id and the copy's stream sequence, so a redelivered
    copy, or one two executors handle at once, names the same job.
 3. The record takes the run first (last job, fire time, the server's next run), compare-and-set,
@@ -40,8 +44,10 @@ from conveyor.shared import subjects
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import JobRecord, JobRequest, job_record_decoder, utcnow
 from conveyor.shared.logs import bound
+from conveyor.shared.ratelimit import UNLIMITED, Decision, LimiterUnavailable, RateLimiter, hit_key
 from conveyor.shared.runner import Components, Runtime
 from conveyor.shared.schedules import (
+    FiringOutcome,
     ScheduleFire,
     ScheduleRecord,
     fire_job_id,
@@ -57,7 +63,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "executor"
 SOURCE = "schedule"  # JobRecord.source / JobRequest.source of scheduled jobs
-OUTCOMES = ("run", "skipped_overlap", "before_start", "ended", "paused", "deleted")
+OUTCOMES = ("run", "skipped_overlap", "rate_limited", "before_start", "ended", "paused", "deleted")
 _WRITE_TRIES = 10
 _encoder = msgspec.json.Encoder()
 
@@ -93,11 +99,18 @@ def consumer_config() -> ConsumerConfig:
 
 class Scheduler:
     def __init__(
-        self, *, js: JetStreamContext, schedules: KeyValue, jobs: KeyValue, metrics: SchedulerMetrics
+        self,
+        *,
+        js: JetStreamContext,
+        schedules: KeyValue,
+        jobs: KeyValue,
+        limiter: RateLimiter,
+        metrics: SchedulerMetrics,
     ) -> None:
         self.js = js
         self.schedules = schedules
         self.jobs = jobs
+        self.limiter = limiter
         self.metrics = metrics
 
     async def handle(self, msg: Msg) -> None:
@@ -126,6 +139,7 @@ class Scheduler:
         self, schedule_id: str, job_id: str, fired_at: dt.datetime, next_at: dt.datetime | None
     ) -> str:
         """What this firing does, written into the schedule's record (compare-and-set)."""
+        charged: Decision | None = None
         for _ in range(_WRITE_TRIES):
             found = await self._load(schedule_id)
             if found is None:
@@ -149,8 +163,18 @@ class Scheduler:
                 return "before_start"  # not recorded: a write per firing until start_at buys nothing
             if rec.overlap == "skip" and rec.last_job_id and await self._unfinished(rec.last_job_id):
                 reason = f"previous run {rec.last_job_id} not finished"
-                if await self._write(schedule_id, _skip(rec, fired_at, next_at, reason), revision):
+                skip = _skip(rec, fired_at, next_at, reason, "skipped_overlap")
+                if await self._write(schedule_id, skip, revision):
                     return "skipped_overlap"
+                continue
+            if charged is None:  # a write that lost its race decides again, on the same charge
+                charged = await self._charge(rec)
+            if not charged.allowed:
+                per = "minute" if charged.limit == rec.owner_per_minute else "day"
+                reason = f"API key {rec.owner} is over its limit of {charged.limit} per {per}"
+                limited = _skip(rec, fired_at, next_at, reason, "rate_limited")
+                if await self._write(schedule_id, limited, revision):
+                    return "rate_limited"
                 continue
             taken = replace(
                 rec,
@@ -158,6 +182,7 @@ class Scheduler:
                 last_run_at=fired_at,
                 next_run_at=next_at,
                 runs=rec.runs + 1,
+                last_outcome="run",
                 updated_at=now,
             )
             if await self._write(schedule_id, taken, revision):
@@ -209,6 +234,14 @@ class Scheduler:
             ),
         )
 
+    async def _charge(self, rec: ScheduleRecord) -> Decision:
+        """Charge one run to the owner's key; NATS trouble is retried like any other step."""
+        try:
+            decision = await hit_key(self.limiter, rec.owner, rec.owner_per_minute, rec.owner_per_day)
+        except LimiterUnavailable as exc:
+            raise RetryableError(f"schedule {rec.schedule_id}: the owner's limits: {exc}") from None
+        return decision or UNLIMITED
+
     async def _load(self, schedule_id: str) -> tuple[ScheduleRecord, int] | None:
         try:
             entry = await self.schedules.get(schedule_id)
@@ -237,13 +270,18 @@ class Scheduler:
 
 
 def _skip(
-    rec: ScheduleRecord, fired_at: dt.datetime, next_at: dt.datetime | None, reason: str
+    rec: ScheduleRecord,
+    fired_at: dt.datetime,
+    next_at: dt.datetime | None,
+    reason: str,
+    outcome: FiringOutcome,
 ) -> ScheduleRecord:
     return replace(
         rec,
         skipped=rec.skipped + 1,
         last_skipped_at=fired_at,
         last_skip_reason=reason,
+        last_outcome=outcome,
         next_run_at=next_at,
         updated_at=utcnow(),
     )
@@ -251,14 +289,20 @@ def _skip(
 
 @contextlib.asynccontextmanager
 async def scheduling(rt: Runtime[Any]) -> AsyncIterator[None]:
-    """Declare the SCHEDULES stream and the schedules bucket, start the firing consumer."""
+    """Declare the SCHEDULES stream and the schedules and ratelimits buckets, start the firing
+    consumer."""
     settings = rt.settings
     await ensure_streams(rt.js, [subjects.SCHEDULES], replicas=settings.nats_replicas)
-    kv = await ensure_kv(rt.js, [subjects.KV_SCHEDULES], replicas=settings.nats_replicas)
+    kv = await ensure_kv(
+        rt.js, [subjects.KV_SCHEDULES, subjects.KV_RATELIMITS], replicas=settings.nats_replicas
+    )
+    # Counted exactly: firings are too rare for slots claimed ahead to be used.
+    limiter = RateLimiter(kv[subjects.KV_RATELIMITS], claim_ahead=False)
     scheduler = Scheduler(
         js=rt.js,
         schedules=kv[subjects.KV_SCHEDULES],
         jobs=rt.kv[subjects.KV_JOBS],
+        limiter=limiter,
         metrics=SchedulerMetrics(rt.registry),
     )
     await rt.consume(
@@ -270,7 +314,10 @@ async def scheduling(rt: Runtime[Any]) -> AsyncIterator[None]:
         retry_base_s=settings.retry_base_ms / 1000,
         retry_cap_s=settings.retry_cap_ms / 1000,
     )
-    yield
+    try:
+        yield
+    finally:
+        await limiter.close()
 
 
 def with_scheduler(inner: Components) -> Components:

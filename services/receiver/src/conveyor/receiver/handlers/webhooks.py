@@ -9,13 +9,13 @@ from typing import NamedTuple
 import msgspec
 from aiohttp import web
 
-from conveyor.receiver.ratelimit import Decision
 from conveyor.receiver.schemas import Accepted, Ignored
 from conveyor.receiver.sources import Source, peer_host
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE, Receiver
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import JobRecord, WebhookEvent, encoder, utcnow
 from conveyor.shared.http import HTTPError
+from conveyor.shared.ratelimit import Decision
 
 _OUTCOME = {
     400: "bad_request",

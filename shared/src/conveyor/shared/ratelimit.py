@@ -1,5 +1,6 @@
 """Rate limits whose counts live in JetStream KV (bucket ``ratelimits``), so every replica
-counts against the same number.
+counts against the same number. The receiver counts requests; the executor counts schedule
+firings against the API key that owns the schedule (:func:`hit_key`), on the same keys.
 
 One KV key per scope holds ``"<window start ms> <count>"``. A window opens at the first hit
 after the previous one ended and lasts ``window_s``. Every change is a compare-and-set
@@ -29,6 +30,8 @@ from nats.js.kv import KeyValue
 
 PREFETCH_FROM = 200
 PREFETCH_MAX = 256
+MINUTE = 60.0
+DAY = 86_400.0
 
 
 class LimiterUnavailable(Exception):
@@ -84,11 +87,18 @@ class RateLimiter:
     """Counts hits per key in KV; see the module docstring for the algorithm."""
 
     def __init__(
-        self, kv: KeyValue, *, clock: Callable[[], float] = time.time, max_conflicts: int = 50
+        self,
+        kv: KeyValue,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_conflicts: int = 50,
+        claim_ahead: bool = True,
     ) -> None:
         self._kv = kv
         self._clock = clock
         self._max_conflicts = max_conflicts
+        # Off where hits are rare (schedule firings): slots claimed there would mostly go unused.
+        self._prefetch_from = PREFETCH_FROM if claim_ahead else math.inf
         self._keys: dict[str, _Key] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -182,7 +192,7 @@ class RateLimiter:
             else:
                 first, start = w.count, w.start
             left = limit - first
-            claim = min(left, n + (min(PREFETCH_MAX, left // 100) if left >= PREFETCH_FROM else 0))
+            claim = min(left, n + (min(PREFETCH_MAX, left // 100) if left >= self._prefetch_from else 0))
             new = _Window(0, start, first + claim)
             try:
                 if w is None:
@@ -221,3 +231,18 @@ class RateLimiter:
             for key, state in list(self._keys.items()):
                 if not state.busy:
                     del self._keys[key]
+
+
+async def hit_key(limiter: RateLimiter, key_id: str, per_minute: int, per_day: int) -> Decision | None:
+    """Count one use of API key ``key_id`` against its per-minute and per-day limits (0 =
+    unlimited); None when it has neither. Both windows are charged; the decision returned is a
+    refusing one if any, else the one with fewer left."""
+    if per_minute <= 0 and per_day <= 0:
+        return None
+    minute, day = await asyncio.gather(
+        limiter.hit(f"k.{key_id}.m", per_minute, MINUTE),
+        limiter.hit(f"k.{key_id}.d", per_day, DAY),
+    )
+    decisions = [d for d in (minute, day) if d.limit > 0]
+    refused = [d for d in decisions if not d.allowed]
+    return refused[0] if refused else min(decisions, key=lambda d: d.remaining)
