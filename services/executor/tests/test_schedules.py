@@ -117,7 +117,7 @@ class Schedules:
 
 
 async def schedules_for(js: JetStreamContext, bus: Any) -> Schedules:
-    await ensure_streams(js, [subjects.SCHEDULES])
+    await ensure_streams(js, [subjects.SCHEDULES, subjects.JOBINDEX])
     kv = await ensure_kv(js, [subjects.KV_SCHEDULES])
     return Schedules(js, kv[subjects.KV_SCHEDULES], bus.jobs)
 

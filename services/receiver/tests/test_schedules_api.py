@@ -247,23 +247,34 @@ async def test_pause_resume_change_and_delete(receiver: Any, js: JetStreamContex
     assert (await receiver.http.delete(url, headers=auth(ADMIN_KEY))).status_code == 404
 
 
-async def test_schedules_belong_to_their_key(receiver: Any, new_key: Any) -> None:
-    alice, bob = await new_key(receiver), await new_key(receiver)
+async def test_schedules_belong_to_their_project(receiver: Any, make_project: Any, project_key: Any) -> None:
+    await make_project(receiver, "alpha")
+    await make_project(receiver, "beta")
+    alice, bob = await project_key(receiver, "alpha"), await project_key(receiver, "beta")
     assert (await receiver.http.post("/api/schedules", json=body(every="1h"))).status_code == 401
-    mine = (await receiver.http.post("/api/schedules", json=body(every="1h"), headers=auth(alice))).json()
-    theirs = (await receiver.http.post("/api/schedules", json=body(every="2h"), headers=auth(bob))).json()
+    mine = (await receiver.http.post("/api/schedules", json=body(every="1h"), headers=alice)).json()
+    theirs = (await receiver.http.post("/api/schedules", json=body(every="2h"), headers=bob)).json()
+    assert (mine["project"], theirs["project"]) == ("alpha", "beta")
 
-    listed = (await receiver.http.get("/api/schedules", headers=auth(alice))).json()["schedules"]
+    listed = (await receiver.http.get("/api/schedules", headers=alice)).json()["schedules"]
     assert [s["schedule_id"] for s in listed] == [mine["schedule_id"]]
     everything = (await receiver.http.get("/api/schedules", headers=auth(ADMIN_KEY))).json()["schedules"]
     assert {s["schedule_id"] for s in everything} == {mine["schedule_id"], theirs["schedule_id"]}
 
+    # Another project's schedule is a missing one, for every verb.
     other = f"/api/schedules/{theirs['schedule_id']}"
-    assert (await receiver.http.get(other, headers=auth(alice))).status_code == 403
-    assert (await receiver.http.patch(other, json={"paused": True}, headers=auth(alice))).status_code == 403
-    assert (await receiver.http.delete(other, headers=auth(alice))).status_code == 403
-    assert (await receiver.http.get(other, headers=auth(ADMIN_KEY))).status_code == 200
-    assert (await receiver.http.get("/api/schedules/no..such", headers=auth(alice))).status_code == 404
+    missing = "/api/schedules/sch_0000"
+    for method, kwargs in (("GET", {}), ("PATCH", {"json": {"paused": True}}), ("DELETE", {})):
+        got = await receiver.http.request(method, other, headers=alice, **kwargs)
+        gone = await receiver.http.request(method, missing, headers=alice, **kwargs)
+        assert got.status_code == gone.status_code == 404, method
+        assert got.json()["error"] == gone.json()["error"] == "schedule_not_found"
+    assert (await receiver.http.get(other, headers=auth(ADMIN_KEY))).json()["status"] == "active"
+    # A read-only key of the project reads it and may not change it.
+    reader = await project_key(receiver, "alpha", read_only=True)
+    mine_url = f"/api/schedules/{mine['schedule_id']}"
+    assert (await receiver.http.get(mine_url, headers=reader)).status_code == 200
+    assert (await receiver.http.delete(mine_url, headers=reader)).status_code == 403
 
 
 async def test_idempotency_key_answers_the_first_schedule(receiver: Any, js: JetStreamContext) -> None:
@@ -348,8 +359,10 @@ async def test_each_key_holds_at_most_the_cap(
         again = await create(r, alice)
         assert again.status_code == 201, again.text
         assert (await create(r, alice)).status_code == 409
+        # Both keys are the default project's: its list holds both; the cap is each key's own.
         listed = (await r.http.get("/api/schedules", headers=auth(alice))).json()["schedules"]
-        assert len(listed) == 3
+        mine = [s for s in listed if s["owner"] == made[0].json()["owner"]]
+        assert len(mine) == 3 and len(listed) == 6
 
 
 async def test_concurrent_creates_cannot_pass_the_cap_together(start_receiver: Any, new_key: Any) -> None:

@@ -143,7 +143,7 @@ def details(rt: Runtime[Any]) -> dict[str, Any]:
 
 SPEC = ServiceSpec(
     name="executor",
-    streams=[subjects.EVENTS, subjects.JOBS, subjects.RESULTS, subjects.DLQ],
+    streams=[subjects.EVENTS, subjects.JOBS, subjects.RESULTS, subjects.DLQ, subjects.JOBINDEX],
     buckets=[subjects.KV_JOBS, subjects.KV_CANCELS, subjects.KV_JOB_LOGS, subjects.KV_PROJECTS],
     components=with_scheduler(components),
     details=details,

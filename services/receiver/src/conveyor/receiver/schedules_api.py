@@ -111,6 +111,9 @@ class ScheduleCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     paused: bool = False
     project_id: ProjectId | None = None
     timeout_ms: TimeoutMs | None = None
+    project: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
+    """The Conveyor project the schedule and its jobs belong to (admin and organisation keys; a
+    project key's own by default). Fixed when the schedule is made."""
 
 
 class SchedulePatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -169,6 +172,7 @@ class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: dt.datetime
     updated_at: dt.datetime
     status_url: str
+    project: str
 
 
 class ScheduleList(msgspec.Struct, frozen=True, kw_only=True):
@@ -213,13 +217,15 @@ async def _load(st: Receiver, kv: KeyValue, schedule_id: str) -> tuple[ScheduleR
 
 
 async def _own(
-    st: Receiver, kv: KeyValue, principal: Principal, schedule_id: str
+    st: Receiver, kv: KeyValue, principal: Principal, schedule_id: str, *, write: bool = False
 ) -> tuple[ScheduleRecord, int]:
+    """The schedule when the caller's scope sees its project; another project's answers as a
+    missing one. ``write``: a read-only key gets 403."""
     found = await _load(st, kv, schedule_id) if subjects.is_token(schedule_id) else None
-    if found is None:
+    if found is None or not st.sees(principal, found[0].project):
         raise HTTPError(404, "schedule_not_found", f"no schedule {schedule_id[:100]!r}")
-    if found[0].owner != principal.key_id and not principal.admin:
-        raise HTTPError(403, "forbidden", f"schedule {schedule_id} belongs to another API key")
+    if write:
+        st.writable(principal, found[0].project)
     return found
 
 
@@ -436,6 +442,7 @@ async def _view(st: Receiver, record: ScheduleRecord, now: dt.datetime) -> Sched
         created_at=record.created_at,
         updated_at=record.updated_at,
         status_url=_status_url(st, record.schedule_id),
+        project=record.project,
     )
 
 
@@ -468,8 +475,13 @@ async def create(request: web.Request) -> web.Response:
     st, principal = await _caller(request)
     st.require_nats()
     body: ScheduleCreate = decode_json(_create_decoder, await st.read_body(request))
+    project = st.writable(principal, body.project)
     now = utcnow()
     _check_job(st, body.agent, body.callback_url, body.prompt)
+    if not project.may_run(body.agent):
+        raise HTTPError(
+            422, "unknown_agent", f"agent: project {project.project_id} may not run it", field="agent"
+        )
     t = _check_timing(st, body.every, body.cron, body.timezone, now)
     _check_window(body.start_at, body.end_at, now)
 
@@ -508,6 +520,7 @@ async def create(request: web.Request) -> web.Response:
         armed_at=now if active else None,
         owner_per_minute=principal.per_minute,
         owner_per_day=principal.per_day,
+        project=project.project_id,
     )
     js, kv = await _store(st)
     await _reserve(st, kv, principal.key_id, schedule_id, now)
@@ -543,7 +556,7 @@ async def list_schedules(request: web.Request) -> web.Response:
         except nats.js.errors.NoKeysError:
             keys = []
     found = await asyncio.gather(*(_load(st, kv, k) for k in keys if subjects.is_token(k)))  # not owner.*
-    records = [r for r, _ in filter(None, found) if principal.admin or r.owner == principal.key_id]
+    records = [r for r, _ in filter(None, found) if st.sees(principal, r.project)]
     records.sort(key=lambda r: (r.created_at, r.schedule_id))
     now = utcnow()
     views = await asyncio.gather(*(_view(st, r, now) for r in records))
@@ -561,10 +574,10 @@ async def patch_schedule(request: web.Request) -> web.Response:
     st, principal = await _caller(request)
     schedule_id = request.match_info["schedule_id"]
     js, kv = await _store(st)
-    await _own(st, kv, principal, schedule_id)  # 404/403 before the body is looked at
+    await _own(st, kv, principal, schedule_id, write=True)  # 404/403 before the body is looked at
     patch: SchedulePatch = decode_json(_patch_decoder, await st.read_body(request))
     for _ in range(_WRITE_TRIES):
-        old, revision = await _own(st, kv, principal, schedule_id)
+        old, revision = await _own(st, kv, principal, schedule_id, write=True)
         now = utcnow()
         new, rearm = _apply(st, old, patch, now)
         if principal.key_id == old.owner:  # firings are charged to the limits the key has now
@@ -663,7 +676,7 @@ async def delete_schedule(request: web.Request) -> web.Response:
     # Record first (compare-and-set): a firing that slips in before the purge finds no schedule
     # and runs nothing, and the runs counted in the deleted record are all there will be.
     for _ in range(_WRITE_TRIES):
-        record, revision = await _own(st, kv, principal, schedule_id)
+        record, revision = await _own(st, kv, principal, schedule_id, write=True)
         with st.nats_errors():
             try:
                 await kv.delete(schedule_id, last=revision)
@@ -713,7 +726,7 @@ def operations() -> list[Operation]:
             "/api/schedules",
             create,
             "Create a schedule: an agent run every interval or on a cron expression",
-            {200: ScheduleView, 201: ScheduleView, 400: _E, 409: _E, 413: _E, 422: _E},
+            {200: ScheduleView, 201: ScheduleView, 400: _E, 403: _E, 404: _E, 409: _E, 413: _E, 422: _E},
             body=ScheduleCreate,
             params=(*_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first schedule.")),
             description="Each firing becomes a job like POST /api/jobs (own id, status, callback, dead "

@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from conveyor.shared import subjects
 from conveyor.shared.errors import PermanentError, RetryableError
-from conveyor.shared.events import JobRecord, JobRequest, job_record_decoder, utcnow
+from conveyor.shared.events import JobIndexEntry, JobRecord, JobRequest, job_record_decoder, utcnow
 from conveyor.shared.logs import bound
 from conveyor.shared.ratelimit import UNLIMITED, Decision, LimiterUnavailable, RateLimiter, hit_key
 from conveyor.shared.runner import Components, Runtime
@@ -206,6 +206,13 @@ class Scheduler:
         )
         with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):  # exists: a redelivery
             await self.jobs.create(job_id, _encoder.encode(record))
+        # Listed with the project's jobs (GET /api/jobs); a redelivery's repeat is dropped by id.
+        await self.js.publish(
+            subjects.job_index(fire.project),
+            _encoder.encode(JobIndexEntry.of(record)),
+            stream=subjects.JOBINDEX,
+            headers={subjects.MSG_ID: f"idx-{job_id}"},
+        )
         request = JobRequest(
             job_id=job_id,
             agent=fire.agent,
