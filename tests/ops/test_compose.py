@@ -86,3 +86,21 @@ def test_service_dockerfiles() -> None:
     for svc in SERVICES:
         assert re.search(rf"^\s+{svc}\) args=\(--build-arg PORT=310\d", script, re.M), svc
     assert 'build "$svc" deploy/service/Dockerfile --build-arg "SERVICE=$svc"' in script
+
+
+def _haproxy_lines() -> list[str]:
+    """deploy/haproxy/haproxy.cfg without comments and blank lines."""
+    lines = [
+        line.split("#", 1)[0].strip()
+        for line in (DEPLOY / "haproxy" / "haproxy.cfg").read_text().splitlines()
+    ]
+    return [line for line in lines if line]
+
+
+def test_the_edge_sets_the_client_address() -> None:
+    """The receivers believe the X-Forwarded-For hop their trusted proxy wrote: the edge must
+    replace what a client sent, not append to it (a client's own value would come first)."""
+    lines = _haproxy_lines()
+    assert "http-request set-header X-Forwarded-For %[src]" in lines
+    assert "option forwardfor" not in lines
+    assert compose()["services"]["receiver"]["environment"]["TRUSTED_PROXIES"]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -20,7 +21,7 @@ from conveyor.receiver.apikeys import ApiKeys, KeyRevoked, KeysUnavailable, Prin
 from conveyor.receiver.config import Settings
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.ratelimit import Decision, LimiterUnavailable, RateLimiter
-from conveyor.receiver.sources import Network, Source, client_address, peer_host
+from conveyor.receiver.sources import Network, Source, peer_host
 from conveyor.shared import subjects
 from conveyor.shared.events import JobRecord, encoder, job_record_decoder
 from conveyor.shared.http import HTTPError
@@ -114,8 +115,17 @@ class Receiver:
 
     def address_of(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
         """The client's address from the connection's peer and the request's headers (both
-        HTTP paths)."""
-        return client_address(peer, headers.get("X-Forwarded-For"), self.trusted)
+        HTTP paths). Every X-Forwarded-For field counts, in order: a proxy that appends its
+        own field puts it after the client's."""
+        if not self.trusted:
+            return peer
+        getall = getattr(headers, "getall", None)  # aiohttp's headers; the lean path's have one
+        if getall is not None:
+            fields: Sequence[str] = getall("X-Forwarded-For", ())
+        else:
+            one = headers.get("X-Forwarded-For")
+            fields = () if one is None else (one,)
+        return client_address(peer, fields, self.trusted)
 
     def event_subject(self, source: str, event_type: str) -> str:
         """``events.<source>.<type>``, checked once per pair (a bounded number are kept)."""
@@ -355,6 +365,51 @@ def nonempty(body: bytes) -> bytes:
 
 def too_large(limit: int) -> HTTPError:
     return HTTPError(413, "payload_too_large", f"body is larger than {limit} bytes", limit=limit)
+
+
+_MAX_HOPS = 16  # X-Forwarded-For entries walked at most
+
+
+def client_address(
+    peer: str | None, forwarded_for: Sequence[str], trusted: tuple[Network, ...]
+) -> str | None:
+    """The client's address: walking from the peer leftwards through X-Forwarded-For (its
+    fields in order, each comma-separated), each address that is a trusted proxy's is followed
+    to the entry before it, which that proxy wrote; the first that is not a trusted proxy is the
+    client. Nothing a client writes there is believed unless a trusted proxy vouches for the
+    entry to its right. An entry that is not an IP address (or a chain longer than _MAX_HOPS)
+    ends the walk at the trusted proxy that passed it on, so a made-up value can neither choose
+    an address nor make new rate-limit keys."""
+    if not trusted or not forwarded_for or not _trusted(_ip(peer), trusted):
+        return peer
+    client = peer
+    hops = 0
+    for value in reversed(forwarded_for):
+        for entry in reversed(value.split(",")):
+            ip = _ip(entry.strip())
+            if ip is None or hops == _MAX_HOPS:
+                return client
+            hops += 1
+            client = str(ip)
+            if not _trusted(ip, trusted):
+                return client
+    return client  # every hop a trusted proxy: the left-most one sent it
+
+
+def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not text or "%" in text:  # nothing, or an IPv6 zone: no address a proxy would forward
+        return None
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # ::ffff:10.0.0.1 (a dual-stack socket) is 10.0.0.1
+    return ip
+
+
+def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, nets: tuple[Network, ...]) -> bool:
+    return ip is not None and any(ip in net for net in nets)
 
 
 STATE: web.AppKey[Receiver] = web.AppKey("receiver", Receiver)
