@@ -104,3 +104,13 @@ def test_the_edge_sets_the_client_address() -> None:
     assert "http-request set-header X-Forwarded-For %[src]" in lines
     assert "option forwardfor" not in lines
     assert compose()["services"]["receiver"]["environment"]["TRUSTED_PROXIES"]
+
+
+def test_the_edge_logs_no_query_strings() -> None:
+    """A query string may carry an API key (?api_key= on the Server-Sent Event routes)."""
+    lines = _haproxy_lines()
+    formats = [line for line in lines if line.startswith("log-format")]
+    assert len(formats) == 1 and "%HPO" in formats[0]
+    # %r (the request line, any flags) and %HU (the URI) carry the query; %HQ is the query.
+    assert not re.search(r"%(\{[^}]*\})?r(?![a-z])|%HU|%HQ", formats[0])
+    assert "option httplog" not in lines  # its format writes the whole request line

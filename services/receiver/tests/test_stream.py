@@ -99,3 +99,36 @@ async def test_any_replica_streams_a_job_another_accepted(start_receiver, new_ke
                 elif "data" in ev:
                     assert ev["data"]["status"] == "failed" and ev["data"]["error"] == "boom"
         assert not first  # saw the queued event, then the stream ended after "failed"
+
+
+async def test_an_api_key_in_the_query_is_taken_only_by_streams(receiver, new_key, lovable, bus) -> None:
+    key = await new_key(receiver)
+    job = (
+        await receiver.http.post(
+            "/api/jobs", json={"agent": "dev", "prompt": "x"}, headers={"Authorization": f"Bearer {key}"}
+        )
+    ).json()
+    body = lovable.body()
+    elsewhere = [
+        ("GET", job["status_url"], None),
+        ("GET", f"{job['status_url']}/result", None),
+        ("POST", "/api/jobs", b'{"agent": "dev", "prompt": "y"}'),
+        ("GET", "/api/admin/keys", None),
+        ("POST", "/api/webhooks/lovable", body),
+    ]
+    for method, path, content in elsewhere:
+        for query in (f"api_key={key}", f"api%5Fkey={key}", "x=1&api_key="):
+            headers = lovable.headers(body) if "webhooks" in path else {}
+            resp = await receiver.http.request(method, f"{path}?{query}", content=content, headers=headers)
+            assert resp.status_code == 400, (method, path, query, resp.text)
+            assert resp.json()["error"] == "api_key_in_query" and resp.json()["field"] == "api_key"
+    # A header alongside does not make it acceptable: the key is in the URL all the same.
+    bearer = {"Authorization": f"Bearer {key}"}
+    resp = await receiver.http.get(f"{job['status_url']}?api_key={key}", headers=bearer)
+    assert resp.status_code == 400
+    assert await bus.count(subjects.EVENTS) == 0 and await bus.count(subjects.JOBS) == 1
+    # EventSource cannot send a header: the stream takes it (and checks it).
+    async with receiver.http.stream("GET", f"{job['stream_url']}?api_key={key}") as resp:
+        assert resp.status_code == 200 and resp.headers["X-RateLimit-Limit"] == "60"
+    resp = await receiver.http.get(f"{job['stream_url']}?api_key=cvk_wrong")
+    assert (resp.status_code, resp.json()["error"]) == (401, "invalid_api_key")

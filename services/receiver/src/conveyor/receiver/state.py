@@ -73,6 +73,8 @@ class Receiver:
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
     agents: tuple[str, ...] = ()  # settings.known_agents, computed once
     event_subjects: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, type) -> subject
+    # Routes that take ?api_key= (Server-Sent Events: EventSource cannot send a header).
+    query_key_routes: frozenset[str] = frozenset()
 
     # --- availability -----------------------------------------------------------------------
 
@@ -161,7 +163,9 @@ class Receiver:
     # --- API keys and limits ----------------------------------------------------------------
 
     async def authenticate(self, request: web.Request, *, admin: bool = False) -> Principal:
-        """Bearer token or ?api_key=; 401 without a valid key, 403 for a non-admin on admin routes."""
+        """Bearer token or ?api_key= (which only Server-Sent Event routes get this far with: the
+        edge middleware answers 400 elsewhere); 401 without a valid key, 403 for a non-admin on
+        admin routes."""
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.query.get("api_key", "")
         challenge = {"WWW-Authenticate": 'Bearer realm="conveyor"'}
