@@ -112,6 +112,11 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """SSE_HEARTBEAT_S: interval of the heartbeat comment on /stream."""
     sse_max_s: float = 3600.0
     """SSE_MAX_S: a stream closes after this long; clients resume with Last-Event-ID."""
+    sse_max_streams: int = 500
+    """SSE_MAX_STREAMS: Server-Sent Event streams this process serves at once; 429 past it."""
+    sse_max_streams_per_client: int = 10
+    """SSE_MAX_STREAMS_PER_CLIENT: streams at once per API key, or per client address for
+    streams without a key; 429 past it."""
     test_send_wait_s: float = 15.0
     """TEST_SEND_WAIT_S: how long POST /api/webhooks/test waits for the deliverer's outcome
     before answering 202 with a status URL."""
@@ -125,6 +130,9 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
         for agent in self.known_agents:
             if not is_token(agent):
                 raise ValueError(f"AGENTS: agent name {agent!r} must match [A-Za-z0-9_-]{{1,128}}")
+        for name in ("sse_max_streams", "sse_max_streams_per_client"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.upper()} must be at least 1")
         names = [s.name for s in self.webhook_sources]
         if len(names) != len(set(names)):
             raise ValueError("webhook_sources: each name may appear once")

@@ -56,6 +56,36 @@ NATS_DOWN = (
 )
 
 
+class StreamSlots:
+    """Server-Sent Event streams open in this process: at most ``total``, and ``per_client``
+    for one API key or client address."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.open = 0
+        self.by_client: dict[str, int] = {}
+
+    def take(self, client: str | None) -> str | None:
+        """None when a slot is taken (give it back with :meth:`give`), else what is full."""
+        if self.open >= self.total:
+            return f"this receiver serves {self.total} streams already"
+        if client is not None:
+            held = self.by_client.get(client, 0)
+            if held >= self.per_client:
+                return f"{self.per_client} streams are open for this client already"
+            self.by_client[client] = held + 1
+        self.open += 1
+        return None
+
+    def give(self, client: str | None) -> None:
+        self.open -= 1
+        if client is not None:
+            held = self.by_client.pop(client, 1) - 1
+            if held > 0:
+                self.by_client[client] = held
+
+
 @dataclass
 class Receiver:
     rt: Runtime[Settings]
@@ -73,8 +103,12 @@ class Receiver:
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
     agents: tuple[str, ...] = ()  # settings.known_agents, computed once
     event_subjects: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, type) -> subject
+    streams: StreamSlots = field(init=False)  # from the settings
     # Routes that take ?api_key= (Server-Sent Events: EventSource cannot send a header).
     query_key_routes: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.streams = StreamSlots(self.settings.sse_max_streams, self.settings.sse_max_streams_per_client)
 
     # --- availability -----------------------------------------------------------------------
 
