@@ -114,3 +114,7 @@ def test_the_edge_logs_no_query_strings() -> None:
     # %r (the request line, any flags) and %HU (the URI) carry the query; %HQ is the query.
     assert not re.search(r"%(\{[^}]*\})?r(?![a-z])|%HU|%HQ", formats[0])
     assert "option httplog" not in lines  # its format writes the whole request line
+
+
+def test_the_edge_drops_slow_heads() -> None:
+    assert any(re.fullmatch(r"timeout http-request \d+s", line) for line in _haproxy_lines())

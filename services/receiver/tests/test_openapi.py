@@ -35,7 +35,7 @@ async def test_document_describes_every_route(receiver) -> None:
     assert job_create["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/JobCreate"
     }
-    assert set(job_create["responses"]) == {"202", "400", "401", "413", "422", "429", "503"}
+    assert set(job_create["responses"]) == {"202", "400", "401", "408", "413", "422", "429", "503"}
     # ?api_key= is documented (and taken) only where EventSource cannot send a header.
     with_query_key = {
         f"{m.upper()} {p}"

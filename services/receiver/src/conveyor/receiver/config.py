@@ -100,6 +100,21 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     max_prompt_chars: int = 5000
     """MAX_PROMPT_CHARS: longest prompt POST /api/jobs accepts."""
 
+    max_connections: int = 1000
+    """MAX_CONNECTIONS: open client connections this process keeps; one more is answered 503
+    (Retry-After, JSON) and closed at once."""
+    max_body_bytes_in_flight: int = 16 * 1024 * 1024
+    """MAX_BODY_BYTES_IN_FLIGHT: request body bytes held across all connections (a body counts
+    from its head, by its Content-Length, until its answer). A request that would pass it is
+    answered 503 (Retry-After, JSON) before its body is read. At least MAX_BODY_BYTES."""
+    header_timeout_s: float = 10.0
+    """HEADER_TIMEOUT_S: how long a connection may take to send a complete request head,
+    counted from connecting or from its previous answer (so also how long an idle keep-alive
+    connection stays open). Past it the connection is closed."""
+    body_timeout_s: float = 30.0
+    """BODY_TIMEOUT_S: how long a request's body may take to arrive once its head has. Past it
+    the request is answered 408 and the connection closed."""
+
     fast_webhooks: bool = True
     """FAST_WEBHOOKS: answer plain webhook POSTs on the lean HTTP/1.1 path (listener.py) and
     hand every other connection to aiohttp; false: aiohttp serves everything. Spans being
@@ -130,9 +145,14 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
         for agent in self.known_agents:
             if not is_token(agent):
                 raise ValueError(f"AGENTS: agent name {agent!r} must match [A-Za-z0-9_-]{{1,128}}")
-        for name in ("sse_max_streams", "sse_max_streams_per_client"):
+        for name in ("max_connections", "sse_max_streams", "sse_max_streams_per_client"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.upper()} must be more than 0")
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError("MAX_BODY_BYTES_IN_FLIGHT must be at least MAX_BODY_BYTES")
         names = [s.name for s in self.webhook_sources]
         if len(names) != len(set(names)):
             raise ValueError("webhook_sources: each name may appear once")

@@ -93,6 +93,7 @@ def edge(metrics: HttpMetrics) -> Middleware:
             status = exc.status
             raise
         finally:
+            st.release_body(request)
             logs.correlation_id.reset(token)
             metrics.observe(request.method, route_name(request), status, time.perf_counter() - started)
         if not resp.prepared:

@@ -277,6 +277,8 @@ def routes(rt: Runtime[Any]) -> None:
         for op_doc in methods.values():
             if path not in st.query_key_routes and "security" in op_doc:
                 op_doc["security"] = [s for s in op_doc["security"] if "apiKeyQuery" not in s]
+            if "requestBody" in op_doc:
+                op_doc["responses"].setdefault("408", _BODY_TIMEOUT)
     # What this deployment accepts is known at start: say so in the document.
     spec["components"]["schemas"]["JobCreate"]["properties"]["agent"]["enum"] = list(settings.known_agents)
     for param in spec["paths"]["/api/webhooks/{source}"]["post"]["parameters"]:
@@ -300,6 +302,13 @@ def _streams(op: Operation) -> bool:
 def _without_query_key(op: Operation) -> Operation:
     params = tuple(p for p in op.params if (p.name, p.where) != ("api_key", "query"))
     return dataclasses.replace(op, params=params)
+
+
+_BODY_TIMEOUT = {
+    "description": "The body did not arrive within BODY_TIMEOUT_S; the connection is closed",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    "headers": {"X-Correlation-ID": {"schema": {"type": "string"}}},
+}
 
 
 def _version() -> str:

@@ -32,6 +32,7 @@ from conveyor.shared.telemetry import inject_headers
 
 CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
+BODY_HELD: web.RequestKey[int] = web.RequestKey("body_held", int)
 
 
 MINUTE = 60.0
@@ -54,6 +55,18 @@ NATS_DOWN = (
     ConnectionError,
     LimiterUnavailable,
 )
+
+
+class BodyBudget:
+    """MAX_BODY_BYTES_IN_FLIGHT: body bytes held across all connections. Both HTTP paths take a
+    body's length before reading it and give it back with the answer (the lean path changes
+    ``free`` inline: two integer operations per request)."""
+
+    __slots__ = ("free", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.free = limit
 
 
 class StreamSlots:
@@ -103,11 +116,13 @@ class Receiver:
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
     agents: tuple[str, ...] = ()  # settings.known_agents, computed once
     event_subjects: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, type) -> subject
-    streams: StreamSlots = field(init=False)  # from the settings
+    body_budget: BodyBudget = field(init=False)  # from the settings
+    streams: StreamSlots = field(init=False)  # likewise
     # Routes that take ?api_key= (Server-Sent Events: EventSource cannot send a header).
     query_key_routes: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        self.body_budget = BodyBudget(self.settings.max_body_bytes_in_flight)
         self.streams = StreamSlots(self.settings.sse_max_streams, self.settings.sse_max_streams_per_client)
 
     # --- availability -----------------------------------------------------------------------
@@ -177,22 +192,60 @@ class Receiver:
         return base, f"{base}/stream"
 
     async def read_body(self, request: web.Request) -> bytes:
-        """The raw body, refusing more than MAX_BODY_BYTES without reading past the limit."""
+        """The raw body, refusing more than MAX_BODY_BYTES without reading past the limit, 503
+        when MAX_BODY_BYTES_IN_FLIGHT has no room for it, 408 when it takes longer than
+        BODY_TIMEOUT_S. The bytes it holds are given back when the request ends (the edge
+        middleware)."""
         limit = self.settings.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
             raise too_large(limit)
+        held = 0
+        if length:
+            self._hold(request, length)
+            held = length
         chunks: list[bytes] = []
         size = 0
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise too_large(limit)
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large(limit)
+                    if size > held:  # a chunked body: held as it comes
+                        self._hold(request, size - held)
+                        held = size
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise body_timeout(self.settings.body_timeout_s) from None
         return nonempty(b"".join(chunks))
+
+    def _hold(self, request: web.Request, size: int) -> None:
+        budget = self.body_budget
+        if size > budget.free:
+            raise self.overloaded()
+        budget.free -= size
+        request[BODY_HELD] = request.get(BODY_HELD, 0) + size
+
+    def release_body(self, request: web.Request) -> None:
+        """Give back what :meth:`read_body` held for ``request`` (once its answer is made)."""
+        held = request.get(BODY_HELD)
+        if held:
+            self.body_budget.free += held
+            request[BODY_HELD] = 0
+
+    def overloaded(self) -> HTTPError:
+        return HTTPError(
+            503,
+            "overloaded",
+            "this receiver holds as many request bodies as it may (MAX_BODY_BYTES_IN_FLIGHT); "
+            "nothing was accepted, retry later",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+            close=True,
+        )
 
     # --- API keys and limits ----------------------------------------------------------------
 
@@ -403,6 +456,12 @@ def nonempty(body: bytes) -> bytes:
 
 def too_large(limit: int) -> HTTPError:
     return HTTPError(413, "payload_too_large", f"body is larger than {limit} bytes", limit=limit)
+
+
+def body_timeout(limit_s: float) -> HTTPError:
+    return HTTPError(
+        408, "body_timeout", f"the body did not arrive within {limit_s:g} s (BODY_TIMEOUT_S)", limit_s=limit_s
+    )
 
 
 _MAX_HOPS = 16  # X-Forwarded-For entries walked at most
