@@ -86,3 +86,35 @@ def test_service_dockerfiles() -> None:
     for svc in SERVICES:
         assert re.search(rf"^\s+{svc}\) args=\(--build-arg PORT=310\d", script, re.M), svc
     assert 'build "$svc" deploy/service/Dockerfile --build-arg "SERVICE=$svc"' in script
+
+
+def _haproxy_lines() -> list[str]:
+    """deploy/haproxy/haproxy.cfg without comments and blank lines."""
+    lines = [
+        line.split("#", 1)[0].strip()
+        for line in (DEPLOY / "haproxy" / "haproxy.cfg").read_text().splitlines()
+    ]
+    return [line for line in lines if line]
+
+
+def test_the_edge_sets_the_client_address() -> None:
+    """The receivers believe the X-Forwarded-For hop their trusted proxy wrote: the edge must
+    replace what a client sent, not append to it (a client's own value would come first)."""
+    lines = _haproxy_lines()
+    assert "http-request set-header X-Forwarded-For %[src]" in lines
+    assert "option forwardfor" not in lines
+    assert compose()["services"]["receiver"]["environment"]["TRUSTED_PROXIES"]
+
+
+def test_the_edge_logs_no_query_strings() -> None:
+    """A query string may carry an API key (?api_key= on the Server-Sent Event routes)."""
+    lines = _haproxy_lines()
+    formats = [line for line in lines if line.startswith("log-format")]
+    assert len(formats) == 1 and "%HPO" in formats[0]
+    # %r (the request line, any flags) and %HU (the URI) carry the query; %HQ is the query.
+    assert not re.search(r"%(\{[^}]*\})?r(?![a-z])|%HU|%HQ", formats[0])
+    assert "option httplog" not in lines  # its format writes the whole request line
+
+
+def test_the_edge_drops_slow_heads() -> None:
+    assert any(re.fullmatch(r"timeout http-request \d+s", line) for line in _haproxy_lines())

@@ -150,6 +150,10 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
         ({"RATE_LIMIT_MAX": "lots"}, "RATE_LIMIT_MAX"),
         ({"TRUSTED_PROXIES": "not-a-network"}, ""),
         ({"AGENTS": '["bad agent"]'}, "AGENTS"),
+        ({"MAX_BODY_BYTES_IN_FLIGHT": "1000"}, "MAX_BODY_BYTES_IN_FLIGHT"),  # under MAX_BODY_BYTES
+        ({"HEADER_TIMEOUT_S": "0"}, "HEADER_TIMEOUT_S"),
+        ({"MAX_CONNECTIONS": "0"}, "MAX_CONNECTIONS"),
+        ({"SSE_MAX_STREAMS_PER_CLIENT": "0"}, "SSE_MAX_STREAMS_PER_CLIENT"),
     ],
 )
 def test_bad_settings_fail_naming_the_setting(env: dict[str, str], named: str) -> None:

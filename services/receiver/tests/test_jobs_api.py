@@ -200,7 +200,7 @@ async def test_api_key_required(receiver, new_key, bus) -> None:
     await bus.assert_nothing_accepted()
 
     key = await new_key(receiver)
-    resp = await receiver.http.post("/api/jobs", json=body, params={"api_key": key})
+    resp = await receiver.http.post("/api/jobs", json=body, headers=auth(key))
     assert resp.status_code == 202
 
 

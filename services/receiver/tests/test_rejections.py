@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from conveyor.receiver.config import WebhookSource
+from conveyor.shared import subjects
 from conveyor.shared.config import Secret
 from conveyor.shared.testing.fixtures import forget_message_ids
 
@@ -261,6 +262,80 @@ async def test_forwarded_for_honoured_only_from_trusted_proxies(start_receiver, 
         )
         assert resp.status_code == 403
         assert await bus.count("EVENTS") == 1
+
+
+async def test_a_forwarded_for_the_client_wrote_is_not_believed(start_receiver, lovable, bus) -> None:
+    """Behind a proxy that appends (HAProxy's ``option forwardfor`` adds its own field after
+    the client's), the client's own X-Forwarded-For comes first: it must not choose the
+    address the allowlist sees."""
+    async with start_receiver(
+        webhook_sources=[_source(allow_ips=["10.9.0.0/16"])], trusted_proxies="127.0.0.0/8"
+    ) as r:
+        body, headers = _valid(lovable)
+        forged = [*headers.items(), ("X-Forwarded-For", "10.9.1.1"), ("X-Forwarded-For", "192.0.2.7")]
+        resp = await r.http.post(URL, content=body, headers=forged)
+        assert resp.status_code == 403, resp.text
+        assert resp.json()["error"] == "forbidden_address"
+        # Nor when they come in one field, or behind a made-up "proxy" hop.
+        for value in ("10.9.1.1, 192.0.2.7", "10.9.1.1, not-an-address", "10.9.1.1,"):
+            resp = await r.http.post(URL, content=body, headers=headers | {"X-Forwarded-For": value})
+            assert resp.status_code == 403, (value, resp.text)
+        # The proxy's own field, last, names the client.
+        fair = [*headers.items(), ("X-Forwarded-For", "192.0.2.7"), ("X-Forwarded-For", "10.9.1.1")]
+        resp = await r.http.post(URL, content=body, headers=fair)
+        assert resp.status_code == 202, resp.text
+        assert await bus.count("EVENTS") == 1
+
+
+async def test_made_up_forwarded_for_values_make_no_limit_keys(start_receiver, new_key, js) -> None:
+    """Keyless reads are limited per client address: values a client makes up in
+    X-Forwarded-For must neither escape the limit nor make a rate-limit key each."""
+    async with start_receiver(read_rate_limit_max=2, trusted_proxies="127.0.0.0/8") as r:
+        key = await new_key(r)
+        auth = {"Authorization": f"Bearer {key}"}
+        job = (await r.http.post("/api/jobs", json={"agent": "dev", "prompt": "x"}, headers=auth)).json()
+        made_up = ["garbage-1", "", "10.0.0.1%eth0", "1.2.3.4:80", "fe80::1%1", "x" * 300]
+        answers = [
+            await r.http.get(job["status_url"], headers={"X-Forwarded-For": value}) for value in made_up
+        ]
+        # All of them are the proxy's own address (the peer): one budget of 2.
+        assert [a.status_code for a in answers] == [200, 200, 429, 429, 429, 429]
+        # Real addresses the proxy vouches for have their own budgets.
+        for address in ("192.0.2.1", "192.0.2.2"):
+            resp = await r.http.get(job["status_url"], headers={"X-Forwarded-For": address})
+            assert resp.status_code == 200, resp.text
+        kv = await js.key_value(subjects.KV_RATELIMITS)
+        reads = [k for k in await kv.keys() if k.startswith("r.")]
+        assert len(reads) == 3
+
+
+def test_client_address_walks_from_the_peer() -> None:
+    from conveyor.receiver.sources import parse_networks
+    from conveyor.receiver.state import client_address
+
+    trusted = parse_networks("10.0.0.0/8, 127.0.0.1/32, fd00::/8")
+    cases = [
+        # (peer, X-Forwarded-For fields, client)
+        ("203.0.113.9", ["198.51.100.1"], "203.0.113.9"),  # an untrusted peer is the client
+        ("10.0.0.2", [], "10.0.0.2"),
+        ("10.0.0.2", ["198.51.100.1"], "198.51.100.1"),
+        ("10.0.0.2", ["198.51.100.66, 198.51.100.1"], "198.51.100.1"),  # the right-most untrusted
+        ("10.0.0.2", ["198.51.100.66", "198.51.100.1"], "198.51.100.1"),  # over two fields
+        ("10.0.0.2", ["198.51.100.66, 198.51.100.1, 10.1.1.1"], "198.51.100.1"),  # through a proxy
+        ("10.0.0.2", ["10.1.1.1, 10.2.2.2"], "10.1.1.1"),  # every hop trusted: the left-most
+        ("10.0.0.2", ["198.51.100.66, junk"], "10.0.0.2"),  # not an address: the proxy that passed it
+        ("10.0.0.2", ["198.51.100.66, junk, 10.1.1.1"], "10.1.1.1"),
+        ("10.0.0.2", [" 198.51.100.1 "], "198.51.100.1"),
+        ("10.0.0.2", ["2001:db8::1"], "2001:db8::1"),
+        ("10.0.0.2", ["2001:DB8:0::1"], "2001:db8::1"),  # one spelling per address
+        ("10.0.0.2", ["::ffff:198.51.100.1"], "198.51.100.1"),
+        ("::ffff:10.0.0.2", ["198.51.100.1"], "198.51.100.1"),  # a dual-stack peer
+        ("10.0.0.2", [", ".join(["10.3.3.3"] * 40)], "10.3.3.3"),  # a long chain: walked 16 deep
+        ("fd00::5", ["198.51.100.1"], "198.51.100.1"),
+    ]
+    for peer, fields, want in cases:
+        assert client_address(peer, fields, trusted) == want, (peer, fields)
+    assert client_address("10.0.0.2", ["198.51.100.1"], ()) == "10.0.0.2"  # no proxies trusted
 
 
 async def test_rate_limited_webhook_gets_429_with_retry_after(start_receiver, lovable, bus) -> None:

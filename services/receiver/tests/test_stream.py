@@ -3,6 +3,7 @@ and the stream closing after the terminal state."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
@@ -12,8 +13,10 @@ import httpx
 import msgspec
 from nats.js import JetStreamContext
 
+from conveyor.receiver.state import STATE
 from conveyor.shared import subjects
 from conveyor.shared.events import encoder, job_record_decoder
+from conveyor.shared.testing.fixtures import eventually
 
 
 async def events(resp: httpx.Response) -> AsyncIterator[dict[str, Any]]:
@@ -99,3 +102,82 @@ async def test_any_replica_streams_a_job_another_accepted(start_receiver, new_ke
                 elif "data" in ev:
                     assert ev["data"]["status"] == "failed" and ev["data"]["error"] == "boom"
         assert not first  # saw the queued event, then the stream ended after "failed"
+
+
+async def test_streams_are_capped_per_client_and_in_total(start_receiver, new_key) -> None:
+    async with (
+        start_receiver(sse_max_streams=5, sse_max_streams_per_client=2, trusted_proxies="127.0.0.0/8") as r,
+        contextlib.AsyncExitStack() as open_streams,
+    ):
+        key = await new_key(r)
+        keyed = {"Authorization": f"Bearer {key}"}
+        job = (await r.http.post("/api/jobs", json={"agent": "dev", "prompt": "x"}, headers=keyed)).json()
+        url = job["stream_url"]
+
+        def client(address: str) -> dict[str, str]:
+            return {"X-Forwarded-For": address}  # the trusted proxy (loopback) names the client
+
+        async def start(headers: dict[str, str]) -> httpx.Response:
+            return await open_streams.enter_async_context(r.http.stream("GET", url, headers=headers))
+
+        async def refused(headers: dict[str, str], why: str) -> None:
+            async with r.http.stream("GET", url, headers=headers) as resp:
+                assert resp.status_code == 429
+                body = json.loads(await resp.aread())
+            assert body["error"] == "too_many_streams" and why in body["message"], body
+            assert resp.headers["Retry-After"] == "5"
+
+        first = await start(client("198.51.100.1"))
+        await start(client("198.51.100.1"))
+        assert first.status_code == 200
+        # Without a key, a client address has two.
+        await refused(client("198.51.100.1"), "for this client")
+        # With one, the key has two, wherever it comes from.
+        await start(keyed | client("198.51.100.2"))
+        await start(keyed | client("198.51.100.3"))
+        await refused(keyed | client("198.51.100.4"), "for this client")
+        # And the process has five.
+        await start(client("198.51.100.4"))
+        await refused(client("198.51.100.5"), "serves 5 streams")
+        # A stream that ends gives its slot back.
+        await first.aclose()
+
+        async def room() -> None:
+            async with r.http.stream("GET", url, headers=client("198.51.100.5")) as resp:
+                assert resp.status_code == 200
+
+        await eventually(room)
+    assert r.rt.app[STATE].streams.open == 0 and r.rt.app[STATE].streams.by_client == {}
+
+
+async def test_an_api_key_in_the_query_is_taken_only_by_streams(receiver, new_key, lovable, bus) -> None:
+    key = await new_key(receiver)
+    job = (
+        await receiver.http.post(
+            "/api/jobs", json={"agent": "dev", "prompt": "x"}, headers={"Authorization": f"Bearer {key}"}
+        )
+    ).json()
+    body = lovable.body()
+    elsewhere = [
+        ("GET", job["status_url"], None),
+        ("GET", f"{job['status_url']}/result", None),
+        ("POST", "/api/jobs", b'{"agent": "dev", "prompt": "y"}'),
+        ("GET", "/api/admin/keys", None),
+        ("POST", "/api/webhooks/lovable", body),
+    ]
+    for method, path, content in elsewhere:
+        for query in (f"api_key={key}", f"api%5Fkey={key}", "x=1&api_key="):
+            headers = lovable.headers(body) if "webhooks" in path else {}
+            resp = await receiver.http.request(method, f"{path}?{query}", content=content, headers=headers)
+            assert resp.status_code == 400, (method, path, query, resp.text)
+            assert resp.json()["error"] == "api_key_in_query" and resp.json()["field"] == "api_key"
+    # A header alongside does not make it acceptable: the key is in the URL all the same.
+    bearer = {"Authorization": f"Bearer {key}"}
+    resp = await receiver.http.get(f"{job['status_url']}?api_key={key}", headers=bearer)
+    assert resp.status_code == 400
+    assert await bus.count(subjects.EVENTS) == 0 and await bus.count(subjects.JOBS) == 1
+    # EventSource cannot send a header: the stream takes it (and checks it).
+    async with receiver.http.stream("GET", f"{job['stream_url']}?api_key={key}") as resp:
+        assert resp.status_code == 200 and resp.headers["X-RateLimit-Limit"] == "60"
+    resp = await receiver.http.get(f"{job['stream_url']}?api_key=cvk_wrong")
+    assert (resp.status_code, resp.json()["error"]) == (401, "invalid_api_key")

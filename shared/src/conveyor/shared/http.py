@@ -32,13 +32,21 @@ class HTTPError(Exception):
     """Raise from a handler to answer with a JSON error; the middleware turns it into a response."""
 
     def __init__(
-        self, status: int, error: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+        self,
+        status: int,
+        error: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        close: bool = False,
+        **extra: Any,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
         self.headers = headers or {}
+        self.close = close  # the connection is closed after the answer (its body was not read)
         self.extra = extra
 
     def body(self) -> bytes:
@@ -87,7 +95,7 @@ def error_answer(request: web.Request, exc: Exception) -> web.Response:
 def _error_response(request: web.Request, exc: Exception) -> web.Response:
     if isinstance(exc, HTTPError):
         resp = exc.response()
-        if exc.status == 413:
+        if exc.close or exc.status in (408, 413):
             resp.force_close()  # the rest of the body is not read; the connection cannot be reused
         return resp
     if isinstance(exc, web.HTTPException):

@@ -108,6 +108,21 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """MAX_PROMPT_CHARS: longest prompt POST /api/jobs accepts, and longest field of a webhook's
     body that becomes a job's prompt (prompt, task, instructions, in data or at the top)."""
 
+    max_connections: int = 1000
+    """MAX_CONNECTIONS: open client connections this process keeps; one more is answered 503
+    (Retry-After, JSON) and closed at once."""
+    max_body_bytes_in_flight: int = 16 * 1024 * 1024
+    """MAX_BODY_BYTES_IN_FLIGHT: request body bytes held across all connections (a body counts
+    from its head, by its Content-Length, until its answer). A request that would pass it is
+    answered 503 (Retry-After, JSON) before its body is read. At least MAX_BODY_BYTES."""
+    header_timeout_s: float = 10.0
+    """HEADER_TIMEOUT_S: how long a connection may take to send a complete request head,
+    counted from connecting or from its previous answer (so also how long an idle keep-alive
+    connection stays open). Past it the connection is closed."""
+    body_timeout_s: float = 30.0
+    """BODY_TIMEOUT_S: how long a request's body may take to arrive once its head has. Past it
+    the request is answered 408 and the connection closed."""
+
     fast_webhooks: bool = True
     """FAST_WEBHOOKS: answer plain webhook POSTs on the lean HTTP/1.1 path (listener.py) and
     hand every other connection to aiohttp; false: aiohttp serves everything. Spans being
@@ -120,6 +135,11 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """SSE_HEARTBEAT_S: interval of the heartbeat comment on /stream."""
     sse_max_s: float = 3600.0
     """SSE_MAX_S: a stream closes after this long; clients resume with Last-Event-ID."""
+    sse_max_streams: int = 500
+    """SSE_MAX_STREAMS: Server-Sent Event streams this process serves at once; 429 past it."""
+    sse_max_streams_per_client: int = 10
+    """SSE_MAX_STREAMS_PER_CLIENT: streams at once per API key, or per client address for
+    streams without a key; 429 past it."""
     test_send_wait_s: float = 15.0
     """TEST_SEND_WAIT_S: how long POST /api/webhooks/test waits for the deliverer's outcome
     before answering 202 with a status URL."""
@@ -146,6 +166,14 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
         for agent in self.known_agents:
             if not is_token(agent):
                 raise ValueError(f"AGENTS: agent name {agent!r} must match [A-Za-z0-9_-]{{1,128}}")
+        for name in ("max_connections", "sse_max_streams", "sse_max_streams_per_client"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.upper()} must be at least 1")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.upper()} must be more than 0")
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError("MAX_BODY_BYTES_IN_FLIGHT must be at least MAX_BODY_BYTES")
         names = [s.name for s in self.webhook_sources]
         if len(names) != len(set(names)):
             raise ValueError("webhook_sources: each name may appear once")

@@ -14,6 +14,15 @@ connection, with every byte read so far, goes to aiohttp's own protocol, which s
 from then on. So every framing question (chunked bodies, 100-continue, malformed or
 ambiguous requests, oversized heads or bodies) is still answered by aiohttp's parser, and
 every other route, middleware and error is aiohttp's as before.
+
+The listener is also the receiver's guard against clients that hold resources: every
+connection, on either path, counts against MAX_CONNECTIONS (one more is answered 503 and
+closed); a body's Content-Length is taken from MAX_BODY_BYTES_IN_FLIGHT before it is read
+(503 past it); a head must arrive within HEADER_TIMEOUT_S and a body within BODY_TIMEOUT_S.
+aiohttp serves handed-over connections from its own ``web.Server`` made here, whose
+keep-alive timeout is HEADER_TIMEOUT_S (aiohttp closes a connection that has no complete
+request when it expires) and which says when a connection ends. With FAST_WEBHOOKS off
+every connection is handed over as it opens, so both paths keep the same limits.
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ import asyncio
 import email.utils
 import http
 import logging
+import os
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -31,8 +42,9 @@ from aiohttp.http_parser import SINGLETON_HEADERS
 from conveyor.receiver.handlers import webhooks
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.middleware import correlation_for
+from conveyor.receiver.ratelimit import Decision
 from conveyor.receiver.sources import peer_host
-from conveyor.receiver.state import Receiver, nonempty
+from conveyor.receiver.state import Receiver, body_timeout, nonempty
 from conveyor.shared import logs
 from conveyor.shared.http import HTTPError, HttpMetrics, error_body
 
@@ -52,9 +64,9 @@ _ONCE = SINGLETON_HEADERS | {"connection", "x-forwarded-for"}
 # aiohttp's parser limits: a head past them is aiohttp's to refuse.
 _MAX_HEADERS = 128
 _MAX_LINE = 8190
-# aiohttp's keep-alive timeout, so an idle connection lasts as long on either path.
-IDLE_S = 3630.0
 _PAUSE_AT = 256 * 1024  # unread bytes buffered behind a request in flight before reading stops
+_LINGER_S = 10.0  # aiohttp's default lingering time
+_WARN_EVERY_S = 60.0  # a refusal for a limit is logged at most this often
 
 
 class Headers(dict[str, str]):
@@ -125,19 +137,60 @@ def parse_head(head: bytes) -> Head | None:
     return Head(source, Headers(fields), int(length), "close" in connection)
 
 
+class _Aiohttp(web.Server):
+    """aiohttp's server for the connections the listener hands over: the application's handler
+    and request factory (public attributes of the runner's server), with HEADER_TIMEOUT_S as
+    the keep-alive timeout, telling the listener when each connection ends."""
+
+    def __init__(self, listener: Listener, base: web.Server, **kwargs: Any) -> None:
+        super().__init__(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            **kwargs,
+        )
+        self.listener = listener
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.listener.open -= 1
+
+
 class Listener:
     """Protocol factory and connection registry for the receiver's port."""
 
-    def __init__(self, st: Receiver, aiohttp_server: web.Server, http_metrics: HttpMetrics) -> None:
+    def __init__(
+        self, st: Receiver, aiohttp_server: web.Server, http_metrics: HttpMetrics, *, lean: bool = True
+    ) -> None:
+        settings = st.settings
         self.st = st
-        self.aiohttp = aiohttp_server  # calling it makes aiohttp's protocol for a connection
+        self.lean = lean  # False: every connection goes to aiohttp as it opens
+        # Calling it makes aiohttp's protocol for a connection. Its keep-alive timer runs from
+        # the connection's start and from each answer, and closes a connection still without a
+        # complete request head when it expires: the head timeout on aiohttp's side. After an
+        # answer that left a body unread (a refusal), aiohttp reads and drops the rest for its
+        # lingering time before closing: no longer than a body may take.
+        self.aiohttp = _Aiohttp(
+            self,
+            aiohttp_server,
+            keepalive_timeout=settings.header_timeout_s,
+            lingering_time=min(_LINGER_S, settings.body_timeout_s),
+            access_log=None,
+        )
         self.http_metrics = http_metrics
         self.metrics: Metrics = st.metrics
-        self.max_body = st.settings.max_body_bytes
-        self.connections: set[Connection] = set()
+        self.max_body = settings.max_body_bytes
+        self.max_connections = settings.max_connections
+        self.retry_after = settings.retry_after_s
+        self.header_s = settings.header_timeout_s
+        self.body_s = settings.body_timeout_s
+        self.budget = st.body_budget  # MAX_BODY_BYTES_IN_FLIGHT
+        self.open = 0  # connections counted against MAX_CONNECTIONS, on either path
+        self.connections: set[Connection] = set()  # those on the lean path
         self.closing = False
         self._date = b""
         self._date_at = 0
+        self._warned: dict[str, float] = {}
 
     def __call__(self) -> Connection:
         return Connection(self)
@@ -149,15 +202,40 @@ class Listener:
             self._date = email.utils.formatdate(now, usegmt=True).encode()
         return self._date
 
+    def warn(self, what: str, message: str, *args: Any) -> None:
+        """Log a limit being reached, at most once a minute per limit."""
+        now = time.monotonic()
+        if now - self._warned.get(what, -_WARN_EVERY_S) >= _WARN_EVERY_S:
+            self._warned[what] = now
+            log.warning(message, *args)
+
+    def refuse(self, transport: asyncio.Transport) -> None:
+        """A connection over MAX_CONNECTIONS: 503 and closed, before anything is read."""
+        self.warn("connections", "MAX_CONNECTIONS (%d) reached: connections refused", self.max_connections)
+        payload = error_body(
+            "too_many_connections",
+            f"this receiver has {self.max_connections} connections open; retry later",
+        )
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nDate: %s\r\nX-Correlation-ID: %s\r\nRetry-After: %d\r\n"
+            b"Connection: close\r\n\r\n%s"
+            % (len(payload), self.date(), os.urandom(16).hex().encode(), self.retry_after, payload)
+        )
+        transport.close()
+
     async def close(self, grace_s: float) -> None:
         """Stop taking requests: idle connections close now, a request in flight is answered
-        first (up to ``grace_s``). Connections already handed over are aiohttp's to close."""
+        first (up to ``grace_s``), on either path."""
         self.closing = True
         for conn in list(self.connections):
             conn.shut()
+        self.aiohttp.pre_shutdown()  # handed-over connections close once idle
         busy = [c.task for c in self.connections if c.task is not None]
+        waits: list[Awaitable[Any]] = [self.aiohttp.shutdown(grace_s)]
         if busy:
-            await asyncio.wait(busy, timeout=grace_s)
+            waits.append(asyncio.wait(busy, timeout=grace_s))
+        await asyncio.gather(*waits)
         for conn in list(self.connections):
             conn.abort()
 
@@ -177,25 +255,41 @@ class Connection(asyncio.Protocol):
         self.close_after = False  # Connection: close, or shutting down: close after this answer
         self.eof = False  # the client sends no more: answer what it sent, then close
         self.handed = False  # aiohttp's protocol has the connection now
+        self.counted = False  # one of the listener's open connections
         self.write_paused = False
         self.read_paused = False
         self.gone = False
-        self.last = 0.0
-        self.idle: asyncio.TimerHandle | None = None
+        self.held = 0  # body bytes taken from MAX_BODY_BYTES_IN_FLIGHT for the current request
+        self.dropping = 0  # body bytes of a refused request still to be read and dropped
+        self.due = 0.0  # when the wait for the current head (or body) ends
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
 
     # --- transport callbacks -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.peer = peer_host(transport)
-        if self.listener.closing:
+        listener = self.listener
+        if listener.closing:
             transport.close()
             return
-        self.listener.connections.add(self)
-        self.last = self.loop.time()
-        self.idle = self.loop.call_at(self.last + IDLE_S, self._check_idle)
+        if listener.open >= listener.max_connections:
+            listener.refuse(self.transport)  # type: ignore[arg-type]
+            return
+        listener.open += 1
+        self.counted = True
+        if not listener.lean:
+            self._hand_over(metric=False)
+            return
+        self.peer = peer_host(transport)
+        listener.connections.add(self)
+        self.due = self.loop.time() + listener.header_s
+        self._arm(self.due)
 
     def data_received(self, data: bytes) -> None:
+        if self.dropping:
+            self._drop(len(data))
+            return
         buf = self.buf
         if not buf:
             self.buf = data  # the usual case: a whole request in one read, no copy
@@ -204,7 +298,6 @@ class Connection(asyncio.Protocol):
         else:
             self.buf = bytearray(buf)
             self.buf += data
-        self.last = self.loop.time()
         if self.task is None:
             self._next()
         elif len(self.buf) > _PAUSE_AT and not self.read_paused and self.transport is not None:
@@ -215,7 +308,9 @@ class Connection(asyncio.Protocol):
         # The client sends no more: answer every complete request it sent (pipelined ones
         # included), then close. True keeps the writing half open until then.
         self.eof = True
-        if self.task is None:
+        if self.dropping:
+            self.shut()
+        elif self.task is None:
             self._next()
             self._close_if_done()
         return True
@@ -227,9 +322,15 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A request in flight is not cancelled: what JetStream acknowledges stays accepted,
-        # as on aiohttp's path, only the answer has nowhere to go.
+        # as on aiohttp's path, only the answer has nowhere to go. Its bytes stay held until
+        # it ends; a body still arriving is given back now.
         self.gone = True
         self._forget()
+        if self.task is None:
+            self._give_back()
+        if self.counted:
+            self.counted = False
+            self.listener.open -= 1
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -267,15 +368,22 @@ class Connection(asyncio.Protocol):
         head = parse_head(bytes(buf[:end]))
         # Only configured sources: /api/webhooks/test (the test-send API) and unknown names
         # are aiohttp's routes to answer.
-        if (
-            head is None
-            or head.length > self.listener.max_body
-            or head.source not in self.listener.st.sources
-        ):
+        listener = self.listener
+        if head is None or head.length > listener.max_body or head.source not in listener.st.sources:
             self._hand_over()
             return
+        budget = listener.budget
+        if head.length > budget.free:
+            self._refuse_body(head, end + 4)
+            return
+        budget.free -= head.length
+        self.held = head.length
         if len(buf) < end + 4 + head.length:
             self.waiting = (head, end + 4)
+            due = self.loop.time() + listener.body_s
+            self.due = due
+            if due < self.timer_at:
+                self._arm(due)
             return
         self._start(head, end + 4)
 
@@ -311,11 +419,14 @@ class Connection(asyncio.Protocol):
         finally:
             logs.correlation_id.reset(token)
         listener.http_metrics.observe("POST", ROUTE, status, time.perf_counter() - started)
-        self._answer(status, payload, extra, correlation, call)
+        self._answer(status, payload, extra, correlation, call.rate_limit)
+        listener.budget.free += self.held  # the body's bytes are given back with its answer
+        self.held = 0
         self.task = None
         if self.close_after:
             self.shut()
             return
+        self.due = self.loop.time() + listener.header_s  # the next head, idle time included
         if self.read_paused and self.transport is not None:
             self.read_paused = False
             self.transport.resume_reading()
@@ -323,7 +434,12 @@ class Connection(asyncio.Protocol):
         self._close_if_done()
 
     def _answer(
-        self, status: int, payload: bytes, extra: dict[str, str] | None, correlation: str, call: webhooks.Call
+        self,
+        status: int,
+        payload: bytes,
+        extra: dict[str, str] | None,
+        correlation: str,
+        rate_limit: Decision | None = None,
     ) -> None:
         transport = self.transport
         if transport is None or self.gone or transport.is_closing():
@@ -335,22 +451,65 @@ class Connection(asyncio.Protocol):
         ]
         if extra:
             lines += [b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in extra.items()]
-        if call.rate_limit is not None:
-            lines.append(call.rate_limit.header_lines())
+        if rate_limit is not None:
+            lines.append(rate_limit.header_lines())
         if self.close_after or self.listener.closing:
             lines.append(b"Connection: close\r\n")
         lines += (b"\r\n", payload)
         transport.write(b"".join(lines))
 
+    def _refuse(self, head: Head, exc: HTTPError) -> None:
+        """Answer ``exc`` to the request ``head`` without serving it, then close (its body is
+        not read: the connection cannot carry another request)."""
+        correlation = correlation_for(head.headers.get("x-correlation-id", ""))
+        self.listener.http_metrics.observe("POST", ROUTE, exc.status, 0.0)
+        outcome = "unavailable" if exc.status == 503 else "bad_request"
+        self.listener.st.metrics.webhook(head.source, outcome).inc()
+        self.close_after = True
+        self._answer(exc.status, exc.body(), exc.headers, correlation)
+
+    def _refuse_body(self, head: Head, body_at: int) -> None:
+        """Over MAX_BODY_BYTES_IN_FLIGHT: 503 before the body is read. What of it comes is read
+        and dropped (so the client sees the answer rather than a reset), then the connection
+        closes; within BODY_TIMEOUT_S."""
+        st = self.listener.st
+        self.listener.warn(
+            "body_bytes",
+            "MAX_BODY_BYTES_IN_FLIGHT (%d) reached: requests are refused",
+            st.settings.max_body_bytes_in_flight,
+        )
+        self._refuse(head, st.overloaded())
+        dropping = body_at + head.length - len(self.buf)
+        self.buf = b""
+        if dropping <= 0:
+            self.shut()
+            return
+        self.dropping = dropping
+        self.due = self.loop.time() + self.listener.body_s
+        if self.due < self.timer_at:
+            self._arm(self.due)
+
+    def _drop(self, size: int) -> None:
+        self.dropping = max(0, self.dropping - size)
+        if not self.dropping:
+            self.shut()
+
+    def _give_back(self) -> None:
+        if self.held:
+            self.listener.budget.free += self.held
+            self.held = 0
+
     # --- endings -----------------------------------------------------------------------------
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, metric: bool = True) -> None:
         """aiohttp serves this connection from here on, starting with what is buffered."""
         transport = self.transport
         assert transport is not None
         self.handed = True
+        self.counted = False  # aiohttp's server counts it off when it ends (_Aiohttp)
         self._forget()
-        self.listener.metrics.handed_over.inc()
+        if metric:
+            self.listener.metrics.handed_over.inc()
         proto = self.listener.aiohttp()
         if self.read_paused:
             self.read_paused = False
@@ -379,19 +538,42 @@ class Connection(asyncio.Protocol):
 
     def _forget(self) -> None:
         self.listener.connections.discard(self)
-        if self.idle is not None:
-            self.idle.cancel()
-            self.idle = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
-    def _check_idle(self) -> None:
-        self.idle = None
+    def _arm(self, at: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = at
+        self.timer = self.loop.call_at(at, self._check_time)
+
+    def _check_time(self) -> None:
+        """The connection's one timer: it closes a connection whose head (or body) is late.
+        It is moved only when it fires early, not on every request."""
+        self.timer = None
         if self.gone or self not in self.listener.connections:
             return
-        due = self.last + IDLE_S
-        if self.task is None and self.loop.time() >= due:
+        now = self.loop.time()
+        if self.task is not None:
+            self._arm(now + self.listener.header_s)  # in flight: its answer sets the next wait
+        elif now < self.due:
+            self._arm(self.due)
+        elif self.dropping:
             self.shut()
+        elif self.waiting is not None:
+            self._body_late(self.waiting[0])
         else:
-            self.idle = self.loop.call_at(max(due, self.loop.time() + 1), self._check_idle)
+            self.shut()  # no complete head in time (an idle connection included)
+
+    def _body_late(self, head: Head) -> None:
+        """BODY_TIMEOUT_S passed before the body was all here: 408, closed."""
+        self.waiting = None
+        self.buf = b""
+        self._give_back()
+        limit = self.listener.body_s
+        self._refuse(head, body_timeout(limit))
+        self.shut()
 
 
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in http.HTTPStatus}
@@ -401,9 +583,8 @@ def _reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
 
 
-def listener_for(st: Receiver, aiohttp_server: web.Server, http_metrics: HttpMetrics) -> Listener | None:
-    """The lean path, unless it is turned off or spans are exported (aiohttp's middleware
-    makes the server span for each request)."""
-    if not st.settings.fast_webhooks or st.tracing:
-        return None
-    return Listener(st, aiohttp_server, http_metrics)
+def listener_for(st: Receiver, aiohttp_server: web.Server, http_metrics: HttpMetrics) -> Listener:
+    """The receiver's port. Plain webhook POSTs take the lean path unless it is turned off or
+    spans are exported (aiohttp's middleware makes the server span for each request); the
+    connection limits and timeouts hold either way."""
+    return Listener(st, aiohttp_server, http_metrics, lean=st.settings.fast_webhooks and not st.tracing)

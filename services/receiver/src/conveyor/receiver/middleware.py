@@ -42,6 +42,21 @@ async def _bad_header(request: web.Request) -> web.StreamResponse:
     raise HTTPError(400, "invalid_header", f"header {name} is not valid UTF-8", field=name)
 
 
+async def _key_in_query(request: web.Request) -> web.StreamResponse:
+    raise HTTPError(
+        400,
+        "api_key_in_query",
+        "api_key is accepted in the query string only by Server-Sent Event routes (EventSource "
+        "cannot send headers): URLs end up in logs and histories. Send Authorization: Bearer <key>",
+        field="api_key",
+    )
+
+
+def key_in_query(request: web.Request, allowed: frozenset[str]) -> bool:
+    """Whether ``request`` carries ?api_key= on a route that must not take it."""
+    return "?" in request.raw_path and "api_key" in request.query and route_name(request) not in allowed
+
+
 def edge(metrics: HttpMetrics) -> Middleware:
     """The receiver's one middleware, in place of the runner's error and metrics pair: one
     coroutine per request instead of three on a route that answers thousands a second."""
@@ -56,6 +71,8 @@ def edge(metrics: HttpMetrics) -> Middleware:
         token = logs.correlation_id.set(correlation)
         if undecodable_header(request.headers) is not None:
             handler = _bad_header
+        elif key_in_query(request, st.query_key_routes):
+            handler = _key_in_query
         try:
             if st.tracing:
                 resp = await _traced(request, handler, st.rt.tracer)
@@ -76,6 +93,7 @@ def edge(metrics: HttpMetrics) -> Middleware:
             status = exc.status
             raise
         finally:
+            st.release_body(request)
             logs.correlation_id.reset(token)
             metrics.observe(request.method, route_name(request), status, time.perf_counter() - started)
         if not resp.prepared:

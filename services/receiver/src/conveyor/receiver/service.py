@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from importlib import metadata
 from typing import Any
@@ -327,7 +328,19 @@ def routes(rt: Runtime[Any]) -> None:
     for op in ops:
         if op.handler is not None:
             rt.app.router.add_route(op.method, op.path, op.handler, expect_handler=expect)
-    spec = document([*ops, *sites_api.operations()], title="Conveyor receiver", version=_version())
+    every = [*ops, *sites_api.operations()]
+    st.query_key_routes = frozenset(op.path for op in every if _streams(op))
+    spec = document(
+        [op if _streams(op) else _without_query_key(op) for op in every],
+        title="Conveyor receiver",
+        version=_version(),
+    )
+    for path, methods in spec["paths"].items():
+        for op_doc in methods.values():
+            if path not in st.query_key_routes and "security" in op_doc:
+                op_doc["security"] = [s for s in op_doc["security"] if "apiKeyQuery" not in s]
+            if "requestBody" in op_doc:
+                op_doc["responses"].setdefault("408", _BODY_TIMEOUT)
     # What this deployment accepts is known at start: say so in the document.
     for schema in ("JobCreate", "ScheduleCreate", "SchedulePatch"):
         spec["components"]["schemas"][schema]["properties"]["agent"]["enum"] = list(settings.known_agents)
@@ -341,6 +354,24 @@ def routes(rt: Runtime[Any]) -> None:
 
     rt.app.router.add_get("/openapi.json", openapi)
     sites_api.add_routes(rt)
+
+
+def _streams(op: Operation) -> bool:
+    """A Server-Sent Events route: the only kind that takes ?api_key= (the middleware answers
+    400 elsewhere), since EventSource cannot send an Authorization header."""
+    return op.responses.get(200) == SSE
+
+
+def _without_query_key(op: Operation) -> Operation:
+    params = tuple(p for p in op.params if (p.name, p.where) != ("api_key", "query"))
+    return dataclasses.replace(op, params=params)
+
+
+_BODY_TIMEOUT = {
+    "description": "The body did not arrive within BODY_TIMEOUT_S; the connection is closed",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    "headers": {"X-Correlation-ID": {"schema": {"type": "string"}}},
+}
 
 
 def _version() -> str:

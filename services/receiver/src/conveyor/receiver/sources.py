@@ -354,25 +354,3 @@ def peer_host(transport: asyncio.BaseTransport | None) -> str | None:
     """The connected peer's address (no port), as both HTTP paths read it."""
     peer = transport.get_extra_info("peername") if transport is not None else None
     return peer[0] if isinstance(peer, tuple) and peer else None
-
-
-def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str | None:
-    """The client's address: the peer, unless the peer is a trusted proxy, in which case the
-    right-most X-Forwarded-For entry that is not itself a trusted proxy."""
-    if not trusted or not forwarded_for or not _in(peer, trusted):
-        return peer
-    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _in(hop, trusted):
-            return hop
-    return hops[0] if hops else peer
-
-
-def _in(address: str | None, nets: tuple[Network, ...]) -> bool:
-    if address is None:
-        return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in n for n in nets)

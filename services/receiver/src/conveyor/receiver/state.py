@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from nats.js.kv import KeyValue
 from conveyor.receiver.apikeys import ApiKeys, KeyRevoked, KeysUnavailable, Principal
 from conveyor.receiver.config import Settings
 from conveyor.receiver.metrics import Metrics
-from conveyor.receiver.sources import Network, Source, client_address, peer_host
+from conveyor.receiver.sources import Network, Source, peer_host
 from conveyor.shared import subjects
 from conveyor.shared.events import JobIndexEntry, JobRecord, encoder, job_record_decoder
 from conveyor.shared.http import HTTPError
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
+BODY_HELD: web.RequestKey[int] = web.RequestKey("body_held", int)
 
 
 # Anything that means "JetStream did not answer": the request may be retried later.
@@ -59,6 +61,48 @@ NATS_DOWN = (
     ConnectionError,
     LimiterUnavailable,
 )
+
+
+class BodyBudget:
+    """MAX_BODY_BYTES_IN_FLIGHT: body bytes held across all connections. Both HTTP paths take a
+    body's length before reading it and give it back with the answer (the lean path changes
+    ``free`` inline: two integer operations per request)."""
+
+    __slots__ = ("free", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.free = limit
+
+
+class StreamSlots:
+    """Server-Sent Event streams open in this process: at most ``total``, and ``per_client``
+    for one API key or client address."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.open = 0
+        self.by_client: dict[str, int] = {}
+
+    def take(self, client: str | None) -> str | None:
+        """None when a slot is taken (give it back with :meth:`give`), else what is full."""
+        if self.open >= self.total:
+            return f"this receiver serves {self.total} streams already"
+        if client is not None:
+            held = self.by_client.get(client, 0)
+            if held >= self.per_client:
+                return f"{self.per_client} streams are open for this client already"
+            self.by_client[client] = held + 1
+        self.open += 1
+        return None
+
+    def give(self, client: str | None) -> None:
+        self.open -= 1
+        if client is not None:
+            held = self.by_client.pop(client, 1) - 1
+            if held > 0:
+                self.by_client[client] = held
 
 
 @dataclass
@@ -91,6 +135,15 @@ class Receiver:
             self.projects.put_local(project_id, project)
         else:
             self.directory.update(project_id, project)
+
+    body_budget: BodyBudget = field(init=False)  # from the settings
+    streams: StreamSlots = field(init=False)  # likewise
+    # Routes that take ?api_key= (Server-Sent Events: EventSource cannot send a header).
+    query_key_routes: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.body_budget = BodyBudget(self.settings.max_body_bytes_in_flight)
+        self.streams = StreamSlots(self.settings.sse_max_streams, self.settings.sse_max_streams_per_client)
 
     # --- availability -----------------------------------------------------------------------
 
@@ -133,8 +186,17 @@ class Receiver:
 
     def address_of(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
         """The client's address from the connection's peer and the request's headers (both
-        HTTP paths)."""
-        return client_address(peer, headers.get("X-Forwarded-For"), self.trusted)
+        HTTP paths). Every X-Forwarded-For field counts, in order: a proxy that appends its
+        own field puts it after the client's."""
+        if not self.trusted:
+            return peer
+        getall = getattr(headers, "getall", None)  # aiohttp's headers; the lean path's have one
+        if getall is not None:
+            fields: Sequence[str] = getall("X-Forwarded-For", ())
+        else:
+            one = headers.get("X-Forwarded-For")
+            fields = () if one is None else (one,)
+        return client_address(peer, fields, self.trusted)
 
     def event_subject(self, source: str, event_type: str) -> str:
         """``events.<source>.<type>``, checked once per pair (a bounded number are kept)."""
@@ -150,27 +212,67 @@ class Receiver:
         return base, f"{base}/stream"
 
     async def read_body(self, request: web.Request) -> bytes:
-        """The raw body, refusing more than MAX_BODY_BYTES without reading past the limit."""
+        """The raw body, refusing more than MAX_BODY_BYTES without reading past the limit, 503
+        when MAX_BODY_BYTES_IN_FLIGHT has no room for it, 408 when it takes longer than
+        BODY_TIMEOUT_S. The bytes it holds are given back when the request ends (the edge
+        middleware)."""
         limit = self.settings.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
             raise too_large(limit)
+        held = 0
+        if length:
+            self._hold(request, length)
+            held = length
         chunks: list[bytes] = []
         size = 0
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise too_large(limit)
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                while True:
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large(limit)
+                    if size > held:  # a chunked body: held as it comes
+                        self._hold(request, size - held)
+                        held = size
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise body_timeout(self.settings.body_timeout_s) from None
         return nonempty(b"".join(chunks))
+
+    def _hold(self, request: web.Request, size: int) -> None:
+        budget = self.body_budget
+        if size > budget.free:
+            raise self.overloaded()
+        budget.free -= size
+        request[BODY_HELD] = request.get(BODY_HELD, 0) + size
+
+    def release_body(self, request: web.Request) -> None:
+        """Give back what :meth:`read_body` held for ``request`` (once its answer is made)."""
+        held = request.get(BODY_HELD)
+        if held:
+            self.body_budget.free += held
+            request[BODY_HELD] = 0
+
+    def overloaded(self) -> HTTPError:
+        return HTTPError(
+            503,
+            "overloaded",
+            "this receiver holds as many request bodies as it may (MAX_BODY_BYTES_IN_FLIGHT); "
+            "nothing was accepted, retry later",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+            close=True,
+        )
 
     # --- API keys and limits ----------------------------------------------------------------
 
     async def authenticate(self, request: web.Request, *, admin: bool = False) -> Principal:
-        """Bearer token or ?api_key=; 401 without a valid key, 403 for a non-admin on admin routes."""
+        """Bearer token or ?api_key= (which only Server-Sent Event routes get this far with: the
+        edge middleware answers 400 elsewhere); 401 without a valid key, 403 for a non-admin on
+        admin routes."""
         auth = request.headers.get("Authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.query.get("api_key", "")
         challenge = {"WWW-Authenticate": 'Bearer realm="conveyor"'}
@@ -446,6 +548,57 @@ def nonempty(body: bytes) -> bytes:
 
 def too_large(limit: int) -> HTTPError:
     return HTTPError(413, "payload_too_large", f"body is larger than {limit} bytes", limit=limit)
+
+
+def body_timeout(limit_s: float) -> HTTPError:
+    return HTTPError(
+        408, "body_timeout", f"the body did not arrive within {limit_s:g} s (BODY_TIMEOUT_S)", limit_s=limit_s
+    )
+
+
+_MAX_HOPS = 16  # X-Forwarded-For entries walked at most
+
+
+def client_address(
+    peer: str | None, forwarded_for: Sequence[str], trusted: tuple[Network, ...]
+) -> str | None:
+    """The client's address: walking from the peer leftwards through X-Forwarded-For (its
+    fields in order, each comma-separated), each address that is a trusted proxy's is followed
+    to the entry before it, which that proxy wrote; the first that is not a trusted proxy is the
+    client. Nothing a client writes there is believed unless a trusted proxy vouches for the
+    entry to its right. An entry that is not an IP address (or a chain longer than _MAX_HOPS)
+    ends the walk at the trusted proxy that passed it on, so a made-up value can neither choose
+    an address nor make new rate-limit keys."""
+    if not trusted or not forwarded_for or not _trusted(_ip(peer), trusted):
+        return peer
+    client = peer
+    hops = 0
+    for value in reversed(forwarded_for):
+        for entry in reversed(value.split(",")):
+            ip = _ip(entry.strip())
+            if ip is None or hops == _MAX_HOPS:
+                return client
+            hops += 1
+            client = str(ip)
+            if not _trusted(ip, trusted):
+                return client
+    return client  # every hop a trusted proxy: the left-most one sent it
+
+
+def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not text or "%" in text:  # nothing, or an IPv6 zone: no address a proxy would forward
+        return None
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # ::ffff:10.0.0.1 (a dual-stack socket) is 10.0.0.1
+    return ip
+
+
+def _trusted(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, nets: tuple[Network, ...]) -> bool:
+    return ip is not None and any(ip in net for net in nets)
 
 
 STATE: web.AppKey[Receiver] = web.AppKey("receiver", Receiver)

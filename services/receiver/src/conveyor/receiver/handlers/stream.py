@@ -5,6 +5,11 @@ carries ``id: <KV revision>``, so a client that reconnects with Last-Event-ID ge
 it missed. ``event: status`` when the status changed, ``event: progress`` otherwise; the
 stream closes after a terminal state, after SSE_MAX_S, when NATS goes away (``event: error``)
 or when the receiver stops. A ``: heartbeat`` comment goes out every SSE_HEARTBEAT_S.
+
+Each stream holds a KV watch (a consumer on the server) for up to SSE_MAX_S, so a process
+serves at most SSE_MAX_STREAMS at once, and SSE_MAX_STREAMS_PER_CLIENT for one API key (or,
+without a key, one client address); past either, 429. The slot is given back when the stream
+ends, however it ends.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ import nats.errors
 from aiohttp import web
 from nats.js.kv import KeyValue
 
-from conveyor.receiver.handlers.jobs import read_access, shown
-from conveyor.receiver.state import RATE_LIMIT, Receiver
+from conveyor.receiver.handlers.jobs import load, shown
+from conveyor.receiver.state import RATE_LIMIT, STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import encoder, job_record_decoder
+from conveyor.shared.http import HTTPError
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +39,33 @@ def _last_event_id(request: web.Request) -> int | None:
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    st, record = await read_access(request)  # 404 before the stream starts
+    st = request.app[STATE]
+    principal = await st.reader(request)
+    record, _ = await load(st, request.match_info["job_id"], principal)  # 404 before the stream starts
     job_id = record.job_id
+    # Streams are counted per key; without one, per client address. Admin keys have no
+    # per-client limit (as they have no rate limit), only the process's.
+    client = (
+        None
+        if principal is not None and principal.admin
+        else (f"k:{principal.key_id}" if principal is not None else f"a:{st.client_address(request)}")
+    )
+    full = st.streams.take(client)
+    if full is not None:
+        st.metrics.rate_limited.labels("stream").inc()
+        raise HTTPError(
+            429,
+            "too_many_streams",
+            f"{full} (SSE_MAX_STREAMS, SSE_MAX_STREAMS_PER_CLIENT); close one or retry later",
+            headers={"Retry-After": str(st.settings.retry_after_s)},
+        )
+    try:
+        return await _serve(request, st, job_id)
+    finally:
+        st.streams.give(client)
+
+
+async def _serve(request: web.Request, st: Receiver, job_id: str) -> web.StreamResponse:
     kv = st.bucket(subjects.KV_JOBS)
     with st.nats_errors():
         # A short inactivity limit: the server drops the watch soon after a client leaves.
@@ -46,7 +77,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     st.metrics.sse_streams.inc()
     try:
         await resp.prepare(request)
-        await _pump(st, resp, watcher, _last_event_id(request))
+        await _pump(st, request, resp, watcher, _last_event_id(request))
     except ConnectionError:
         log.debug("sse client for %s went away", job_id)
     finally:
@@ -57,7 +88,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _pump(
-    st: Receiver, resp: web.StreamResponse, watcher: KeyValue.KeyWatcher, last_id: int | None
+    st: Receiver,
+    request: web.Request,
+    resp: web.StreamResponse,
+    watcher: KeyValue.KeyWatcher,
+    last_id: int | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     beat_s = st.settings.sse_heartbeat_s
@@ -68,6 +103,8 @@ async def _pump(
         now = loop.time()
         if st.rt.stopping.is_set() or now >= deadline:
             return
+        if request.transport is None or request.transport.is_closing():
+            return  # the client left: its slot and watch are freed now, not at the next write
         if not st.rt.connected:
             await resp.write(
                 b'event: error\ndata: {"error":"unavailable","message":"NATS is unreachable"}\n\n'
