@@ -123,3 +123,50 @@ async def test_job_list_filters_and_pages(two) -> None:
         assert resp.status_code == 400 and resp.json()["error"] == "invalid_query", bad
     since_before = await two.http.get("/api/jobs", params={"since": before.isoformat()}, headers=alpha)
     assert [j["job_id"] for j in since_before.json()["jobs"]] == made + later
+
+
+async def test_project_limits_and_the_global_ceiling_hold(start_receiver, make_project, project_key) -> None:
+    async with start_receiver(global_rate_limit_per_minute=5) as r:
+        await make_project(r, "small", per_minute=2)
+        await make_project(r, "big")
+        small, big = await project_key(r, "small"), await project_key(r, "big")
+        job = {"agent": "dev", "prompt": "x"}
+        codes = [(await r.http.post("/api/jobs", json=job, headers=small)).status_code for _ in range(3)]
+        assert codes == [202, 202, 429]
+        refused = await r.http.post("/api/jobs", json=job, headers=small)
+        assert "project small" in refused.json()["message"] and "X-RateLimit-Limit" in refused.headers
+        # Another project has its own budget, up to the deployment's ceiling (5 in all).
+        codes = [(await r.http.post("/api/jobs", json=job, headers=big)).status_code for _ in range(4)]
+        assert codes == [202, 202, 202, 429]
+        assert "this deployment" in (await r.http.post("/api/jobs", json=job, headers=big)).json()["message"]
+
+
+async def test_a_key_cannot_name_another_projects_lovable_project(two, make_project) -> None:
+    """Once: any key could choose a callback URL and get a body signed with the deployment-wide
+    secret naming any lovableProjectId it liked. A Lovable project id now belongs to the project
+    that claims it, and callbacks are signed with the job's project's own secret."""
+    await make_project(two, "owner", external_ids=["lovable:lp-owned"])
+    resp = await two.http.post(
+        "/api/jobs",
+        json={
+            "agent": "dev",
+            "prompt": "x",
+            "project_id": "lp-owned",
+            "callback_url": "https://x.example/cb",
+        },
+        headers=two.keys["alpha"],
+    )
+    assert (resp.status_code, resp.json()["field"]) == (422, "project_id")
+    mine = await _job(two, two.keys["alpha"], project_id="lp-unclaimed")
+    assert (await two.http.get(f"/api/jobs/{mine}", headers=two.keys["alpha"])).json()["project"] == "alpha"
+
+
+async def test_a_key_of_another_project_cannot_cancel_a_webhook_job(two, lovable) -> None:
+    """Once: a second, ordinary key cancelled a running webhook job it never created."""
+    body = lovable.body()
+    resp = await two.http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body))
+    job_id = resp.json()["job_id"]
+    cancel = await two.http.post(f"/api/jobs/{job_id}/cancel", headers=two.keys["beta"])
+    assert cancel.status_code == 404
+    record = (await two.http.get(f"/api/jobs/{job_id}", headers=ADMIN)).json()
+    assert record["status"] == "queued" and record["project"] == "default"

@@ -152,6 +152,9 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
 
     cors_origins: list[str] = []
     """CORS_ORIGINS: browser origins allowed for the default project (JSON list)."""
+    global_rate_limit_per_minute: int = 0
+    """GLOBAL_RATE_LIMIT_PER_MINUTE: jobs, webhooks and schedules all projects together may make
+    per minute across every replica, a ceiling above the per-key and per-project limits; 0 = none."""
     unknown_projects: Literal["auto", "reject", "default"] = "auto"
     """UNKNOWN_PROJECTS: a webhook whose signed project (Lovable's project_id, GitHub's repository)
     no project claims: ``reject`` answers 422 unknown_project; ``default`` gives it to the default

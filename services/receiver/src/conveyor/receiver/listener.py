@@ -42,11 +42,11 @@ from aiohttp.http_parser import SINGLETON_HEADERS
 from conveyor.receiver.handlers import webhooks
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.middleware import correlation_for
-from conveyor.receiver.ratelimit import Decision
 from conveyor.receiver.sources import peer_host
 from conveyor.receiver.state import Receiver, body_timeout, nonempty
 from conveyor.shared import logs
 from conveyor.shared.http import HTTPError, HttpMetrics, error_body
+from conveyor.shared.ratelimit import Decision
 
 log = logging.getLogger(__name__)
 

@@ -90,5 +90,5 @@ class Metrics:
         for source in sources:
             for outcome in WEBHOOK_OUTCOMES:
                 self.webhook(source, outcome)
-        for scope in ("webhook", "api_key", "read"):
+        for scope in ("webhook", "api_key", "read", "project", "global", "stream"):
             self.rate_limited.labels(scope)

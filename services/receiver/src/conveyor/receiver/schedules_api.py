@@ -484,6 +484,7 @@ async def create(request: web.Request) -> web.Response:
         )
     t = _check_timing(st, body.every, body.cron, body.timezone, now)
     _check_window(body.start_at, body.end_at, now)
+    await st.limit_work(project)
 
     key = request.headers.get("Idempotency-Key")
     if key is None:

@@ -31,7 +31,7 @@ from conveyor.shared.integration import IntegrationRecorder
 from conveyor.shared.jsrequests import EXPECTED_STREAM, PubAck, is_key_exists
 from conveyor.shared.kvbucket import Bucket
 from conveyor.shared.kvmirror import KvMirror
-from conveyor.shared.ratelimit import Decision, LimiterUnavailable, RateLimiter, hit_key
+from conveyor.shared.ratelimit import DAY, MINUTE, Decision, LimiterUnavailable, RateLimiter, hit_key
 from conveyor.shared.runner import Runtime
 from conveyor.shared.sealing import Sealer, SealingError
 from conveyor.shared.telemetry import inject_headers
@@ -393,6 +393,35 @@ class Receiver:
             with self.nats_errors():
                 decision = await limiter.hit(key, limit, window_s)
         return decision
+
+    async def limit_work(self, project: Project) -> None:
+        """Work a project makes (a job, a webhook, a schedule): its own per-minute and per-day
+        budget and the deployment's ceiling (GLOBAL_RATE_LIMIT_PER_MINUTE), counted in KV so they
+        hold across replicas; 429 naming which when one refuses."""
+        checks = [
+            # The project's first: work its own limit refuses spends none of the ceiling.
+            ("project", f"p.{project.project_id}.m", project.per_minute, MINUTE, "minute"),
+            ("project", f"p.{project.project_id}.d", project.per_day, DAY, "day"),
+            ("global", "g.m", self.settings.global_rate_limit_per_minute, MINUTE, "minute"),
+        ]
+        for scope, key, limit, window_s, per in checks:
+            if limit <= 0:
+                continue
+            limiter = self._limiter()
+            # Mostly answered from slots this process claimed ahead: no round trip.
+            decision = limiter.local(key, limit, window_s)
+            if decision is None:
+                with self.nats_errors():
+                    decision = await limiter.hit(key, limit, window_s)
+            if not decision.allowed:
+                self.metrics.rate_limited.labels(scope).inc()
+                what = "this deployment" if scope == "global" else f"project {project.project_id}"
+                raise HTTPError(
+                    429,
+                    "rate_limited",
+                    f"the rate limit of {what} ({decision.limit} per {per}) is reached; retry later",
+                    headers=decision.headers(),
+                )
 
     def _limiter(self) -> RateLimiter:
         self.require_nats()

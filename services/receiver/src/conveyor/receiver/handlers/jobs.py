@@ -62,6 +62,10 @@ async def create(request: web.Request) -> web.Response:
     st.require_nats()
     body: JobCreate = decode_json(_job_create_decoder, await st.read_body(request))
     project = st.writable(principal, body.project)
+    claimed = st.directory.resolve(f"lovable:{body.project_id}") if body.project_id else None
+    if claimed is not None and claimed.project_id != project.project_id:
+        # The callback names this Lovable project: only the project that owns it may.
+        raise _invalid("project_id", "belongs to another project")
     if body.agent not in st.agents or not project.may_run(body.agent):
         raise HTTPError(
             422,
@@ -74,6 +78,7 @@ async def create(request: web.Request) -> web.Response:
     if body.callback_url is not None and (problem := callback_url_problem(body.callback_url)):
         raise _invalid("callback_url", problem)
 
+    await st.limit_work(project)
     key = request.headers.get("Idempotency-Key")
     if key is None:
         job_id = ids.new_id("job")

@@ -141,6 +141,7 @@ async def _take(call: Call, st: Receiver, source: Source) -> Answer:
             message="this project is disabled: the webhook was verified and not run",
         )
         return Answer(202, encoder.encode(disabled))
+    await st.limit_work(project)
     # The signed project id, never a header: a replayer must not pick its own bucket.
     call.rate_limit = await st.limit_webhook(name, inbound.project_id, call.address)
     if call.rate_limit is not None:
