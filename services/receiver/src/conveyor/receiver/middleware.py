@@ -69,7 +69,9 @@ def edge(metrics: HttpMetrics) -> Middleware:
         st = request.app[STATE]
         status = 500
         token = logs.correlation_id.set(correlation)
-        if undecodable_header(request.headers) is not None:
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            handler = st.preflight
+        elif undecodable_header(request.headers) is not None:
             handler = _bad_header
         elif key_in_query(request, st.query_key_routes):
             handler = _key_in_query
@@ -100,6 +102,8 @@ def edge(metrics: HttpMetrics) -> Middleware:
             resp.headers["X-Correlation-ID"] = correlation
             if (decision := request.get(RATE_LIMIT)) is not None:
                 resp.headers.update(decision.headers())
+            if "Origin" in request.headers:
+                resp.headers.update(st.cors_headers(request))
         return resp
 
     return edge_middleware

@@ -35,7 +35,7 @@ from msgspec import Meta
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.openapi import SSE, Operation, Param
 from conveyor.receiver.sources import decode_json
-from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE, Receiver
+from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.deploy_store import DeployStore, DeployStoreError
 from conveyor.shared.deploys import (
@@ -327,10 +327,7 @@ async def stream_deployment(request: web.Request) -> web.StreamResponse:
     last_id = int(raw_last) if raw_last.isascii() and raw_last.isdigit() else None
     with st.nats_errors():
         watcher = await st.bucket(subjects.KV_DEPLOYMENTS).watch(deployment_id)
-    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    if (decision := request.get(RATE_LIMIT)) is not None:
-        headers.update(decision.headers())
-    resp = web.StreamResponse(status=200, headers=headers)
+    resp = web.StreamResponse(status=200, headers=st.stream_headers(request))
     loop = asyncio.get_running_loop()
     beat_s = st.settings.sse_heartbeat_s
     deadline = loop.time() + st.settings.sse_max_s

@@ -41,6 +41,14 @@ log = logging.getLogger(__name__)
 
 CORRELATION_ID: web.RequestKey[str] = web.RequestKey("correlation_id", str)
 RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+
+# What a browser page on an allowed origin may send and read (CORS).
+_CORS_METHODS = "GET, POST, PATCH, DELETE"
+_CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Correlation-ID"
+_CORS_EXPOSED = (
+    "Location, Retry-After, X-Correlation-ID, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
+)
 BODY_HELD: web.RequestKey[int] = web.RequestKey("body_held", int)
 
 
@@ -288,7 +296,55 @@ class Receiver:
             raise HTTPError(401, "invalid_api_key", "unknown API key", headers=challenge)
         if admin and not principal.admin:
             raise HTTPError(403, "forbidden", "this key is not an admin key")
+        request[PRINCIPAL] = principal
         return principal
+
+    # --- CORS -------------------------------------------------------------------------------
+
+    def cors_headers(self, request: web.Request) -> dict[str, str]:
+        """For an answer to a page on another origin: that origin, when a project the caller's
+        key sees allows it (never a wildcard: the API is called with credentials)."""
+        origin = request.headers.get("Origin")
+        principal = request.get(PRINCIPAL)
+        if not origin or principal is None:
+            return {}
+        if not any(origin in p.cors_origins for p in self.directory.visible(principal.scope)):
+            return {"Vary": "Origin"}
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Vary": "Origin",
+            "Access-Control-Expose-Headers": _CORS_EXPOSED,
+        }
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        """OPTIONS before a cross-origin call carries no key: answered for an origin some project
+        allows; the call itself is then checked against the key's own projects."""
+        origin = request.headers.get("Origin", "")
+        if not origin or not any(origin in p.cors_origins for p in self.directory.projects()):
+            raise HTTPError(403, "origin_not_allowed", f"no project allows the origin {origin[:200]!r}")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": _CORS_METHODS,
+                "Access-Control-Allow-Headers": _CORS_HEADERS,
+                "Access-Control-Max-Age": "600",
+                "Vary": "Origin",
+            },
+        )
+
+    def stream_headers(self, request: web.Request) -> dict[str, str]:
+        """The headers of a Server-Sent Events answer: its type, no caching or proxy buffering,
+        the caller's rate limit and CORS."""
+        headers = {
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+        if (decision := request.get(RATE_LIMIT)) is not None:
+            headers.update(decision.headers())
+        headers.update(self.cors_headers(request))
+        return headers
 
     # --- projects ---------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from aiohttp import web
 from nats.js.kv import KeyValue
 
 from conveyor.receiver.handlers.jobs import load, shown
-from conveyor.receiver.state import RATE_LIMIT, STATE, Receiver
+from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
 from conveyor.shared.events import encoder, job_record_decoder
 from conveyor.shared.http import HTTPError
@@ -70,10 +70,7 @@ async def _serve(request: web.Request, st: Receiver, job_id: str) -> web.StreamR
     with st.nats_errors():
         # A short inactivity limit: the server drops the watch soon after a client leaves.
         watcher = await kv.watch(job_id, inactive_threshold=30.0)
-    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    if (decision := request.get(RATE_LIMIT)) is not None:
-        headers.update(decision.headers())
-    resp = web.StreamResponse(status=200, headers=headers)
+    resp = web.StreamResponse(status=200, headers=st.stream_headers(request))
     st.metrics.sse_streams.inc()
     try:
         await resp.prepare(request)
