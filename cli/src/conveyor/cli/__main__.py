@@ -4,6 +4,11 @@
     conveyor dlq show    SEQ [--json]
     conveyor dlq replay  (SEQ... | --all [--stage S | --subject F]) [--keep] [--no-progress]
     conveyor dlq purge   (SEQ... | --all [--stage S | --subject F]) [--yes]
+    conveyor orgs        list | create NAME
+    conveyor projects    list | show | create | update | delete | add-secret | remove-secret
+    conveyor keys        list | create NAME [--project P | --org O | --admin] [--read-only] | revoke ID
+
+dlq talks to NATS; orgs, projects and keys to a receiver's admin API (see admin.py).
 
 The server is --server, else NATS_URL, else nats://127.0.0.1:4222. Exit status: 0 done,
 1 something failed (each failure is named), 2 bad usage or NATS unreachable.
@@ -21,7 +26,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from conveyor.cli import render
+from conveyor.cli import admin, render
 from conveyor.shared import deadletters as dlq
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
@@ -66,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     pg.add_argument("--all", action="store_true", help="every dead letter (matching --stage/--subject)")
     filters(pg)
     pg.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    admin.add_parsers(top, conn)
     return p
 
 
@@ -187,6 +193,8 @@ async def _purge(args: argparse.Namespace, js: JetStreamContext) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.group != "dlq":
+        raise SystemExit(admin.run(args))
     if args.command in ("replay", "purge") and bool(args.all) == bool(args.seqs):
         parser.error(f"dlq {args.command}: give SEQ... or --all (not both)")
     if args.command in ("replay", "purge") and (args.stage or args.subject) and not args.all:
