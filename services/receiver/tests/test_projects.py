@@ -177,3 +177,39 @@ def test_sealed_values_are_bound_to_their_place_and_key() -> None:
     assert moved.kid == "new" and both.open(moved, "project/a/callback") == "s3cret-value"
     with pytest.raises(SealingError):
         Sealer.parse(new_setting).open(value, "project/a/callback")  # the old key is gone
+
+
+async def test_a_sealing_key_is_rotated_with_reseal(start_receiver, js, lovable) -> None:
+    old, new = new_key_setting("old"), new_key_setting("new")
+    async with start_receiver(conveyor_secret_keys=Secret(old)) as r:
+        await _project(
+            r,
+            "shop",
+            "default",
+            external_ids=["lovable:lp-shop"],
+            webhook_secrets={"lovable": [HOOK_SECRET]},
+            outbound_credential=OUTBOUND,
+        )
+    kv = await js.key_value(subjects.KV_PROJECTS)
+
+    def kids(raw: bytes) -> set[str]:
+        import json
+
+        p = json.loads(raw)
+        found = [s["kid"] for items in p["webhook_secrets"].values() for s in items]
+        return {*found, *(s["kid"] for s in p["callback_secrets"]), p["outbound_credential"]["kid"]}
+
+    assert kids((await kv.get("shop")).value) == {"old"}
+    async with start_receiver(conveyor_secret_keys=Secret(f"{new},{old}")) as r:
+        resp = await r.http.post("/api/admin/reseal", headers=ADMIN)
+        assert resp.status_code == 200 and resp.json() == {"key_id": "new", "projects": ["shop"]}
+        again = await r.http.post("/api/admin/reseal", headers=ADMIN)
+        assert again.json()["projects"] == []  # nothing left under the old key
+    assert kids((await kv.get("shop")).value) == {"new"}
+    # With the old key gone, the project's secrets still open: the webhook verifies.
+    async with start_receiver(conveyor_secret_keys=Secret(new)) as r:
+        body = lovable.body(project_id="lp-shop")
+        resp = await r.http.post(
+            "/api/webhooks/lovable", content=body, headers=lovable.headers(body, secret=HOOK_SECRET)
+        )
+        assert resp.status_code == 202, resp.text

@@ -66,6 +66,7 @@ def add_parsers(top: Any, conn: argparse.ArgumentParser) -> None:
     s.add_argument("kind", choices=["webhook", "callback", "outbound"])
     s.add_argument("--source", help="the webhook source (kind webhook)")
     s.add_argument("--from", dest="value_from", metavar="VAR", help="read the secret from VAR")
+    projects.add_parser("reseal", help="seal every project's secrets with the newest key", parents=[http])
     r = projects.add_parser("remove-secret", parents=[http])
     r.add_argument("project_id")
     r.add_argument("secret_id")
@@ -181,6 +182,8 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
     base = "/api/admin/projects"
     if command == "list":
         return "GET", base, None
+    if command == "reseal":
+        return "POST", "/api/admin/reseal", None
     if command == "show":
         return "GET", f"{base}/{args.project_id}", None
     if command == "create":

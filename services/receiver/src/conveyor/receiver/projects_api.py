@@ -498,6 +498,59 @@ async def delete_secret(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+class Resealed(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str
+    projects: list[str]
+    """Projects whose secrets were sealed again under the active key (the rest already were)."""
+
+
+def _resealed(st: Receiver, p: Project) -> Project:
+    where = f"project/{p.project_id}"
+
+    def again(value: SealedSecret, field: str) -> SealedSecret:
+        return msgspec.structs.replace(st.sealer.reseal(value, f"{where}/{field}"), id=value.id)
+
+    return replace(
+        p,
+        webhook_secrets={
+            source: [again(s, f"webhook/{source}") for s in items]
+            for source, items in p.webhook_secrets.items()
+        },
+        callback_secrets=[again(s, "callback") for s in p.callback_secrets],
+        outbound_credential=again(p.outbound_credential, "outbound") if p.outbound_credential else None,
+    )
+
+
+async def reseal(request: web.Request) -> web.Response:
+    """Every project's secrets under the first key of CONVEYOR_SECRET_KEYS, so an older key can
+    be dropped from the setting (admin keys)."""
+    st = request.app[STATE]
+    await st.authenticate(request, admin=True)
+    st.require_nats()
+    if st.sealer.active_kid is None:
+        raise HTTPError(409, "secrets_unavailable", "no CONVEYOR_SECRET_KEYS is set")
+    changed = []
+    for project in st.directory.projects():
+        if project.project_id == st.directory.default.project_id:
+            continue
+        for _ in range(5):
+            current, revision = await _load(st, project.project_id)
+            try:
+                updated = _resealed(st, current)
+            except SealingError as exc:
+                raise HTTPError(409, "secrets_unavailable", f"project {current.project_id}: {exc}") from None
+            if updated == current:
+                break
+            try:
+                await _write(st, revision, updated)
+                changed.append(current.project_id)
+                break
+            except HTTPError as exc:
+                if exc.error != "conflict":
+                    raise
+    return respond(200, Resealed(key_id=st.sealer.active_kid, projects=sorted(changed)))
+
+
 def operations() -> list[Operation]:
     keyed = {401: E, 403: E, 429: E, 503: E}
     project = "/api/admin/projects/{project_id}"
@@ -579,6 +632,15 @@ def operations() -> list[Operation]:
             {201: SecretAdded, 400: E, 404: E, 409: E, 413: E, 422: E, **keyed},
             body=SecretAdd,
             auth="api_key",
+        ),
+        Operation(
+            "POST",
+            "/api/admin/reseal",
+            reseal,
+            "Seal every project's secrets with the newest key",
+            "projects",
+            {200: Resealed, 409: E, **keyed},
+            auth="admin",
         ),
         Operation(
             "DELETE",
