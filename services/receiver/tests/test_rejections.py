@@ -290,7 +290,9 @@ async def test_a_forwarded_for_the_client_wrote_is_not_believed(start_receiver, 
 async def test_made_up_forwarded_for_values_make_no_limit_keys(start_receiver, new_key, js) -> None:
     """Keyless reads are limited per client address: values a client makes up in
     X-Forwarded-For must neither escape the limit nor make a rate-limit key each."""
-    async with start_receiver(read_rate_limit_max=2, trusted_proxies="127.0.0.0/8") as r:
+    async with start_receiver(
+        read_rate_limit_max=2, trusted_proxies="127.0.0.0/8", reads_require_api_key=False
+    ) as r:
         key = await new_key(r)
         auth = {"Authorization": f"Bearer {key}"}
         job = (await r.http.post("/api/jobs", json={"agent": "dev", "prompt": "x"}, headers=auth)).json()
