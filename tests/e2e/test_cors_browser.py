@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,8 +14,10 @@ import pytest
 from aiohttp import web
 
 from conveyor.shared.sealing import new_key_setting
+from conveyor.shared.testing.browser import chromium_command
 from conveyor.shared.testing.nats_server import NatsServer
 from conveyor.shared.testing.procs import ServiceProcess, service_env
+from conveyor.shared.testing.rawhttp import serve_app
 
 ADMIN = "cors-e2e-admin-key"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -51,11 +52,8 @@ class Page:
         app = web.Application()
         app.router.add_get("/", page)
         app.router.add_post("/report", report)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, port = await serve_app(app)
+        self.port = port
         return self
 
     @property
@@ -69,20 +67,8 @@ class Page:
 
 async def open_in_chromium(url: str, profile: Path, page: Page, timeout: float = 60.0) -> str:
     """Load ``url`` in headless Chromium until the page reports; the browser is then stopped."""
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert binary, "chromium is missing: scripts/system-deps.sh installs Debian's chromium package"
     proc = await asyncio.create_subprocess_exec(
-        binary,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        url,
+        *chromium_command(profile, url),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )

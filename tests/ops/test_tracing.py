@@ -26,6 +26,7 @@ from conveyor.shared.signing import lovable_sign
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer
 from conveyor.shared.testing.procs import ServiceProcess, service_env
+from conveyor.shared.testing.rawhttp import serve_app
 
 from .conftest import SERVICES
 
@@ -53,11 +54,8 @@ class Server:
     port: int = 0
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, port = await serve_app(self.app)
+        self.port = port
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from conveyor.shared import ids, subjects
 from conveyor.shared.events import AgentResult, JobResult, ResultBody, encoder
 from conveyor.shared.streams import ensure_streams
+from conveyor.shared.testing.rawhttp import serve_app
 
 
 @dataclass
@@ -52,11 +53,8 @@ class Sink:
 
         app = web.Application()
         app.router.add_post("/{tail:.*}", receive)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, port = await serve_app(app)
+        self.port = port
         return self
 
     def url(self, path: str = "/callback") -> str:

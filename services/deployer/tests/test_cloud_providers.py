@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from moto import mock_aws
 
 from conveyor.shared.config import Secret
+from conveyor.shared.testing.rawhttp import serve_app
 
 # --- a GitHub that follows the REST API's documented behaviour -----------------------------------
 
@@ -397,11 +398,8 @@ class FakeLightsail:
 
 @contextlib.asynccontextmanager
 async def http_server(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
+    port = port
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

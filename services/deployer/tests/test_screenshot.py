@@ -6,29 +6,17 @@ The PNG is kept under test-artifacts/deployer/ (gitignored) to look at after the
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 from typing import Any
+
+from conveyor.shared.testing.browser import chromium_command
 
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "deployer"
 
 
 async def chromium(*args: str, profile: Path, timeout: float = 90.0) -> str:
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert binary, "chromium is missing: scripts/system-deps.sh installs Debian's chromium package"
     proc = await asyncio.create_subprocess_exec(
-        binary,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,900",
-        *args,
+        *chromium_command(profile, "--window-size=1280,900", *args),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

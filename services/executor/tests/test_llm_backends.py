@@ -20,6 +20,7 @@ from conveyor.executor.service import SPEC
 from conveyor.shared.config import Secret
 from conveyor.shared.runner import serve
 from conveyor.shared.testing.fixtures import eventually
+from conveyor.shared.testing.rawhttp import serve_app
 
 ANSWER = {"summary": "Looks good", "files_changed": ["a.py"], "suggestions": ["add a test"]}
 
@@ -107,11 +108,8 @@ async def llm() -> AsyncIterator[FakeLLM]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", fake.openai)
     app.router.add_post("/v1/messages", fake.anthropic)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    runner, port = await serve_app(app, shutdown_timeout=0.5)
+    fake.url = f"http://127.0.0.1:{port}"
     yield fake
     await runner.cleanup()
 

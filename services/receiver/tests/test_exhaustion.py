@@ -13,45 +13,9 @@ import pytest
 from conveyor.receiver.state import STATE
 from conveyor.shared import subjects
 from conveyor.shared.testing.fixtures import eventually
+from conveyor.shared.testing.rawhttp import Raw
 
 PATHS = pytest.mark.parametrize("fast", [True, False], ids=["lean", "aiohttp"])
-
-
-class Raw:
-    """One client connection that writes exact bytes and reads HTTP/1.1 answers."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int) -> Raw:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def answer(self, wait_s: float = 10) -> tuple[int, dict[str, str], Any]:
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), wait_s)
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
-        return int(lines[0].split(" ")[1]), headers, json.loads(body) if body else None
-
-    async def closed(self, wait_s: float = 10) -> bool:
-        """True once the server has closed the connection (without answering anything more)."""
-        try:
-            return await asyncio.wait_for(self.reader.read(1), wait_s) == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def head(length: int, headers: dict[str, str] | None = None, path: str = "/api/webhooks/lovable") -> bytes:
@@ -79,7 +43,7 @@ async def test_a_half_head_is_dropped_after_the_header_timeout(start_receiver, l
         idle = await Raw.open(port)
         body = lovable.body()
         await idle.send(head(len(body), lovable.headers(body)) + body)
-        assert (await idle.answer())[0] == 202
+        assert (await idle.answer()).status == 202
         for conn in (half_webhook, half_other, silent, idle):
             assert await conn.closed()
             conn.close()
@@ -91,7 +55,8 @@ async def test_a_slow_body_is_answered_408_and_dropped(start_receiver, lovable, 
         body = lovable.body()
         conn = await Raw.open(r.rt.http_port)
         await conn.send(head(len(body), lovable.headers(body)) + body[:10])
-        status, headers, error = await conn.answer()
+        got = await conn.answer()
+        status, headers, error = got.status, got.headers, got.json()
         assert status == 408, error
         assert error["error"] == "body_timeout" and "BODY_TIMEOUT_S" in error["message"]
         assert headers["connection"] == "close" and headers["content-type"] == "application/json"
@@ -106,8 +71,8 @@ async def test_a_slow_body_is_answered_408_and_dropped(start_receiver, lovable, 
                 break
             await conn.send(body[i : i + 1])
             await asyncio.sleep(0.05)
-        status, _, error = await answered
-        assert (status, error["error"]) == (408, "body_timeout")
+        got = await answered
+        assert (got.status, got.json()["error"]) == (408, "body_timeout")
         assert await conn.closed()
         conn.close()
         await bus.assert_nothing_accepted()
@@ -122,13 +87,14 @@ async def test_connections_over_the_cap_are_refused(start_receiver, lovable, fas
         webhook = await Raw.open(port)  # answered on the lean path (when on), then idle
         body = lovable.body()
         await webhook.send(head(len(body), lovable.headers(body)) + body)
-        assert (await webhook.answer())[0] == 202
+        assert (await webhook.answer()).status == 202
         other = await Raw.open(port)  # another route: aiohttp's
         await other.send(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert (await other.answer())[0] == 200
+        assert (await other.answer()).status == 200
         # Connections are accepted in order: all three are open on the server now.
         extra = await Raw.open(port)
-        status, headers, error = await extra.answer()
+        got = await extra.answer()
+        status, headers, error = got.status, got.headers, got.json()
         assert await extra.closed()
         extra.close()
         assert (status, error["error"]) == (503, "too_many_connections"), error
@@ -140,7 +106,7 @@ async def test_connections_over_the_cap_are_refused(start_receiver, lovable, fas
         async def served() -> None:
             again = await Raw.open(port)
             await again.send(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, _, _ = await again.answer()
+            status = (await again.answer()).status
             again.close()
             assert status == 200
 
@@ -170,13 +136,14 @@ async def test_body_bytes_in_flight_are_capped(start_receiver, lovable, bus, fas
         # Another request answered after both heads were sent: both are held by now.
         barrier = await Raw.open(port)
         await barrier.send(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert (await barrier.answer())[0] == 200
+        assert (await barrier.answer()).status == 200
         barrier.close()
         # A third 1000 does not fit: refused before its body is read.
         body = sized(lovable, 1000)
         conn = await Raw.open(port)
         await conn.send(head(len(body), lovable.headers(body)))
-        status, headers, error = await conn.answer()
+        got = await conn.answer()
+        status, headers, error = got.status, got.headers, got.json()
         assert (status, error["error"]) == (503, "overloaded"), error
         assert "MAX_BODY_BYTES_IN_FLIGHT" in error["message"]
         assert headers["retry-after"] == "5"
@@ -188,16 +155,16 @@ async def test_body_bytes_in_flight_are_capped(start_receiver, lovable, bus, fas
         small = sized(lovable, 400)
         conn = await Raw.open(port)
         await conn.send(head(len(small), lovable.headers(small)) + small)
-        assert (await conn.answer())[0] == 202
+        assert (await conn.answer()).status == 202
         conn.close()
         # The first body completes: its bytes are given back with its answer.
         await holders[0].send(bodies[0][100:])
-        assert (await holders[0].answer())[0] == 202
+        assert (await holders[0].answer()).status == 202
         holders[0].close()
         body = sized(lovable, 1000)
         conn = await Raw.open(port)
         await conn.send(head(len(body), lovable.headers(body)) + body)
-        assert (await conn.answer())[0] == 202
+        assert (await conn.answer()).status == 202
         conn.close()
         # A client that leaves halfway gives its bytes back too.
         holders[1].close()
@@ -210,8 +177,8 @@ async def test_body_bytes_in_flight_are_capped(start_receiver, lovable, bus, fas
             pair.append((c, b))
         for c, b in pair:
             await c.send(b[10:])
-            status, _, error = await c.answer()
+            got = await c.answer()
             c.close()
-            assert status == 202, error
+            assert got.status == 202, got.body
         assert await bus.count(subjects.EVENTS) == 5
         await eventually(lambda: free(2500))

@@ -12,50 +12,7 @@ from prometheus_client import generate_latest
 
 from conveyor.receiver.listener import parse_head
 from conveyor.shared import subjects
-
-
-class Answer:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class Raw:
-    """One client connection that writes exact bytes and reads HTTP/1.1 answers."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int) -> Raw:
-        return cls(*await asyncio.open_connection("127.0.0.1", port))
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def answer(self) -> Answer:
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
-        return Answer(status, headers, body)
-
-    async def closed(self) -> bool:
-        return await asyncio.wait_for(self.reader.read(1), 10) == b""
-
-    def close(self) -> None:
-        self.writer.close()
+from conveyor.shared.testing.rawhttp import Raw
 
 
 def post(body: bytes, headers: dict[str, str], path: str = "/api/webhooks/lovable", **extra: str) -> bytes:

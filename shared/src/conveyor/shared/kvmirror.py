@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import msgspec
@@ -20,6 +20,46 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+async def keep_watching(
+    kv: KeyValue,
+    name: str,
+    read: Callable[[KeyValue.KeyWatcher], Awaitable[None]],
+    *,
+    check_every_s: float = 5.0,
+) -> None:
+    """Watch all of ``kv`` for ever, handing each watch to ``read``. The watch is an ephemeral
+    consumer, which a NATS restart loses without telling the client: it is checked now and
+    then and made again when gone (the new one replays the bucket, so nothing written
+    meanwhile is missed). Runs until cancelled."""
+    delay = 0.5
+    while True:
+        try:
+            watcher = await kv.watchall()
+        except Exception as exc:
+            log.warning("cannot watch kv %s (%s); retrying", name, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, check_every_s)
+            continue
+        delay = 0.5
+        reader = asyncio.create_task(read(watcher))
+        try:
+            while not reader.done():
+                await asyncio.wait({reader}, timeout=check_every_s)
+                if reader.done():
+                    break
+                try:
+                    await watcher._sub.consumer_info()
+                except Exception as exc:
+                    log.warning("watch of kv %s lost (%s); watching again", name, exc or type(exc).__name__)
+                    break
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            with contextlib.suppress(Exception):
+                await watcher.stop()
 
 
 class KvMirror(Generic[T]):
@@ -67,33 +107,7 @@ class KvMirror(Generic[T]):
             self.on_change(key, value)
 
     async def _supervise(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                watcher = await self.kv.watchall()
-            except Exception as exc:
-                log.warning("cannot watch kv %s (%s); retrying", self.name, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.check_every_s)
-                continue
-            delay = 0.5
-            reader = asyncio.create_task(self._read(watcher))
-            try:
-                while not reader.done():
-                    await asyncio.wait({reader}, timeout=self.check_every_s)
-                    if reader.done():
-                        break
-                    try:
-                        await watcher._sub.consumer_info()
-                    except Exception as exc:
-                        log.warning("watch of kv %s lost (%s); watching again", self.name, exc)
-                        break
-            finally:
-                reader.cancel()
-                with contextlib.suppress(BaseException):
-                    await reader
-                with contextlib.suppress(Exception):
-                    await watcher.stop()
+        await keep_watching(self.kv, self.name, self._read, check_every_s=self.check_every_s)
 
     async def _read(self, watcher: KeyValue.KeyWatcher) -> None:
         seen: set[str] = set()

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,22 @@ async def publish(
         nc._pending_data_size = 0
     elif nc._flush_queue is not None and nc._flush_queue.empty():
         await nc._flush_pending()
+
+
+def settled(msg: Msg) -> bool:
+    """Whether ``msg`` was acknowledged, NAKed, terminated or left (nats-py's own flag)."""
+    return bool(msg._ackd)
+
+
+def leave(msg: Msg) -> None:
+    """Settle nothing, and have the consumer treat ``msg`` as settled: another process owns the
+    work now (its in-progress acks keep the message; if it dies, JetStream redelivers)."""
+    msg._ackd = True
+
+
+def max_payload(js: JetStreamContext) -> int:
+    """The connected server's max_payload (what one message, headers included, may be)."""
+    return int(js._nc.max_payload)
 
 
 async def ack(msg: Msg, body: bytes = b"") -> None:

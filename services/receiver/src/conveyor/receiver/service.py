@@ -48,6 +48,7 @@ from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.ratelimit import RateLimiter
 from conveyor.shared.runner import Runtime, ServiceSpec
 from conveyor.shared.sealing import Sealer
+from conveyor.shared.telemetry import exporting
 from conveyor.shared.tenancy import Directory, project_decoder
 
 STREAMS = [
@@ -315,7 +316,7 @@ def routes(rt: Runtime[Any]) -> None:
     )
     st.metrics.preset(list(st.sources))
     # Spans cost ~10% of a webhook's CPU; with no processor (no exporter) they are dropped anyway.
-    st.tracing = bool(getattr(getattr(rt.tracer, "span_processor", None), "_span_processors", True))
+    st.tracing = exporting(rt.tracer)
     rt.app[STATE] = st
     health.install(rt.app)
     ops = [

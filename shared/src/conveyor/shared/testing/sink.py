@@ -7,6 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from conveyor.shared.testing.rawhttp import serve_app
+
 
 class CallbackSink:
     """POST /callback on 127.0.0.1:<free port>; ``received`` keeps (headers, raw body) pairs."""
@@ -23,11 +25,8 @@ class CallbackSink:
 
         app = web.Application()
         app.router.add_post("/callback", receive)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, port = await serve_app(app)
+        self.port = port
         return self
 
     async def stop(self) -> None:

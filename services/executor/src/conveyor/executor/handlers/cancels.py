@@ -21,6 +21,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from conveyor.executor.handlers.jobstore import JobStore, Versioned
 from conveyor.shared import subjects
 from conveyor.shared.events import JobRecord, cancel_request_decoder, utcnow
+from conveyor.shared.kvmirror import keep_watching
 
 log = logging.getLogger(__name__)
 
@@ -58,36 +59,7 @@ class Cancels:
                 await self._task
 
     async def _supervise(self) -> None:
-        """Keep a watch alive. The watch is an ephemeral consumer, which a NATS restart loses
-        without telling the client: check it now and then, and watch again when it is gone (the
-        new watch replays the bucket, so requests made meanwhile are not missed)."""
-        delay = 0.5
-        while True:
-            try:
-                watcher = await self.kv.watchall()
-            except Exception as exc:
-                log.warning("cannot watch %s (%s); retrying", subjects.KV_CANCELS, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.check_every_s)
-                continue
-            delay = 0.5
-            reader = asyncio.create_task(self._read(watcher))
-            try:
-                while not reader.done():
-                    await asyncio.wait({reader}, timeout=self.check_every_s)
-                    if reader.done():
-                        break
-                    try:
-                        await watcher._sub.consumer_info()
-                    except Exception as exc:
-                        log.warning("cancel watch lost (%s); watching again", exc or type(exc).__name__)
-                        break
-            finally:
-                reader.cancel()
-                with contextlib.suppress(BaseException):
-                    await reader
-                with contextlib.suppress(Exception):
-                    await watcher.stop()
+        await keep_watching(self.kv, subjects.KV_CANCELS, self._read, check_every_s=self.check_every_s)
 
     async def _read(self, watcher: KeyValue.KeyWatcher) -> None:
         replaying = True

@@ -32,7 +32,7 @@ from nats.js.kv import KeyValue
 from conveyor.executor.handlers.jobstore import Conflict, JobStore, Versioned
 from conveyor.executor.handlers.results import Results, oversize
 from conveyor.executor.registry import Agent
-from conveyor.shared import ids, subjects
+from conveyor.shared import ids, subjects, wire
 from conveyor.shared.events import (
     AgentResult,
     CancelRequest,
@@ -288,7 +288,7 @@ class Fanout:
             result=result,
             error="; ".join(failed) or None,
         )
-        if result is not None and (too_big := oversize(record, self.js._nc.max_payload)):
+        if result is not None and (too_big := oversize(record, wire.max_payload(self.js))):
             # Each child's result fitted, their sum does not: the parent ends failed with a small
             # result that says where the children's results are, instead of never ending.
             where = ", ".join(f"/api/jobs/{c}/result" for c in children)

@@ -159,12 +159,6 @@ def _failure(exc: Exception, agent: Agent, req: JobRequest, attempt: Attempt) ->
     return Outcome("failed", error=error, transient=True)
 
 
-def _leave(msg: Msg) -> None:
-    """Another executor owns this job now: settle nothing (its in-progress acks keep the
-    message; if it dies, JetStream redelivers)."""
-    msg._ackd = True
-
-
 class Worker:
     def __init__(
         self,
@@ -298,7 +292,7 @@ class Worker:
                     if attempt.cur.terminal:
                         await self._settle_finished(msg, attempt.cur, req)
                     else:
-                        _leave(msg)
+                        wire.leave(msg)
                     return
                 await attempt.flush_log()
                 async with heartbeat(msg, self.heartbeat_s):
@@ -542,7 +536,7 @@ class Worker:
                 callback_url=base.callback_url or req.callback_url,
             )
 
-        limit = self.js._nc.max_payload
+        limit = wire.max_payload(self.js)
         if (
             result is not None
             and may_exceed(result.result, limit)
@@ -563,7 +557,7 @@ class Worker:
             if attempt.cur.terminal:
                 await self._settle_finished(msg, attempt.cur, req)
             else:
-                _leave(msg)
+                wire.leave(msg)
             return False
         stored = attempt.cur.record
         assert stored is not None
@@ -588,7 +582,7 @@ class Worker:
         await self.results.ensure(cur.record, req.correlation_id)
         if req.parent_id is not None:
             await self.child_done(req.parent_id)
-        if not msg._ackd:
+        if not wire.settled(msg):
             await msg.ack()
 
     # --- cancellation ----------------------------------------------------------------------------
