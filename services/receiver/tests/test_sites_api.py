@@ -286,6 +286,11 @@ async def test_sites_belong_to_their_project(
     assert (await api.get(f"/api/deployments/{dep}", headers=bob)).status_code == 404
     assert (await api.post(f"/api/deployments/{dep}/cancel", headers=bob)).status_code == 404
     assert (await api.get(f"/api/deployments/{dep}")).status_code == 200  # the admin key sees every site
+    # Lists show the scope's sites only.
+    await api.post("/api/sites", json={"config": config(slug="beta-shop")}, headers=bob)
+    assert [x["site_id"] for x in (await api.get("/api/sites", headers=alice)).json()["sites"]] == ["acme"]
+    assert [x["site_id"] for x in (await api.get("/api/sites", headers=bob)).json()["sites"]] == ["beta-shop"]
+    assert {x["site_id"] for x in (await api.get("/api/sites")).json()["sites"]} == {"acme", "beta-shop"}
     # A read-only key of the project reads it and may not change it.
     reader = await project_key(r, "alpha", read_only=True)
     assert (await api.get("/api/sites/acme", headers=reader)).status_code == 200

@@ -84,6 +84,15 @@ class DeployStore:
     async def site(self, site_id: str) -> tuple[SiteRecord, int] | None:
         return await _read(self.sites, site_decoder, site_id)
 
+    async def all_sites(self) -> list[SiteRecord]:
+        """Every site (a list is read whole: sites are few, one per published app)."""
+        try:
+            keys = await self.sites.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        found = await asyncio.gather(*(self.site(k) for k in keys))
+        return [rec for rec, _ in (f for f in found if f is not None)]
+
     async def deployment(self, deployment_id: str) -> tuple[DeploymentRecord, int] | None:
         return await _read(self.deployments, deployment_decoder, deployment_id)
 

@@ -98,6 +98,10 @@ class DeploymentAccepted(msgspec.Struct, frozen=True, kw_only=True):
     stream_url: str
 
 
+class SiteList(msgspec.Struct, frozen=True, kw_only=True):
+    sites: list[SiteRecord]
+
+
 class DeploymentList(msgspec.Struct, frozen=True, kw_only=True):
     site_id: str
     deployments: list[DeploymentRecord]
@@ -247,6 +251,15 @@ async def save_site(request: web.Request) -> web.Response:
         publish_url=f"/api/sites/{site.site_id}/publish",
     )
     return _json(view, 201 if created else 200, {"Location": f"/api/sites/{site.site_id}"})
+
+
+async def list_sites(request: web.Request) -> web.Response:
+    """The sites of the projects the caller's key sees, by name."""
+    st, principal = await _caller(request)
+    with _answers(st):
+        sites = await _store(st).all_sites()
+    visible = sorted((s for s in sites if st.sees(principal, s.project)), key=lambda s: s.site_id)
+    return _json(SiteList(sites=visible))
 
 
 async def get_site(request: web.Request) -> web.Response:
@@ -404,6 +417,7 @@ def operations() -> list[Operation]:
             {200: SiteView, 201: SiteView, 400: _E, 404: _E, 409: _E, 413: _E, 422: _E},
             body=SiteSave,
         ),
+        op("GET", "/api/sites", list_sites, "The sites the key's scope sees", {200: SiteList}),
         op(
             "GET",
             _SITE,
