@@ -146,8 +146,9 @@ class JobRecord(Message, frozen=True, kw_only=True):
 
 
 class JobIndexEntry(Message, frozen=True, kw_only=True):
-    """On ``jobindex.<project>`` when a job is made (Nats-Msg-Id ``idx-<job_id>``): what lists
-    of jobs filter on without reading every record."""
+    """On ``jobindex.<project>`` when a job is made: what lists of jobs filter on without
+    reading every record. A repeat of an accepted delivery writes one again; the list keeps the
+    entry whose ``created_at`` is the record's."""
 
     job_id: str
     created_at: dt.datetime

@@ -155,6 +155,11 @@ class JsRequests:
         ack: PubAck = await (await self.send(subject, data, headers, timeout_s=timeout_s))
         return ack
 
+    async def publish_unacked(self, subject: str, data: bytes) -> None:
+        """A plain publish onto a stream's subject: stored by JetStream, no acknowledgement asked
+        for or waited on. For what may be lost without losing accepted work (a list entry)."""
+        await wire.publish(self._nc, subject, data)
+
     async def request(
         self,
         subject: str,

@@ -534,14 +534,13 @@ class Receiver:
         pending = [sent]
         try:
             made = await records.send_create(record.job_id, encoder.encode(record), timeout_s=timeout_s)
-            pending.append(made)
-            # The list entry goes out in the same flush (an entry whose job never came to be
-            # is skipped by the list, which reads each job's record).
-            indexed = await self.rt.requests.send(
-                subjects.job_index(record.project),
-                encoder.encode(JobIndexEntry.of(record)),
-                {subjects.MSG_ID: f"idx-{record.job_id}", EXPECTED_STREAM: subjects.JOBINDEX},
-                timeout_s=timeout_s,
+            # The list entry goes out in the same flush, unacknowledged: it is not the job (the
+            # event and the record are, and they are acknowledged), only how lists find it.
+            # Cheaper by an acknowledgement per job; a lost one leaves the job readable by id,
+            # missing from GET /api/jobs. The list skips entries whose job never came to be,
+            # and repeats (its record keeps the first acceptance's time).
+            await self.rt.requests.publish_unacked(
+                subjects.job_index(record.project), encoder.encode(JobIndexEntry.of(record))
             )
         except Exception as exc:
             for fut in pending:
@@ -551,14 +550,12 @@ class Receiver:
         try:
             ack = await sent
         except Exception as exc:
-            _drop(indexed)
             with contextlib.suppress(Exception):
                 if created := (await _created(kv, made, record))[0]:
                     await kv.delete(record.job_id, last=created)
             raise self._publish_error(exc) from None
         try:
             created, found = await _created(kv, made, record)
-            await indexed  # a repeat is dropped by its Nats-Msg-Id (or listed once: see list_jobs)
         except Exception as exc:
             raise self._publish_error(exc) from None
         # A repeat after EVENTS' duplicate window is stored again; the record, from the first

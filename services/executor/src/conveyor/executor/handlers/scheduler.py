@@ -206,12 +206,12 @@ class Scheduler:
         )
         with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):  # exists: a redelivery
             await self.jobs.create(job_id, _encoder.encode(record))
-        # Listed with the project's jobs (GET /api/jobs); a redelivery's repeat is dropped by id.
+        # Listed with the project's jobs (GET /api/jobs); a redelivery's repeat entry is skipped
+        # by the list (its time is not the record's).
         await self.js.publish(
             subjects.job_index(fire.project),
             _encoder.encode(JobIndexEntry.of(record)),
             stream=subjects.JOBINDEX,
-            headers={subjects.MSG_ID: f"idx-{job_id}"},
         )
         request = JobRequest(
             job_id=job_id,

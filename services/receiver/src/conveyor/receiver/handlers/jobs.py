@@ -303,6 +303,8 @@ async def list_jobs(request: web.Request) -> web.Response:
             if got is None:
                 continue  # expired, or never came to be (its publish failed)
             record = job_record_decoder.decode(got[0])
+            if record.created_at != entry.created_at:
+                continue  # the entry of a repeated delivery: the job is listed at its first
             if status is not None and record.status != status:
                 continue
             seen.add(entry.job_id)
