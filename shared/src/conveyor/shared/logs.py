@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import msgspec
+from aiohttp.http_exceptions import BadHttpMessage
 
 from conveyor.shared.telemetry import current_trace_id
 
@@ -62,6 +63,18 @@ class JsonFormatter(logging.Formatter):
         return _encoder.encode(out).decode()
 
 
+def _quiet_bad_requests(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request it cannot parse (a NUL in a header, a broken request line) at
+    ERROR with a traceback, after answering the client 400. That is the client's mistake, and
+    a hostile client could fill the log with them: one DEBUG line instead."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, BadHttpMessage):
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args, record.exc_info, record.exc_text = f"bad request: {exc}", None, None, None
+        return logging.getLogger("aiohttp.server").isEnabledFor(logging.DEBUG)
+    return True
+
+
 def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -73,3 +86,6 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log duplicates our request metrics; keep it for DEBUG only.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if _quiet_bad_requests not in server_log.filters:
+        server_log.addFilter(_quiet_bad_requests)

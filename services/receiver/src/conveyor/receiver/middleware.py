@@ -54,6 +54,8 @@ async def _key_in_query(request: web.Request) -> web.StreamResponse:
 
 def key_in_query(request: web.Request, allowed: frozenset[str]) -> bool:
     """Whether ``request`` carries ?api_key= on a route that must not take it."""
+    if request.match_info.http_exception is not None:
+        return False  # no route takes this method or path: its 404 or 405 says so first
     return "?" in request.raw_path and "api_key" in request.query and route_name(request) not in allowed
 
 
