@@ -110,6 +110,9 @@ async def test_create_read_and_update_a_site(api: httpx.AsyncClient) -> None:
     [
         (lambda c: c.update(slug="Not A Slug"), "config.slug"),
         (lambda c: c.update(slug="two--dashes"), "config.slug"),
+        # Found by `make fuzz`: a NUL in the name failed the deployment's git commit after a 202.
+        (lambda c: c.update(name="Acme\x00Bakery"), "config.name"),
+        (lambda c: c.update(name="Acme\n"), "config.name"),
         (lambda c: c["sections"]["hero"].update(headline=""), "config.sections.hero.headline"),
         (
             lambda c: c["sections"]["hero"].update(cta_url="javascript:alert(1)"),

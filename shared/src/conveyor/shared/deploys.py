@@ -162,7 +162,9 @@ class Sections(Config, frozen=True, kw_only=True):
 class SiteConfig(Config, frozen=True, kw_only=True):
     """What an agent produces and a user publishes (site-config.json)."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=100)]
+    # No control characters: the name titles pages and the git commits that publish them (git
+    # refuses a NUL in a commit message, which once failed the deployment after a 202).
+    name: Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$(?!\n)")]
     slug: Slug
     description: Annotated[str, Meta(max_length=300)] = ""
     language: Annotated[str, Meta(pattern=r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$(?!\n)")] = "en"
