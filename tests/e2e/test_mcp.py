@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -159,6 +160,12 @@ async def test_mcp_tools_against_the_running_system(system: System, transport: A
             return got.structured_content["status"] == "processing"
 
         await eventually(processing, timeout=20)
+        # A wait the client abandons leaves the job running.
+        with anyio.move_on_after(1.0) as abandoned:
+            await a.call_tool("wait_for_job", {"job_id": long_id})
+        assert abandoned.cancelled_caught
+        await asyncio.sleep(0.5)
+        assert await processing()
         cancelled = await a.call_tool("cancel_job", {"job_id": long_id})
         assert not cancelled.is_error, cancelled
         ended = await a.call_tool("wait_for_job", {"job_id": long_id, "timeout_s": 30})

@@ -147,7 +147,7 @@ def build(
     @tool
     async def list_agents(ctx: Context) -> dict[str, Any]:
         """List the agents Conveyor can run (architect, dev, pm, ux-design-expert, qa and any
-        configured ones). A project limited to some agents answers 403 for the others."""
+        configured ones). A project limited to some agents gets unknown_agent for the others."""
         _, spec = await api(ctx).call("GET", "/openapi.json")
         agents = spec["components"]["schemas"]["JobCreate"]["properties"]["agent"].get("enum", [])
         return {"agents": agents}
