@@ -60,7 +60,11 @@ class System:
 @pytest.fixture
 async def system(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[System]:
     env = service_env(
-        nats_server.url, ADMIN_API_KEY=ADMIN, CONVEYOR_SECRET_KEYS=new_key_setting(), AGENTS=AGENTS
+        nats_server.url,
+        ADMIN_API_KEY=ADMIN,
+        CONVEYOR_SECRET_KEYS=new_key_setting(),
+        AGENTS=AGENTS,
+        MCP_MAX_SESSIONS_PER_KEY="2",
     )
     procs = [ServiceProcess(name, env, tmp_path / f"{name}.log") for name in ("receiver", "executor")]
     try:
@@ -201,3 +205,41 @@ async def test_mcp_endpoint_needs_a_key_and_counts_tool_calls(system: System) ->
     assert 'mcp_tool_calls_total{outcome="error",tool="get_job"} 1.0' in metrics
     assert 'mcp_tool_duration_seconds_count{tool="list_agents"} 1.0' in metrics
     assert "mcp_sessions " in metrics
+
+
+async def test_sessions_per_key_are_limited(system: System) -> None:
+    key = system.keys["a"]
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    headers = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(base_url=system.url, timeout=10, headers=headers) as http:
+        opened = []
+        for _ in range(2):
+            resp = await http.post("/mcp", json=initialize)
+            assert resp.status_code == 200, resp.text
+            opened.append(resp.headers["mcp-session-id"])
+        resp = await http.post("/mcp", json=initialize)
+        assert (resp.status_code, resp.json()["error"]) == (429, "too_many_sessions")
+        # Another key's sessions are its own; another key cannot use this key's session.
+        other = {"Authorization": f"Bearer {system.keys['b']}", "mcp-session-id": opened[0]}
+        resp = await http.post(
+            "/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=other
+        )
+        assert resp.status_code == 404
+        metrics = (await system.http.get("/metrics")).text
+        assert "mcp_sessions 2.0" in metrics
+        # Ending one makes room.
+        resp = await http.delete(
+            "/mcp", headers={"mcp-session-id": opened[0], "mcp-protocol-version": "2025-06-18"}
+        )
+        assert resp.status_code == 200, resp.text
+        resp = await http.post("/mcp", json=initialize)
+        assert resp.status_code == 200, resp.text
