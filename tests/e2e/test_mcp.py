@@ -144,6 +144,10 @@ async def test_mcp_tools_against_the_running_system(system: System, transport: A
         assert seen_at_result[-1] == (100.0, "completed")
         assert "processing" in {m for _, m in seen_at_result}
 
+        # The job as a resource.
+        read = await a.read_resource(f"conveyor://jobs/{job_id}")
+        assert json.loads(read.contents[0].text)["status"] == "completed"
+
         # One project's key cannot see the other's job: the REST API's 404, as a tool error.
         hidden = await b.call_tool("get_job", {"job_id": job_id})
         rest = await system.http.get(
