@@ -62,6 +62,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT/workspace" "$OUT/bin"
 log "workspace wheels"
 "$UV" build --quiet --wheel --package conveyor-shared --out-dir "$OUT/workspace"
+"$UV" build --quiet --wheel --package conveyor-mcp --out-dir "$OUT/workspace"
 PACKAGES="$SERVICES cli"
 for svc in $PACKAGES; do
   "$UV" build --quiet --wheel --package "conveyor-$svc" --out-dir "$OUT/workspace"
@@ -83,6 +84,11 @@ for svc in $PACKAGES; do
       --no-hashes --no-header --no-annotate --format requirements.txt
     echo "conveyor-shared"
     echo "conveyor-$svc"
+    # The MCP tools (mcpserver/): the receiver serves them on /mcp, the CLI on stdio.
+    case "$svc" in receiver | cli)
+      cp "$OUT"/workspace/conveyor_mcp-*.whl "$dir/wheels/"
+      echo "conveyor-mcp" ;;
+    esac
   } >"$dir/requirements.txt"
   rm "$dir/locked.txt"
 done

@@ -7,6 +7,7 @@
     conveyor orgs        list | create NAME
     conveyor projects    list | show | create | update | delete | add-secret | remove-secret
     conveyor keys        list | create NAME [--project P | --org O | --admin] [--read-only] | revoke ID
+    conveyor mcp         --url URL [--key KEY]   an MCP server on stdio for a running receiver
 
 dlq talks to NATS; orgs, projects and keys to a receiver's admin API (see admin.py).
 
@@ -72,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     filters(pg)
     pg.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     admin.add_parsers(top, conn)
+
+    m = top.add_parser("mcp", help="serve Conveyor's MCP tools on stdio (docs/mcp.md)")
+    m.add_argument("--url", default=os.environ.get("CONVEYOR_URL"), help="the receiver ($CONVEYOR_URL)")
+    m.add_argument("--key", default=os.environ.get("CONVEYOR_API_KEY"), help="API key ($CONVEYOR_API_KEY)")
     return p
 
 
@@ -190,9 +195,25 @@ async def _purge(args: argparse.Namespace, js: JetStreamContext) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
+def _mcp(url: str, key: str) -> int:
+    import anyio
+
+    from conveyor.mcp.server import build
+
+    try:
+        anyio.run(build(url, key=key).run_stdio_async)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.group == "mcp":
+        if not args.url or not args.key:
+            parser.error("mcp: give --url and --key (or CONVEYOR_URL and CONVEYOR_API_KEY)")
+        raise SystemExit(_mcp(args.url, args.key))
     if args.group != "dlq":
         raise SystemExit(admin.run(args))
     if args.command in ("replay", "purge") and bool(args.all) == bool(args.seqs):

@@ -140,6 +140,12 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     sse_max_streams_per_client: int = 10
     """SSE_MAX_STREAMS_PER_CLIENT: streams at once per API key, or per client address for
     streams without a key; 429 past it."""
+    mcp_max_sessions: int = 1000
+    """MCP_MAX_SESSIONS: MCP sessions open at once on /mcp (docs/mcp.md); 503 past it."""
+    mcp_max_sessions_per_key: int = 10
+    """MCP_MAX_SESSIONS_PER_KEY: MCP sessions open at once per API key; 429 past it."""
+    mcp_session_idle_s: float = 1800.0
+    """MCP_SESSION_IDLE_S: an MCP session with no request for this long is ended."""
     test_send_wait_s: float = 15.0
     """TEST_SEND_WAIT_S: how long POST /api/webhooks/test waits for the deliverer's outcome
     before answering 202 with a status URL."""
@@ -169,7 +175,13 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
         for agent in self.known_agents:
             if not is_token(agent):
                 raise ValueError(f"AGENTS: agent name {agent!r} must match [A-Za-z0-9_-]{{1,128}}")
-        for name in ("max_connections", "sse_max_streams", "sse_max_streams_per_client"):
+        for name in (
+            "max_connections",
+            "sse_max_streams",
+            "sse_max_streams_per_client",
+            "mcp_max_sessions",
+            "mcp_max_sessions_per_key",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.upper()} must be at least 1")
         for name in ("header_timeout_s", "body_timeout_s"):

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.receiver import deadletters_api, projects_api, schedules_api, sites_api
+from conveyor.receiver import deadletters_api, mcp_api, projects_api, schedules_api, sites_api
 from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings, default_project
 from conveyor.receiver.handlers import admin, health, integration, jobs, send_test_event, stream, webhooks
@@ -329,7 +329,7 @@ def routes(rt: Runtime[Any]) -> None:
     for op in ops:
         if op.handler is not None:
             rt.app.router.add_route(op.method, op.path, op.handler, expect_handler=expect)
-    every = [*ops, *sites_api.operations()]
+    every = [*ops, *sites_api.operations(), *mcp_api.operations()]
     st.query_key_routes = frozenset(op.path for op in every if _streams(op))
     spec = document(
         [op if _streams(op) else _without_query_key(op) for op in every],
@@ -355,12 +355,14 @@ def routes(rt: Runtime[Any]) -> None:
 
     rt.app.router.add_get("/openapi.json", openapi)
     sites_api.add_routes(rt)
+    mcp_api.add_routes(rt)
 
 
 def _streams(op: Operation) -> bool:
     """A Server-Sent Events route: the only kind that takes ?api_key= (the middleware answers
     400 elsewhere), since EventSource cannot send an Authorization header."""
-    return op.responses.get(200) == SSE
+    # /mcp streams too, but MCP clients send headers.
+    return op.responses.get(200) == SSE and op.tag != "mcp"
 
 
 def _without_query_key(op: Operation) -> Operation:
@@ -404,7 +406,8 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     st.integration.start()
     st.js = js  # last: no request is taken before the above are set
     try:
-        yield
+        async with mcp_api.running(rt):
+            yield
     finally:
         await st.integration.stop()
         await st.projects.stop()
