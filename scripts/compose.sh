@@ -23,6 +23,10 @@ GRAFANA_ADMIN_PASSWORD=$(rand)
 EOT
   echo "wrote $ENV_FILE with new random secrets"
 fi
+# Added later than the others: an older deploy/.env gets it appended.
+if ! grep -q '^CONVEYOR_SECRET_KEYS=' "$ENV_FILE"; then
+  echo "CONVEYOR_SECRET_KEYS=k1:$(.venv/bin/python -c 'import base64, secrets; print(base64.b64encode(secrets.token_bytes(32)).decode())')" >>"$ENV_FILE"
+fi
 set -a
 source "$ENV_FILE"
 set +a

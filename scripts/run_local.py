@@ -45,6 +45,8 @@ def _new_keys() -> dict[str, str]:
         "LOVABLE_API_KEY": "cvk_" + secrets.token_urlsafe(32),
         "LOVABLE_WEBHOOK_SECRET": secrets.token_urlsafe(32),
         "CALLBACK_SIGNING_SECRETS": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        # Seals the secrets of projects made with `conveyor projects create` (sealing.py).
+        "CONVEYOR_SECRET_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
     }
 
 
@@ -159,6 +161,7 @@ async def main() -> int:
         "CALLBACK_SIGNING_SECRETS": signing,
         "ADMIN_API_KEY": keys["ADMIN_API_KEY"],
         "LOVABLE_API_KEY": keys["LOVABLE_API_KEY"],
+        "CONVEYOR_SECRET_KEYS": keys["CONVEYOR_SECRET_KEYS"],
         "DATA_DIR": env("DATA_DIR", str(DATA / "deployer")),
         "LOG_LEVEL": env("LOG_LEVEL", "INFO"),
     }
@@ -191,6 +194,7 @@ Keys of this checkout (made on the first run, kept in {shown(keys_file)}; delete
   LOVABLE_API_KEY           {keys['LOVABLE_API_KEY']}
   LOVABLE_WEBHOOK_SECRET    {secret}
   CALLBACK_SIGNING_SECRETS  {signing}
+  CONVEYOR_SECRET_KEYS      {keys['CONVEYOR_SECRET_KEYS']}
 
 Send a signed Lovable webhook (paste into another shell):
 

@@ -21,7 +21,13 @@ import pytest
 from conveyor.shared.testing.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-KEY_NAMES = ("ADMIN_API_KEY", "LOVABLE_API_KEY", "LOVABLE_WEBHOOK_SECRET", "CALLBACK_SIGNING_SECRETS")
+KEY_NAMES = (
+    "ADMIN_API_KEY",
+    "LOVABLE_API_KEY",
+    "LOVABLE_WEBHOOK_SECRET",
+    "CALLBACK_SIGNING_SECRETS",
+    "CONVEYOR_SECRET_KEYS",
+)
 # What the script used before: anyone who read it could administer a `make run`.
 PUBLISHED = {
     "dev-admin-key-change-me",
