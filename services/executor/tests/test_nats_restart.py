@@ -9,14 +9,16 @@ from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer, start_nats_server
 
 
-async def test_jobs_and_cancels_work_after_nats_restarts(nats_server: NatsServer, bus, make_settings) -> None:
+async def test_jobs_and_cancels_work_after_nats_restarts(
+    nats_server: NatsServer, nc, bus, make_settings
+) -> None:
     async with serve(SPEC, make_settings(shutdown_grace_s=0.5)) as rt:
         await nats_server.stop()
         again = await start_nats_server(nats_server.store_dir, port=nats_server.port)
         try:
 
             async def reconnected() -> None:
-                assert rt.nc.is_connected and bus.js._nc.is_connected
+                assert rt.nc.is_connected and nc.is_connected  # the service's and the test's (bus.js)
 
             await eventually(reconnected, timeout=15)
             job_id = await eventually(lambda: bus.job("sleep", {"ms": 60_000}), timeout=10)
