@@ -208,3 +208,19 @@ async def test_a_sender_asks_its_projects_integration_status(system: System) -> 
         body, headers = ask(secret, project)
         resp = await http.post("/api/webhooks/lovable/status", content=body, headers=headers)
         assert resp.status_code == 401, resp.text
+
+
+async def test_a_projects_test_send_is_signed_with_its_secret(system: System) -> None:
+    http = system.http
+    created = await _project(http, "a", system.sinks["a"])
+    key = (await http.post("/api/admin/keys", json={"name": "a", "project_id": "a"})).json()["key"]
+    resp = await http.post(
+        "/api/webhooks/test", json={"url": system.sinks["a"].url}, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert resp.status_code == 200 and resp.json()["status"] == "delivered", resp.text
+    headers, body = system.sinks["a"].received[-1]
+    lower = {k.lower(): v for k, v in headers.items()}
+    Webhook(created["callback_secret"]).verify(body, lower)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(DEFAULT_SIGNING).verify(body, lower)
+    assert headers["Authorization"] == "Bearer lovable-api-key-a"

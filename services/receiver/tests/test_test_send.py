@@ -105,3 +105,26 @@ async def test_credentials_in_the_url_are_sent_on_but_not_answered(receiver, new
     # The deliverer gets the URL as given: it sends the credentials as Basic auth.
     msg = await js.get_last_msg(subjects.CONTROL, "ctl.test_send.>")
     assert send_test_decoder.decode(msg.data).url == url
+
+
+async def test_a_test_send_is_its_projects(receiver, js, make_project, project_key) -> None:
+    await make_project(receiver, "alpha")
+    await make_project(receiver, "beta")
+    alpha, beta = await project_key(receiver, "alpha"), await project_key(receiver, "beta")
+    peer = asyncio.create_task(answer_next_request(js, status_code=204, outcome="delivered"))
+    await asyncio.sleep(0)
+    resp = await receiver.http.post(
+        "/api/webhooks/test", json={"url": "https://hooks.test/in"}, headers=alpha
+    )
+    test_id = await peer
+    assert resp.status_code == 200, resp.text
+    # The request names the project whose secret the deliverer signs it with.
+    sub = await js.subscribe("ctl.test_send.>", stream=subjects.CONTROL, config=ConsumerConfig())
+    sent = send_test_decoder.decode((await sub.next_msg(timeout=5)).data)
+    await sub.unsubscribe()
+    assert (sent.id, sent.project) == (test_id, "alpha")
+    assert (await receiver.http.get(f"/api/webhooks/test/{test_id}", headers=alpha)).status_code == 200
+    theirs = await receiver.http.get(f"/api/webhooks/test/{test_id}", headers=beta)
+    missing = await receiver.http.get(f"/api/webhooks/test/{'0' * 32}", headers=beta)
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["error"] == missing.json()["error"] == "test_not_found"

@@ -203,6 +203,7 @@ class SendTestEvent(Message, frozen=True, kw_only=True):
     url: str
     requested_at: dt.datetime
     event_type: str = "conveyor.test"
+    project: str = DEFAULT_PROJECT  # whose secret signs it, and who may read its outcome
 
 
 # --- KV job_logs ----------------------------------------------------------------------------------

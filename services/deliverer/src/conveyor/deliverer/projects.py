@@ -50,11 +50,15 @@ class ProjectCallbacks:
     def signing(self, job: JobResult, url: str) -> Signing:
         """The secrets that sign ``job``'s callback; PermanentError when its project is gone or
         has none that open (dead-lettered: a replay after the fix sends it)."""
-        if job.project == DEFAULT_PROJECT:
+        return self.signing_for(job.project, url)
+
+    def signing_for(self, project_id: str, url: str) -> Signing:
+        """The secrets (and credential) that sign what goes to ``url`` for ``project_id``."""
+        if project_id == DEFAULT_PROJECT:
             return Signing(self.keys.for_url(url))
-        project = self.directory.get(job.project)
+        project = self.directory.get(project_id)
         if project is None:
-            raise PermanentError(f"project {job.project!r} does not exist: its callback cannot be signed")
+            raise PermanentError(f"project {project_id!r} does not exist: its callback cannot be signed")
         cached = self._opened.get(project.project_id)
         if cached is not None and cached[0] == project.updated_at:
             return cached[1]

@@ -128,7 +128,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         Parking(rt.requests),
         integration,
     )
-    send_test = SendTestEvent(s, client, attempts, keys, metrics)
+    send_test = SendTestEvent(s, client, attempts, callbacks, metrics)
     gauges = asyncio.create_task(_refresh_gauges(rt, metrics, breakers), name="deliverer-gauges")
     try:
         await rt.consume(

@@ -119,6 +119,9 @@ class TestSendCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """POST /api/webhooks/test: ask the deliverer to send a signed test event to ``url``."""
 
     url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    project: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
+    """Whose callback secret signs the test event (admin and organisation keys; a project key's
+    own by default)."""
 
 
 class TestSendOutcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -167,7 +167,7 @@ def operations() -> list[Operation]:
             send_test_event.create,
             "Send a signed test event to a URL through the deliverer",
             "webhooks",
-            {200: TestSendOutcome, 202: TestSendOutcome, 400: E, 413: E, 422: E, **_KEYED},
+            {200: TestSendOutcome, 202: TestSendOutcome, 400: E, 403: E, 404: E, 413: E, 422: E, **_KEYED},
             body=TestSendCreate,
             auth="api_key",
             params=_API_KEY_QUERY,

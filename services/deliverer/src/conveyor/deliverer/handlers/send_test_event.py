@@ -17,8 +17,8 @@ from conveyor.deliverer.attempt_log import AttemptLog
 from conveyor.deliverer.config import Settings
 from conveyor.deliverer.http_client import CallbackClient
 from conveyor.deliverer.metrics import Metrics
+from conveyor.deliverer.projects import ProjectCallbacks
 from conveyor.deliverer.sender import post
-from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.shared import subjects
 from conveyor.shared.consumer import attempts_of
 from conveyor.shared.errors import PermanentError
@@ -51,7 +51,7 @@ class SendTestEvent:
     settings: Settings
     client: CallbackClient
     attempts: AttemptLog
-    keys: SigningKeys
+    projects: ProjectCallbacks
     metrics: Metrics
 
     async def __call__(self, msg: Msg) -> None:
@@ -80,10 +80,12 @@ class SendTestEvent:
         body = encoder.encode(
             SampleEvent(type=req.event_type, timestamp=utcnow(), data=SampleEventData(id=req.id))
         )
-        headers = {
-            "Content-Type": "application/json",
-            **standard_headers(self.keys.for_url(req.url), key, body),
-        }
+        # Signed as the caller's project signs its callbacks: never the deployment's secret
+        # for another project's key.
+        signing = self.projects.signing_for(req.project, req.url)
+        headers = {"Content-Type": "application/json", **standard_headers(signing.secrets, key, body)}
+        if signing.credential is not None:
+            headers["Authorization"] = f"Bearer {signing.credential}"
         at = utcnow()
         result = await post(self.client, req.url, body, headers, timeout_s=self.settings.callback_timeout_s)
         ok = result.kind == "ok"

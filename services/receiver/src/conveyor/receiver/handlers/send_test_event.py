@@ -20,7 +20,14 @@ from conveyor.receiver.schemas import TestSendCreate, TestSendOutcome
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
-from conveyor.shared.events import DeliveryLog, SendTestEvent, delivery_log_decoder, encoder, utcnow
+from conveyor.shared.events import (
+    DeliveryLog,
+    SendTestEvent,
+    delivery_log_decoder,
+    encoder,
+    send_test_decoder,
+    utcnow,
+)
 from conveyor.shared.http import HTTPError
 from conveyor.shared.urls import callback_url_problem, redact_url
 
@@ -67,10 +74,11 @@ async def create(request: web.Request) -> web.Response:
     await st.limit_key(request, principal)
     js = st.require_nats()
     body: TestSendCreate = decode_json(_create_decoder, await st.read_body(request))
+    project = st.writable(principal, body.project)
     if problem := callback_url_problem(body.url):
         raise HTTPError(422, "invalid_field", f"url: {problem}", field="url")
     test_id = uuid.uuid4().hex
-    req = SendTestEvent(id=test_id, url=body.url, requested_at=utcnow())
+    req = SendTestEvent(id=test_id, url=body.url, requested_at=utcnow(), project=project.project_id)
     with st.nats_errors():
         await js.publish(
             subjects.control("test_send", test_id),
@@ -95,15 +103,18 @@ async def status(request: web.Request) -> web.Response:
     principal = await st.authenticate(request)
     await st.limit_key(request, principal)
     test_id = request.match_info["test_id"]
+    missing = HTTPError(404, "test_not_found", f"no test send {test_id[:100]!r}")
     if not subjects.is_token(test_id):
-        raise HTTPError(404, "test_not_found", f"no test send {test_id[:100]!r}")
+        raise missing
+    # The request says whose it is (CONTROL keeps it a day, longer than a test send is asked for).
+    js = st.require_nats()
+    with st.nats_errors():
+        try:
+            sent = await js.get_last_msg(subjects.CONTROL, subjects.control("test_send", test_id))
+        except nats.js.errors.NotFoundError:
+            raise missing from None
+    if not st.sees(principal, send_test_decoder.decode(sent.data or b"").project):
+        raise missing  # another project's, answered as a missing one
     log = await _read(st, test_id)
-    if log is None:
-        js = st.require_nats()
-        with st.nats_errors():
-            try:
-                await js.get_last_msg(subjects.CONTROL, subjects.control("test_send", test_id))
-            except nats.js.errors.NotFoundError:
-                raise HTTPError(404, "test_not_found", f"no test send {test_id[:100]!r}") from None
     outcome = _outcome(st, test_id, None, log)
     return respond(200 if outcome.status != "pending" else 202, outcome)
