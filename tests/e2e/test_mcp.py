@@ -3,7 +3,8 @@ Streamable HTTP (the receiver's /mcp) and over stdio (`conveyor mcp` as a subpro
 same scenario runs on both: the tools are listed; the qa agent runs and is waited for, with
 progress notifications before the result; a running job is cancelled; one project's key
 cannot see another's job; a bad argument is a tool error and the session goes on; a REST
-error arrives as a tool error with the REST API's own code and message."""
+error arrives as a tool error with the REST API's own code and message. A client subscribed to a
+job resource hears of each change until the job ends, and nothing after unsubscribing."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp_types import ResourceUpdatedNotification
 
 from conveyor.shared.sealing import new_key_setting
 from conveyor.shared.testing.fixtures import eventually
@@ -49,7 +53,7 @@ TOOLS = {
     "replay_dead_letter",
 }
 
-Connect = Callable[[str], contextlib.AbstractAsyncContextManager[Client]]
+Connect = Callable[..., contextlib.AbstractAsyncContextManager[Client]]
 
 
 class System:
@@ -65,6 +69,8 @@ async def system(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Syste
         CONVEYOR_SECRET_KEYS=new_key_setting(),
         AGENTS=AGENTS,
         MCP_MAX_SESSIONS_PER_KEY="2",
+        # One job at a time: a job can be held queued behind another.
+        CONCURRENCY="1",
     )
     procs = [ServiceProcess(name, env, tmp_path / f"{name}.log") for name in ("receiver", "executor")]
     try:
@@ -89,9 +95,10 @@ async def system(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Syste
 
 def over_http(system: System) -> Connect:
     @contextlib.asynccontextmanager
-    async def connect(key: str) -> AsyncIterator[Client]:
+    async def connect(key: str, **kw: Any) -> AsyncIterator[Client]:
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
-        async with http, Client(streamable_http_client(f"{system.url}/mcp", http_client=http)) as client:
+        transport = streamable_http_client(f"{system.url}/mcp", http_client=http)
+        async with http, Client(transport, **kw) as client:
             yield client
 
     return connect
@@ -99,11 +106,11 @@ def over_http(system: System) -> Connect:
 
 def over_stdio(system: System) -> Connect:
     @contextlib.asynccontextmanager
-    async def connect(key: str) -> AsyncIterator[Client]:
+    async def connect(key: str, **kw: Any) -> AsyncIterator[Client]:
         params = StdioServerParameters(
             command=sys.executable, args=["-m", "conveyor.cli", "mcp", "--url", system.url, "--key", key]
         )
-        async with Client(params) as client:
+        async with Client(params, **kw) as client:
             yield client
 
     return connect
@@ -193,6 +200,87 @@ async def test_mcp_tools_against_the_running_system(system: System, transport: A
         )
         assert error_of(unknown) == {"status": 422, **rest.json()}
         assert (await a.call_tool("get_job", {"job_id": job_id})).structured_content["status"] == "completed"
+
+
+async def subscribe(client: Client, uri: str, *, on: bool = True) -> None:
+    # resources/subscribe is the handshake era's (mode="legacy"); the SDK flags it as removed
+    # at 2026-07-28, which is not the protocol these sessions speak.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        await (client.subscribe_resource(uri) if on else client.unsubscribe_resource(uri))
+
+
+@pytest.mark.parametrize("transport", [over_http, over_stdio], ids=["streamable-http", "stdio"])
+async def test_job_resource_subscriptions(system: System, transport: Any) -> None:
+    connect = transport(system)
+    updated: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, ResourceUpdatedNotification):
+            updated.append(message.params.uri)
+
+    async with (
+        connect(system.keys["a"], mode="legacy", message_handler=on_message) as a,
+        connect(system.keys["b"], mode="legacy") as b,
+    ):
+        caps = a.server_capabilities.resources
+        assert caps is not None and caps.subscribe
+
+        # A ~1.5 s job, subscribed to while it waits behind another (so it has changes ahead
+        # of it for sure): an update for each, and once the last has come it is completed.
+        blocker = (await a.call_tool("run_agent", {"agent": "qa", "prompt": "60000"})).structured_content
+
+        async def blocking() -> None:
+            got = await a.call_tool("get_job", {"job_id": blocker["job_id"]})
+            assert got.structured_content["status"] == "processing"
+
+        await eventually(blocking, timeout=20)
+        started = await a.call_tool("run_agent", {"agent": "qa", "prompt": "1500"})
+        job_id = started.structured_content["job_id"]
+        uri = f"conveyor://jobs/{job_id}"
+        await subscribe(a, uri)
+        assert json.loads((await a.read_resource(uri)).contents[0].text)["status"] == "queued"
+        assert not (await a.call_tool("cancel_job", {"job_id": blocker["job_id"]})).is_error
+        status = None
+        while status != "completed":
+            seen = updated.count(uri)
+
+            async def another(seen: int = seen) -> None:
+                assert updated.count(uri) > seen
+
+            await eventually(another, timeout=30)
+            read = await a.read_resource(uri)
+            status = json.loads(read.contents[0].text)["status"]
+        assert updated.count(uri) >= 2, updated
+        assert set(updated) == {uri}
+
+        # Another project's job: the REST API's 404 as an error, and no subscription.
+        with pytest.raises(MCPError) as hidden:
+            await subscribe(b, uri)
+        assert hidden.value.code == -32002 and hidden.value.data["status"] == 404
+        with pytest.raises(MCPError) as not_a_job:
+            await subscribe(a, "conveyor://schedules/x")
+        assert "only jobs" in not_a_job.value.message
+
+        # Unsubscribed: the job's cancellation (a change) is not told.
+        long = await a.call_tool("run_agent", {"agent": "qa", "prompt": "60000"})
+        long_id = long.structured_content["job_id"]
+        long_uri = f"conveyor://jobs/{long_id}"
+        await subscribe(a, long_uri)
+        await subscribe(a, long_uri, on=False)
+        assert not (await a.call_tool("cancel_job", {"job_id": long_id})).is_error
+        ended = await a.call_tool("wait_for_job", {"job_id": long_id, "timeout_s": 30})
+        assert ended.structured_content["status"] == "cancelled"
+        # Still subscribed, another job's change is told after the cancellation's would be.
+        third = await a.call_tool("run_agent", {"agent": "qa", "prompt": "300"})
+        third_uri = f"conveyor://jobs/{third.structured_content['job_id']}"
+        await subscribe(a, third_uri)
+
+        async def third_told() -> None:
+            assert third_uri in updated
+
+        await eventually(third_told, timeout=30)
+        assert long_uri not in updated, updated
 
 
 async def test_mcp_endpoint_needs_a_key_and_counts_tool_calls(system: System) -> None:

@@ -5,10 +5,16 @@ limits, body limits, validation and error codes are exactly the REST API's. A RE
 becomes an MCP tool error whose text is the REST error body (``{"status", "error",
 "message", ...}``); the session goes on. Over stdio the key is the one given on the command
 line; over Streamable HTTP (the receiver's /mcp) it is the MCP request's own bearer key.
+
+A job resource (``conveyor://jobs/{id}``) can be subscribed to (``resources/subscribe``, the
+handshake-era protocol): one follower task per (session, job) reads the job's REST event stream
+with the subscriber's key and sends ``notifications/resources/updated`` each time its status or
+progress moves, until the job ends, the client unsubscribes or the session ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
@@ -17,11 +23,17 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import anyio
 import httpx
+from mcp_types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
+from mcp_types.jsonrpc import INVALID_PARAMS, INVALID_REQUEST
 from pydantic import Field
 
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.session import ServerSession
+from mcp.shared.exceptions import MCPError
 
 TERMINAL = frozenset({"completed", "failed", "timeout", "cancelled"})
 DEPLOY_TERMINAL = frozenset({"live", "failed", "cancelled", "superseded", "rolled_back"})
@@ -32,6 +44,12 @@ Project = Annotated[str | None, Field(description="Conveyor project (admin and o
 
 # (tool, outcome "ok" | "error", seconds): the receiver counts these in /metrics.
 Observer = Callable[[str, str, float], None]
+
+JOB_URI = "conveyor://jobs/"
+# Per session: each subscription holds a task and an open REST stream.
+MAX_SUBSCRIPTIONS = 20
+# The MCP spec's "resource not found" error code.
+RESOURCE_NOT_FOUND = -32002
 
 INSTRUCTIONS = (
     "Conveyor runs AI agents (architect, dev, pm, ux-design-expert, qa) as jobs. Start one with "
@@ -107,17 +125,54 @@ class Api:
             ) from None
 
 
+class Subscriptions:
+    """Job followers by MCP session id (None over stdio: one session per process)."""
+
+    def __init__(self, per_session: int = MAX_SUBSCRIPTIONS) -> None:
+        self.per_session = per_session
+        self.followers: dict[str | None, dict[str, asyncio.Task[None]]] = {}
+
+    def count(self, session: str | None) -> int:
+        return len(self.followers.get(session, {}))
+
+    def add(self, session: str | None, uri: str, follower: asyncio.Task[None]) -> None:
+        self.followers.setdefault(session, {})[uri] = follower
+        follower.add_done_callback(lambda done: self._done(session, uri, done))
+
+    def _done(self, session: str | None, uri: str, task: asyncio.Task[None]) -> None:
+        mine = self.followers.get(session, {})
+        if mine.get(uri) is task:
+            del mine[uri]
+            if not mine:
+                self.followers.pop(session, None)
+
+    def remove(self, session: str | None, uri: str) -> None:
+        task = self.followers.get(session, {}).get(uri)
+        if task is not None:
+            task.cancel()
+
+    def end(self, session: str | None) -> None:
+        """The session is gone: stop its followers."""
+        for task in list(self.followers.pop(session, {}).values()):
+            task.cancel()
+
+
 def build(
     base_url: str | Callable[[], str],
     *,
     key: str | None = None,
     observe: Observer | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    subscriptions: Subscriptions | None = None,
 ) -> MCPServer:
     """The MCP server calling the REST API at ``base_url`` (a callable: known once the
-    receiver listens). ``key`` fixed (stdio) or None: each request's bearer key (HTTP)."""
+    receiver listens). ``key`` fixed (stdio) or None: each request's bearer key (HTTP).
+    ``subscriptions``: the job followers, given by a host that ends sessions (the receiver)."""
     http = httpx.AsyncClient(timeout=30.0, transport=transport)
     base = base_url if callable(base_url) else lambda: base_url
+    subs = subscriptions if subscriptions is not None else Subscriptions()
+    # subscriptions=False: no subscriptions/listen (2026-07-28 era); job subscriptions are the
+    # handshake era's resources/subscribe, registered below.
     server: MCPServer = MCPServer(
         name="conveyor", title="Conveyor", instructions=INSTRUCTIONS, subscriptions=False
     )
@@ -352,7 +407,69 @@ def build(
         _, record = await api(ctx).call("GET", f"/api/jobs/{_seg(job_id)}")
         return json.dumps(record)
 
+    def session_of(ctx: ServerRequestContext[Any, Any]) -> tuple[str | None, Api]:
+        headers = getattr(ctx.request, "headers", None)
+        session = headers.get("mcp-session-id") if headers is not None else None
+        return session, Api(http, base(), key if key is not None else bearer(headers))
+
+    async def subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
+        uri = str(params.uri)
+        if not uri.startswith(JOB_URI) or len(uri) == len(JOB_URI):
+            raise MCPError(INVALID_PARAMS, f"only jobs can be subscribed to ({JOB_URI}{{job_id}}), not {uri}")
+        session, a = session_of(ctx)
+        job = f"/api/jobs/{_seg(uri[len(JOB_URI) :])}"
+        if uri in subs.followers.get(session, {}):
+            return EmptyResult()
+        if subs.count(session) >= subs.per_session:
+            raise MCPError(
+                INVALID_REQUEST,
+                f"this session has {subs.per_session} subscriptions; unsubscribe from one first",
+            )
+        try:
+            _, record = await a.call("GET", job)
+        except RestError as exc:
+            # What the key may not see is not found, exactly as over REST.
+            code = RESOURCE_NOT_FOUND if exc.status == 404 else INVALID_PARAMS
+            raise MCPError(code, json.dumps(exc.body), exc.body) from None
+        if record.get("status") not in TERMINAL:
+            follower = follow(ctx.session, a, job, uri, (record.get("status"), record.get("progress")))
+            subs.add(session, uri, asyncio.create_task(follower, name=f"mcp-follow {uri}"))
+        return EmptyResult()
+
+    async def unsubscribe(
+        ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams
+    ) -> EmptyResult:
+        session, _ = session_of(ctx)
+        subs.remove(session, str(params.uri))
+        return EmptyResult()
+
+    # MCPServer has no decorator for these; its low-level server's add_request_handler is the
+    # SDK's way to serve a spec method it leaves out.
+    server._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
+    server._lowlevel_server.add_request_handler(
+        "resources/unsubscribe", UnsubscribeRequestParams, unsubscribe
+    )
+
     return server
+
+
+async def follow(session: ServerSession, a: Api, job: str, uri: str, seen: tuple[Any, Any]) -> None:
+    """Tell the subscriber each time the job's status or progress moves, until it ends."""
+    last_id: str | None = None
+    try:
+        while True:
+            async for ev_id, kind, data in a.events(f"{job}/stream", last_id):
+                last_id = ev_id or last_id
+                if kind == "error":
+                    return
+                now = (data.get("status"), data.get("progress"))
+                if kind == "deleted" or now != seen:
+                    seen = now
+                    await session.send_resource_updated(uri)
+                if kind == "deleted" or now[0] in TERMINAL:
+                    return
+    except (RestError, anyio.ClosedResourceError, anyio.BrokenResourceError):
+        return  # the job, the receiver or the session went: nothing more to tell
 
 
 async def _submit(

@@ -20,7 +20,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import Counter, Gauge, Histogram
 
-from conveyor.mcp.server import build
+from conveyor.mcp.server import Subscriptions, build
 from conveyor.receiver import asgi
 from conveyor.receiver.openapi import ANY_JSON, SSE, Operation
 from conveyor.receiver.state import STATE
@@ -54,8 +54,8 @@ class Sessions:
     """Which key opened each session, for the per-key limit and so that a session is used by
     its own key only. A session idle past the SDK's idle timeout is gone there: forgotten here."""
 
-    def __init__(self, per_key: int, idle_s: float, metrics: McpMetrics) -> None:
-        self.per_key, self.idle_s, self.metrics = per_key, idle_s, metrics
+    def __init__(self, per_key: int, idle_s: float, metrics: McpMetrics, subs: Subscriptions) -> None:
+        self.per_key, self.idle_s, self.metrics, self.subs = per_key, idle_s, metrics, subs
         self.owner: dict[str, tuple[str, float]] = {}
 
     def key_of(self, session: str) -> str | None:
@@ -76,6 +76,7 @@ class Sessions:
     def closed(self, session: str) -> None:
         if self.owner.pop(session, None) is not None:
             self.metrics.sessions.set(len(self.owner))
+        self.subs.end(session)  # its job followers stop with it
 
 
 def operations() -> list[Operation]:
@@ -123,7 +124,8 @@ def add_routes(rt: Runtime[Any]) -> None:
     settings = st.settings
     metrics = McpMetrics(rt.registry)
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    server = build(lambda: f"http://{host}:{rt.http_port}", observe=metrics.observe)
+    subs = Subscriptions()
+    server = build(lambda: f"http://{host}:{rt.http_port}", observe=metrics.observe, subscriptions=subs)
     # The app is not served (aiohttp is): it is made for the session manager it sets up.
     server.streamable_http_app(
         streamable_http_path=PATH,
@@ -135,7 +137,7 @@ def add_routes(rt: Runtime[Any]) -> None:
     )
     manager = server.session_manager
     rt.app[MANAGER] = manager
-    sessions = Sessions(settings.mcp_max_sessions_per_key, settings.mcp_session_idle_s, metrics)
+    sessions = Sessions(settings.mcp_max_sessions_per_key, settings.mcp_session_idle_s, metrics, subs)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         principal = await st.authenticate(request)
