@@ -92,7 +92,13 @@ class Bus:
         return job_id
 
     async def event(
-        self, event_type: str, data: dict[str, Any], *, source: str = "lovable", job_id: str | None = None
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        source: str = "lovable",
+        job_id: str | None = None,
+        project: str = "default",
     ) -> str:
         job_id = job_id or new_id()
         now = dt.datetime.now(dt.UTC)
@@ -111,6 +117,7 @@ class Bus:
             source=source,
             event_type=event_type,
             project_id="proj-1",
+            project=project,
         )
         await self.jobs.create(job_id, enc.encode(rec))
         ev = WebhookEvent(
@@ -121,6 +128,7 @@ class Bus:
             received_at=now,
             payload=msgspec.Raw(enc.encode(body)),
             project_id="proj-1",
+            project=project,
         )
         await self.js.publish(
             subjects.event(source, event_type),

@@ -244,6 +244,20 @@ async def test_unroutable_event_fails_its_job_so_the_caller_hears(bus, make_sett
         assert (await bus.one_result(job_id)).result.status == "failed"
 
 
+async def test_a_project_runs_only_the_agents_it_lists(bus, make_settings) -> None:
+    """A project's ``agents`` hold for webhook jobs too, not only for what the API submits."""
+    await bus.project("narrow", agents=["qa"])
+    async with serve(SPEC, make_settings()):
+        refused = await bus.event("agent.task_requested", {"agent": "dev"}, project="narrow")
+        rec = await bus.until(refused, "failed")
+        assert "agent 'dev' is not enabled for project 'narrow'" in (rec.error or "")
+        assert (await bus.one_result(refused)).result.status == "failed"
+        allowed = await bus.event("agent.task_requested", {"agent": "qa", "files": FILES}, project="narrow")
+        await bus.until(allowed, "completed")
+        anywhere = await bus.event("agent.task_requested", {"agent": "dev", "files": FILES})
+        await bus.until(anywhere, "completed")  # the default project lists none: every agent
+
+
 async def test_terminal_record_is_never_overwritten(bus, make_settings) -> None:
     async with serve(SPEC, make_settings()):
         job_id = "job_already_cancelled"

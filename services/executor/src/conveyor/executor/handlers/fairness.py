@@ -73,6 +73,7 @@ class Gates:
         self.stage = stage
         self.sweep_s = SWEEP_S
         self.limits: dict[str, int] = {}  # project -> max_running, only those above 0
+        self.agents_of: dict[str, frozenset[str]] = {}  # project -> the agents it may run, if listed
         self.mirror: KvMirror[Project] = KvMirror(
             rt.kv[subjects.KV_PROJECTS],
             subjects.KV_PROJECTS,
@@ -132,6 +133,10 @@ class Gates:
     def _on_project(self, key: str, project: Project | None) -> None:
         if key == DEFAULT_PROJECT or not subjects.is_token(key):
             return  # the default is defined by settings, never by KV (as in tenancy.Directory)
+        if project is not None and project.agents:
+            self.agents_of[key] = frozenset(project.agents)
+        else:
+            self.agents_of.pop(key, None)
         limit = project.max_running if project is not None else 0
         if limit > 0:
             self.limits[key] = limit

@@ -88,6 +88,7 @@ class Router:
         cancel_reason: Callable[[str, str | None], str | None],
         cancel_queued: Callable[[str, str], Awaitable[None]],
         tracer: trace.Tracer,
+        allowed: Callable[[str], frozenset[str] | None] = lambda project: None,
     ) -> None:
         self.requests = requests
         self.agents = agents
@@ -100,6 +101,7 @@ class Router:
         self.cancel_queued = cancel_queued
         self.tracer = tracer
         self.tracing = exporting(tracer)
+        self.allowed = allowed  # a project's agents, when it lists them (None: every agent)
 
     def resolve(self, event: WebhookEvent, payload: Any) -> list[Agent]:
         route = route_for(self.routes, event.source, event.type)
@@ -118,6 +120,10 @@ class Router:
                     known = ", ".join(sorted(self.agents))
                     raise Unroutable(f"unknown agent {n!r} named in the payload (known: {known})", agent=n)
             names += named
+        if (allowed := self.allowed(event.project)) is not None:
+            for n in names:
+                if n not in allowed:
+                    raise Unroutable(f"agent {n!r} is not enabled for project {event.project!r}", agent=n)
         return [self.agents[n] for n in dict.fromkeys(names)]
 
     async def handle(self, msg: Msg) -> None:
