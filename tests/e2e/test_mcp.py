@@ -132,6 +132,7 @@ async def test_mcp_tools_against_the_running_system(system: System, transport: A
         assert all(t.description for t in listed.tools)
         agents = await a.call_tool("list_agents", {})
         assert not agents.is_error and "qa" in agents.structured_content["agents"]
+        assert agents.structured_content["project"] == "a"  # the key's own project
 
         # Run qa and wait: progress notifications arrive before the result.
         started = await a.call_tool("run_agent", {"agent": "qa", "prompt": "1500"})

@@ -170,3 +170,18 @@ async def test_a_key_of_another_project_cannot_cancel_a_webhook_job(two, lovable
     assert cancel.status_code == 404
     record = (await two.http.get(f"/api/jobs/{job_id}", headers=ADMIN)).json()
     assert record["status"] == "queued" and record["project"] == "default"
+
+
+async def test_agents_a_key_may_run(two, make_project, project_key) -> None:
+    await make_project(two, "narrow", agents=["qa", "dev"])
+    narrow = await project_key(two, "narrow")
+    got = (await two.http.get("/api/agents", headers=narrow)).json()
+    assert got == {"project": "narrow", "agents": ["dev", "qa"]}
+    assert (
+        await two.http.post("/api/jobs", json={"agent": "pm", "prompt": "x"}, headers=narrow)
+    ).status_code == 422
+    everything = (await two.http.get("/api/agents", headers=two.keys["alpha"])).json()
+    assert everything["project"] == "alpha" and {"dev", "qa", "pm", "architect"} <= set(everything["agents"])
+    assert (await two.http.get("/api/agents", params={"project": "narrow"}, headers=ADMIN)).json() == got
+    resp = await two.http.get("/api/agents", params={"project": "narrow"}, headers=two.keys["gamma"])
+    assert resp.status_code == 404

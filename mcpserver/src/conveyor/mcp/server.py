@@ -200,12 +200,14 @@ def build(
         return fn
 
     @tool
-    async def list_agents(ctx: Context) -> dict[str, Any]:
-        """List the agents Conveyor can run (architect, dev, pm, ux-design-expert, qa and any
-        configured ones). A project limited to some agents gets unknown_agent for the others."""
-        _, spec = await api(ctx).call("GET", "/openapi.json")
-        agents = spec["components"]["schemas"]["JobCreate"]["properties"]["agent"].get("enum", [])
-        return {"agents": agents}
+    async def list_agents(ctx: Context, project: Project = None) -> dict[str, Any]:
+        """List the agents this key may run (architect, dev, pm, ux-design-expert, qa and any
+        configured ones, less those its project does not allow). Admin and organisation keys
+        name the project; others get their own."""
+        _, listed = await api(ctx).call(
+            "GET", "/api/agents", params={"project": project} if project else None
+        )
+        return dict(listed)
 
     @tool
     async def run_agent(

@@ -22,6 +22,7 @@ from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, doc
 from conveyor.receiver.schemas import (
     Accepted,
     AgentHealth,
+    AgentList,
     CancelAccepted,
     Health,
     Ignored,
@@ -229,6 +230,16 @@ def operations() -> list[Operation]:
             auth="api_key",
             params=(*_API_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first job.")),
             links={202: job_links()},
+        ),
+        Operation(
+            "GET",
+            "/api/agents",
+            jobs.list_agents,
+            "The agents the key's project may run",
+            "jobs",
+            {200: AgentList, 404: E, **_KEYED},
+            auth="api_key",
+            params=(Param("project", "query", "Admin and organisation keys: which project."),),
         ),
         Operation(
             "GET",

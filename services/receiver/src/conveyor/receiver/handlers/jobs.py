@@ -11,7 +11,7 @@ from aiohttp import web
 
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.webhooks import accepted, respond
-from conveyor.receiver.schemas import CancelAccepted, JobCreate, JobList, JobPending, JobSummary
+from conveyor.receiver.schemas import AgentList, CancelAccepted, JobCreate, JobList, JobPending, JobSummary
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
 from conveyor.shared import ids, subjects
@@ -30,6 +30,7 @@ from conveyor.shared.events import (
 )
 from conveyor.shared.http import HTTPError
 from conveyor.shared.streamread import next_message
+from conveyor.shared.tenancy import DEFAULT_PROJECT
 from conveyor.shared.urls import callback_url_problem, redact_url
 
 _job_create_decoder = msgspec.json.Decoder(JobCreate)
@@ -224,6 +225,21 @@ async def _optional(st: Receiver, bucket: str, key: str) -> bytes | None:
         except nats.js.errors.KeyNotFoundError:
             return None
     return entry.value or None
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    """The agents the key's project may run (admin and organisation keys: ``?project=``, else
+    the default project)."""
+    st = request.app[STATE]
+    principal = await st.authenticate(request)
+    await st.limit_key(request, principal)
+    requested = request.query.get("project") or principal.scope.project_id or DEFAULT_PROJECT
+    project = st.directory.get(requested) if subjects.is_token(requested) else None
+    if project is None or not st.sees(principal, project.project_id):
+        raise HTTPError(404, "project_not_found", f"no project {requested[:64]!r}", field="project")
+    return respond(
+        200, AgentList(project=project.project_id, agents=[a for a in st.agents if project.may_run(a)])
+    )
 
 
 # --- GET /api/jobs ------------------------------------------------------------------------------
