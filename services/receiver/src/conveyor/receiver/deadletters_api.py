@@ -16,6 +16,7 @@ from aiohttp import web
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.openapi import Operation, Param
+from conveyor.receiver.query import query_int
 from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import deadletters, subjects
 from conveyor.shared.deadletters import DeadLetter
@@ -84,15 +85,6 @@ async def _caller(request: web.Request) -> tuple[Receiver, Principal]:
     return st, principal
 
 
-def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not low <= int(raw) <= high:
-        raise HTTPError(400, "invalid_query", f"{name}: an integer from {low} to {high}", field=name)
-    return int(raw)
-
-
 def _seq(request: web.Request) -> int:
     raw = request.match_info["seq"]
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
@@ -110,8 +102,8 @@ async def _letter(st: Receiver, principal: Principal, seq: int) -> DeadLetter:
 
 async def list_letters(request: web.Request) -> web.Response:
     st, principal = await _caller(request)
-    limit = _int_query(request, "limit", 50, 1, 500)
-    cursor = _int_query(request, "cursor", 1, 1, 2**63 - 1)
+    limit = query_int(request, "limit", 50, 1, 500)
+    cursor = query_int(request, "cursor", 1, 1, 2**62)
     stage = request.query.get("stage")
     if stage is not None and not subjects.is_token(stage):
         raise HTTPError(400, "invalid_query", "stage: a subject token such as deliver", field="stage")

@@ -22,6 +22,7 @@ from msgspec.structs import replace
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.openapi import Operation, Param
+from conveyor.receiver.schemas import ProjectRef
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import ids, subjects
@@ -38,9 +39,9 @@ from conveyor.shared.tenancy import (
 )
 from conveyor.shared.urls import callback_url_problem, redact_url
 
-Id = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}\Z", description="lower-case [a-z0-9_-], 1-63")]
-ExternalId = Annotated[str, Meta(pattern=r"^[a-z0-9_-]{1,32}:[\x21-\x7e]{1,200}\Z", max_length=240)]
-Origin = Annotated[str, Meta(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?\Z", max_length=300)]
+Id = ProjectRef  # organisations' ids take the same form
+ExternalId = Annotated[str, Meta(pattern=r"^[a-z0-9_-]{1,32}:[\x21-\x7e]{1,200}$(?!\n)", max_length=240)]
+Origin = Annotated[str, Meta(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$(?!\n)", max_length=300)]
 SecretText = Annotated[str, Meta(min_length=1, max_length=1024)]
 Url = Annotated[str, Meta(min_length=1, max_length=2048)]
 Limit = Annotated[int, Meta(ge=0, le=100_000_000)]

@@ -38,6 +38,7 @@ from nats.js.kv import KeyValue
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.jobs import valid_url
 from conveyor.receiver.openapi import Operation, Param, link
+from conveyor.receiver.schemas import ProjectRef
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import NATS_DOWN, STATE, Receiver
 from conveyor.shared import ids, subjects
@@ -111,7 +112,7 @@ class ScheduleCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     paused: bool = False
     project_id: ProjectId | None = None
     timeout_ms: TimeoutMs | None = None
-    project: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
+    project: ProjectRef | None = None
     """The Conveyor project the schedule and its jobs belong to (admin and organisation keys; a
     project key's own by default). Fixed when the schedule is made."""
 

@@ -11,6 +11,13 @@ from msgspec import Meta
 
 from conveyor.shared.events import DeliveryAttempt, JobRecord, JobStatus
 
+# $(?!\n), not \Z: the document shows the pattern, and JSON Schema's regexes have no \Z.
+ProjectRef = Annotated[
+    str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$(?!\n)", description="lower-case [a-z0-9_-], 1-63")
+]
+"""A Conveyor project named in a body (admin and organisation keys choose one; a project key's
+own is the default)."""
+
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     """Every 4xx/5xx: a code, a sentence, and the field at fault when there is one."""
@@ -52,7 +59,7 @@ class JobCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     callback_url: Annotated[str, Meta(max_length=2048)] | None = None
     project_id: Annotated[str, Meta(max_length=200)] | None = None
     timeout_ms: Annotated[int, Meta(ge=1000, le=86_400_000)] | None = None
-    project: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
+    project: ProjectRef | None = None
     """The Conveyor project the job belongs to: a project key's own by default; admin and
     organisation keys name one (else the default project)."""
 
@@ -126,7 +133,7 @@ class TestSendCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """POST /api/webhooks/test: ask the deliverer to send a signed test event to ``url``."""
 
     url: Annotated[str, Meta(min_length=1, max_length=2048)]
-    project: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
+    project: ProjectRef | None = None
     """Whose callback secret signs the test event (admin and organisation keys; a project key's
     own by default)."""
 

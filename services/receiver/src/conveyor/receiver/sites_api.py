@@ -34,6 +34,7 @@ from msgspec import Meta
 
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.openapi import SSE, Operation, Param
+from conveyor.receiver.schemas import ProjectRef
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
 from conveyor.shared import subjects
@@ -67,7 +68,7 @@ class SiteSave(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     config: SiteConfig
     callback_url: Annotated[str, Meta(pattern=HTTP_URL_RE, max_length=2000)] | None = None
     project_id: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
-    project: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] | None = None
+    project: ProjectRef | None = None
     """The Conveyor project the site belongs to (admin and organisation keys; a project key's
     own by default). Fixed when the site is made."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 
 import msgspec
@@ -11,6 +10,7 @@ from aiohttp import web
 
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.webhooks import accepted, respond
+from conveyor.receiver.query import query_int, query_time
 from conveyor.receiver.schemas import AgentList, CancelAccepted, JobCreate, JobList, JobPending, JobSummary
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
@@ -248,26 +248,6 @@ _SCAN_MAX = 2000  # index entries looked at per page, shown or not: a page costs
 _STATUSES = frozenset(("queued", "processing", "completed", "failed", "timeout", "cancelled"))
 
 
-def _query_time(request: web.Request, name: str) -> dt.datetime | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        raise HTTPError(400, "invalid_query", f"{name}: an ISO 8601 time", field=name) from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-def _query_int(request: web.Request, name: str, default: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 1 <= int(raw) <= high:
-        raise HTTPError(400, "invalid_query", f"{name}: an integer from 1 to {high}", field=name)
-    return int(raw)
-
-
 async def list_jobs(request: web.Request) -> web.Response:
     """The jobs the key's scope sees, oldest first from ``since`` or ``cursor``; filters on
     project, status, agent and creation time. Fan-out children are listed with their parent."""
@@ -285,9 +265,9 @@ async def list_jobs(request: web.Request) -> web.Response:
             400, "invalid_query", f"status: one of {', '.join(sorted(_STATUSES))}", field="status"
         )
     agent = q.get("agent")
-    since, until = _query_time(request, "since"), _query_time(request, "until")
-    limit = _query_int(request, "limit", 50, 500)
-    cursor = _query_int(request, "cursor", 0, 2**62) or None
+    since, until = query_time(request, "since"), query_time(request, "until")
+    limit = query_int(request, "limit", 50, 1, 500)
+    cursor = query_int(request, "cursor", 0, 1, 2**62) or None
     subject = subjects.job_index(project) if project else "jobindex.>"
 
     found: list[JobSummary] = []
