@@ -16,12 +16,13 @@ projects), so existing deployments keep working unchanged.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
 
 from conveyor.shared.events import DEFAULT_PROJECT, Message
-from conveyor.shared.sealing import SealedSecret
+from conveyor.shared.sealing import SealedSecret, Sealer
 
 DEFAULT_ORG = "default"
 
@@ -169,3 +170,33 @@ class Directory:
             for x in project.external_ids:
                 # The first project to claim an external id keeps it (the API refuses a second).
                 self._by_external.setdefault(x, key)
+
+
+def secret_context(project_id: str, field: str) -> str:
+    """What a project's sealed value is bound to (its associated data): its project and field,
+    so a value copied into another record or field does not open."""
+    return f"project/{project_id}/{field}"
+
+
+class ProjectSecrets:
+    """Projects' sealed secrets, opened once per version of each project's record and kept in
+    memory only (a service opens one on every webhook or callback otherwise)."""
+
+    _MAX = 10_000
+
+    def __init__(self, sealer: Sealer) -> None:
+        self.sealer = sealer
+        self._opened: dict[tuple[str, str], tuple[dt.datetime, tuple[str, ...]]] = {}
+
+    def open(self, project: Project, field: str, values: Sequence[SealedSecret]) -> tuple[str, ...]:
+        """``values`` (``project``'s ``field``) in clear; SealingError when one does not open."""
+        key = (project.project_id, field)
+        hit = self._opened.get(key)
+        if hit is not None and hit[0] == project.updated_at:
+            return hit[1]
+        context = secret_context(project.project_id, field)
+        opened = tuple(self.sealer.open(v, context) for v in values)
+        if len(self._opened) >= self._MAX:
+            self._opened.clear()
+        self._opened[key] = (project.updated_at, opened)
+        return opened

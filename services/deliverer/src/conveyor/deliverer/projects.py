@@ -4,13 +4,12 @@ A result belongs to a project (``JobResult.project``). The default project's cal
 where the deployment's settings say (LOVABLE_CALLBACK_URL, CALLBACK_DEFAULT_URLS) and are
 signed with CALLBACK_SIGNING_SECRETS (or a per-endpoint secret). Every other project's are
 signed with its own callback secrets, never a shared one, and carry its outbound credential
-as ``Authorization: Bearer``. Secrets are opened from their sealed form once per version of
-the project and kept in memory only.
+as ``Authorization: Bearer``. Secrets are opened once per version of the project
+(conveyor.shared.tenancy.ProjectSecrets) and kept in memory only.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 
 from conveyor.deliverer.config import Settings
@@ -18,7 +17,7 @@ from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.shared.errors import PermanentError
 from conveyor.shared.events import DEFAULT_PROJECT, JobResult
 from conveyor.shared.sealing import Sealer, SealingError
-from conveyor.shared.tenancy import Directory, Project
+from conveyor.shared.tenancy import Directory, ProjectSecrets
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +32,10 @@ class ProjectCallbacks:
     directory: Directory
     sealer: Sealer
     keys: SigningKeys
-    _opened: dict[str, tuple[dt.datetime, Signing]] = field(default_factory=dict)
+    secrets: ProjectSecrets = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.secrets = ProjectSecrets(self.sealer)
 
     def target(self, job: JobResult) -> str | None:
         """The job's own URL, else its project's for the source, else (the default project) the
@@ -59,26 +61,12 @@ class ProjectCallbacks:
         project = self.directory.get(project_id)
         if project is None:
             raise PermanentError(f"project {project_id!r} does not exist: its callback cannot be signed")
-        cached = self._opened.get(project.project_id)
-        if cached is not None and cached[0] == project.updated_at:
-            return cached[1]
-        signing = self._open(project)
-        if len(self._opened) > 10_000:
-            self._opened.clear()
-        self._opened[project.project_id] = (project.updated_at, signing)
-        return signing
-
-    def _open(self, p: Project) -> Signing:
-        where = f"project/{p.project_id}"
         try:
-            secrets = [self.sealer.open(s, f"{where}/callback") for s in p.callback_secrets]
-            credential = (
-                self.sealer.open(p.outbound_credential, f"{where}/outbound")
-                if p.outbound_credential
-                else None
-            )
+            secrets = list(self.secrets.open(project, "callback", project.callback_secrets))
+            outbound = project.outbound_credential
+            credential = self.secrets.open(project, "outbound", [outbound])[0] if outbound else None
         except SealingError as exc:
-            raise PermanentError(f"project {p.project_id!r}: its secrets do not open ({exc})") from None
+            raise PermanentError(f"project {project_id!r}: its secrets do not open ({exc})") from None
         if not secrets:
-            raise PermanentError(f"project {p.project_id!r} has no callback signing secret")
+            raise PermanentError(f"project {project_id!r} has no callback signing secret")
         return Signing(secrets, credential)

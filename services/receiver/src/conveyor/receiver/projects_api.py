@@ -36,6 +36,7 @@ from conveyor.shared.tenancy import (
     Project,
     organisation_decoder,
     project_decoder,
+    secret_context,
 )
 from conveyor.shared.urls import callback_url_problem, redact_url
 
@@ -285,7 +286,7 @@ def _check_fields(st: Receiver, f: ProjectFields, project_id: str) -> None:
 
 def _seal(st: Receiver, project_id: str, field: str, value: str) -> SealedSecret:
     try:
-        sealed = st.sealer.seal(value, f"project/{project_id}/{field}")
+        sealed = st.sealer.seal(value, secret_context(project_id, field))
     except SealingError as exc:
         raise HTTPError(409, "secrets_unavailable", str(exc)) from None
     return msgspec.structs.replace(sealed, id=ids.new_id("sec")[:20])
@@ -506,10 +507,9 @@ class Resealed(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _resealed(st: Receiver, p: Project) -> Project:
-    where = f"project/{p.project_id}"
-
     def again(value: SealedSecret, field: str) -> SealedSecret:
-        return msgspec.structs.replace(st.sealer.reseal(value, f"{where}/{field}"), id=value.id)
+        resealed = st.sealer.reseal(value, secret_context(p.project_id, field))
+        return msgspec.structs.replace(resealed, id=value.id)
 
     return replace(
         p,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import ipaddress
 import logging
@@ -35,7 +34,7 @@ from conveyor.shared.ratelimit import DAY, MINUTE, Decision, LimiterUnavailable,
 from conveyor.shared.runner import Runtime
 from conveyor.shared.sealing import Sealer, SealingError
 from conveyor.shared.telemetry import inject_headers
-from conveyor.shared.tenancy import DEFAULT_PROJECT, Directory, Project
+from conveyor.shared.tenancy import DEFAULT_PROJECT, Directory, Project, ProjectSecrets
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +132,9 @@ class Receiver:
     job_id_key: bytes = b""  # the key job ids are derived with (job_ids.py); set before js
     directory: Directory = field(default_factory=lambda: Directory(Project.default()))
     sealer: Sealer = field(default_factory=lambda: Sealer([]))
+    secrets: ProjectSecrets = field(init=False)  # opened with ``sealer``
     projects: KvMirror[Project] | None = None
     integration: IntegrationRecorder | None = None  # last webhook per project (status endpoint)
-    _opened: dict[tuple[str, str], tuple[dt.datetime, tuple[str, ...]]] = field(default_factory=dict)
 
     def projects_mirror_put(self, project_id: str, project: Project | None) -> None:
         """A project this replica just wrote, seen here at once (others see it through the watch)."""
@@ -150,6 +149,7 @@ class Receiver:
     query_key_routes: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        self.secrets = ProjectSecrets(self.sealer)
         self.body_budget = BodyBudget(self.settings.max_body_bytes_in_flight)
         self.streams = StreamSlots(self.settings.sse_max_streams, self.settings.sse_max_streams_per_client)
 
@@ -368,22 +368,15 @@ class Receiver:
         )
 
     def _webhook_secrets(self, project: Project, source: Source) -> tuple[str, ...]:
-        """A project's secrets for ``source``, opened once per version of the project."""
-        cached = self._opened.get((project.project_id, source.name))
-        if cached is not None and cached[0] == project.updated_at:
-            return cached[1]
-        sealed = project.webhook_secrets.get(source.name, [])
-        where = f"project/{project.project_id}/webhook/{source.name}"
+        """A project's secrets for ``source``, in clear."""
         try:
-            opened = tuple(self.sealer.open(s, where) for s in sealed)
+            return self.secrets.open(
+                project, f"webhook/{source.name}", project.webhook_secrets.get(source.name, [])
+            )
         except SealingError as exc:
             # An operator's mistake (a key dropped too early), not the sender's: retry later.
             log.error("project %s: webhook secrets do not open: %s", project.project_id, exc)
             raise self.unavailable("this project's webhook secrets cannot be read") from None
-        if len(self._opened) > 10_000:
-            self._opened.clear()
-        self._opened[(project.project_id, source.name)] = (project.updated_at, opened)
-        return opened
 
     def sees(self, principal: Principal | None, project: str) -> bool:
         """Whether the caller may see an object of ``project``. Anonymous readers (only when
