@@ -160,6 +160,17 @@ async def test_project_changes_and_rotation(tenants) -> None:
         "/api/admin/projects/shop", json={"external_ids": ["lovable:a"]}, headers=ADMIN
     )
     assert (again.status_code, again.json()["field"]) == (422, "external_ids")
+    # Credentials go in the sealed outbound credential, never in a URL the record keeps in clear.
+    creds = await tenants.http.patch(
+        "/api/admin/projects/shop",
+        json={"callback_urls": {"lovable": "https://u:p@hooks.example.com/x"}},
+        headers=ADMIN,
+    )
+    assert (creds.status_code, creds.json()["field"]) == (422, "callback_urls.lovable")
+    nobody = await tenants.http.post(
+        "/api/admin/keys", json={"name": "k", "scope": "org", "org_id": "nope"}, headers=ADMIN
+    )
+    assert (nobody.status_code, nobody.json()["error"]) == (404, "org_not_found")
     default = await tenants.http.patch("/api/admin/projects/default", json={"enabled": False}, headers=ADMIN)
     assert (default.status_code, default.json()["error"]) == (409, "defined_by_settings")
 

@@ -278,6 +278,9 @@ def _check_fields(st: Receiver, f: ProjectFields, project_id: str) -> None:
             problem = callback_url_problem(url)
             if problem:
                 raise _invalid(field, problem)
+            if redact_url(url) != url:
+                # The record is not sealed as a whole: a password here would sit in KV in clear.
+                raise _invalid(field, "no credentials in the URL: set outbound_credential (sealed) instead")
     if isinstance(f.agents, list):
         unknown = [a for a in f.agents if a not in st.agents]
         if unknown:
@@ -363,7 +366,7 @@ async def list_orgs(request: web.Request) -> web.Response:
     return respond(200, OrgList(orgs=visible))
 
 
-async def _org_exists(st: Receiver, org_id: str) -> bool:
+async def org_exists(st: Receiver, org_id: str) -> bool:
     if org_id == DEFAULT_ORG:
         return True
     kv = st.bucket(subjects.KV_ORGS)
@@ -381,7 +384,7 @@ async def create_project(request: web.Request) -> web.Response:
     scope = principal.scope
     if scope.kind == "org" and body.org_id != scope.org_id:
         raise _not_found("organisation", body.org_id)
-    if not await _org_exists(st, body.org_id):
+    if not await org_exists(st, body.org_id):
         raise _not_found("organisation", body.org_id)
     project_id = body.project_id or ids.new_id("prj")[:20]
     if st.directory.get(project_id) is not None:

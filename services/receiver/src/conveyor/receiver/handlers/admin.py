@@ -11,6 +11,7 @@ from aiohttp import web
 
 from conveyor.receiver.apikeys import Principal, scope_of
 from conveyor.receiver.handlers.webhooks import respond
+from conveyor.receiver.projects_api import org_exists
 from conveyor.receiver.schemas import KeyCreate, KeyCreated, KeyList, KeyView
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import STATE, Receiver
@@ -54,7 +55,7 @@ def _manages(manager: Scope, key: Scope) -> bool:
     return manager.kind == "admin" or (key.kind != "admin" and key.org_id == manager.org_id)
 
 
-def _requested_scope(st: Receiver, body: KeyCreate) -> Scope:
+async def _requested_scope(st: Receiver, body: KeyCreate) -> Scope:
     """The scope the body asks for, checked against the projects that exist."""
     kind = (
         "admin" if body.admin else body.scope or ("org" if body.org_id and not body.project_id else "project")
@@ -64,6 +65,8 @@ def _requested_scope(st: Receiver, body: KeyCreate) -> Scope:
     if kind == "org":
         if not body.org_id:
             raise HTTPError(422, "invalid_field", "org_id: required for an org key", field="org_id")
+        if not await org_exists(st, body.org_id):
+            raise HTTPError(404, "org_not_found", f"no organisation {body.org_id[:64]!r}", field="org_id")
         return Scope(kind="org", org_id=body.org_id, read_only=body.read_only)
     project = st.directory.get(body.project_id or DEFAULT_PROJECT)
     if project is None:
@@ -84,7 +87,7 @@ async def list_keys(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     st, principal = await _manager(request)
     body: KeyCreate = decode_json(_create_decoder, await st.read_body(request))
-    scope = _requested_scope(st, body)
+    scope = await _requested_scope(st, body)
     if not _manages(principal.scope, scope):
         if scope.kind == "admin":
             raise HTTPError(403, "forbidden", "only an admin key can create admin keys")
