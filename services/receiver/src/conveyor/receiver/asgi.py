@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from conveyor.shared.http import HTTPError
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 App = Callable[
@@ -45,7 +47,8 @@ def scope_of(request: web.Request) -> Scope:
 
 
 async def serve(request: web.Request, app: App) -> web.StreamResponse:
-    """Run ``app`` for ``request``; its answer, already sent (prepared) or an empty 500."""
+    """Run ``app`` for ``request``; its answer, already sent (prepared). An app that ended
+    without answering is the server's failure: HTTPError 503, which the edge answers as JSON."""
     done = asyncio.Event()
     body_done = False
     resp: web.StreamResponse | None = None
@@ -90,5 +93,5 @@ async def serve(request: web.Request, app: App) -> web.StreamResponse:
     finally:
         done.set()
     if resp is None:
-        return web.Response(status=500)
+        raise HTTPError(503, "unavailable", "the handler ended without an answer; retry")
     return resp
