@@ -85,3 +85,13 @@ def test_redact_url(url: str, shown: str) -> None:
 def test_redact_urls_hides_every_server_of_a_list() -> None:
     servers = "nats://u:s3cret@n1:4222, nats://t0ken@n2:4222,n3:4222"
     assert redact_urls(servers) == "nats://u:***@n1:4222, nats://***@n2:4222,n3:4222"
+
+
+def test_urls_inside_text_have_their_credentials_hidden() -> None:
+    from conveyor.shared.urls import redact_text
+
+    text = '{"a":"https://u:pw@h.example/x","b":"http://tok@h2:8080","c":"mail me@x.org"}'
+    assert (
+        redact_text(text) == '{"a":"https://u:***@h.example/x","b":"http://***@h2:8080","c":"mail me@x.org"}'
+    )
+    assert redact_text("no urls") == "no urls"

@@ -31,7 +31,8 @@ async def test_dead_letters_belong_to_their_project(
     await make_project(receiver, "alpha")
     await make_project(receiver, "beta")
     alpha, beta = await project_key(receiver, "alpha"), await project_key(receiver, "beta")
-    await _dead(js, json.dumps({"job_id": "job_a", "project": "alpha"}).encode(), "results.job_a")
+    body_a = {"job_id": "job_a", "project": "alpha", "callback_url": "https://cb:s3cret@hooks.example.com/in"}
+    await _dead(js, json.dumps(body_a).encode(), "results.job_a")
     await _dead(js, json.dumps({"job_id": "job_b", "project": "beta"}).encode(), "results.job_b")
     await _dead(js, b"not json at all", "results.job_x")
 
@@ -56,6 +57,7 @@ async def test_dead_letters_belong_to_their_project(
     got = (await receiver.http.get(f"/api/dead-letters/{mine['results.job_a']}", headers=alpha)).json()
     assert (got["project"], got["stage"], got["error"]) == ("alpha", "deliver", "HTTP 500")
     assert json.loads(got["body"])["job_id"] == "job_a"
+    assert json.loads(got["body"])["callback_url"] == "https://cb:***@hooks.example.com/in"  # not its secret
 
     # Replaying one's own: back on its subject, gone from the DLQ; a read-only key may not.
     reader = await project_key(receiver, "alpha", read_only=True)

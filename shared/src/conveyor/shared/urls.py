@@ -123,6 +123,17 @@ def redact_url(url: str) -> str:
     return _hidden(authority) + slash + rest
 
 
+# A URL inside other text (JSON, a log line): its authority also ends at a quote.
+_AUTHORITY_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#\s\"'<>]*@[^/?#\s\"'<>]*)")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the user info of every URL in it hidden (as redact_url hides one)."""
+    if "@" not in text:
+        return text
+    return _AUTHORITY_IN_TEXT.sub(lambda m: m.group(1) + _hidden(m.group(2)), text)
+
+
 def redact_urls(servers: str) -> str:
     """A comma-separated server list (``NATS_URL``) with every entry's credentials hidden;
     split as the runner splits it to connect."""

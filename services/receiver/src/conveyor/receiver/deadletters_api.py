@@ -21,6 +21,7 @@ from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import deadletters, subjects
 from conveyor.shared.deadletters import DeadLetter
 from conveyor.shared.http import HTTPError
+from conveyor.shared.urls import redact_text
 
 E = None
 _SCAN_MAX = 2000  # letters looked at per page, seen or not: a page costs a bounded amount
@@ -66,7 +67,9 @@ def _view(letter: DeadLetter, *, body: bool = False) -> DeadLetterView:
         project=letter.project,
         size=len(letter.data),
         time=letter.time,
-        body=letter.data[:_BODY_MAX].decode(errors="replace") if body else None,
+        # The body as it was published; a callback URL in it keeps its credentials (a replay
+        # sends them), so readers see them hidden.
+        body=redact_text(letter.data[:_BODY_MAX].decode(errors="replace")) if body else None,
     )
 
 
