@@ -58,6 +58,15 @@ class AgentResult(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     timestamp: dt.datetime
 
 
+class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens an LLM run used (one response, or the sum over a job) and what they cost."""
+
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
 # --- events.<source>.<type> -------------------------------------------------------------------
 
 

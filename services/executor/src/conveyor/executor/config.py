@@ -40,6 +40,11 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     env_allowlist: list[str] | None = None
     instant: bool | None = None  # returns in microseconds: no separate "processing" write
     description: str | None = None
+    tools: list[str] | None = None  # tools an LLM agent may call (http_fetch, github, slack, delegate)
+    allowed_hosts: list[str] | None = None  # hosts http_fetch may reach
+    max_tool_calls: int | None = None  # per run
+    max_run_tokens: int | None = None  # input + output tokens per run, over all its responses
+    stream: bool | None = None  # stream the model's answer (tokens reach the job's SSE stream)
 
 
 class Settings(BaseSettings, frozen=True, kw_only=True):

@@ -109,6 +109,11 @@ class Agent:
     env_allowlist: tuple[str, ...] = ()
     instant: bool = False
     description: str = ""
+    tools: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    max_tool_calls: int = 20
+    max_run_tokens: int | None = None
+    stream: bool = False
 
     @property
     def max_attempts(self) -> int:
@@ -199,6 +204,11 @@ def build_registry(settings: Settings) -> dict[str, Agent]:
             ),
             instant=bool(cfg.instant) and backend == "builtin",
             description=cfg.description or "",
+            tools=tuple(cfg.tools or ()),
+            allowed_hosts=tuple(cfg.allowed_hosts or ()),
+            max_tool_calls=cfg.max_tool_calls if cfg.max_tool_calls is not None else 20,
+            max_run_tokens=cfg.max_run_tokens,
+            stream=bool(cfg.stream),
         )
     return agents
 

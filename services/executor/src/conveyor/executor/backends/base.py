@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import msgspec
 
 from conveyor.executor.registry import Agent
-from conveyor.shared.events import NOT_JSON, JobRequest, ResultBody
+from conveyor.shared.events import NOT_JSON, JobRequest, ResultBody, TokenUsage
 
 
 class AgentError(Exception):
@@ -39,6 +39,26 @@ class MalformedOutput(TransientError):
     """The agent answered, but not with a result we can use; a new attempt may do better."""
 
 
+class BudgetExceeded(AgentError):
+    """The project's token or cost budget is spent: the run stops and is not retried."""
+
+
+def _no_output(text: str) -> None:
+    return None
+
+
+def _no_usage(usage: TokenUsage) -> None:
+    return None
+
+
+async def _no_credentials(provider: str) -> str | None:
+    return None
+
+
+async def _no_delegate(agent: str, task: str) -> ResultBody:
+    raise AgentError("delegation is not available to this run")
+
+
 @dataclass
 class AgentJob:
     """One attempt of one job, as a backend sees it."""
@@ -49,6 +69,16 @@ class AgentJob:
     deadline: float  # time.monotonic() by which the attempt must end
     log: Callable[[str, str], None]  # (level, message) -> the job's log
     progress: Callable[[int], None]
+    # Text as the model streams it: output events on the job's SSE stream (and progress
+    # callbacks when the project asks for them).
+    output: Callable[[str], None] = field(default=_no_output)
+    # One LLM response's usage, reported as soon as it is known; raises BudgetExceeded when
+    # the project's budget is spent, which ends the run.
+    usage: Callable[[TokenUsage], None] = field(default=_no_usage)
+    # provider ("github", "slack") -> a token for the job's project, None when not connected.
+    credentials: Callable[[str], Awaitable[str | None]] = field(default=_no_credentials)
+    # (agent, task) -> run another agent of the job's project on the task and wait for it.
+    delegate: Callable[[str, str], Awaitable[ResultBody]] = field(default=_no_delegate)
 
     @property
     def remaining_s(self) -> float:
