@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import msgspec
 
 from conveyor.shared.config import BaseSettings, Secret
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from conveyor.shared.ssrf import IPNetwork, parse_networks
 
 
 class Settings(BaseSettings, frozen=True, kw_only=True):
@@ -98,15 +95,7 @@ def retry_schedule(settings: Settings) -> list[float]:
 
 
 def allowed_networks(settings: Settings) -> list[IPNetwork]:
-    nets: list[IPNetwork] = []
-    for part in settings.callback_allowed_networks.split(","):
-        if not part.strip():
-            continue
-        try:
-            nets.append(ipaddress.ip_network(part.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"CALLBACK_ALLOWED_NETWORKS: {part.strip()!r} is not a CIDR") from None
-    return nets
+    return parse_networks(settings.callback_allowed_networks, "CALLBACK_ALLOWED_NETWORKS")
 
 
 def _split_secrets(value: str, setting: str) -> list[str]:

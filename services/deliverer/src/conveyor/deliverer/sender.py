@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from conveyor.deliverer.http_client import CallbackClient, ProtocolError, Target, UnsendableHeader
-from conveyor.deliverer.ssrf import AddressPolicy, BlockedAddressError
+from conveyor.shared.ssrf import AddressPolicy, BlockedAddressError
 from conveyor.shared.urls import InvalidCallbackURL, check_callback_url, redact_url
 
 Kind = Literal["ok", "retry", "final", "refused"]

@@ -25,12 +25,12 @@ from conveyor.deliverer.projects import ProjectCallbacks
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import build_client
 from conveyor.deliverer.signing_keys import SigningKeys
-from conveyor.deliverer.ssrf import AddressPolicy
 from conveyor.shared import subjects
 from conveyor.shared.integration import IntegrationRecorder
 from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.runner import Runtime, ServiceSpec
 from conveyor.shared.sealing import Sealer
+from conveyor.shared.ssrf import AddressPolicy
 from conveyor.shared.tenancy import Directory, Project, project_decoder
 
 TEST_SEND_CONCURRENCY = 8

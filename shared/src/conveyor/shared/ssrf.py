@@ -1,6 +1,8 @@
-"""SSRF guard: callbacks reach only public addresses, checked on the address actually dialled.
+"""SSRF guard: outbound requests to addresses users chose (the deliverer's callbacks, the
+executor's http_fetch tool) reach only public addresses, checked on the address actually dialled.
 
-The policy is applied by the callback client (``http_client``) on every new connection: a
+The policy is applied by the client on every new connection (the deliverer's ``http_client``,
+the executor's ``tools.http_fetch``): a
 name's answers are checked as a whole, and one non-public answer refuses the name (a host
 that answers with one public and one internal address is refused); the client then dials
 only the addresses it checked and never resolves again for that connection, so a DNS answer
@@ -55,26 +57,40 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class BlockedAddressError(Exception):
-    """The callback host resolves to an address callbacks may not reach.
+    """The host resolves to an address the policy's requests may not reach.
 
     Not an OSError on purpose: the client must not take it for a connection failure to be
     retried on the next address or the next attempt."""
 
-    def __init__(self, host: str, address: str, reason: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        address: str,
+        reason: str,
+        what: str = "callback",
+        setting: str = "CALLBACK_ALLOWED_NETWORKS",
+    ) -> None:
         shown = host if host == address else f"{host} ({address})"
-        super().__init__(
-            f"callback refused: {shown} is a {reason} address (CALLBACK_ALLOWED_NETWORKS can allow it)"
-        )
+        super().__init__(f"{what} refused: {shown} is a {reason} address ({setting} can allow it)")
         self.host = host
         self.address = address
         self.reason = reason
 
 
 class AddressPolicy:
-    """Which addresses callbacks may reach: public unicast ones, plus the allowed networks."""
+    """Which addresses requests may reach: public unicast ones, plus the allowed networks.
+    ``what`` and ``setting`` name the requests and the setting that allows more, in refusals."""
 
-    def __init__(self, allowed: tuple[IPNetwork, ...] | list[IPNetwork] = ()) -> None:
+    def __init__(
+        self,
+        allowed: tuple[IPNetwork, ...] | list[IPNetwork] = (),
+        *,
+        what: str = "callback",
+        setting: str = "CALLBACK_ALLOWED_NETWORKS",
+    ) -> None:
         self.allowed = tuple(allowed)
+        self.what = what
+        self.setting = setting
 
     def refusal(self, ip: IPAddress) -> str | None:
         """Why ``ip`` is refused, or None when it may be reached."""
@@ -89,10 +105,10 @@ class AddressPolicy:
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
-            raise BlockedAddressError(host, address, "unparseable") from None
+            raise BlockedAddressError(host, address, "unparseable", self.what, self.setting) from None
         reason = self.refusal(ip)
         if reason is not None:
-            raise BlockedAddressError(host, str(ip), reason)
+            raise BlockedAddressError(host, str(ip), reason, self.what, self.setting)
 
 
 def kind_of(ip: IPAddress) -> str | None:
@@ -120,3 +136,16 @@ def kind_of(ip: IPAddress) -> str | None:
     if ip.is_reserved or not ip.is_global:
         return "non-public"
     return None
+
+
+def parse_networks(text: str, setting: str) -> list[IPNetwork]:
+    """Comma-separated CIDRs (a setting's value); ValueError naming the setting and the bad one."""
+    nets: list[IPNetwork] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{setting}: {part.strip()!r} is not a CIDR") from None
+    return nets
