@@ -84,6 +84,20 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     command_env_allowlist: list[str] = msgspec.field(default_factory=lambda: ["PATH", "LANG", "LC_ALL", "TZ"])
     max_output_bytes: int = 4 * 1024 * 1024
     """MAX_OUTPUT_BYTES: the most a command agent may write to stdout (or an LLM answer)."""
+    github_api_url: str = "https://api.github.com"
+    """GITHUB_API_URL: the GitHub REST API the github tool and the pr-review agent call."""
+    github_token: Secret | None = None
+    """GITHUB_TOKEN: a deployment-wide GitHub token, used only for a job whose project has no
+    GitHub integration connected (a single-team deployment); unset: such jobs post nothing."""
+    slack_api_url: str = "https://slack.com/api"
+    """SLACK_API_URL: the Slack Web API the slack tool calls."""
+    tool_allowed_networks: str = ""
+    """TOOL_ALLOWED_NETWORKS: comma-separated CIDRs http_fetch may reach although they are
+    loopback, private or otherwise non-public (the deliverer's SSRF guard, as for callbacks)."""
+    tool_timeout_s: float = 30.0
+    """TOOL_TIMEOUT_S: the longest one tool call's HTTP request may take (within the run's time)."""
+    http_fetch_max_bytes: int = 1024 * 1024
+    """HTTP_FETCH_MAX_BYTES: the most of a body http_fetch reads; the rest is cut off."""
     agents: list[AgentConfig | str] = []
     """AGENTS: agents added to, or overriding fields of, the shipped ones. A bare name is an agent
     with every field at its default (so the receiver's list of names is valid here too)."""
@@ -99,5 +113,8 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
             raise ValueError("CONCURRENCY and ROUTER_CONCURRENCY must be at least 1")
         if self.ack_wait_s < 1:
             raise ValueError("ACK_WAIT_S must be at least 1 second")
+        from conveyor.shared.ssrf import parse_networks
+
+        parse_networks(self.tool_allowed_networks, "TOOL_ALLOWED_NETWORKS")
         agents = build_registry(self)
         build_routes(self, agents)

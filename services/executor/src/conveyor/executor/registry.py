@@ -14,6 +14,7 @@ import msgspec
 
 from conveyor.executor.builtin import ANALYSES
 from conveyor.executor.config import PAYLOAD_AGENT, AgentConfig
+from conveyor.executor.tools import TOOL_NAMES
 from conveyor.shared import subjects
 from conveyor.shared.config import Secret
 
@@ -66,6 +67,21 @@ SHIPPED: tuple[AgentConfig, ...] = (
         "and usability problems and propose concrete fixes." + _OUTPUT,
     ),
     AgentConfig(
+        name="pr-review",
+        backend="auto",
+        description="reviews a GitHub pull request's diff and posts the review as a comment",
+        system_prompt=(
+            "You review GitHub pull requests. The input is GitHub's pull_request webhook. If its action "
+            "is not opened or synchronize, answer at once that there is nothing to review. Otherwise "
+            "read the change with github_pull_request_diff (repo = repository.full_name, number = "
+            "number), review it like a senior engineer (bugs, risky patterns, missing tests, simpler "
+            "alternatives), then post your review with github_post_comment as concise Markdown. If "
+            "the comment cannot be posted, say so in the summary."
+        )
+        + _OUTPUT,
+        tools=["github"],
+    ),
+    AgentConfig(
         name="noop",
         backend="builtin",
         description="returns at once (benchmarks)",
@@ -85,6 +101,8 @@ DEFAULT_ROUTES: dict[str, tuple[str, ...]] = {
     "project.created": ("architect",),
     # An update is a change to review; dev reviews a diff when there is one, else the files.
     "project.updated": ("dev",),
+    # GitHub's pull_request webhook (X-GitHub-Event): opened and synchronize are reviewed.
+    "pull_request": ("pr-review",),
 }
 
 
@@ -172,6 +190,15 @@ def build_registry(settings: Settings) -> dict[str, Agent]:
             raise ValueError(f"{where}: timeout_ms must be positive")
         if cfg.concurrency is not None and cfg.concurrency < 1:
             raise ValueError(f"{where}: concurrency must be at least 1")
+        for tool in cfg.tools or ():
+            if tool not in TOOL_NAMES:
+                raise ValueError(f"{where}: unknown tool {tool!r} (tools: {', '.join(TOOL_NAMES)})")
+        if "http_fetch" in (cfg.tools or ()) and not cfg.allowed_hosts:
+            raise ValueError(f"{where}: tool 'http_fetch' needs allowed_hosts (the hosts it may fetch from)")
+        if cfg.max_tool_calls is not None and cfg.max_tool_calls < 0:
+            raise ValueError(f"{where}: max_tool_calls must be 0 or more")
+        if cfg.max_run_tokens is not None and cfg.max_run_tokens < 1:
+            raise ValueError(f"{where}: max_run_tokens must be at least 1")
         if backend == "openai":
             model = cfg.model or settings.openai_model
             base_url = cfg.base_url or settings.openai_base_url or "https://api.openai.com/v1"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from conveyor.executor.backends.base import AgentError, AgentJob
 from conveyor.executor.builtin import ANALYSES, Payload
 from conveyor.shared.events import NOT_JSON, ResultBody
+
+if TYPE_CHECKING:
+    from conveyor.executor.tools.box import Toolbox
 
 # Payloads above this are analysed in a thread so a big upload never stalls other jobs.
 INLINE_BYTES = 64 * 1024
@@ -33,10 +37,20 @@ def sleep_ms(payload: Payload) -> int:
 class BuiltinBackend:
     name = "builtin"
 
+    def __init__(self, tools: Toolbox | None = None) -> None:
+        self.tools = tools
+
     async def run(self, job: AgentJob) -> ResultBody:
         name = job.agent.builtin
         if name == "noop":
             return ResultBody(summary=f"{job.agent.name}: nothing to do (noop agent)")
+        if name == "pr-review":
+            if self.tools is None:
+                raise AgentError("pr-review needs the GitHub client, which this backend was built without")
+            # Imported here: the tools are built on this package's base module.
+            from conveyor.executor.tools.review import review_pull_request
+
+            return await review_pull_request(job, self.tools.github)
         raw = bytes(job.request.input)
         try:
             value = msgspec.json.decode(raw) if raw else {}

@@ -27,6 +27,7 @@ ANALYSES: dict[str, Analysis | None] = {
     "ux-design-expert": ux.analyse,
     "noop": noop,
     "sleep": None,  # asynchronous: handled by the backend
+    "pr-review": None,  # fetches a pull request's diff: handled by the backend (tools.review)
 }
 
 __all__ = ["ANALYSES", "Analysis", "Payload"]
