@@ -29,6 +29,9 @@ def test_defaults_ship_five_agents_on_builtin_and_the_documented_routes() -> Non
     assert route_for(routes, "lovable", "project.created") == ("architect",)
     assert route_for(routes, "lovable", "project.updated") == ("dev",)
     assert route_for(routes, "github", "push") == ()
+    # GitHub pull requests are reviewed by default (offline: the builtin pr-review).
+    assert route_for(routes, "github", "pull_request") == ("pr-review",)
+    assert agents["pr-review"].backend == "builtin" and agents["pr-review"].tools == ("github",)
 
 
 def test_shipped_agents_use_the_llm_when_one_is_configured() -> None:
@@ -89,6 +92,11 @@ def test_a_list_of_names_is_accepted() -> None:
         ({"ROUTES": '{"project.created": ["nobody"]}'}, "unknown agent 'nobody'"),
         ({"CONCURRENCY": "0"}, "CONCURRENCY"),
         ({"AIOS_AGENT_TIMEOUT_MS": "soon"}, "AIOS_AGENT_TIMEOUT_MS"),
+        ({"AGENTS": '[{"name": "dev", "tools": ["shell"]}]'}, "agent 'dev': unknown tool 'shell'"),
+        ({"AGENTS": '[{"name": "dev", "tools": ["http_fetch"]}]'}, "tool 'http_fetch' needs allowed_hosts"),
+        ({"AGENTS": '[{"name": "dev", "max_tool_calls": -1}]'}, "max_tool_calls must be 0 or more"),
+        ({"AGENTS": '[{"name": "dev", "max_run_tokens": 0}]'}, "max_run_tokens must be at least 1"),
+        ({"TOOL_ALLOWED_NETWORKS": "127.0.0.0/8,lan"}, "TOOL_ALLOWED_NETWORKS: 'lan' is not a CIDR"),
     ],
 )
 def test_bad_settings_stop_the_start_with_a_clear_line(env: dict[str, str], says: str) -> None:

@@ -1,16 +1,18 @@
 """Tools for LLM agents against local servers that follow the documented APIs: OpenAI's and
 Anthropic's tool calling (plain and streamed), GitHub's pull request and comment endpoints,
 Slack's chat.postMessage; http_fetch's allowlist and SSRF guard; the per-run limits; the
-offline pr-review agent."""
+offline pr-review agent; the example in docs/agents.md."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import json
+import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,9 +22,11 @@ from aiohttp import web
 from conveyor.executor.backends.base import AgentError, AgentJob, BudgetExceeded
 from conveyor.executor.backends.builtin import BuiltinBackend
 from conveyor.executor.backends.http_llm import AnthropicBackend, OpenAIBackend
-from conveyor.executor.registry import Agent
+from conveyor.executor.config import Settings
+from conveyor.executor.registry import Agent, build_registry
 from conveyor.executor.tools.box import Toolbox, ToolSettings
-from conveyor.shared.config import Secret
+from conveyor.executor.tools.http_fetch import host_allowed
+from conveyor.shared.config import Secret, load_settings
 from conveyor.shared.events import JobRequest, ResultBody, TokenUsage
 from conveyor.shared.testing.fake_github import FakeGitHub
 from conveyor.shared.testing.fake_llm import FakeLLM, ToolCall, Turn, tool_results
@@ -593,3 +597,71 @@ async def test_offline_pr_review_of_an_unknown_pull_request_fails_clearly(
         await BuiltinBackend(toolbox(http, github)).run(make_job(REVIEWER, Seen(), pr_event(number=99)))
     with pytest.raises(AgentError, match="not a GitHub pull_request event"):
         await BuiltinBackend(toolbox(http, github)).run(make_job(REVIEWER, Seen(), {"action": "opened"}))
+
+
+# --- docs/agents.md, "Tools and their allowlists": its example runs as the page says ---------
+
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "agents.md"
+
+
+def section_toml() -> str:
+    text = DOC.read_text()
+    section = text.split("## Tools and their allowlists", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```toml\n(.*?)```", section, re.S)
+    return block
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    path = tmp_path / "conveyor.toml"
+    path.write_text(section_toml())
+    return load_settings(Settings, {"CONVEYOR_CONFIG": str(path)}, section="executor")
+
+
+def test_the_example_builds_an_agent_with_its_tools_and_limits(settings: Settings) -> None:
+    agent = build_registry(settings)["release-notes"]
+    assert agent.backend == "openai" and agent.tools == ("github", "http_fetch", "slack", "delegate")
+    assert agent.allowed_hosts == ("docs.example.com", "*.readthedocs.io")
+    assert (agent.max_tool_calls, agent.max_run_tokens, agent.stream) == (10, 50000, True)
+    assert host_allowed("docs.example.com", agent.allowed_hosts)
+    assert host_allowed("conveyor.readthedocs.io", agent.allowed_hosts)
+    assert not host_allowed("readthedocs.io", agent.allowed_hosts)
+    assert not host_allowed("example.com", agent.allowed_hosts)
+
+
+async def test_the_example_agent_runs_with_its_tools_allowlist_and_limit(
+    settings: Settings, llm: FakeLLM
+) -> None:
+    agent = replace(
+        build_registry(settings)["release-notes"], base_url=llm.url + "/v1", api_key=Secret("sk-test")
+    )
+    async with httpx.AsyncClient() as http:
+        backend = OpenAIBackend(
+            http, connect_timeout_s=5, retry_after_cap_s=5, tools=Toolbox(http, ToolSettings())
+        )
+        llm.script = [
+            Turn(tool_calls=[ToolCall("http_fetch", {"url": "https://intranet.example.net/notes"})]),
+            lambda body: Turn(text=json.dumps({"summary": tool_results(body)[0]})),
+        ]
+        seen = Seen()
+        result = await backend.run(make_job(agent, seen))
+        assert result.summary == "error: host 'intranet.example.net' is not in this agent's allowed_hosts"
+        tools = [t["function"]["name"] for t in llm.requests[0].body["tools"]]
+        assert tools == [
+            "http_fetch",
+            "github_pull_request_files",
+            "github_pull_request_diff",
+            "github_post_comment",
+            "slack_post_message",
+            "delegate",
+        ]
+        assert "".join(seen.output) == json.dumps({"summary": result.summary})  # stream = true
+
+        # The limit's error, word for word as the page quotes it.
+        many = [ToolCall("delegate", {"agent": "pm", "task": f"part {i}"}) for i in range(11)]
+        llm.script = [Turn(tool_calls=many), Turn(text=ANSWER)]
+        with pytest.raises(AgentError) as err:
+            await backend.run(make_job(agent, Seen()))
+        quoted = re.search(r"\(`(stopped: [^`]*)`\)", DOC.read_text().replace("\n  ", " "))
+        assert quoted is not None and str(err.value) == quoted.group(1)
