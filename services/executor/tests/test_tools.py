@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from aiohttp import web
 
@@ -24,10 +25,13 @@ from conveyor.executor.backends.builtin import BuiltinBackend
 from conveyor.executor.backends.http_llm import AnthropicBackend, OpenAIBackend
 from conveyor.executor.config import Settings
 from conveyor.executor.registry import Agent, build_registry
+from conveyor.executor.service import SPEC
 from conveyor.executor.tools.box import Toolbox, ToolSettings
 from conveyor.executor.tools.http_fetch import host_allowed
+from conveyor.shared import subjects
 from conveyor.shared.config import Secret, load_settings
-from conveyor.shared.events import JobRequest, ResultBody, TokenUsage
+from conveyor.shared.events import JobRecord, JobRequest, ResultBody, TokenUsage, WebhookEvent
+from conveyor.shared.runner import serve
 from conveyor.shared.testing.fake_github import FakeGitHub
 from conveyor.shared.testing.fake_llm import FakeLLM, ToolCall, Turn, tool_results
 from conveyor.shared.testing.fake_slack import FakeSlack
@@ -665,3 +669,73 @@ async def test_the_example_agent_runs_with_its_tools_allowlist_and_limit(
             await backend.run(make_job(agent, Seen()))
         quoted = re.search(r"\(`(stopped: [^`]*)`\)", DOC.read_text().replace("\n  ", " "))
         assert quoted is not None and str(err.value) == quoted.group(1)
+
+
+# --- pr-review with an LLM, through a real executor --------------------------------------------
+
+
+async def test_with_an_llm_a_pull_request_event_runs_pr_review_as_an_llm_agent_with_the_github_tool(
+    bus: Any, make_settings: Any, llm: FakeLLM, github: FakeGitHub
+) -> None:
+    def review(body: dict[str, Any]) -> Turn:
+        [diff] = tool_results(body)
+        assert "SELECT * FROM users" in diff
+        return Turn(
+            tool_calls=[
+                ToolCall("github_post_comment", {"repo": "acme/app", "number": 7, "body": "Use parameters."})
+            ]
+        )
+
+    llm.script = [
+        Turn(tool_calls=[ToolCall("github_pull_request_diff", {"repo": "acme/app", "number": 7})]),
+        review,
+        Turn(text=ANSWER),
+    ]
+    settings = make_settings(
+        anthropic_base_url=llm.url,
+        anthropic_api_key=Secret("sk-test"),
+        github_api_url=github.url,
+        github_token=Secret(GH_TOKEN),
+    )
+    async with serve(SPEC, settings):
+        job_id = "job_pr_review_llm_1"
+        now = dt.datetime.now(dt.UTC)
+        payload = json.dumps(pr_event()).encode()
+        rec = JobRecord(
+            job_id=job_id,
+            status="queued",
+            created_at=now,
+            updated_at=now,
+            source="github",
+            event_type="pull_request",
+            project="default",
+        )
+        await bus.jobs.create(job_id, msgspec.json.encode(rec))
+        ev = WebhookEvent(
+            event_id="d-1",
+            job_id=job_id,
+            source="github",
+            type="pull_request",
+            received_at=now,
+            payload=msgspec.Raw(payload),
+            project="default",
+        )
+        await bus.js.publish(subjects.event("github", "pull_request"), msgspec.json.encode(ev))
+        done = await bus.until(job_id, "completed")
+        assert done.agent == "pr-review" and done.backend == "anthropic"
+        [comment] = github.comments
+        assert comment.body == "Use parameters." and comment.headers["Authorization"] == f"Bearer {GH_TOKEN}"
+        first = llm.requests[0].body
+        assert [t["name"] for t in first["tools"]] == [
+            "github_pull_request_files",
+            "github_pull_request_diff",
+            "github_post_comment",
+        ]
+        assert (
+            "pull_request webhook" in first["system"]
+            and '"full_name": "acme/app"' in first["messages"][0]["content"]
+        )
+        lines = " ".join(await bus.log_lines(job_id))
+        assert (
+            "tool github_pull_request_diff(" in lines and "review posted as a comment on acme/app#7" in lines
+        )
