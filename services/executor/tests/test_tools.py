@@ -292,6 +292,29 @@ async def test_max_run_tokens_ends_the_run_counted_from_the_responses_usage(
     assert len(llm.requests) == 2 and len(seen.usage) == 2
 
 
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_a_run_that_posted_a_comment_is_not_retried_when_its_answer_is_malformed(
+    api: str, llm: FakeLLM, github: FakeGitHub, http: httpx.AsyncClient
+) -> None:
+    post = ToolCall("github_post_comment", {"repo": "acme/app", "number": 7, "body": "LGTM"})
+    llm.script = [Turn(tool_calls=[post]), Turn(text="no JSON here")]
+    seen = Seen(tokens={"github": GH_TOKEN})
+    run = backend(api, http, toolbox(http, github)).run
+    with pytest.raises(
+        AgentError, match="not retried: this attempt already called github_post_comment"
+    ) as err:
+        await run(make_job(llm_agent(llm, api, tools=("github",)), seen))
+    assert not err.value.transient and len(github.comments) == 1
+    # Without a call that changed something, the same answer is worth another attempt.
+    llm.script = [
+        Turn(tool_calls=[ToolCall("github_pull_request_diff", {"repo": "acme/app", "number": 7})]),
+        Turn(text="no JSON here"),
+    ]
+    with pytest.raises(AgentError, match="no JSON object found") as err:
+        await run(make_job(llm_agent(llm, api, tools=("github",)), seen))
+    assert err.value.transient
+
+
 async def test_budget_exceeded_from_the_usage_callback_ends_the_run(
     llm: FakeLLM, github: FakeGitHub, http: httpx.AsyncClient
 ) -> None:

@@ -10,6 +10,7 @@ delta goes to ``job.output`` as it arrives. Every response's usage goes to ``job
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,7 @@ class _Limits:
         self.job = job
         self.tool_calls = 0
         self.tokens = 0
+        self.acted: list[str] = []  # calls that changed something outside (a comment, a message)
 
     def usage(self, usage: Any) -> None:
         """Report one response's usage (BudgetExceeded from the callback ends the run)."""
@@ -176,10 +178,27 @@ class _HttpBackend:
     def toolset(self, job: AgentJob) -> list[Any]:
         return self.tools.for_agent(job) if self.tools is not None and job.agent.tools else []
 
-    async def call_tool(self, job: AgentJob, name: Any, arguments: Any) -> tuple[str, bool]:
+    async def call_tool(self, job: AgentJob, limits: _Limits, name: Any, arguments: Any) -> tuple[str, bool]:
         if self.tools is None:
             raise MalformedOutput(f"the model called a tool ({name!r}) but this agent has none")
-        return await self.tools.call(job, str(name), arguments)
+        text, failed = await self.tools.call(job, str(name), arguments)
+        if not failed and self.tools.acts(str(name)):
+            limits.acted.append(str(name))
+        return text, failed
+
+    async def run(self, job: AgentJob) -> ResultBody:
+        limits = _Limits(job)
+        try:
+            return await self.converse(job, limits)
+        except TransientError as exc:
+            # Another attempt would post the comment or the message again: not retried.
+            if limits.acted:
+                done = ", ".join(dict.fromkeys(limits.acted))
+                raise AgentError(f"{exc} (not retried: this attempt already called {done})") from exc
+            raise
+
+    async def converse(self, job: AgentJob, limits: _Limits) -> ResultBody:
+        raise NotImplementedError
 
 
 class OpenAIBackend(_HttpBackend):
@@ -188,7 +207,7 @@ class OpenAIBackend(_HttpBackend):
 
     name = "openai"
 
-    async def run(self, job: AgentJob) -> ResultBody:
+    async def converse(self, job: AgentJob, limits: _Limits) -> ResultBody:
         agent = job.agent
         headers = {"content-type": "application/json"}
         if agent.api_key:
@@ -212,7 +231,6 @@ class OpenAIBackend(_HttpBackend):
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         url = f"{agent.base_url}/chat/completions"
-        limits = _Limits(job)
         while True:
             if agent.stream:
                 message, finish = await self._streamed(job, url, headers, body, limits)
@@ -237,7 +255,7 @@ class OpenAIBackend(_HttpBackend):
                     arguments = msgspec.json.decode(raw) if isinstance(raw, str) else raw
                 except NOT_JSON:
                     arguments = raw  # the toolbox answers that the arguments are not an object
-                text, _ = await self.call_tool(job, fn.get("name"), arguments)
+                text, _ = await self.call_tool(job, limits, fn.get("name"), arguments)
                 messages.append({"role": "tool", "tool_call_id": call.get("id"), "content": text})
 
     async def _answered(
@@ -264,30 +282,32 @@ class OpenAIBackend(_HttpBackend):
         calls: dict[int, dict[str, Any]] = {}
         finish: str | None = None
         usage: Any = None
-        async for _, chunk in self.events(job, url, headers, body):
-            if chunk == "[DONE]":
-                break
-            if not isinstance(chunk, dict):
-                continue
-            if isinstance(chunk.get("error"), dict):
-                raise TransientError(f"openai API stream failed: {str(chunk['error'].get('message'))[:300]}")
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk.get("choices") or []:
-                delta = choice.get("delta") or {}
-                if isinstance(text := delta.get("content"), str) and text:
-                    content.append(text)
-                    job.output(text)
-                for piece in delta.get("tool_calls") or []:
-                    index = piece.get("index", 0)
-                    call = calls.setdefault(
-                        index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
-                    )
-                    call["id"] = piece.get("id") or call["id"]
-                    fn = piece.get("function") or {}
-                    call["function"]["name"] += fn.get("name") or ""
-                    call["function"]["arguments"] += fn.get("arguments") or ""
-                finish = choice.get("finish_reason") or finish
+        async with contextlib.aclosing(self.events(job, url, headers, body)) as events:
+            async for _, chunk in events:
+                if chunk == "[DONE]":
+                    break
+                if not isinstance(chunk, dict):
+                    continue
+                if isinstance(chunk.get("error"), dict):
+                    message = str(chunk["error"].get("message"))[:300]
+                    raise TransientError(f"openai API stream failed: {message}")
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if isinstance(text := delta.get("content"), str) and text:
+                        content.append(text)
+                        job.output(text)
+                    for piece in delta.get("tool_calls") or []:
+                        index = piece.get("index", 0)
+                        call = calls.setdefault(
+                            index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                        )
+                        call["id"] = piece.get("id") or call["id"]
+                        fn = piece.get("function") or {}
+                        call["function"]["name"] += fn.get("name") or ""
+                        call["function"]["arguments"] += fn.get("arguments") or ""
+                    finish = choice.get("finish_reason") or finish
         limits.usage(usage)
         message: dict[str, Any] = {
             "role": "assistant",
@@ -304,7 +324,7 @@ class AnthropicBackend(_HttpBackend):
 
     name = "anthropic"
 
-    async def run(self, job: AgentJob) -> ResultBody:
+    async def converse(self, job: AgentJob, limits: _Limits) -> ResultBody:
         agent = job.agent
         assert agent.api_key is not None
         headers = {
@@ -328,7 +348,6 @@ class AnthropicBackend(_HttpBackend):
         if agent.stream:
             body["stream"] = True
         url = f"{agent.base_url}/v1/messages"
-        limits = _Limits(job)
         while True:
             if agent.stream:
                 blocks, stop = await self._streamed(job, url, headers, body, limits)
@@ -344,7 +363,7 @@ class AnthropicBackend(_HttpBackend):
             messages.append({"role": "assistant", "content": blocks})
             results: list[dict[str, Any]] = []
             for use in uses:
-                text, failed = await self.call_tool(job, use.get("name"), use.get("input"))
+                text, failed = await self.call_tool(job, limits, use.get("name"), use.get("input"))
                 result: dict[str, Any] = {
                     "type": "tool_result",
                     "tool_use_id": use.get("id"),
@@ -374,43 +393,44 @@ class AnthropicBackend(_HttpBackend):
         json_parts: dict[int, list[str]] = {}
         usage: dict[str, Any] = {}
         stop: str | None = None
-        async for event, data in self.events(job, url, headers, body):
-            if not isinstance(data, dict):
-                continue
-            kind = data.get("type") or event
-            index = data.get("index", 0)
-            if kind == "message_start":
-                usage.update((data.get("message") or {}).get("usage") or {})
-            elif kind == "content_block_start":
-                block = dict(data.get("content_block") or {})
-                if block.get("type") == "tool_use":
-                    json_parts[index] = []
-                blocks[index] = block
-            elif kind == "content_block_delta":
-                delta = data.get("delta") or {}
-                block = blocks.setdefault(index, {"type": "text", "text": ""})
-                if delta.get("type") == "text_delta" and isinstance(text := delta.get("text"), str):
-                    block["text"] = str(block.get("text", "")) + text
-                    job.output(text)
-                elif delta.get("type") == "input_json_delta":
-                    json_parts.setdefault(index, []).append(str(delta.get("partial_json", "")))
-            elif kind == "content_block_stop" and index in json_parts:
-                raw = "".join(json_parts.pop(index)) or "{}"
-                try:
-                    blocks[index]["input"] = msgspec.json.decode(raw)
-                except NOT_JSON:
-                    blocks[index]["input"] = {}  # the tool answers that arguments are missing
-            elif kind == "message_delta":
-                stop = (data.get("delta") or {}).get("stop_reason") or stop
-                usage.update(data.get("usage") or {})  # output_tokens there are cumulative
-            elif kind == "message_stop":
-                break
-            elif kind == "error":
-                err = data.get("error") or {}
-                text = f"anthropic API stream failed ({err.get('type')}): {str(err.get('message'))[:300]}"
-                job.log("warning", text)
-                if err.get("type") in ("overloaded_error", "api_error", "rate_limit_error"):
-                    raise TransientError(text)
-                raise AgentError(text)
+        async with contextlib.aclosing(self.events(job, url, headers, body)) as events:
+            async for event, data in events:
+                if not isinstance(data, dict):
+                    continue
+                kind = data.get("type") or event
+                index = data.get("index", 0)
+                if kind == "message_start":
+                    usage.update((data.get("message") or {}).get("usage") or {})
+                elif kind == "content_block_start":
+                    block = dict(data.get("content_block") or {})
+                    if block.get("type") == "tool_use":
+                        json_parts[index] = []
+                    blocks[index] = block
+                elif kind == "content_block_delta":
+                    delta = data.get("delta") or {}
+                    block = blocks.setdefault(index, {"type": "text", "text": ""})
+                    if delta.get("type") == "text_delta" and isinstance(text := delta.get("text"), str):
+                        block["text"] = str(block.get("text", "")) + text
+                        job.output(text)
+                    elif delta.get("type") == "input_json_delta":
+                        json_parts.setdefault(index, []).append(str(delta.get("partial_json", "")))
+                elif kind == "content_block_stop" and index in json_parts:
+                    raw = "".join(json_parts.pop(index)) or "{}"
+                    try:
+                        blocks[index]["input"] = msgspec.json.decode(raw)
+                    except NOT_JSON:
+                        blocks[index]["input"] = {}  # the tool answers that arguments are missing
+                elif kind == "message_delta":
+                    stop = (data.get("delta") or {}).get("stop_reason") or stop
+                    usage.update(data.get("usage") or {})  # output_tokens there are cumulative
+                elif kind == "message_stop":
+                    break
+                elif kind == "error":
+                    err = data.get("error") or {}
+                    text = f"anthropic API stream failed ({err.get('type')}): {str(err.get('message'))[:300]}"
+                    job.log("warning", text)
+                    if err.get("type") in ("overloaded_error", "api_error", "rate_limit_error"):
+                        raise TransientError(text)
+                    raise AgentError(text)
         limits.usage(usage or None)
         return [blocks[i] for i in sorted(blocks)], stop

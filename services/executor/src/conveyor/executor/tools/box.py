@@ -142,6 +142,10 @@ class Toolbox:
         )
         self.tools = {t.name: t for t in tools}
 
+    def acts(self, name: str) -> bool:
+        """Whether a call changes something outside the run, so that repeating it repeats that."""
+        return name in ("github_post_comment", "slack_post_message", "delegate")
+
     def for_agent(self, job: AgentJob) -> list[Tool]:
         granted = set(job.agent.tools)
         return [t for t in self.tools.values() if t.group in granted]
