@@ -91,7 +91,7 @@ async def test_health_endpoints(receiver, lovable, js) -> None:
         record = JobRecord(job_id=f"job_{n}", status=status, created_at=now, updated_at=now, finished_at=now)  # type: ignore[arg-type]
         await kv.put(record.job_id, encoder.encode(record))
     agent = (await receiver.http.get("/health/agent")).json()
-    assert agent["agents_available"] == ["dev", "qa", "architect", "pm", "ux-design-expert"]
+    assert agent["agents_available"] == ["dev", "qa", "architect", "pm", "ux-design-expert", "pr-review"]
     assert agent["error_rate"] == 0.5 and agent["sample_size"] == 6
     assert agent["last_execution"] is not None and agent["workers_waiting"] == 0
 
@@ -101,7 +101,7 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
         Settings, {"LOVABLE_WEBHOOK_SECRET": "lovable-test-secret", "RATE_LIMIT_MAX": "7"}, section="receiver"
     )
     assert s.port == 3100 and s.rate_limit_max == 7 and s.rate_limit_window_ms == 60_000
-    assert s.known_agents == ["dev", "qa", "architect", "pm", "ux-design-expert"]
+    assert s.known_agents == ["dev", "qa", "architect", "pm", "ux-design-expert", "pr-review"]
 
     toml = tmp_path / "conveyor.toml"
     toml.write_text(

@@ -17,7 +17,7 @@ Scheme = Literal["lovable", "github", "standard"]
 
 LOVABLE_EVENT_TYPES = ["project.created", "project.updated", "code.review_requested", "agent.task_requested"]
 GITHUB_EVENT_TYPES = ["pull_request", "push"]
-DEFAULT_AGENTS = ("dev", "qa", "architect", "pm", "ux-design-expert")
+DEFAULT_AGENTS = ("dev", "qa", "architect", "pm", "ux-design-expert", "pr-review")
 
 
 class WebhookSource(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
