@@ -118,6 +118,7 @@ def test_settings_from_env_and_toml(tmp_path: Path) -> None:
         "architect",
         "pm",
         "ux-design-expert",
+        "pr-review",
         "reviewer",
     ]
     assert [(w.name, w.scheme, w.allow_ips) for w in s.webhook_sources] == [
