@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import nats.js.errors
 import pytest
 
 from conveyor.receiver.integrations_api import _State, sign_state
@@ -117,6 +118,15 @@ async def test_set_list_get_delete_and_never_shown(receiver, make_project, proje
     assert [i["provider"] for i in listed] == ["slack"]
     kv = await js.key_value(subjects.KV_CONNECTIONS)
     assert "shop.github" not in await kv.keys()  # purged: no earlier revision holds it
+
+    # Deleting the project takes its credentials with it: a project made again under the same
+    # id starts unconnected.
+    assert (await http.delete("/api/admin/projects/shop", headers=ADMIN)).status_code == 204
+    await make_project(receiver, "shop")
+    key = await project_key(receiver, "shop")
+    assert (await http.get("/api/integrations", headers=key)).json()["integrations"] == []
+    with pytest.raises(nats.js.errors.NoKeysError):  # the bucket is empty: the slack one went too
+        await kv.keys()
 
 
 async def test_another_project_sees_nothing(receiver, make_project, project_key) -> None:

@@ -185,6 +185,8 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """GITHUB_CLIENT_ID: the OAuth app's (or GitHub App's) client id; enables the GitHub OAuth flow."""
     github_client_secret: Secret | None = None
     """GITHUB_CLIENT_SECRET: its client secret."""
+    github_scopes: str = "repo"
+    """GITHUB_SCOPES: the scopes the OAuth web flow asks for, space-separated."""
     github_app_slug: str = ""
     """GITHUB_APP_SLUG: the GitHub App users install (github.com/apps/<slug>); enables installs."""
     github_app_id: int = 0

@@ -292,6 +292,15 @@ async def delete_integration(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def forget_project(st: Receiver, project: str) -> None:
+    """Purge every credential of ``project`` (the project is being deleted)."""
+    kv = st.bucket(subjects.KV_CONNECTIONS)
+    with st.nats_errors():
+        for provider in PROVIDERS:
+            if await _get(st, project, provider) is not None:
+                await kv.purge(key_of(project, provider))
+
+
 async def reseal_all(st: Receiver) -> list[str]:
     """Every stored credential under the active key; the projects whose credentials changed."""
     kv = st.bucket(subjects.KV_CONNECTIONS)
@@ -433,7 +442,12 @@ async def authorize(request: web.Request) -> web.Response:
         url = f"{install}?{urlencode({'state': state})}"
     else:
         _required(s.github_client_id and s.github_client_secret, "GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET")
-        query = {"client_id": s.github_client_id, "redirect_uri": redirect, "state": state, "scope": "repo"}
+        query = {
+            "client_id": s.github_client_id,
+            "redirect_uri": redirect,
+            "state": state,
+            "scope": s.github_scopes,
+        }
         url = f"{s.github_url.rstrip('/')}/login/oauth/authorize?{urlencode(query)}"
     started = AuthorizeStarted(
         provider=provider,

@@ -443,6 +443,8 @@ async def delete_project(request: web.Request) -> web.Response:
     project_id = request.match_info["project_id"]
     _project(st, principal, project_id)
     _stored_only(st, project_id)
+    # Its integrations' credentials first: a project made later under the same id starts without them.
+    await integrations_api.forget_project(st, project_id)
     kv = st.bucket(subjects.KV_PROJECTS)
     with st.nats_errors():
         await kv.delete(project_id)
