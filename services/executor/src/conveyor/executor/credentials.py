@@ -116,7 +116,7 @@ class CredentialsProvider:
             "X-GitHub-Api-Version": "2022-11-28",
         }
         try:
-            resp = await self.http.post(url, headers=headers)
+            resp = await self.http.post(url, headers=headers, timeout=15)
         except httpx.HTTPError as exc:
             raise TransientError(
                 f"GitHub did not answer for an installation token ({type(exc).__name__})"
