@@ -395,6 +395,19 @@ async def test_slack_oauth_flow(start_receiver, make_project, project_key, fake,
         assert "invalid_client" in resp.json()["message"]
 
 
+async def test_a_provider_that_does_not_answer_is_a_502(
+    start_receiver, make_project, project_key, fake
+) -> None:
+    async with start_receiver(**_oauth_settings(fake)) as r:
+        await make_project(r, "shop")
+        key = await project_key(r, "shop")
+        back = await _consent((await _authorize(r, key, "slack"))["authorize_url"])
+        await fake.stop()  # Slack is gone by the time the browser comes back
+        resp = await r.http.get(back.removeprefix(r.url))
+        assert (resp.status_code, resp.json()["error"]) == (502, "provider_unavailable")
+        assert (await r.http.get("/api/integrations/slack", headers=key)).status_code == 404
+
+
 async def test_github_app_installation_flow(start_receiver, make_project, project_key, fake, js) -> None:
     pem, public = new_rsa_key()
     settings = _oauth_settings(

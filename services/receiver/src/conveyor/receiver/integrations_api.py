@@ -554,6 +554,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
 async def _github_token(st: Receiver, request: web.Request, http: _Provider, code: str) -> str:
     """The user's token for ``code`` (GitHub's web flow, step 2)."""
     s = st.settings
+    _required(s.github_client_id and s.github_client_secret, "GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET")
     assert s.github_client_secret is not None
     form = {
         "client_id": s.github_client_id,
@@ -573,6 +574,11 @@ async def _github_token(st: Receiver, request: web.Request, http: _Provider, cod
             400, "oauth_refused", f"GitHub refused the code: {str(body.get('error', 'no token'))[:64]}"
         )
     return token
+
+
+def _text(value: Any) -> str | None:
+    """A name from the provider's answer, shown by the API: a short string, or nothing."""
+    return value[:100] if isinstance(value, str) and value else None
 
 
 def _api_headers(token: str) -> dict[str, str]:
@@ -600,7 +606,7 @@ async def _github_exchange(
         kind="token",
         via="oauth",
         set_by=state.b,
-        account=str(user.get("login", ""))[:100] or None,
+        account=_text(user.get("login")),
     )
 
 
@@ -610,6 +616,7 @@ async def _github_install(
     """An App installation: the redirect's installation_id is only believed when the user who
     installed it can see it (GitHub's advice: the id in the URL can be made up)."""
     s = st.settings
+    _required(s.github_app_id and s.github_app_private_key, "GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY")
     assert s.github_app_private_key is not None
     token = await _github_token(st, request, http, code)
     status, found = await http.call(
@@ -629,7 +636,7 @@ async def _github_install(
             f"installation {installation_id} is not one the signed-in GitHub user can see",
             field="installation_id",
         )
-    account = mine[0].get("account") or {}
+    account = mine[0].get("account")
     return _connection(
         st,
         state.p,
@@ -640,7 +647,7 @@ async def _github_install(
         set_by=state.b,
         app_id=s.github_app_id,
         installation_id=installation_id,
-        account=str(account.get("login", ""))[:100] or None,
+        account=_text(account.get("login")) if isinstance(account, dict) else None,
     )
 
 
@@ -648,6 +655,7 @@ async def _slack_exchange(
     st: Receiver, request: web.Request, http: _Provider, state: _State, code: str
 ) -> Connection:
     s = st.settings
+    _required(s.slack_client_id and s.slack_client_secret, "SLACK_CLIENT_ID and SLACK_CLIENT_SECRET")
     assert s.slack_client_secret is not None
     client_secret = s.slack_client_secret.reveal()
     _, body = await http.call(
@@ -665,7 +673,7 @@ async def _slack_exchange(
         raise HTTPError(
             400, "oauth_refused", f"Slack refused the code: {str(body.get('error', 'no bot token'))[:64]}"
         )
-    team = body.get("team") or {}
+    team = body.get("team") if isinstance(body.get("team"), dict) else {}
     return _connection(
         st,
         state.p,
@@ -674,9 +682,9 @@ async def _slack_exchange(
         kind="bot",
         via="oauth",
         set_by=state.b,
-        team_id=team.get("id"),
-        team_name=team.get("name"),
-        bot_user_id=body.get("bot_user_id"),
+        team_id=_text(team.get("id")),
+        team_name=_text(team.get("name")),
+        bot_user_id=_text(body.get("bot_user_id")),
         scopes=[x for x in str(body.get("scope", "")).split(",") if x],
     )
 
