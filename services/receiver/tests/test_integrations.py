@@ -446,6 +446,13 @@ async def test_github_app_installation_flow(start_receiver, make_project, projec
         raw = await _raw(js, "shop", "github")
         assert b"PRIVATE KEY" not in raw
 
+        started = await _authorize(r, key, "github", kind="install")
+        state = parse_qs(urlsplit(started["authorize_url"]).query)["state"][0]
+        for bad in ("²", "12a", "9" * 30):
+            params = {"state": state, "code": "c", "installation_id": bad, "setup_action": "install"}
+            resp = await r.http.get("/api/integrations/github/callback", params=params)
+            assert (resp.status_code, resp.json()["field"]) == (400, "installation_id"), bad
+
         # An installation id the signed-in user cannot see (made up in the URL): refused.
         app.installations[6000] = "someone-else"
         started = await _authorize(r, key, "github", kind="install")
