@@ -531,7 +531,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
                 "setup_action: the App is not installed yet (install, update)",
                 field="setup_action",
             )
-        if not installation.isdigit():
+        if not (installation.isascii() and installation.isdigit() and len(installation) < 16):
             raise HTTPError(400, "invalid_field", "installation_id: a number", field="installation_id")
     if st.directory.get(state.p) is None:
         raise HTTPError(404, "project_not_found", f"no project {state.p!r}", field="project")
