@@ -154,6 +154,9 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
         subjects.KV_ORGS: kv(subjects.KV_ORGS),
         subjects.KV_PROJECTS: kv(subjects.KV_PROJECTS),
         subjects.KV_INTEGRATION: kv(subjects.KV_INTEGRATION),
+        subjects.KV_CONNECTIONS: kv(subjects.KV_CONNECTIONS),
+        # A spent state is kept past the longest a state lives (OAUTH_STATE_TTL_S, at most 1 h).
+        subjects.KV_OAUTH_STATES: kv(subjects.KV_OAUTH_STATES, ttl=2 * 3600),
     }
 
 

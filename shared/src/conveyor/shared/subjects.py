@@ -38,6 +38,8 @@ KV_SECRETS: Final = "secrets"  # name -> a server-held secret (receiver: job_id)
 KV_ORGS: Final = "orgs"  # org_id -> Organisation
 KV_PROJECTS: Final = "projects"  # project_id -> Project (every service mirrors it in memory)
 KV_INTEGRATION: Final = "integration"  # project_id -> IntegrationStatus (receiver, deliverer)
+KV_CONNECTIONS: Final = "connections"  # <project>.<provider> -> Connection (sealed GitHub/Slack credentials)
+KV_OAUTH_STATES: Final = "oauth_states"  # used.<nonce> -> when an OAuth state was spent (no replay)
 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"

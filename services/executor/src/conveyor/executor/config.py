@@ -103,6 +103,9 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     with every field at its default (so the receiver's list of names is valid here too)."""
     routes: dict[str, list[str]] = {}
     """ROUTES: event type (or "<source>:<type>", or "*") -> agents; merged over the defaults."""
+    github_api_url: str = "https://api.github.com"
+    """GITHUB_API_URL: GitHub's REST API; a project's GitHub App installation tokens are minted
+    there (POST /app/installations/{id}/access_tokens)."""
 
     def __post_init__(self) -> None:
         # Fail at start with one line naming the problem (msgspec turns ValueError into a

@@ -11,6 +11,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from conveyor.executor.backends import make_backends
 from conveyor.executor.config import Settings
+from conveyor.executor.credentials import CredentialsProvider
 from conveyor.executor.handlers.cancels import Canceller, Cancels
 from conveyor.executor.handlers.fairness import Gates
 from conveyor.executor.handlers.fanout import Fanout
@@ -23,6 +24,7 @@ from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import build_registry, build_routes
 from conveyor.shared import subjects
 from conveyor.shared.runner import Runtime, ServiceSpec
+from conveyor.shared.sealing import Sealer
 
 
 def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
@@ -97,6 +99,12 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             tracer=rt.tracer,
             instance=rt.instance,
             gates=gates,
+            credentials=CredentialsProvider(
+                rt.kv[subjects.KV_CONNECTIONS],
+                Sealer.parse(settings.conveyor_secret_keys),
+                http,
+                settings.github_api_url,
+            ).of,
         )
         canceller = Canceller(store, worker.cancel_running, fanout.child_done)
         router = Router(
@@ -145,7 +153,13 @@ def details(rt: Runtime[Any]) -> dict[str, Any]:
 SPEC = ServiceSpec(
     name="executor",
     streams=[subjects.EVENTS, subjects.JOBS, subjects.RESULTS, subjects.DLQ, subjects.JOBINDEX],
-    buckets=[subjects.KV_JOBS, subjects.KV_CANCELS, subjects.KV_JOB_LOGS, subjects.KV_PROJECTS],
+    buckets=[
+        subjects.KV_JOBS,
+        subjects.KV_CANCELS,
+        subjects.KV_JOB_LOGS,
+        subjects.KV_PROJECTS,
+        subjects.KV_CONNECTIONS,
+    ],
     components=with_scheduler(components),
     details=details,
 )

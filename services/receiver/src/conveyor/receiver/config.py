@@ -9,6 +9,7 @@ from typing import Any, Literal
 import msgspec
 
 from conveyor.shared.config import BaseSettings, Secret
+from conveyor.shared.connections import rsa_key_problem
 from conveyor.shared.signing import secret_problem
 from conveyor.shared.subjects import is_token
 from conveyor.shared.tenancy import Project
@@ -167,6 +168,42 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     project when it verifies with the source's own secrets; ``auto`` is ``default`` for sources
     that have secrets of their own (deployments configured before projects) and ``reject`` else."""
 
+    oauth_state_secret: Secret | None = None
+    """OAUTH_STATE_SECRET: the HMAC key OAuth ``state`` values are signed with (they name the
+    project and expire). Without it the OAuth routes answer 409; every replica needs the same."""
+    oauth_state_ttl_s: int = 600
+    """OAUTH_STATE_TTL_S: how long a started OAuth flow may take to come back (1 to 3600)."""
+    oauth_return_url: str = ""
+    """OAUTH_RETURN_URL: where a finished OAuth callback sends the browser (303, with ``provider``,
+    ``project`` and ``status`` added to the query); empty: the callback answers the integration
+    as JSON."""
+    github_url: str = "https://github.com"
+    """GITHUB_URL: GitHub's web address (the OAuth authorize and token endpoints, App installs)."""
+    github_api_url: str = "https://api.github.com"
+    """GITHUB_API_URL: GitHub's REST API (who a token is, a user's installations)."""
+    github_client_id: str = ""
+    """GITHUB_CLIENT_ID: the OAuth app's (or GitHub App's) client id; enables the GitHub OAuth flow."""
+    github_client_secret: Secret | None = None
+    """GITHUB_CLIENT_SECRET: its client secret."""
+    github_scopes: str = "repo"
+    """GITHUB_SCOPES: the scopes the OAuth web flow asks for, space-separated."""
+    github_app_slug: str = ""
+    """GITHUB_APP_SLUG: the GitHub App users install (github.com/apps/<slug>); enables installs."""
+    github_app_id: int = 0
+    """GITHUB_APP_ID: that App's id, stored with each installation (tokens are minted with it)."""
+    github_app_private_key: Secret | None = None
+    """GITHUB_APP_PRIVATE_KEY: that App's private key (PEM), sealed into each installation's record."""
+    slack_url: str = "https://slack.com"
+    """SLACK_URL: where Slack's OAuth authorize page is (/oauth/v2/authorize)."""
+    slack_api_url: str = "https://slack.com/api"
+    """SLACK_API_URL: Slack's Web API (oauth.v2.access)."""
+    slack_client_id: str = ""
+    """SLACK_CLIENT_ID: the Slack app's client id; enables the Slack OAuth flow."""
+    slack_client_secret: Secret | None = None
+    """SLACK_CLIENT_SECRET: its client secret."""
+    slack_scopes: str = "chat:write"
+    """SLACK_SCOPES: the bot scopes asked for, comma-separated."""
+
     def __post_init__(self) -> None:
         if not 1 <= self.schedule_max_per_owner <= 10_000:
             raise ValueError("SCHEDULE_MAX_PER_OWNER: give 1 to 10000")
@@ -210,6 +247,13 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
                 check_secret(where, secret.reveal(), standard=source.scheme == "standard")
         if self.job_id_secret is not None:
             check_secret("JOB_ID_SECRET", self.job_id_secret.reveal(), standard=False)
+        if self.oauth_state_secret is not None:
+            check_secret("OAUTH_STATE_SECRET", self.oauth_state_secret.reveal(), standard=False)
+        if not 1 <= self.oauth_state_ttl_s <= 3600:
+            raise ValueError("OAUTH_STATE_TTL_S: give 1 to 3600")
+        if self.github_app_private_key is not None:
+            if problem := rsa_key_problem(self.github_app_private_key.reveal()):
+                raise ValueError(f"GITHUB_APP_PRIVATE_KEY: {problem}")
 
     @property
     def known_agents(self) -> list[str]:

@@ -19,6 +19,7 @@ from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 from msgspec.structs import replace
 
+from conveyor.receiver import integrations_api
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.openapi import Operation, Param
@@ -442,6 +443,8 @@ async def delete_project(request: web.Request) -> web.Response:
     project_id = request.match_info["project_id"]
     _project(st, principal, project_id)
     _stored_only(st, project_id)
+    # Its integrations' credentials first: a project made later under the same id starts without them.
+    await integrations_api.forget_project(st, project_id)
     kv = st.bucket(subjects.KV_PROJECTS)
     with st.nats_errors():
         await kv.delete(project_id)
@@ -506,7 +509,8 @@ async def delete_secret(request: web.Request) -> web.Response:
 class Resealed(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str
     projects: list[str]
-    """Projects whose secrets were sealed again under the active key (the rest already were)."""
+    """Projects whose secrets (their own, and their integrations' credentials) were sealed again
+    under the active key (the rest already were)."""
 
 
 def _resealed(st: Receiver, p: Project) -> Project:
@@ -552,7 +556,9 @@ async def reseal(request: web.Request) -> web.Response:
             except HTTPError as exc:
                 if exc.error != "conflict":
                     raise
-    return respond(200, Resealed(key_id=st.sealer.active_kid, projects=sorted(changed)))
+    # Integration credentials (KV connections) are project secrets too.
+    changed += await integrations_api.reseal_all(st)
+    return respond(200, Resealed(key_id=st.sealer.active_kid, projects=sorted(set(changed))))
 
 
 def operations() -> list[Operation]:

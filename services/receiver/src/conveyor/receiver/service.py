@@ -10,7 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.receiver import deadletters_api, mcp_api, projects_api, schedules_api, sites_api
+from conveyor.receiver import (
+    deadletters_api,
+    integrations_api,
+    mcp_api,
+    projects_api,
+    schedules_api,
+    sites_api,
+)
 from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings, default_project
 from conveyor.receiver.handlers import admin, health, integration, jobs, send_test_event, stream, webhooks
@@ -73,6 +80,8 @@ BUCKETS = [
     subjects.KV_ORGS,
     subjects.KV_PROJECTS,
     subjects.KV_INTEGRATION,
+    subjects.KV_CONNECTIONS,
+    subjects.KV_OAUTH_STATES,
 ]
 
 E = None  # an error answer: ErrorBody
@@ -335,6 +344,7 @@ def routes(rt: Runtime[Any]) -> None:
         *schedules_api.operations(),
         *projects_api.operations(),
         *deadletters_api.operations(),
+        *integrations_api.operations(),
     ]
     expect = expect_handler(settings.max_body_bytes)
     for op in ops:
@@ -367,6 +377,7 @@ def routes(rt: Runtime[Any]) -> None:
     rt.app.router.add_get("/openapi.json", openapi)
     sites_api.add_routes(rt)
     mcp_api.add_routes(rt)
+    integrations_api.add_cleanup(rt)
 
 
 def _streams(op: Operation) -> bool:

@@ -43,7 +43,7 @@ RATE_LIMIT: web.RequestKey[Decision] = web.RequestKey("rate_limit", Decision)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 # What a browser page on an allowed origin may send and read (CORS).
-_CORS_METHODS = "GET, POST, PATCH, DELETE"
+_CORS_METHODS = "GET, POST, PUT, PATCH, DELETE"
 _CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Correlation-ID"
 _CORS_EXPOSED = (
     "Location, Retry-After, X-Correlation-ID, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"

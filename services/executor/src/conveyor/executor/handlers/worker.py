@@ -31,6 +31,7 @@ from opentelemetry import trace
 
 from conveyor.executor.backends import AgentError, AgentJob, Backend
 from conveyor.executor.config import Settings
+from conveyor.executor.credentials import Credentials, no_credentials
 from conveyor.executor.handlers.fairness import Gates
 from conveyor.executor.handlers.jobstore import JobStore, Versioned, checked_job_id
 from conveyor.executor.handlers.results import Results, may_exceed, oversize
@@ -176,6 +177,7 @@ class Worker:
         tracer: trace.Tracer,
         instance: str,
         gates: Gates | None = None,
+        credentials: Callable[[str], Credentials] = no_credentials,  # project -> AgentJob.credentials
     ) -> None:
         self.js = js
         self.settings = settings
@@ -194,6 +196,7 @@ class Worker:
         self.slots = {n: asyncio.Semaphore(a.concurrency) for n, a in agents.items() if a.concurrency}
         self.heartbeat_s = max(0.5, settings.ack_wait_s / 3)
         self.gates = gates
+        self.credentials = credentials
         self.limited: Mapping[str, int] = gates.limits if gates is not None else {}
 
     # --- entry point ---------------------------------------------------------------------------
@@ -340,6 +343,7 @@ class Worker:
             deadline=time.monotonic() + timeout,
             log=attempt.log,
             progress=attempt.progress,
+            credentials=self.credentials(req.project),
         )
 
     async def _execute_instant(self, agent: Agent, req: JobRequest, attempt: Attempt) -> Outcome:
