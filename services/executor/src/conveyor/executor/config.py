@@ -85,7 +85,8 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     max_output_bytes: int = 4 * 1024 * 1024
     """MAX_OUTPUT_BYTES: the most a command agent may write to stdout (or an LLM answer)."""
     github_api_url: str = "https://api.github.com"
-    """GITHUB_API_URL: the GitHub REST API the github tool and the pr-review agent call."""
+    """GITHUB_API_URL: the GitHub REST API the github tool and the pr-review agent call, and where
+    a project's GitHub App installation tokens are minted (POST /app/installations/{id}/access_tokens)."""
     github_token: Secret | None = None
     """GITHUB_TOKEN: a deployment-wide GitHub token, used only for a job whose project has no
     GitHub integration connected (a single-team deployment); unset: such jobs post nothing."""
@@ -103,9 +104,6 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     with every field at its default (so the receiver's list of names is valid here too)."""
     routes: dict[str, list[str]] = {}
     """ROUTES: event type (or "<source>:<type>", or "*") -> agents; merged over the defaults."""
-    github_api_url: str = "https://api.github.com"
-    """GITHUB_API_URL: GitHub's REST API; a project's GitHub App installation tokens are minted
-    there (POST /app/installations/{id}/access_tokens)."""
 
     def __post_init__(self) -> None:
         # Fail at start with one line naming the problem (msgspec turns ValueError into a
