@@ -154,6 +154,8 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
         subjects.KV_ORGS: kv(subjects.KV_ORGS),
         subjects.KV_PROJECTS: kv(subjects.KV_PROJECTS),
         subjects.KV_INTEGRATION: kv(subjects.KV_INTEGRATION),
+        subjects.KV_AGENTS: kv(subjects.KV_AGENTS),
+        subjects.KV_AGENT_ROUTES: kv(subjects.KV_AGENT_ROUTES),
     }
 
 

@@ -38,6 +38,8 @@ KV_SECRETS: Final = "secrets"  # name -> a server-held secret (receiver: job_id)
 KV_ORGS: Final = "orgs"  # org_id -> Organisation
 KV_PROJECTS: Final = "projects"  # project_id -> Project (every service mirrors it in memory)
 KV_INTEGRATION: Final = "integration"  # project_id -> IntegrationStatus (receiver, deliverer)
+KV_AGENTS: Final = "agents"  # <project>.<agent id> -> AgentDefinition (receiver writes; executors mirror)
+KV_AGENT_ROUTES: Final = "agent_routes"  # project_id -> ProjectRoutes (receiver writes; executors mirror)
 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"
