@@ -145,9 +145,9 @@ class PipelineRun(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str
     stages: list[PipelineStage]
+    input: msgspec.Raw
     stage: int = 0
     prompt: str | None = None
-    input: msgspec.Raw = msgspec.Raw(b"{}")
 
 
 class JobRecord(Message, frozen=True, kw_only=True):
