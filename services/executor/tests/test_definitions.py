@@ -1,0 +1,178 @@
+"""A project's definitions as the executor runs them, against a real nats-server: resolved in
+the job's project only, pipelines that survive a SIGKILLed executor and stage deadlines,
+delegation from a running agent, and the retry steps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from nats.js import JetStreamContext
+
+import conveyor.executor.service as executor_service
+from conveyor.executor.backends import AgentJob, Backend, make_backends
+from conveyor.executor.config import AgentConfig, Settings
+from conveyor.executor.handlers.worker import retry_delay
+from conveyor.executor.registry import build_registry
+from conveyor.executor.service import SPEC
+from conveyor.shared import subjects
+from conveyor.shared.agentdefs import AgentDefinition, Stage, definition_key
+from conveyor.shared.events import ResultBody
+from conveyor.shared.runner import serve
+from conveyor.shared.streams import ensure_kv
+from conveyor.shared.testing.fixtures import eventually
+from conveyor.shared.testing.procs import ServiceProcess, service_env
+
+FILES = {"app/main.py": "import os\n\ndef main():\n    return 1\n"}
+enc = msgspec.json.Encoder()
+
+
+async def define(js: JetStreamContext, project: str, agent_id: str, **fields: Any) -> None:
+    kv = (await ensure_kv(js, [subjects.KV_AGENTS]))[subjects.KV_AGENTS]
+    d = AgentDefinition(id=agent_id, project=project, **fields)
+    await kv.put(definition_key(project, agent_id), enc.encode(d))
+
+
+def test_retry_steps_are_one_two_four_eight_seconds_without_jitter() -> None:
+    assert [retry_delay(n, 1.0, 30.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert retry_delay(5, 1.0, 10.0) == 10.0  # RETRY_CAP_MS still caps
+
+
+def test_retries_are_configurable_up_to_three(make_settings: Callable[..., Settings]) -> None:
+    agents = build_registry(make_settings(AgentConfig(name="qa", retries=3)))
+    assert (agents["qa"].retries, agents["qa"].max_attempts, agents["dev"].retries) == (3, 4, 2)
+    with pytest.raises(ValueError, match=r"retries must be 0\.\.3"):
+        make_settings(AgentConfig(name="qa", retries=4))
+
+
+async def test_a_definition_runs_in_its_own_project_only(bus, js, make_settings) -> None:
+    await define(js, "a", "checker", backend="builtin", builtin="qa", retries=0)
+    await bus.project("a")
+    await bus.project("b")
+    async with serve(SPEC, make_settings()):
+        mine = await bus.job("checker", {"files": FILES}, project="a")
+        rec = await bus.until(mine, "completed")
+        assert (rec.agent, rec.agent_version, rec.backend) == ("checker", 1, "builtin")
+        theirs = await bus.job("checker", {"files": FILES}, project="b")
+        rec = await bus.until(theirs, "failed")
+        assert rec.error is not None and "unknown agent 'checker'" in rec.error
+
+
+@pytest.mark.parametrize("on_failure", ["stop", "continue"])
+async def test_a_stage_past_its_deadline_stops_or_goes_on(bus, js, make_settings, on_failure: str) -> None:
+    await define(js, "default", "sleeper", backend="builtin", builtin="sleep", retries=0)
+    stages = [Stage(agents=["sleeper"], timeout_ms=1000, on_failure=on_failure), Stage(agents=["qa"])]
+    await define(js, "default", "p", kind="pipeline", stages=stages)
+    async with serve(SPEC, make_settings()):
+        job = await bus.job("p", {"files": FILES, "ms": 60_000})
+        rec = await bus.until(job, "completed", "failed", "timeout", timeout=20)
+        await bus.until(f"{job}-s1-sleeper", "cancelled")  # the straggler is told to stop
+        assert rec.pipeline is not None and rec.pipeline.stages[0].timed_out
+        summary = (await bus.one_result(job)).result.result.summary
+        if on_failure == "stop":
+            assert rec.status == "timeout" and rec.children == [f"{job}-s1-sleeper"]
+            assert "stage 1 (sleeper) timed out" in summary and "stopped after stage 1" in summary
+        else:
+            assert rec.status == "completed" and rec.children == [f"{job}-s1-sleeper", f"{job}-s2-qa"]
+            assert "stage 1 (sleeper) timed out; stage 2 (qa) completed" in summary
+
+
+async def test_the_built_in_full_pipeline_runs_offline(bus, make_settings) -> None:
+    async with serve(SPEC, make_settings()):
+        job = await bus.job("full-pipeline", {"files": FILES}, prompt="review the app")
+        rec = await bus.until(job, "completed", timeout=30)
+        assert rec.children == [
+            f"{job}-s1-architect",
+            f"{job}-s2-pm",
+            f"{job}-s2-ux-design-expert",
+            f"{job}-s3-dev",
+            f"{job}-s4-qa",
+        ]
+        assert rec.progress == 100 and rec.backend == "pipeline"
+        result = (await bus.one_result(job)).result
+        assert result.status == "completed"
+        assert result.result.summary.startswith("pipeline full-pipeline: 4 of 4 stages ran:")
+
+
+async def test_a_pipeline_survives_sigkill_of_the_executor_running_its_stage(
+    bus, js, nats_url: str, tmp_path: Path
+) -> None:
+    await define(js, "default", "slow", backend="builtin", builtin="sleep")
+    await define(js, "default", "p", kind="pipeline", stages=[Stage(agents=["slow"]), Stage(agents=["qa"])])
+    procs = {
+        name: ServiceProcess(
+            "executor",
+            service_env(nats_url, ACK_WAIT_S="2", SERVICE_INSTANCE=name, LOG_FORMAT="text"),
+            tmp_path / f"{name}.log",
+        )
+        for name in ("exec-a", "exec-b")
+    }
+    try:
+        await asyncio.gather(*(p.start() for p in procs.values()))
+        job = await bus.job("p", {"ms": 3000, "files": FILES})
+        child = f"{job}-s1-slow"
+        await bus.until(child, "processing")
+        [first] = await eventually(lambda: bus.log_lines(child))
+        victim = next(name for name in procs if f" on {name} " in first)
+        await procs[victim].kill()
+
+        rec = await bus.until(job, "completed", timeout=40)
+        assert rec.children == [child, f"{job}-s2-qa"]
+        assert (await bus.record(child)).attempts == 2
+        [result] = await bus.results(job)
+        assert result.result.status == "completed"
+        survivor = next(name for name in procs if name != victim)
+        assert await procs[survivor].stop() == 0, procs[survivor].tail()
+        assert len(await bus.results(job)) == 1
+    finally:
+        for p in procs.values():
+            await p.kill()
+
+
+class Delegating:
+    """The builtin backend, except that agent "boss" hands its task to another agent."""
+
+    name = "builtin"
+
+    def __init__(self, inner: Backend, to: str) -> None:
+        self.inner = inner
+        self.to = to
+
+    async def run(self, job: AgentJob) -> ResultBody:
+        if job.agent.name != "boss":
+            return await self.inner.run(job)
+        body = await job.delegate(self.to, "lint the files")
+        return ResultBody(summary=f"boss got: {body.summary}", suggestions=body.suggestions)
+
+
+@pytest.mark.parametrize("to", ["qa", "elsewhere"])
+async def test_a_running_agent_delegates_to_another_of_its_project(
+    bus, js, make_settings, monkeypatch: pytest.MonkeyPatch, to: str
+) -> None:
+    def backends(settings: Settings, http: Any) -> dict[str, Backend]:
+        made = make_backends(settings, http)
+        return {**made, "builtin": Delegating(made["builtin"], to)}
+
+    monkeypatch.setattr(executor_service, "make_backends", backends)
+    await define(js, "a", "boss", backend="builtin", builtin="noop", retries=0)
+    await define(js, "b", "elsewhere", backend="builtin", builtin="qa")  # another project's
+    await bus.project("a")
+    async with serve(SPEC, make_settings()):
+        job = await bus.job("boss", {"files": FILES}, project="a")
+        if to == "elsewhere":
+            rec = await bus.until(job, "failed")
+            assert rec.error is not None and "the project has no agent 'elsewhere'" in rec.error
+            return
+        rec = await bus.until(job, "completed")
+        child = await bus.record(f"{job}-d1x1-qa")
+        assert (child.status, child.parent_id, child.project) == ("completed", job, "a")
+        assert child.result is not None
+        assert (
+            rec.result is not None and rec.result.result.summary == f"boss got: {child.result.result.summary}"
+        )
+        assert any(f"delegated to qa as job {job}-d1x1-qa" in ln for ln in await bus.log_lines(job))
+        assert await bus.results(child.job_id) == []  # no callback of its own
