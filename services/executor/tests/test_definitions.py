@@ -176,3 +176,18 @@ async def test_a_running_agent_delegates_to_another_of_its_project(
         )
         assert any(f"delegated to qa as job {job}-d1x1-qa" in ln for ln in await bus.log_lines(job))
         assert await bus.results(child.job_id) == []  # no callback of its own
+
+
+async def test_cancelling_a_pipeline_cancels_its_stage_and_starts_no_other(bus, js, make_settings) -> None:
+    await define(js, "default", "sleeper", backend="builtin", builtin="sleep")
+    await define(
+        js, "default", "p", kind="pipeline", stages=[Stage(agents=["sleeper"]), Stage(agents=["qa"])]
+    )
+    async with serve(SPEC, make_settings()):
+        job = await bus.job("p", {"ms": 60_000})
+        await bus.until(f"{job}-s1-sleeper", "processing")
+        await bus.cancel(job)
+        rec = await bus.until(job, "cancelled")
+        assert rec.children == [f"{job}-s1-sleeper"]
+        await bus.until(f"{job}-s1-sleeper", "cancelled")
+        assert await bus.results(job) == []  # a cancelled job has no result to send
