@@ -191,3 +191,21 @@ async def test_cancelling_a_pipeline_cancels_its_stage_and_starts_no_other(bus, 
         assert rec.children == [f"{job}-s1-sleeper"]
         await bus.until(f"{job}-s1-sleeper", "cancelled")
         assert await bus.results(job) == []  # a cancelled job has no result to send
+
+
+async def test_a_definition_gets_no_llm_the_operator_did_not_configure(bus, js, make_settings) -> None:
+    """No OpenAI settings: a definition choosing openai fails at once instead of calling the
+    public API without a key."""
+    await define(js, "default", "gpt-user", backend="openai", retries=0)
+    async with serve(SPEC, make_settings()):
+        job = await bus.job("gpt-user", {})
+        rec = await bus.until(job, "failed")
+        assert rec.error is not None and "backend 'openai' is not configured in this deployment" in rec.error
+        assert rec.attempts == 0
+
+
+async def test_a_pipeline_refuses_an_input_its_record_cannot_keep(bus, make_settings) -> None:
+    async with serve(SPEC, make_settings()):
+        job = await bus.job("full-pipeline", {"blob": "x" * 300_000})
+        rec = await bus.until(job, "failed")
+        assert rec.error == "a pipeline's input may be at most 256 KiB" and rec.children == []

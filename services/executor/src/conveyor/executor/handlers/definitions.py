@@ -123,6 +123,16 @@ class Definitions:
                 project=None if d.read_only else d.project,
             )
         else:
+            # A project chooses among the LLMs the operator configured, never an endpoint: an
+            # API the deployment has no settings for is refused rather than called keyless.
+            configured = {
+                "openai": bool(self.settings.openai_api_key or self.settings.openai_base_url),
+                "anthropic": bool(self.settings.anthropic_api_key),
+            }
+            if not configured.get(d.backend, True):
+                raise ValueError(
+                    f"agent {d.id!r}: backend {d.backend!r} is not configured in this deployment"
+                )
             cfg = AgentConfig(
                 name=d.id,
                 backend=d.backend,

@@ -58,6 +58,7 @@ from conveyor.shared.telemetry import exporting, message_span
 log = logging.getLogger(__name__)
 
 STAGE = "executor"
+PIPELINE_INPUT_MAX = 256 * 1024  # kept in the pipeline's record, which every stage rewrites
 DEFINED = "defined"  # the metrics label of every project's own agents (bounded cardinality)
 SATURATED_DELAY_S = 1.0
 PROGRESS_EVERY_S = 1.0
@@ -276,6 +277,10 @@ class Worker:
             return
         if agent.backend == PIPELINE:
             definition = self.definitions.definition(req.project, req.agent)
+            if len(req.input) > PIPELINE_INPUT_MAX:
+                why = f"a pipeline's input may be at most {PIPELINE_INPUT_MAX // 1024} KiB"
+                await self._give_up(msg, req, req.agent, attempt, why, backend=PIPELINE, ran=False)
+                return
             if definition is None or self.start_pipeline is None:
                 await self._give_up(
                     msg, req, req.agent, attempt, "pipelines do not run here", backend=None, ran=False
