@@ -5,6 +5,7 @@ delegation from a running agent, and the retry steps."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,13 @@ from nats.js import JetStreamContext
 import conveyor.executor.service as executor_service
 from conveyor.executor.backends import AgentJob, Backend, make_backends
 from conveyor.executor.config import AgentConfig, Settings
+from conveyor.executor.handlers.fanout import FanoutDeadline
 from conveyor.executor.handlers.worker import retry_delay
 from conveyor.executor.registry import build_registry
 from conveyor.executor.service import SPEC
 from conveyor.shared import subjects
 from conveyor.shared.agentdefs import AgentDefinition, Stage, definition_key
-from conveyor.shared.events import ResultBody
+from conveyor.shared.events import AgentResult, JobRecord, PipelineRun, PipelineStage, ResultBody, utcnow
 from conveyor.shared.runner import serve
 from conveyor.shared.streams import ensure_kv
 from conveyor.shared.testing.fixtures import eventually
@@ -209,3 +211,43 @@ async def test_a_pipeline_refuses_an_input_its_record_cannot_keep(bus, make_sett
         job = await bus.job("full-pipeline", {"blob": "x" * 300_000})
         rec = await bus.until(job, "failed")
         assert rec.error == "a pipeline's input may be at most 256 KiB" and rec.children == []
+
+
+async def test_a_pipeline_left_at_a_finished_stage_is_moved_on_by_its_deadline(
+    bus, js, make_settings
+) -> None:
+    """What an executor killed after a stage's last child ended, before it started the next
+    stage, leaves behind: the record at stage 1 with every child of it over, and the stage's
+    deadline message in JetStream. A new executor takes the step from the deadline message."""
+    now = utcnow()
+    job = f"job_{uuid.uuid4().hex[:16]}"
+    child = f"{job}-s1-qa"
+    result = AgentResult(
+        job_id=child,
+        lovable_project_id=None,
+        agent_id="qa",
+        status="completed",
+        execution_time=1,
+        timestamp=now,
+        result=ResultBody(summary="qa looked first"),
+    )
+    await bus.jobs.put(child, enc.encode(JobRecord(
+        job_id=child, status="completed", created_at=now, updated_at=now, agent="qa", parent_id=job,
+        attempts=1, progress=100, finished_at=now, result=result,
+    )))  # fmt: skip
+    run = PipelineRun(
+        name="p",
+        stages=[PipelineStage(agents=["qa"], children=[child], deadline=now), PipelineStage(agents=["dev"])],
+        input=msgspec.Raw(enc.encode({"files": FILES})),
+    )
+    await bus.jobs.put(job, enc.encode(JobRecord(
+        job_id=job, status="processing", created_at=now, updated_at=now, agent="p", backend="pipeline",
+        attempts=1, children=[child], pipeline=run, callback_url="http://127.0.0.1:9/cb",
+    )))  # fmt: skip
+    deadline = FanoutDeadline(parent_id=job, deadline=now, children=[child], stage=0)
+    await js.publish(subjects.fanout_deadline(job), enc.encode(deadline), stream=subjects.JOBS)
+    async with serve(SPEC, make_settings()):
+        rec = await bus.until(job, "completed")
+        assert rec.children == [child, f"{job}-s2-dev"]
+        [published] = await bus.results(job)
+        assert "stage 1 qa: qa looked first" in published.result.result.summary
