@@ -171,10 +171,12 @@ async def _load(st: Receiver, project: str, agent_id: str) -> tuple[AgentDefinit
 
 def _builtin(st: Receiver, project: Project, agent_id: str) -> AgentDefinition | None:
     """A built-in the project may run, as a read-only definition."""
-    found = st.runnable(project).get(agent_id, False)
+    allowed, found = st.may_run(project, agent_id)
+    if not allowed:
+        return None
     if found is None:
         return AgentDefinition(id=agent_id, project=project.project_id, version=0, read_only=True)
-    if found and found.read_only:
+    if found.read_only:
         return replace(found, project=project.project_id, version=0)
     return None
 

@@ -406,7 +406,12 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         on_change=st.directory.update,
     )
     await st.projects.start()
-    st.definitions = KvMirror(st.kv[subjects.KV_AGENTS], subjects.KV_AGENTS, definition_decoder.decode)
+    st.definitions = KvMirror(
+        st.kv[subjects.KV_AGENTS],
+        subjects.KV_AGENTS,
+        definition_decoder.decode,
+        on_change=st.definition_changed,
+    )
     await st.definitions.start()
     st.integration = IntegrationRecorder(st.kv[subjects.KV_INTEGRATION])
     st.integration.start()

@@ -24,7 +24,7 @@ from conveyor.receiver.config import Settings
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.sources import Network, Source, peer_host
 from conveyor.shared import subjects
-from conveyor.shared.agentdefs import BUILTIN_PIPELINES, AgentDefinition, definition_key
+from conveyor.shared.agentdefs import BUILTIN_PIPELINES, AgentDefinition, definition_key, split_key
 from conveyor.shared.events import JobIndexEntry, JobRecord, encoder, job_record_decoder
 from conveyor.shared.http import HTTPError
 from conveyor.shared.integration import IntegrationRecorder
@@ -136,6 +136,8 @@ class Receiver:
     secrets: ProjectSecrets = field(init=False)  # opened with ``sealer``
     projects: KvMirror[Project] | None = None
     definitions: KvMirror[AgentDefinition] | None = None  # KV agents: every project's definitions
+    # The same, by project: a project's own list costs no scan of everyone's.
+    definitions_of: dict[str, dict[str, AgentDefinition]] = field(default_factory=dict)
     integration: IntegrationRecorder | None = None  # last webhook per project (status endpoint)
 
     def projects_mirror_put(self, project_id: str, project: Project | None) -> None:
@@ -168,12 +170,34 @@ class Receiver:
             return None
         return self.definitions.values.get(definition_key(project, name))
 
+    def definition_changed(self, key: str, value: AgentDefinition | None) -> None:
+        """The mirror's on_change: keep ``definitions_of`` in step."""
+        owner = split_key(key)
+        if owner is None:
+            return
+        project, agent_id = owner
+        if value is None:
+            self.definitions_of.get(project, {}).pop(agent_id, None)
+        else:
+            self.definitions_of.setdefault(project, {})[agent_id] = value
+
     def own_definitions(self, project: str) -> list[AgentDefinition]:
-        if self.definitions is None:
-            return []
-        prefix = f"{project}."
-        found = [d for k, d in self.definitions.values.items() if k.startswith(prefix)]
-        return sorted(found, key=lambda d: d.id)
+        return sorted(self.definitions_of.get(project, {}).values(), key=lambda d: d.id)
+
+    def may_run(self, project: Project, name: str) -> tuple[bool, AgentDefinition | None]:
+        """Whether ``project`` may run ``name`` and, when it is not a configured agent, its
+        definition: :meth:`runnable` for one name, without building the whole list."""
+        if name in self.agents:
+            return project.may_run(name), None
+        found = self.definition(project.project_id, name)
+        if found is None:
+            return False, None
+        if found.read_only:
+            agents = [a for stage in found.stages for a in stage.agents]
+            return project.may_run(name) and all(
+                a in self.agents and project.may_run(a) for a in agents
+            ), found
+        return True, found
 
     def runnable(self, project: Project) -> dict[str, AgentDefinition | None]:
         """What ``project`` may run: the deployment's agents it lists (None: every one), the
