@@ -206,7 +206,9 @@ async def test_definitions_are_versioned_and_their_fields_checked(system: System
         for name in ("qa", "full-pipeline"):
             resp = await http.request(method, f"/api/agents/{name}", json=agent("x"), headers=a)
             assert (resp.status_code, resp.json()["error"]) == (409, "read_only_agent"), resp.text
-    assert (await http.post("/api/agents", json={"id": "qa"}, headers=a)).status_code == 409
+    for taken in ("qa", "full-pipeline", "sleep"):  # sleep: an executor's own agent
+        resp = await http.post("/api/agents", json={"id": taken}, headers=a)
+        assert (resp.status_code, resp.json()["error"]) == (409, "agent_exists"), taken
 
     # A read-only key reads, never writes.
     resp = await http.post("/api/admin/keys", json={"name": "ro", "project_id": "a", "read_only": True})
@@ -273,9 +275,12 @@ async def test_delegate_runs_three_agents_in_parallel_with_one_result(system: Sy
     for tag in ("one", "two"):
         await http.post("/api/agents", json={"id": f"helper-{tag}", **agent(f"TAG-{tag}")}, headers=a)
     body = {"agents": ["helper-one", "helper-two", "qa"], "prompt": "look at TAG-task", "input": {"x": 1}}
-    resp = await http.post("/api/agents/delegate", json=body, headers=a)
-    assert resp.status_code == 202, resp.text
+    once = {**a, "Idempotency-Key": "delegate-once"}
+    resp = await http.post("/api/agents/delegate", json=body, headers=once)
+    assert resp.status_code == 202 and not resp.json()["duplicate"], resp.text
     job = resp.json()["job_id"]
+    again = await http.post("/api/agents/delegate", json=body, headers=once)
+    assert (again.status_code, again.json()["job_id"], again.json()["duplicate"]) == (202, job, True)
     rec = await finished(system, job, a)
     assert rec["status"] == "completed" and rec["backend"] == "fanout"
     assert rec["children"] == [f"{job}-helper-one", f"{job}-helper-two", f"{job}-qa"]

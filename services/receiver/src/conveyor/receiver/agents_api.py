@@ -37,8 +37,9 @@ from conveyor.receiver.openapi import Operation, Param
 from conveyor.receiver.schemas import Accepted, JobCreate, ProjectRef
 from conveyor.receiver.sources import decode_json, invalid_field
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
-from conveyor.shared import ids, subjects
+from conveyor.shared import subjects
 from conveyor.shared.agentdefs import (
+    BUILTIN_ANALYSES,
     DELEGATE_EVENT,
     MAX_DELEGATES,
     AgentCreate,
@@ -182,7 +183,10 @@ def _builtin(st: Receiver, project: Project, agent_id: str) -> AgentDefinition |
 
 
 def _is_builtin(st: Receiver, agent_id: str) -> bool:
-    return agent_id in st.agents or st.definition("", agent_id) is not None
+    """A configured agent, a built-in pipeline, or an executor's offline analysis (noop and
+    sleep are agents of the executor's own): ids a definition may not take, since the executor
+    resolves those first."""
+    return agent_id in st.agents or agent_id in BUILTIN_ANALYSES or st.definition("", agent_id) is not None
 
 
 def _runnable(
@@ -379,7 +383,7 @@ async def delegate(request: web.Request) -> web.Response:
     if claimed is not None and claimed.project_id != project.project_id:
         raise HTTPError(422, "invalid_field", "project_id: belongs to another project", field="project_id")
     await st.limit_work(project)
-    job_id = ids.new_id("job")
+    job_id = jobs.job_id_for(st, request, principal)
     now = utcnow()
     correlation = request[CORRELATION_ID]
     payload = {"agents": body.agents, "prompt": body.prompt, "input": body.input}
@@ -491,6 +495,7 @@ def operations() -> list[Operation]:
            "operator's and refused. 409 agent_exists for an id the project or the built-ins have."),
         op("POST", "/api/agents/delegate", delegate, "Several agents on one task in parallel, one "
            "aggregated result", {202: Accepted, **written}, body=Delegation,
+           params=(Param("Idempotency-Key", "header", "A repeat answers the first job."),),
            description="One job whose children are the agents named (a fan-out); its result lists "
            "each agent's outcome and findings."),
         op("GET", _ONE, get, "One definition (built-ins: read-only, version 0)",

@@ -96,18 +96,7 @@ async def submit(
         raise _invalid("callback_url", problem)
 
     await st.limit_work(project)
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        job_id = ids.new_id("job")
-    elif _IDEMPOTENCY_KEY.match(key):
-        job_id = ids.api_job_id(st.job_id_key, principal.key_id, key)
-    else:
-        raise HTTPError(
-            400,
-            "invalid_header",
-            "Idempotency-Key must be 1-255 printable characters",
-            field="Idempotency-Key",
-        )
+    job_id = job_id_for(st, request, principal)
 
     now = utcnow()
     correlation = request[CORRELATION_ID]
@@ -148,6 +137,19 @@ async def submit(
     label = body.agent if version is None else "defined"  # a project's own: one label for all
     st.metrics.jobs.labels(label, "duplicate" if duplicate else "accepted").inc()
     return accepted(st, job_id, duplicate)
+
+
+def job_id_for(st: Receiver, request: web.Request, principal: Principal) -> str:
+    """A new job's id: derived from the caller's Idempotency-Key (a repeat names the same job),
+    else new."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return ids.new_id("job")
+    if _IDEMPOTENCY_KEY.match(key):
+        return ids.api_job_id(st.job_id_key, principal.key_id, key)
+    raise HTTPError(
+        400, "invalid_header", "Idempotency-Key must be 1-255 printable characters", field="Idempotency-Key"
+    )
 
 
 async def load(st: Receiver, job_id: str, principal: Principal | None) -> tuple[JobRecord, int]:
