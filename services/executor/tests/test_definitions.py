@@ -22,7 +22,7 @@ from conveyor.executor.handlers.worker import retry_delay
 from conveyor.executor.registry import build_registry
 from conveyor.executor.service import SPEC
 from conveyor.shared import subjects
-from conveyor.shared.agentdefs import AgentDefinition, Stage, definition_key
+from conveyor.shared.agentdefs import AgentDefinition, ProjectRoutes, Stage, definition_key
 from conveyor.shared.events import AgentResult, JobRecord, PipelineRun, PipelineStage, ResultBody, utcnow
 from conveyor.shared.runner import serve
 from conveyor.shared.streams import ensure_kv
@@ -180,19 +180,37 @@ async def test_a_running_agent_delegates_to_another_of_its_project(
         assert await bus.results(child.job_id) == []  # no callback of its own
 
 
-async def test_cancelling_a_pipeline_cancels_its_stage_and_starts_no_other(bus, js, make_settings) -> None:
+async def test_progress_counts_stages_and_a_cancel_stops_the_pipeline(bus, js, make_settings) -> None:
     await define(js, "default", "sleeper", backend="builtin", builtin="sleep")
-    await define(
-        js, "default", "p", kind="pipeline", stages=[Stage(agents=["sleeper"]), Stage(agents=["qa"])]
-    )
+    stages = [Stage(agents=["qa"]), Stage(agents=["sleeper"]), Stage(agents=["dev"])]
+    await define(js, "default", "p", kind="pipeline", stages=stages)
     async with serve(SPEC, make_settings()):
-        job = await bus.job("p", {"ms": 60_000})
-        await bus.until(f"{job}-s1-sleeper", "processing")
+        job = await bus.job("p", {"ms": 60_000, "files": FILES})
+        await bus.until(f"{job}-s2-sleeper", "processing")
+        rec = await bus.record(job)
+        assert rec.pipeline is not None and rec.pipeline.stage == 1
+        assert rec.progress == 33  # one stage of three over
         await bus.cancel(job)
         rec = await bus.until(job, "cancelled")
-        assert rec.children == [f"{job}-s1-sleeper"]
-        await bus.until(f"{job}-s1-sleeper", "cancelled")
+        assert rec.children == [f"{job}-s1-qa", f"{job}-s2-sleeper"]  # no third stage
+        await bus.until(f"{job}-s2-sleeper", "cancelled")
         assert await bus.results(job) == []  # a cancelled job has no result to send
+
+
+async def test_a_projects_routes_come_before_the_deployments(bus, js, make_settings) -> None:
+    await define(js, "a", "own-reviewer", backend="builtin", builtin="qa", retries=0)
+    routes = ProjectRoutes(project="a", routes={"agent.task_requested": ["own-reviewer"]}, version=1)
+    kv = (await ensure_kv(js, [subjects.KV_AGENT_ROUTES]))[subjects.KV_AGENT_ROUTES]
+    await kv.put("a", enc.encode(routes))
+    await bus.project("a", agents=["qa"])  # its list of built-ins does not hold its own agents
+    await bus.project("b")
+    async with serve(SPEC, make_settings()):
+        mine = await bus.event("agent.task_requested", {"agent": "dev", "files": FILES}, project="a")
+        rec = await bus.until(mine, "completed")
+        assert (rec.agent, rec.agent_version) == ("own-reviewer", 1)
+        # Another project's event of the same type takes the deployment's route ($payload).
+        theirs = await bus.event("agent.task_requested", {"agent": "dev", "files": FILES}, project="b")
+        assert (await bus.until(theirs, "completed")).agent == "dev"
 
 
 async def test_a_definition_gets_no_llm_the_operator_did_not_configure(bus, js, make_settings) -> None:
