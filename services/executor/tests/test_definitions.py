@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 import conveyor.executor.service as executor_service
 from conveyor.executor.backends import AgentJob, Backend, make_backends
 from conveyor.executor.config import AgentConfig, Settings
-from conveyor.executor.handlers.fanout import FanoutDeadline
+from conveyor.executor.handlers.fanout import STAGE_INPUT_MAX, FanoutDeadline, stage_input
 from conveyor.executor.handlers.worker import retry_delay
 from conveyor.executor.registry import build_registry
 from conveyor.executor.service import SPEC
@@ -269,3 +269,44 @@ async def test_a_pipeline_left_at_a_finished_stage_is_moved_on_by_its_deadline(
         assert rec.children == [child, f"{job}-s2-dev"]
         [published] = await bus.results(job)
         assert "stage 1 qa: qa looked first" in published.result.result.summary
+
+
+def test_a_stage_input_too_large_for_a_message_keeps_the_summaries() -> None:
+    now = utcnow()
+    huge = ResultBody(
+        summary="dev proposed a rewrite", suggestions=["x" * 1000] * 10, code_diff="+" * 700_000
+    )
+    child = JobRecord(
+        job_id="j-s1-dev",
+        status="completed",
+        created_at=now,
+        updated_at=now,
+        agent="dev",
+        result=AgentResult(
+            job_id="j-s1-dev",
+            lovable_project_id=None,
+            agent_id="dev",
+            status="completed",
+            execution_time=1,
+            timestamp=now,
+            result=huge,
+        ),
+    )
+    run = PipelineRun(
+        name="p",
+        stages=[PipelineStage(agents=["dev"], children=["j-s1-dev"]), PipelineStage(agents=["qa"])],
+        input=msgspec.Raw(b'{"files": {"a.py": "x = 1\\n"}}'),
+    )
+    given = stage_input(run, 1, {"j-s1-dev": child})
+    assert len(given) <= STAGE_INPUT_MAX
+    value = msgspec.json.decode(given)
+    assert value["files"] == {"a.py": "x = 1\n"} and value["pipeline"]["trimmed"] is True
+    assert value["pipeline"]["previous"] == [
+        {
+            "stage": 1,
+            "agents": ["dev"],
+            "results": [{"agent": "dev", "status": "completed", "summary": "dev proposed a rewrite"}],
+        }
+    ]
+    small = stage_input(run, 1, {"j-s1-dev": msgspec.structs.replace(child, result=None)})
+    assert "trimmed" not in msgspec.json.decode(small)["pipeline"]

@@ -127,33 +127,46 @@ def _stage_of(run: PipelineRun, child_id: str) -> int:
     return next((i for i, s in enumerate(run.stages) if child_id in s.children), 0)
 
 
+STAGE_INPUT_MAX = 512 * 1024  # a stage's JobRequest must fit NATS' max_payload (1 MiB by default)
+
+
 def stage_input(run: PipelineRun, k: int, children: dict[str, JobRecord | None]) -> bytes:
     """What stage ``k`` is given: the job's input (an object, or {"input": value}) with
-    ``pipeline``: its name, the stage, and every earlier stage's results."""
+    ``pipeline``: its name, the stage, and every earlier stage's results. Past STAGE_INPUT_MAX
+    the results are cut to their summaries (``"trimmed": true``), so the stage's request
+    always fits in a message."""
     try:
         base = msgspec.json.decode(run.input)
     except NOT_JSON:
         base = None
     given: dict[str, Any] = dict(base) if isinstance(base, dict) else {"input": base}
-    previous = []
-    for i, stage in enumerate(run.stages[:k]):
-        results = []
-        for child_id in stage.children:
-            rec = children.get(child_id)
-            body = rec.result.result if rec is not None and rec.result is not None else None
-            item: dict[str, Any] = {
-                "agent": (rec.agent if rec else None) or child_id.rsplit("-", 1)[-1],
-                "status": rec.status if rec is not None else "missing",
-            }
-            if body is not None:
-                item.update(
-                    summary=body.summary, suggestions=body.suggestions, files_changed=body.files_changed
-                )
-                if isinstance(body.code_diff, str) and body.code_diff:
-                    item["code_diff"] = body.code_diff
-            results.append(item)
-        previous.append({"stage": i + 1, "agents": stage.agents, "results": results})
-    given["pipeline"] = {"name": run.name, "stage": k + 1, "stages": len(run.stages), "previous": previous}
+    for full in (True, False):
+        previous = []
+        for i, stage in enumerate(run.stages[:k]):
+            results = []
+            for child_id in stage.children:
+                rec = children.get(child_id)
+                body = rec.result.result if rec is not None and rec.result is not None else None
+                item: dict[str, Any] = {
+                    "agent": (rec.agent if rec else None) or child_id.rsplit("-", 1)[-1],
+                    "status": rec.status if rec is not None else "missing",
+                }
+                if body is not None and full:
+                    item.update(
+                        summary=body.summary, suggestions=body.suggestions, files_changed=body.files_changed
+                    )
+                    if isinstance(body.code_diff, str) and body.code_diff:
+                        item["code_diff"] = body.code_diff
+                elif body is not None:
+                    item["summary"] = body.summary[:2000]
+                results.append(item)
+            previous.append({"stage": i + 1, "agents": stage.agents, "results": results})
+        pipeline: dict[str, Any] = {"name": run.name, "stage": k + 1, "stages": len(run.stages)}
+        given["pipeline"] = {**pipeline, "previous": previous, **({} if full else {"trimmed": True})}
+        encoded = _encoder.encode(given)
+        if len(encoded) <= STAGE_INPUT_MAX:
+            return encoded
+    given["pipeline"] = {**pipeline, "previous": previous[-1:], "trimmed": True}
     return _encoder.encode(given)
 
 
