@@ -369,6 +369,20 @@ async def test_a_four_stage_pipeline_whose_last_stage_sees_the_first(system: Sys
     )
 
 
+async def test_an_agent_a_pipeline_runs_may_not_become_a_pipeline(system: System) -> None:
+    http, a = system.http, system.keys["a"]
+    await http.post("/api/agents", json={"id": "inner", **agent("TAG-inner")}, headers=a)
+    outer = {"id": "outer", "kind": "pipeline", "stages": [{"agents": ["inner"]}]}
+    assert (await http.post("/api/agents", json=outer, headers=a)).status_code == 201
+    resp = await http.put(
+        "/api/agents/inner", json={"kind": "pipeline", "stages": [{"agents": ["qa"]}]}, headers=a
+    )
+    assert (resp.status_code, resp.json()["field"]) == (422, "kind"), resp.text
+    nested = {"id": "nested", "kind": "pipeline", "stages": [{"agents": ["outer"]}]}
+    resp = await http.post("/api/agents", json=nested, headers=a)
+    assert (resp.status_code, resp.json()["field"]) == (422, "stages[0].agents[0]"), resp.text
+
+
 @pytest.mark.parametrize("on_failure", ["stop", "continue"])
 async def test_a_failed_stage_stops_or_goes_on_as_defined(system: System, on_failure: str) -> None:
     http, a = system.http, system.keys["a"]

@@ -194,6 +194,8 @@ def check(fields: AgentFields, agent_id: str, runnable: frozenset[str], pipeline
             raise DefinitionError(f"tools[{i}]", f"unknown tool {tool[:64]!r}; one of {', '.join(TOOLS)}")
     if len(set(fields.tools)) != len(fields.tools):
         raise DefinitionError("tools", "a tool is named twice")
+    if len(fields.allowed_hosts) > 100:
+        raise DefinitionError("allowed_hosts", "at most 100 hosts")
     for i, host in enumerate(fields.allowed_hosts):
         if not _HOST.match(host):
             raise DefinitionError(f"allowed_hosts[{i}]", "a lower-case host name (*.example.com allowed)")

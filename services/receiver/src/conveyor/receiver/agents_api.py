@@ -279,6 +279,17 @@ async def update(request: web.Request) -> web.Response:
         check(spec, agent_id, *_runnable(st, project, without=agent_id))
     except DefinitionError as exc:
         raise _definition_error(exc) from None
+    if spec.kind == "pipeline":
+        # A stage runs agents: an agent a pipeline runs may not become a pipeline (no nesting,
+        # hence no cycle of pipelines running each other).
+        for d in st.own_definitions(project.project_id):
+            if d.id != agent_id and any(agent_id in stage.agents for stage in d.stages):
+                raise HTTPError(
+                    422,
+                    "invalid_field",
+                    f"kind: pipeline {d.id!r} runs {agent_id!r} in a stage",
+                    field="kind",
+                )
     expected = request.headers.get("If-Match")
     for _ in range(_WRITE_TRIES):
         found = await _load(st, project.project_id, agent_id)
