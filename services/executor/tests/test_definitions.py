@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 import conveyor.executor.service as executor_service
 from conveyor.executor.backends import AgentJob, Backend, make_backends
 from conveyor.executor.config import AgentConfig, Settings
+from conveyor.executor.handlers.definitions import Definitions
 from conveyor.executor.handlers.fanout import STAGE_INPUT_MAX, FanoutDeadline, stage_input
 from conveyor.executor.handlers.worker import retry_delay
 from conveyor.executor.registry import build_registry
@@ -310,3 +311,20 @@ def test_a_stage_input_too_large_for_a_message_keeps_the_summaries() -> None:
     ]
     small = stage_input(run, 1, {"j-s1-dev": msgspec.structs.replace(child, result=None)})
     assert "trimmed" not in msgspec.json.decode(small)["pipeline"]
+
+
+async def test_a_definition_newer_than_the_mirror_is_read_from_the_bucket(js, make_settings) -> None:
+    """A pipeline saved a moment before its job arrives: the job names its version, the mirror
+    (here never started, so always behind) lacks it, and the bucket is read once instead."""
+    settings = make_settings()
+    kvs = await ensure_kv(js, [subjects.KV_AGENTS, subjects.KV_AGENT_ROUTES])
+    defs = Definitions(
+        settings, build_registry(settings), kvs[subjects.KV_AGENTS], kvs[subjects.KV_AGENT_ROUTES]
+    )
+    await define(js, "a", "p", kind="pipeline", stages=[Stage(agents=["qa"])], version=3)
+    assert defs.lookup("a", "p") is None  # the mirror has not seen it
+    agent = await defs.fetch("a", "p", 3)
+    assert agent is not None and (agent.backend, agent.version) == ("pipeline", 3)
+    found = defs.definition("a", "p")  # what the worker reads the pipeline's plan from
+    assert found is not None and found.version == 3
+    assert await defs.fetch("b", "p", 3) is None  # never another project's

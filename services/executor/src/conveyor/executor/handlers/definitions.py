@@ -98,12 +98,17 @@ class Definitions:
             return agent
         found = self.definition(project, name)
         if self.kv is not None and (found is None or (version is not None and found.version < version)):
+            key = definition_key(project, name)
             try:
-                entry = await self.kv.get(definition_key(project, name))
-                if entry.value:
-                    found = definition_decoder.decode(entry.value)
+                entry = await self.kv.get(key)
             except nats.js.errors.KeyNotFoundError:
-                pass
+                entry = None
+            if entry is not None and entry.value:
+                read = definition_decoder.decode(entry.value)
+                held = self.defs.values.get(key) if self.defs is not None else None
+                if self.defs is not None and (held is None or held.version < read.version):
+                    self.defs.put_local(key, read)  # the pipeline's plan is read from the mirror next
+                found = read
         return None if found is None else self.agent_of(found)
 
     def agent_of(self, d: AgentDefinition) -> Agent:
