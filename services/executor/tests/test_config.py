@@ -84,7 +84,7 @@ def test_a_list_of_names_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("env", "says"),
     [
-        ({"AGENTS": '[{"name": "qa", "retries": 5}]'}, "retries must be 0..2"),
+        ({"AGENTS": '[{"name": "qa", "retries": 5}]'}, "retries must be 0..3"),
         ({"AGENTS": '[{"name": "x", "backend": "command"}]'}, "needs command"),
         ({"AGENTS": '[{"name": "mystery"}]'}, "no LLM is configured"),
         ({"AGENTS": '[{"name": "a.b", "backend": "builtin", "builtin": "qa"}]'}, "letters, digits"),

@@ -176,7 +176,12 @@ async def test_agents_a_key_may_run(two, make_project, project_key) -> None:
     await make_project(two, "narrow", agents=["qa", "dev"])
     narrow = await project_key(two, "narrow")
     got = (await two.http.get("/api/agents", headers=narrow)).json()
-    assert got == {"project": "narrow", "agents": ["dev", "qa"]}
+    assert got["project"] == "narrow" and got["agents"] == ["dev", "qa"]
+    # Each is shown as a read-only definition too (GET /api/agents lists the project's own).
+    assert [(d["id"], d["read_only"], d["version"]) for d in got["definitions"]] == [
+        ("dev", True, 0),
+        ("qa", True, 0),
+    ]
     assert (
         await two.http.post("/api/jobs", json={"agent": "pm", "prompt": "x"}, headers=narrow)
     ).status_code == 422

@@ -105,6 +105,8 @@ class JobRequest(Message, frozen=True, kw_only=True):
     schedule_id: str | None = None
     correlation_id: str | None = None
     project: str = DEFAULT_PROJECT
+    # A project's definition: the version the caller saw (the executor runs that one or newer).
+    agent_version: int | None = None
 
 
 # --- results.<job_id> -------------------------------------------------------------------------
@@ -123,6 +125,29 @@ class JobResult(Message, frozen=True, kw_only=True):
 
 
 # --- KV jobs ------------------------------------------------------------------------------------
+
+
+class PipelineStage(msgspec.Struct, frozen=True, kw_only=True):
+    """One stage of a running pipeline: what runs, its child jobs once started, its deadline."""
+
+    agents: list[str]
+    on_failure: Literal["stop", "continue"] = "stop"
+    timeout_ms: int | None = None
+    children: list[str] = []
+    deadline: dt.datetime | None = None
+    timed_out: bool = False
+
+
+class PipelineRun(msgspec.Struct, frozen=True, kw_only=True):
+    """A pipeline's durable state, in its job's record: the plan fixed when it started, the
+    stage running, and the job's own task, which every stage is given with the earlier stages'
+    results (nothing of it is held only in an executor's memory)."""
+
+    name: str
+    stages: list[PipelineStage]
+    input: msgspec.Raw
+    stage: int = 0
+    prompt: str | None = None
 
 
 class JobRecord(Message, frozen=True, kw_only=True):
@@ -148,6 +173,8 @@ class JobRecord(Message, frozen=True, kw_only=True):
     schedule_id: str | None = None
     result: AgentResult | None = None
     project: str = DEFAULT_PROJECT  # who may see it; another project's job answers 404
+    agent_version: int | None = None  # the version of the project's definition the job ran
+    pipeline: PipelineRun | None = None  # set on a pipeline's job
 
     @property
     def terminal(self) -> bool:

@@ -157,6 +157,8 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
         subjects.KV_CONNECTIONS: kv(subjects.KV_CONNECTIONS),
         # A spent state is kept past the longest a state lives (OAUTH_STATE_TTL_S, at most 1 h).
         subjects.KV_OAUTH_STATES: kv(subjects.KV_OAUTH_STATES, ttl=2 * 3600),
+        subjects.KV_AGENTS: kv(subjects.KV_AGENTS),
+        subjects.KV_AGENT_ROUTES: kv(subjects.KV_AGENT_ROUTES),
     }
 
 

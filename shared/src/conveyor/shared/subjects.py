@@ -40,6 +40,8 @@ KV_PROJECTS: Final = "projects"  # project_id -> Project (every service mirrors 
 KV_INTEGRATION: Final = "integration"  # project_id -> IntegrationStatus (receiver, deliverer)
 KV_CONNECTIONS: Final = "connections"  # <project>.<provider> -> Connection (sealed GitHub/Slack credentials)
 KV_OAUTH_STATES: Final = "oauth_states"  # used.<nonce> -> when an OAuth state was spent (no replay)
+KV_AGENTS: Final = "agents"  # <project>.<agent id> -> AgentDefinition (receiver writes; executors mirror)
+KV_AGENT_ROUTES: Final = "agent_routes"  # project_id -> ProjectRoutes (receiver writes; executors mirror)
 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"

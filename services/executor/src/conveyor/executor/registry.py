@@ -16,12 +16,14 @@ from conveyor.executor.builtin import ANALYSES
 from conveyor.executor.config import PAYLOAD_AGENT, AgentConfig
 from conveyor.executor.tools import TOOL_NAMES
 from conveyor.shared import subjects
+from conveyor.shared.agentdefs import BUILTIN_PIPELINES
 from conveyor.shared.config import Secret
 
 if TYPE_CHECKING:
     from conveyor.executor.config import Settings
 
-MAX_RETRIES = 2  # the product's rule: at most 2 retries (3 attempts)
+MAX_RETRIES = 3  # the product's rule: at most 3 retries (4 attempts)
+DEFAULT_RETRIES = 2
 
 _OUTPUT = (
     " Answer with one JSON object only, no prose around it: "
@@ -132,6 +134,8 @@ class Agent:
     max_tool_calls: int = 20
     max_run_tokens: int | None = None
     stream: bool = False
+    version: int | None = None  # a project's definition: the version resolved
+    project: str | None = None  # a project's definition: its project (None: the deployment's)
 
     @property
     def max_attempts(self) -> int:
@@ -165,79 +169,81 @@ def build_registry(settings: Settings) -> dict[str, Agent]:
     for item in settings.agents:
         cfg = AgentConfig(name=item) if isinstance(item, str) else item
         configs[cfg.name] = _merge(configs.get(cfg.name), cfg)
-    agents: dict[str, Agent] = {}
-    for name, cfg in configs.items():
-        where = f"agent {name!r}"
-        if not subjects.is_token(name):
-            raise ValueError(f"{where}: names are letters, digits, '-' and '_' only")
-        backend = cfg.backend or "auto"
-        builtin = cfg.builtin or name
-        if backend == "auto":
-            backend = _auto_backend(settings)
-        if backend == "builtin" and builtin not in ANALYSES:
-            why = "there is" if cfg.backend == "builtin" else "no LLM is configured and there is"
-            raise ValueError(
-                f"{where}: {why} no builtin analysis named {builtin!r} "
-                f"(set backend, or builtin = one of {sorted(ANALYSES)})"
-            )
-        if backend == "command" and not cfg.command:
-            raise ValueError(f"{where}: backend 'command' needs command = [program, args...]")
-        retries = MAX_RETRIES if cfg.retries is None else cfg.retries
-        if not 0 <= retries <= MAX_RETRIES:
-            raise ValueError(f"{where}: retries must be 0..{MAX_RETRIES}")
-        timeout_ms = cfg.timeout_ms if cfg.timeout_ms is not None else settings.aios_agent_timeout_ms
-        if timeout_ms <= 0:
-            raise ValueError(f"{where}: timeout_ms must be positive")
-        if cfg.concurrency is not None and cfg.concurrency < 1:
-            raise ValueError(f"{where}: concurrency must be at least 1")
-        for tool in cfg.tools or ():
-            if tool not in TOOL_NAMES:
-                raise ValueError(f"{where}: unknown tool {tool!r} (tools: {', '.join(TOOL_NAMES)})")
-        if "http_fetch" in (cfg.tools or ()) and not cfg.allowed_hosts:
-            raise ValueError(f"{where}: tool 'http_fetch' needs allowed_hosts (the hosts it may fetch from)")
-        if cfg.max_tool_calls is not None and cfg.max_tool_calls < 0:
-            raise ValueError(f"{where}: max_tool_calls must be 0 or more")
-        if cfg.max_run_tokens is not None and cfg.max_run_tokens < 1:
-            raise ValueError(f"{where}: max_run_tokens must be at least 1")
-        if backend == "openai":
-            model = cfg.model or settings.openai_model
-            base_url = cfg.base_url or settings.openai_base_url or "https://api.openai.com/v1"
-            api_key = cfg.api_key or settings.openai_api_key
-        elif backend == "anthropic":
-            model = cfg.model or settings.anthropic_model
-            base_url = cfg.base_url or settings.anthropic_base_url or "https://api.anthropic.com"
-            api_key = cfg.api_key or settings.anthropic_api_key
-            if not api_key:
-                raise ValueError(f"{where}: backend 'anthropic' needs ANTHROPIC_API_KEY or api_key")
-        else:
-            model, base_url, api_key = cfg.model, cfg.base_url, cfg.api_key
-        agents[name] = Agent(
-            name=name,
-            backend=backend,
-            timeout_s=timeout_ms / 1000,
-            retries=retries,
-            system_prompt=cfg.system_prompt or f"You are the {name} agent." + _OUTPUT,
-            model=model,
-            concurrency=cfg.concurrency,
-            builtin=builtin,
-            base_url=base_url.rstrip("/") if base_url else None,
-            api_key=api_key,
-            max_tokens=cfg.max_tokens or settings.llm_max_tokens,
-            temperature=cfg.temperature,
-            command=tuple(cfg.command or ()),
-            env=dict(cfg.env or {}),
-            env_allowlist=tuple(
-                cfg.env_allowlist if cfg.env_allowlist is not None else settings.command_env_allowlist
-            ),
-            instant=bool(cfg.instant) and backend == "builtin",
-            description=cfg.description or "",
-            tools=tuple(cfg.tools or ()),
-            allowed_hosts=tuple(cfg.allowed_hosts or ()),
-            max_tool_calls=cfg.max_tool_calls if cfg.max_tool_calls is not None else 20,
-            max_run_tokens=cfg.max_run_tokens,
-            stream=bool(cfg.stream),
+    return {name: resolve_agent(settings, name, cfg) for name, cfg in configs.items()}
+
+
+def resolve_agent(settings: Settings, name: str, cfg: AgentConfig) -> Agent:
+    """One agent with every field concrete; ValueError naming the agent and the problem."""
+    where = f"agent {name!r}"
+    if not subjects.is_token(name):
+        raise ValueError(f"{where}: names are letters, digits, '-' and '_' only")
+    backend = cfg.backend or "auto"
+    builtin = cfg.builtin or name
+    if backend == "auto":
+        backend = _auto_backend(settings)
+    if backend == "builtin" and builtin not in ANALYSES:
+        why = "there is" if cfg.backend == "builtin" else "no LLM is configured and there is"
+        raise ValueError(
+            f"{where}: {why} no builtin analysis named {builtin!r} "
+            f"(set backend, or builtin = one of {sorted(ANALYSES)})"
         )
-    return agents
+    if backend == "command" and not cfg.command:
+        raise ValueError(f"{where}: backend 'command' needs command = [program, args...]")
+    retries = DEFAULT_RETRIES if cfg.retries is None else cfg.retries
+    if not 0 <= retries <= MAX_RETRIES:
+        raise ValueError(f"{where}: retries must be 0..{MAX_RETRIES}")
+    timeout_ms = cfg.timeout_ms if cfg.timeout_ms is not None else settings.aios_agent_timeout_ms
+    if timeout_ms <= 0:
+        raise ValueError(f"{where}: timeout_ms must be positive")
+    if cfg.concurrency is not None and cfg.concurrency < 1:
+        raise ValueError(f"{where}: concurrency must be at least 1")
+    for tool in cfg.tools or ():
+        if tool not in TOOL_NAMES:
+            raise ValueError(f"{where}: unknown tool {tool!r} (tools: {', '.join(TOOL_NAMES)})")
+    if "http_fetch" in (cfg.tools or ()) and not cfg.allowed_hosts:
+        raise ValueError(f"{where}: tool 'http_fetch' needs allowed_hosts (the hosts it may fetch from)")
+    if cfg.max_tool_calls is not None and cfg.max_tool_calls < 0:
+        raise ValueError(f"{where}: max_tool_calls must be 0 or more")
+    if cfg.max_run_tokens is not None and cfg.max_run_tokens < 1:
+        raise ValueError(f"{where}: max_run_tokens must be at least 1")
+    if backend == "openai":
+        model = cfg.model or settings.openai_model
+        base_url = cfg.base_url or settings.openai_base_url or "https://api.openai.com/v1"
+        api_key = cfg.api_key or settings.openai_api_key
+    elif backend == "anthropic":
+        model = cfg.model or settings.anthropic_model
+        base_url = cfg.base_url or settings.anthropic_base_url or "https://api.anthropic.com"
+        api_key = cfg.api_key or settings.anthropic_api_key
+        if not api_key:
+            raise ValueError(f"{where}: backend 'anthropic' needs ANTHROPIC_API_KEY or api_key")
+    else:
+        model, base_url, api_key = cfg.model, cfg.base_url, cfg.api_key
+    return Agent(
+        name=name,
+        backend=backend,
+        timeout_s=timeout_ms / 1000,
+        retries=retries,
+        system_prompt=cfg.system_prompt or f"You are the {name} agent." + _OUTPUT,
+        model=model,
+        concurrency=cfg.concurrency,
+        builtin=builtin,
+        base_url=base_url.rstrip("/") if base_url else None,
+        api_key=api_key,
+        max_tokens=cfg.max_tokens or settings.llm_max_tokens,
+        temperature=cfg.temperature,
+        command=tuple(cfg.command or ()),
+        env=dict(cfg.env or {}),
+        env_allowlist=tuple(
+            cfg.env_allowlist if cfg.env_allowlist is not None else settings.command_env_allowlist
+        ),
+        instant=bool(cfg.instant) and backend == "builtin",
+        description=cfg.description or "",
+        tools=tuple(cfg.tools or ()),
+        allowed_hosts=tuple(cfg.allowed_hosts or ()),
+        max_tool_calls=cfg.max_tool_calls if cfg.max_tool_calls is not None else 20,
+        max_run_tokens=cfg.max_run_tokens,
+        stream=bool(cfg.stream),
+    )
 
 
 def build_routes(settings: Settings, agents: dict[str, Agent]) -> dict[str, tuple[str, ...]]:
@@ -247,7 +253,7 @@ def build_routes(settings: Settings, agents: dict[str, Agent]) -> dict[str, tupl
         routes[key] = tuple(names)
     for key, names in routes.items():
         for n in names:
-            if n != PAYLOAD_AGENT and n not in agents:
+            if n != PAYLOAD_AGENT and n not in agents and n not in BUILTIN_PIPELINES:
                 raise ValueError(f"route {key!r}: unknown agent {n!r} (known: {', '.join(sorted(agents))})")
         if len(set(names)) != len(names):
             raise ValueError(f"route {key!r}: an agent is named twice")

@@ -13,13 +13,14 @@ from conveyor.executor.backends import make_backends
 from conveyor.executor.config import Settings
 from conveyor.executor.credentials import CredentialsProvider
 from conveyor.executor.handlers.cancels import Canceller, Cancels
+from conveyor.executor.handlers.definitions import Definitions
 from conveyor.executor.handlers.fairness import Gates
 from conveyor.executor.handlers.fanout import Fanout
 from conveyor.executor.handlers.jobstore import JobStore
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.handlers.router import Router
 from conveyor.executor.handlers.scheduler import with_scheduler
-from conveyor.executor.handlers.worker import STAGE, Worker
+from conveyor.executor.handlers.worker import DEFINED, STAGE, Worker
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import build_registry, build_routes
 from conveyor.shared import subjects
@@ -65,7 +66,8 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     settings: Settings = rt.settings
     agents = build_registry(settings)
     routes = build_routes(settings, agents)
-    metrics = Metrics(rt.registry, agents)
+    metrics = Metrics(rt.registry, [*agents, DEFINED])
+    definitions = Definitions(settings, agents, rt.kv[subjects.KV_AGENTS], rt.kv[subjects.KV_AGENT_ROUTES])
     requests = rt.requests
     store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS], requests)
     results = Results(requests, rt.js)
@@ -83,6 +85,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             cancels_kv=rt.kv[subjects.KV_CANCELS],
             cancel_reason=cancels.reason,
             deadline_ms=settings.fanout_deadline_ms,
+            definitions=definitions,
         )
         gates = Gates(rt, settings, metrics, stage=STAGE)
         worker = Worker(
@@ -105,6 +108,8 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
                 http,
                 settings.github_api_url,
             ).of,
+            definitions=definitions,
+            start_pipeline=fanout.start_pipeline,
         )
         canceller = Canceller(store, worker.cancel_running, fanout.child_done)
         router = Router(
@@ -119,7 +124,9 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             cancel_queued=canceller.cancel_queued,
             tracer=rt.tracer,
             allowed=gates.agents_of.get,
+            definitions=definitions,
         )
+        await definitions.start()  # a project's agents known before its first job is taken
         await cancels.start(canceller.on_cancel)
         await gates.start(worker.handle_limited)  # limits known before the first job is taken
         configs = consumer_configs(settings)
@@ -143,6 +150,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         finally:
             await gates.stop()
             await cancels.stop()
+            await definitions.stop()
 
 
 def details(rt: Runtime[Any]) -> dict[str, Any]:
@@ -159,6 +167,8 @@ SPEC = ServiceSpec(
         subjects.KV_JOB_LOGS,
         subjects.KV_PROJECTS,
         subjects.KV_CONNECTIONS,
+        subjects.KV_AGENTS,
+        subjects.KV_AGENT_ROUTES,
     ],
     components=with_scheduler(components),
     details=details,

@@ -100,13 +100,6 @@ class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-class AgentList(msgspec.Struct, frozen=True, kw_only=True):
-    """GET /api/agents: what ``project`` may run (POST /api/jobs refuses the others)."""
-
-    project: str
-    agents: list[str]
-
-
 class JobList(msgspec.Struct, frozen=True, kw_only=True):
     jobs: list[JobSummary]
     next_cursor: int | None

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from conveyor.receiver import (
+    agents_api,
     deadletters_api,
     integrations_api,
     mcp_api,
@@ -29,7 +30,6 @@ from conveyor.receiver.openapi import ANY_JSON, SSE, TEXT, Operation, Param, doc
 from conveyor.receiver.schemas import (
     Accepted,
     AgentHealth,
-    AgentList,
     CancelAccepted,
     Health,
     Ignored,
@@ -49,6 +49,7 @@ from conveyor.receiver.schemas import (
 from conveyor.receiver.sources import build_sources, parse_networks
 from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
+from conveyor.shared.agentdefs import definition_decoder
 from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
 from conveyor.shared.integration import IntegrationRecorder
 from conveyor.shared.kvbucket import Bucket
@@ -82,6 +83,8 @@ BUCKETS = [
     subjects.KV_INTEGRATION,
     subjects.KV_CONNECTIONS,
     subjects.KV_OAUTH_STATES,
+    subjects.KV_AGENTS,
+    subjects.KV_AGENT_ROUTES,
 ]
 
 E = None  # an error answer: ErrorBody
@@ -242,16 +245,6 @@ def operations() -> list[Operation]:
         ),
         Operation(
             "GET",
-            "/api/agents",
-            jobs.list_agents,
-            "The agents the key's project may run",
-            "jobs",
-            {200: AgentList, 404: E, **_KEYED},
-            auth="api_key",
-            params=(Param("project", "query", "Admin and organisation keys: which project."),),
-        ),
-        Operation(
-            "GET",
             "/api/jobs",
             jobs.list_jobs,
             "Jobs the key's scope sees, oldest first",
@@ -341,6 +334,7 @@ def routes(rt: Runtime[Any]) -> None:
     health.install(rt.app)
     ops = [
         *operations(),
+        *agents_api.operations(),
         *schedules_api.operations(),
         *projects_api.operations(),
         *deadletters_api.operations(),
@@ -424,6 +418,13 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         on_change=st.directory.update,
     )
     await st.projects.start()
+    st.definitions = KvMirror(
+        st.kv[subjects.KV_AGENTS],
+        subjects.KV_AGENTS,
+        definition_decoder.decode,
+        on_change=st.definition_changed,
+    )
+    await st.definitions.start()
     st.integration = IntegrationRecorder(st.kv[subjects.KV_INTEGRATION])
     st.integration.start()
     st.js = js  # last: no request is taken before the above are set
@@ -432,6 +433,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             yield
     finally:
         await st.integration.stop()
+        await st.definitions.stop()
         await st.projects.stop()
 
 

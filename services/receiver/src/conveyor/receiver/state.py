@@ -24,6 +24,7 @@ from conveyor.receiver.config import Settings
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.sources import Network, Source, peer_host
 from conveyor.shared import subjects
+from conveyor.shared.agentdefs import BUILTIN_PIPELINES, AgentDefinition, definition_key, split_key
 from conveyor.shared.events import JobIndexEntry, JobRecord, encoder, job_record_decoder
 from conveyor.shared.http import HTTPError
 from conveyor.shared.integration import IntegrationRecorder
@@ -134,6 +135,9 @@ class Receiver:
     sealer: Sealer = field(default_factory=lambda: Sealer([]))
     secrets: ProjectSecrets = field(init=False)  # opened with ``sealer``
     projects: KvMirror[Project] | None = None
+    definitions: KvMirror[AgentDefinition] | None = None  # KV agents: every project's definitions
+    # The same, by project: a project's own list costs no scan of everyone's.
+    definitions_of: dict[str, dict[str, AgentDefinition]] = field(default_factory=dict)
     integration: IntegrationRecorder | None = None  # last webhook per project (status endpoint)
 
     def projects_mirror_put(self, project_id: str, project: Project | None) -> None:
@@ -152,6 +156,59 @@ class Receiver:
         self.secrets = ProjectSecrets(self.sealer)
         self.body_budget = BodyBudget(self.settings.max_body_bytes_in_flight)
         self.streams = StreamSlots(self.settings.sse_max_streams, self.settings.sse_max_streams_per_client)
+
+    # --- agents ---------------------------------------------------------------------------
+
+    def definition(self, project: str, name: str) -> AgentDefinition | None:
+        """A built-in pipeline, or ``project``'s own definition named ``name`` (never another
+        project's)."""
+        if name in self.agents:
+            return None
+        if name in BUILTIN_PIPELINES:
+            return BUILTIN_PIPELINES[name]
+        if self.definitions is None:
+            return None
+        return self.definitions.values.get(definition_key(project, name))
+
+    def definition_changed(self, key: str, value: AgentDefinition | None) -> None:
+        """The mirror's on_change: keep ``definitions_of`` in step."""
+        owner = split_key(key)
+        if owner is None:
+            return
+        project, agent_id = owner
+        if value is None:
+            self.definitions_of.get(project, {}).pop(agent_id, None)
+        else:
+            self.definitions_of.setdefault(project, {})[agent_id] = value
+
+    def own_definitions(self, project: str) -> list[AgentDefinition]:
+        return sorted(self.definitions_of.get(project, {}).values(), key=lambda d: d.id)
+
+    def may_run(self, project: Project, name: str) -> tuple[bool, AgentDefinition | None]:
+        """Whether ``project`` may run ``name`` and, when it is not a configured agent, its
+        definition: :meth:`runnable` for one name, without building the whole list."""
+        if name in self.agents:
+            return project.may_run(name), None
+        found = self.definition(project.project_id, name)
+        if found is None:
+            return False, None
+        if found.read_only:
+            agents = [a for stage in found.stages for a in stage.agents]
+            return project.may_run(name) and all(
+                a in self.agents and project.may_run(a) for a in agents
+            ), found
+        return True, found
+
+    def runnable(self, project: Project) -> dict[str, AgentDefinition | None]:
+        """What ``project`` may run: the deployment's agents it lists (None: every one), the
+        built-in pipelines whose agents it may all run, and its own definitions."""
+        out: dict[str, AgentDefinition | None] = {a: None for a in self.agents if project.may_run(a)}
+        for name, d in BUILTIN_PIPELINES.items():
+            if project.may_run(name) and all(a in out for s in d.stages for a in s.agents):
+                out[name] = d
+        for d in self.own_definitions(project.project_id):
+            out.setdefault(d.id, d)
+        return out
 
     # --- availability -----------------------------------------------------------------------
 

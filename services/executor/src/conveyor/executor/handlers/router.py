@@ -18,12 +18,14 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 
 from conveyor.executor.config import PAYLOAD_AGENT
+from conveyor.executor.handlers.definitions import Definitions
 from conveyor.executor.handlers.fanout import Fanout
 from conveyor.executor.handlers.jobstore import JobStore, checked_job_id
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent, route_for
 from conveyor.shared import subjects
+from conveyor.shared.agentdefs import DELEGATE_EVENT
 from conveyor.shared.events import (
     NOT_JSON,
     AgentResult,
@@ -89,7 +91,9 @@ class Router:
         cancel_queued: Callable[[str, str], Awaitable[None]],
         tracer: trace.Tracer,
         allowed: Callable[[str], frozenset[str] | None] = lambda project: None,
+        definitions: Definitions | None = None,
     ) -> None:
+        self.definitions = definitions
         self.requests = requests
         self.agents = agents
         self.routes = routes
@@ -104,7 +108,17 @@ class Router:
         self.allowed = allowed  # a project's agents, when it lists them (None: every agent)
 
     def resolve(self, event: WebhookEvent, payload: Any) -> list[Agent]:
-        route = route_for(self.routes, event.source, event.type)
+        defs = self.definitions
+        project = event.project
+        if self.delegation(event):
+            # POST /api/agents/delegate: the agents the caller named, always as a fan-out.
+            route: tuple[str, ...] = (PAYLOAD_AGENT,)
+        else:
+            # The project's own routes first, then the deployment's.
+            own = defs.project_routes(project) if defs is not None else {}
+            route = route_for(own, event.source, event.type) or route_for(
+                self.routes, event.source, event.type
+            )
         if not route:
             raise Unroutable(f"no agent is routed for event type {event.type!r} from {event.source!r}")
         names: list[str] = []
@@ -116,15 +130,28 @@ class Router:
             if not named:
                 raise Unroutable(f"a {event.type} event must name its agent (data.agent)")
             for n in named:
-                if n not in self.agents:
+                if not (n in self.agents or (defs is not None and defs.known(project, n))):
                     known = ", ".join(sorted(self.agents))
                     raise Unroutable(f"unknown agent {n!r} named in the payload (known: {known})", agent=n)
             names += named
-        if (allowed := self.allowed(event.project)) is not None:
+        if (allowed := self.allowed(project)) is not None:
             for n in names:
-                if n not in allowed:
-                    raise Unroutable(f"agent {n!r} is not enabled for project {event.project!r}", agent=n)
-        return [self.agents[n] for n in dict.fromkeys(names)]
+                if n not in allowed and not (defs is not None and defs.own(project, n)):
+                    raise Unroutable(f"agent {n!r} is not enabled for project {project!r}", agent=n)
+        agents = []
+        for n in dict.fromkeys(names):
+            try:
+                agent = self.agents.get(n) or (defs.lookup(project, n) if defs is not None else None)
+            except ValueError as exc:
+                raise Unroutable(str(exc), agent=n) from None
+            if agent is None:
+                raise Unroutable(f"unknown agent {n!r} in the route for {event.type!r}", agent=n)
+            agents.append(agent)
+        return agents
+
+    @staticmethod
+    def delegation(event: WebhookEvent) -> bool:
+        return event.source == "api" and event.type == DELEGATE_EVENT
 
     async def handle(self, msg: Msg) -> None:
         event = webhook_event_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
@@ -151,6 +178,12 @@ class Router:
             await self.cancel_queued(event.job_id, reason)  # cancelled before it was routed: never starts
             return
         prompt = prompt_of(payload)
+        if self.delegation(event):
+            # The children get the caller's input, not the request that named them.
+            given = payload.get("input") if isinstance(payload, dict) else None
+            self.metrics.routed.labels("fanout").inc()
+            await self.fanout.start(event, agents, prompt, _encoder.encode(given or {}))
+            return
         if len(agents) > 1:
             self.metrics.routed.labels("fanout").inc()
             await self.fanout.start(event, agents, prompt)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,16 +30,18 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
-from conveyor.executor.backends import AgentError, AgentJob, Backend
+from conveyor.executor.backends import AgentError, AgentJob, Backend, TransientError
 from conveyor.executor.config import Settings
 from conveyor.executor.credentials import Credentials, no_credentials
+from conveyor.executor.handlers.definitions import PIPELINE, Definitions
 from conveyor.executor.handlers.fairness import Gates
-from conveyor.executor.handlers.jobstore import JobStore, Versioned, checked_job_id
+from conveyor.executor.handlers.jobstore import Conflict, JobStore, Versioned, checked_job_id
 from conveyor.executor.handlers.results import Results, may_exceed, oversize
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
-from conveyor.shared import wire
-from conveyor.shared.consumer import backoff_delay, dead_letter, heartbeat
+from conveyor.shared import subjects, wire
+from conveyor.shared.agentdefs import MAX_DELEGATES, AgentDefinition
+from conveyor.shared.consumer import dead_letter, heartbeat
 from conveyor.shared.errors import RetryableError
 from conveyor.shared.events import (
     AgentResult,
@@ -46,6 +49,7 @@ from conveyor.shared.events import (
     JobRequest,
     LogLine,
     ResultBody,
+    encoder,
     job_request_decoder,
     utcnow,
 )
@@ -55,6 +59,8 @@ from conveyor.shared.telemetry import exporting, message_span
 log = logging.getLogger(__name__)
 
 STAGE = "executor"
+PIPELINE_INPUT_MAX = 256 * 1024  # kept in the pipeline's record, which every stage rewrites
+DEFINED = "defined"  # the metrics label of every project's own agents (bounded cardinality)
 SATURATED_DELAY_S = 1.0
 PROGRESS_EVERY_S = 1.0
 
@@ -140,6 +146,17 @@ class Attempt:
         await self.store.write_log(self.job_id, [*self.previous, *self.lines])
 
 
+def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
+    """The wait after failed attempt ``attempt`` (1-based): base, 2x, 4x, 8x (1 s, 2 s, 4 s,
+    8 s with RETRY_BASE_MS=1000), capped at RETRY_CAP_MS. Fixed steps, no jitter: a job's
+    retries are few and already spread by when each job failed."""
+    return min(cap_s, base_s * 2 ** max(0, attempt - 1))
+
+
+def metric_label(agent: Agent) -> str:
+    return DEFINED if agent.project is not None else agent.name
+
+
 def _cancelled(attempt: Attempt, reason: str) -> Outcome:
     attempt.log("warning", f"cancelled: {reason}")
     return Outcome("cancelled", error=reason)
@@ -178,7 +195,11 @@ class Worker:
         instance: str,
         gates: Gates | None = None,
         credentials: Callable[[str], Credentials] = no_credentials,  # project -> AgentJob.credentials
+        definitions: Definitions | None = None,
+        start_pipeline: Callable[[JobRequest, AgentDefinition, Agent], Awaitable[None]] | None = None,
     ) -> None:
+        self.definitions = definitions or Definitions(settings, agents)
+        self.start_pipeline = start_pipeline
         self.js = js
         self.settings = settings
         self.agents = agents
@@ -205,7 +226,11 @@ class Worker:
         """A job from the shared queue, ``jobs.run.<agent>``."""
         req = job_request_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
         checked_job_id(req.job_id)
-        if req.project in self.limited and req.agent in self.agents and self.gates is not None:
+        if (
+            req.project in self.limited
+            and self.gates is not None
+            and self.definitions.known(req.project, req.agent)
+        ):
             # Its project has a running limit: the job waits for a slot in its own queue.
             await self.gates.hop(msg, req)
             return
@@ -230,8 +255,12 @@ class Worker:
         if cur.terminal:
             await self._settle_finished(msg, cur, req)
             return
-        agent = self.agents.get(req.agent)
         previous = cur.record.attempts if cur.record else 0
+        try:
+            agent = await self.definitions.fetch(req.project, req.agent, req.agent_version)
+            problem = None
+        except ValueError as exc:  # a project's definition this deployment cannot run
+            agent, problem = None, str(exc)
         if agent is None:
             known = ", ".join(sorted(self.agents))
             await self._give_up(
@@ -239,7 +268,7 @@ class Worker:
                 req,
                 req.agent,
                 Attempt(self.store, req.job_id, previous, cur),
-                f"unknown agent {req.agent!r} (known: {known})",
+                problem or f"unknown agent {req.agent!r} (known: {known})",
                 backend=None,
                 ran=False,
             )
@@ -248,6 +277,21 @@ class Worker:
         if (reason := self.cancel_reason(req.job_id, req.parent_id)) is not None:
             attempt.number = previous  # it never starts: no attempt is used
             await self._conclude(msg, req, agent, attempt, Outcome("cancelled", error=reason, ran=False), 0)
+            return
+        if agent.backend == PIPELINE:
+            definition = self.definitions.definition(req.project, req.agent)
+            if len(req.input) > PIPELINE_INPUT_MAX:
+                why = f"a pipeline's input may be at most {PIPELINE_INPUT_MAX // 1024} KiB"
+                await self._give_up(msg, req, req.agent, attempt, why, backend=PIPELINE, ran=False)
+                return
+            if definition is None or self.start_pipeline is None:
+                await self._give_up(
+                    msg, req, req.agent, attempt, "pipelines do not run here", backend=None, ran=False
+                )
+                return
+            # The pipeline's stages are jobs of their own; this message only starts it.
+            await self.start_pipeline(req, definition, agent)
+            await wire.ack(msg)
             return
         if attempt.number > agent.max_attempts:
             attempt.number = previous
@@ -261,7 +305,7 @@ class Worker:
                 ran=False,
             )
             return
-        slot = self.slots.get(agent.name)
+        slot = self.slots.get(agent.name) if agent.project is None else None
         if slot is not None and slot.locked():
             # This agent is at its concurrency here: hand the job to another replica, or to us later.
             await msg.nak(delay=SATURATED_DELAY_S)
@@ -284,7 +328,8 @@ class Worker:
             attempt.previous = []
         run = Running(job_id, req.parent_id)
         self.running[job_id] = run
-        self.metrics.running[agent.name].inc()
+        label = metric_label(agent)
+        self.metrics.running[label].inc()
         t0 = time.perf_counter()
         try:
             if not agent.instant:
@@ -312,10 +357,10 @@ class Worker:
             raise
         finally:
             self.running.pop(job_id, None)
-            self.metrics.running[agent.name].dec()
+            self.metrics.running[label].dec()
             await attempt.settle_progress()
         elapsed = time.perf_counter() - t0
-        self.metrics.took[agent.name, outcome.status].observe(elapsed)
+        self.metrics.took[label, outcome.status].observe(elapsed)
         if outcome.status == "failed" and outcome.transient and attempt.number < agent.max_attempts:
             await self._retry(msg, agent, attempt, outcome)
             return
@@ -336,15 +381,86 @@ class Worker:
 
     def _job(self, agent: Agent, req: JobRequest, attempt: Attempt) -> AgentJob:
         timeout = req.timeout_ms / 1000 if req.timeout_ms else agent.timeout_s
+        calls = itertools.count(1)
+        deadline = time.monotonic() + timeout
+
+        async def delegate(name: str, task: str) -> ResultBody:
+            return await self.delegate(req, attempt, next(calls), name, task, deadline)
+
         return AgentJob(
             agent=agent,
             request=req,
             attempt=attempt.number,
-            deadline=time.monotonic() + timeout,
+            deadline=deadline,
             log=attempt.log,
             progress=attempt.progress,
             credentials=self.credentials(req.project),
+            delegate=delegate,
         )
+
+    async def delegate(
+        self, req: JobRequest, attempt: Attempt, n: int, name: str, task: str, deadline: float
+    ) -> ResultBody:
+        """Run agent ``name`` of the job's project on ``task`` as a job of its own
+        (``<job>-d<attempt>x<n>-<agent>``, parent = this job, so cancelling this job cancels it)
+        and wait for its end. Its record and request are made like a fan-out child's, so any
+        replica runs it; the wait reads its record."""
+        if n > MAX_DELEGATES:
+            raise AgentError(f"delegate: at most {MAX_DELEGATES} delegations per attempt")
+        if not isinstance(name, str) or self.definitions.lookup(req.project, name) is None:
+            raise AgentError(f"delegate: the project has no agent {str(name)[:64]!r}")
+        if name == req.agent:
+            raise AgentError("delegate: an agent may not delegate to itself")
+        child_id = f"{req.job_id}-d{attempt.number}x{n}-{name}"
+        if not subjects.is_token(child_id):
+            raise AgentError(f"delegate: job id {child_id[:80]!r} is not usable")
+        now = utcnow()
+        record = JobRecord(
+            job_id=child_id,
+            status="queued",
+            created_at=now,
+            updated_at=now,
+            agent=name,
+            source=req.source,
+            event_type=req.event_type,
+            project_id=req.project_id,
+            project=req.project,
+            parent_id=req.job_id,
+        )
+        with contextlib.suppress(Conflict):
+            await self.store.save(child_id, record, 0)
+        request = JobRequest(
+            job_id=child_id,
+            agent=name,
+            created_at=now,
+            source=req.source,
+            event_type=req.event_type,
+            prompt=task,
+            input=req.input,
+            project_id=req.project_id,
+            project=req.project,
+            parent_id=req.job_id,
+            correlation_id=req.correlation_id or req.job_id,
+        )
+        await self.js.publish(
+            subjects.job_run(name), encoder.encode(request), stream=subjects.JOBS,
+            headers={subjects.MSG_ID: child_id},
+        )  # fmt: skip
+        attempt.log("info", f"delegated to {name} as job {child_id}")
+        wait = 0.05
+        while True:
+            cur = await self.store.load(child_id)
+            if cur.record is not None and cur.record.terminal:
+                break
+            if time.monotonic() + wait > deadline:
+                raise TransientError(f"delegate: {name} did not finish within this attempt's time")
+            await asyncio.sleep(wait)
+            wait = min(1.0, wait * 2)
+        rec = cur.record
+        attempt.log("info", f"{name} ({child_id}) {rec.status}")
+        if rec.status == "completed" and rec.result is not None:
+            return rec.result.result
+        raise AgentError(f"delegate: {name} {rec.status}: {rec.error or 'no result'}")
 
     async def _execute_instant(self, agent: Agent, req: JobRequest, attempt: Attempt) -> Outcome:
         try:
@@ -424,6 +540,7 @@ class Worker:
             updated_at=utcnow(),
             agent=agent.name,
             backend=agent.backend,
+            agent_version=agent.version,
             error=None,
         )
 
@@ -449,11 +566,11 @@ class Worker:
         delay = (
             outcome.retry_after_s
             if outcome.retry_after_s is not None
-            else backoff_delay(attempt.number, base, cap)
+            else retry_delay(attempt.number, base, cap)
         )
         text = f"attempt {attempt.number} failed: {outcome.error}; retrying in {delay:.1f} s"
         attempt.log("warning", text)
-        self.metrics.retried[agent.name].inc()
+        self.metrics.retried[metric_label(agent)].inc()
         await self._requeue(attempt, text, counted=True)
         await attempt.flush_log()
         raise RetryableError(text, delay_s=delay)

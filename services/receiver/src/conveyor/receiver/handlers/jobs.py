@@ -11,7 +11,7 @@ from aiohttp import web
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.webhooks import accepted, respond
 from conveyor.receiver.query import query_int, query_time
-from conveyor.receiver.schemas import AgentList, CancelAccepted, JobCreate, JobList, JobPending, JobSummary
+from conveyor.receiver.schemas import CancelAccepted, JobCreate, JobList, JobPending, JobSummary
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
 from conveyor.shared import ids, subjects
@@ -30,7 +30,7 @@ from conveyor.shared.events import (
 )
 from conveyor.shared.http import HTTPError
 from conveyor.shared.streamread import next_message
-from conveyor.shared.tenancy import DEFAULT_PROJECT
+from conveyor.shared.tenancy import Project
 from conveyor.shared.urls import callback_url_problem, redact_url
 
 _job_create_decoder = msgspec.json.Decoder(JobCreate)
@@ -63,35 +63,40 @@ async def create(request: web.Request) -> web.Response:
     st.require_nats()
     body: JobCreate = decode_json(_job_create_decoder, await st.read_body(request))
     project = st.writable(principal, body.project)
+    allowed, found = st.may_run(project, body.agent)
+    if not allowed:
+        raise HTTPError(
+            422,
+            "unknown_agent",
+            f"agent: unknown agent {body.agent[:64]!r}; known: {', '.join(st.runnable(project))}",
+            field="agent",
+        )
+    return await submit(
+        st, request, principal, project, body, None if found is None or found.read_only else found.version
+    )
+
+
+async def submit(
+    st: Receiver,
+    request: web.Request,
+    principal: Principal,
+    project: Project,
+    body: JobCreate,
+    version: int | None,
+) -> web.Response:
+    """Accept a job for ``body.agent`` (already known runnable by ``project``): 202 once the
+    request and its record are in JetStream. ``version``: the project's definition it runs."""
     claimed = st.directory.resolve(f"lovable:{body.project_id}") if body.project_id else None
     if claimed is not None and claimed.project_id != project.project_id:
         # The callback names this Lovable project: only the project that owns it may.
         raise _invalid("project_id", "belongs to another project")
-    if body.agent not in st.agents or not project.may_run(body.agent):
-        raise HTTPError(
-            422,
-            "unknown_agent",
-            f"agent: unknown agent {body.agent[:64]!r}; known: {', '.join(st.agents)}",
-            field="agent",
-        )
     if len(body.prompt) > st.settings.max_prompt_chars:
         raise _invalid("prompt", f"longer than {st.settings.max_prompt_chars} characters")
     if body.callback_url is not None and (problem := callback_url_problem(body.callback_url)):
         raise _invalid("callback_url", problem)
 
     await st.limit_work(project)
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        job_id = ids.new_id("job")
-    elif _IDEMPOTENCY_KEY.match(key):
-        job_id = ids.api_job_id(st.job_id_key, principal.key_id, key)
-    else:
-        raise HTTPError(
-            400,
-            "invalid_header",
-            "Idempotency-Key must be 1-255 printable characters",
-            field="Idempotency-Key",
-        )
+    job_id = job_id_for(st, request, principal)
 
     now = utcnow()
     correlation = request[CORRELATION_ID]
@@ -107,6 +112,7 @@ async def create(request: web.Request) -> web.Response:
         timeout_ms=body.timeout_ms,
         correlation_id=correlation,
         project=project.project_id,
+        agent_version=version,
     )
     record = JobRecord(
         job_id=job_id,
@@ -118,6 +124,7 @@ async def create(request: web.Request) -> web.Response:
         project_id=body.project_id,
         callback_url=body.callback_url,
         project=project.project_id,
+        agent_version=version,
     )
     duplicate = await st.accept(
         subject=subjects.job_run(body.agent),
@@ -127,8 +134,22 @@ async def create(request: web.Request) -> web.Response:
         record=record,
         correlation_id=correlation,
     )
-    st.metrics.jobs.labels(body.agent, "duplicate" if duplicate else "accepted").inc()
+    label = body.agent if version is None else "defined"  # a project's own: one label for all
+    st.metrics.jobs.labels(label, "duplicate" if duplicate else "accepted").inc()
     return accepted(st, job_id, duplicate)
+
+
+def job_id_for(st: Receiver, request: web.Request, principal: Principal) -> str:
+    """A new job's id: derived from the caller's Idempotency-Key (a repeat names the same job),
+    else new."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return ids.new_id("job")
+    if _IDEMPOTENCY_KEY.match(key):
+        return ids.api_job_id(st.job_id_key, principal.key_id, key)
+    raise HTTPError(
+        400, "invalid_header", "Idempotency-Key must be 1-255 printable characters", field="Idempotency-Key"
+    )
 
 
 async def load(st: Receiver, job_id: str, principal: Principal | None) -> tuple[JobRecord, int]:
@@ -225,21 +246,6 @@ async def _optional(st: Receiver, bucket: str, key: str) -> bytes | None:
         except nats.js.errors.KeyNotFoundError:
             return None
     return entry.value or None
-
-
-async def list_agents(request: web.Request) -> web.Response:
-    """The agents the key's project may run (admin and organisation keys: ``?project=``, else
-    the default project)."""
-    st = request.app[STATE]
-    principal = await st.authenticate(request)
-    await st.limit_key(request, principal)
-    requested = request.query.get("project") or principal.scope.project_id or DEFAULT_PROJECT
-    project = st.directory.get(requested) if subjects.is_token(requested) else None
-    if project is None or not st.sees(principal, project.project_id):
-        raise HTTPError(404, "project_not_found", f"no project {requested[:64]!r}", field="project")
-    return respond(
-        200, AgentList(project=project.project_id, agents=[a for a in st.agents if project.may_run(a)])
-    )
 
 
 # --- GET /api/jobs ------------------------------------------------------------------------------
