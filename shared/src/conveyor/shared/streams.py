@@ -154,6 +154,9 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
         subjects.KV_ORGS: kv(subjects.KV_ORGS),
         subjects.KV_PROJECTS: kv(subjects.KV_PROJECTS),
         subjects.KV_INTEGRATION: kv(subjects.KV_INTEGRATION),
+        # A project's spend per UTC day and month: kept a year and a bit (a month's record
+        # must outlive the month; a day's is small).
+        subjects.KV_USAGE: kv(subjects.KV_USAGE, ttl=400 * DAY),
     }
 
 

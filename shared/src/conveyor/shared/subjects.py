@@ -38,6 +38,7 @@ KV_SECRETS: Final = "secrets"  # name -> a server-held secret (receiver: job_id)
 KV_ORGS: Final = "orgs"  # org_id -> Organisation
 KV_PROJECTS: Final = "projects"  # project_id -> Project (every service mirrors it in memory)
 KV_INTEGRATION: Final = "integration"  # project_id -> IntegrationStatus (receiver, deliverer)
+KV_USAGE: Final = "usage"  # <project>.day.<date> / <project>.month.<month> -> PeriodUsage (executor writes)
 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"
@@ -174,6 +175,20 @@ def schedule(schedule_id: str) -> str:
 
 def schedule_fire(schedule_id: str) -> str:
     return f"schedules.fire.{token(schedule_id)}"
+
+
+# Core NATS, no stream captures them (nothing is stored): a running job's streamed text, read by
+# the receivers' SSE streams, and its progress for the deliverers' progress callbacks.
+JOB_OUTPUT_PREFIX: Final = "joboutput."
+JOB_PROGRESS_FILTER: Final = "jobprogress.>"
+
+
+def job_output(job_id: str) -> str:
+    return f"{JOB_OUTPUT_PREFIX}{token(job_id)}"
+
+
+def job_progress(job_id: str) -> str:
+    return f"jobprogress.{token(job_id)}"
 
 
 SCHEDULE_FIRE_FILTER: Final = "schedules.fire.>"

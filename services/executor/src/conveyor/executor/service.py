@@ -15,14 +15,17 @@ from conveyor.executor.handlers.cancels import Canceller, Cancels
 from conveyor.executor.handlers.fairness import Gates
 from conveyor.executor.handlers.fanout import Fanout
 from conveyor.executor.handlers.jobstore import JobStore
+from conveyor.executor.handlers.meter import Meter
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.handlers.router import Router
 from conveyor.executor.handlers.scheduler import with_scheduler
 from conveyor.executor.handlers.worker import STAGE, Worker
 from conveyor.executor.metrics import Metrics
+from conveyor.executor.pricing import Prices
 from conveyor.executor.registry import build_registry, build_routes
 from conveyor.shared import subjects
 from conveyor.shared.runner import Runtime, ServiceSpec
+from conveyor.shared.usage import UsageRecorder
 
 
 def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
@@ -83,6 +86,16 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             deadline_ms=settings.fanout_deadline_ms,
         )
         gates = Gates(rt, settings, metrics, stage=STAGE)
+        recorder = UsageRecorder(rt.kv[subjects.KV_USAGE], flush_every_s=settings.usage_flush_s)
+        meter = Meter(
+            prices=Prices(settings.prices),
+            recorder=recorder,
+            metrics=metrics,
+            project_of=gates.mirror.values.get,
+            publish=rt.nc.publish,
+            output_batch_s=settings.output_batch_ms / 1000,
+            progress_every_s=settings.progress_callback_every_s,
+        )
         worker = Worker(
             js=rt.js,
             settings=settings,
@@ -97,6 +110,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             tracer=rt.tracer,
             instance=rt.instance,
             gates=gates,
+            meter=meter,
         )
         canceller = Canceller(store, worker.cancel_running, fanout.child_done)
         router = Router(
@@ -114,6 +128,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         )
         await cancels.start(canceller.on_cancel)
         await gates.start(worker.handle_limited)  # limits known before the first job is taken
+        recorder.start()
         configs = consumer_configs(settings)
 
         async def consume(name: str, stream: str, handler: Any, concurrency: int) -> None:
@@ -135,6 +150,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         finally:
             await gates.stop()
             await cancels.stop()
+            await recorder.stop()  # after the workers: their last reports are written
 
 
 def details(rt: Runtime[Any]) -> dict[str, Any]:
@@ -145,7 +161,13 @@ def details(rt: Runtime[Any]) -> dict[str, Any]:
 SPEC = ServiceSpec(
     name="executor",
     streams=[subjects.EVENTS, subjects.JOBS, subjects.RESULTS, subjects.DLQ, subjects.JOBINDEX],
-    buckets=[subjects.KV_JOBS, subjects.KV_CANCELS, subjects.KV_JOB_LOGS, subjects.KV_PROJECTS],
+    buckets=[
+        subjects.KV_JOBS,
+        subjects.KV_CANCELS,
+        subjects.KV_JOB_LOGS,
+        subjects.KV_PROJECTS,
+        subjects.KV_USAGE,
+    ],
     components=with_scheduler(components),
     details=details,
 )

@@ -13,7 +13,16 @@ from aiohttp import web
 from conveyor.receiver import deadletters_api, mcp_api, projects_api, schedules_api, sites_api
 from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings, default_project
-from conveyor.receiver.handlers import admin, health, integration, jobs, send_test_event, stream, webhooks
+from conveyor.receiver.handlers import (
+    admin,
+    health,
+    integration,
+    jobs,
+    send_test_event,
+    stream,
+    usage,
+    webhooks,
+)
 from conveyor.receiver.job_ids import job_id_key
 from conveyor.receiver.listener import listener_for
 from conveyor.receiver.metrics import Metrics
@@ -73,6 +82,7 @@ BUCKETS = [
     subjects.KV_ORGS,
     subjects.KV_PROJECTS,
     subjects.KV_INTEGRATION,
+    subjects.KV_USAGE,
 ]
 
 E = None  # an error answer: ErrorBody
@@ -238,6 +248,16 @@ def operations() -> list[Operation]:
             "The agents the key's project may run",
             "jobs",
             {200: AgentList, 404: E, **_KEYED},
+            auth="api_key",
+            params=(Param("project", "query", "Admin and organisation keys: which project."),),
+        ),
+        Operation(
+            "GET",
+            "/api/usage",
+            usage.get,
+            "What the key's project's LLM runs cost today and this month, per agent, and its budgets",
+            "jobs",
+            {200: usage.UsageView, 404: E, **_KEYED},
             auth="api_key",
             params=(Param("project", "query", "Admin and organisation keys: which project."),),
         ),
