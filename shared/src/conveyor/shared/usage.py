@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 Period = Literal["day", "month"]
 PERIODS: tuple[Period, ...] = ("day", "month")
+_ADJECTIVE: dict[Period, str] = {"day": "daily", "month": "monthly"}
 
 
 class UsageTotals(msgspec.Struct, kw_only=True):
@@ -103,7 +104,7 @@ class BudgetStop:
 
     def message(self) -> str:
         return (
-            f"project {self.project} spent ${self.spent_usd:.4f} of its {self.budget}ly budget of "
+            f"project {self.project} spent ${self.spent_usd:.4f} of its {_ADJECTIVE[self.budget]} budget of "
             f"${self.limit_usd:.2f}; it resets at {self.resets_at.isoformat().replace('+00:00', 'Z')}"
         )
 
