@@ -220,7 +220,7 @@ async def test_a_budget_stops_a_running_job_and_refuses_the_next_run(system: Sys
     record = await system.ended(job_id)
     assert record["status"] == "failed"
     assert record["error"].startswith(
-        "budget_exceeded: project tight spent $0.1500 of its daily budget of $0.10"
+        "budget_exceeded: project tight spent $0.15 of its daily budget of $0.10"
     )
     assert record["attempts"] == 1  # not retried (the agent has retries)
     assert record["usage"]["input_tokens"] == 1_000_000

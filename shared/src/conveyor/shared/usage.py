@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -84,6 +85,12 @@ def resets_at(period: Period, at: dt.datetime) -> dt.datetime:
     return dt.datetime(year, month, 1, tzinfo=dt.UTC)
 
 
+def usd(value: float) -> str:
+    """Dollars to the micro-dollar, at least cents: $0.15, $0.00275, $100.00."""
+    whole, _, cents = f"{value:.6f}".rstrip("0").partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
+
+
 def budget_of(project: Project, period: Period) -> float:
     return project.budget_day_usd if period == "day" else project.budget_month_usd
 
@@ -104,8 +111,8 @@ class BudgetStop:
 
     def message(self) -> str:
         return (
-            f"project {self.project} spent ${self.spent_usd:.4f} of its {_ADJECTIVE[self.budget]} budget of "
-            f"${self.limit_usd:.2f}; it resets at {self.resets_at.isoformat().replace('+00:00', 'Z')}"
+            f"project {self.project} spent {usd(self.spent_usd)} of its {_ADJECTIVE[self.budget]} budget "
+            f"of {usd(self.limit_usd)}; it resets at {self.resets_at.isoformat().replace('+00:00', 'Z')}"
         )
 
     def fields(self) -> dict[str, object]:
@@ -220,7 +227,7 @@ class UsageRecorder:
 
     async def _merge(self, key: str, p: _Pending) -> None:
         project, period, start = key.split(".", 2)
-        for _ in range(10):
+        for n in range(20):
             try:
                 entry = await self.kv.get(key)
                 current = usage_decoder.decode(entry.value or b"")
@@ -245,7 +252,10 @@ class UsageRecorder:
                 else:
                     await self.kv.update(key, encoder.encode(merged), last=revision)
             except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyValueError):
-                continue  # another replica wrote meanwhile: read and merge again
+                # Another replica wrote meanwhile: read and merge again, after a random pause
+                # (replicas flush on the same beat, and would collide again at once).
+                await asyncio.sleep(random.uniform(0, 0.002 * (n + 1)))
+                continue
             self._known[key] = (merged.cost_usd, time.monotonic())
             return
         raise RuntimeError(f"usage {key}: the record kept changing")

@@ -218,12 +218,24 @@ def operations() -> list[Operation]:
             webhooks.receive,
             "Receive a signed webhook",
             "webhooks",
-            {202: (Accepted, Ignored), 400: E, 401: E, 403: E, 404: E, 413: E, 422: E, 429: E, 503: E},
+            {
+                202: (Accepted, Ignored),
+                400: E,
+                401: E,
+                402: E,
+                403: E,
+                404: E,
+                413: E,
+                422: E,
+                429: E,
+                503: E,
+            },
             body=dict,
             auth="webhook",
             params=_WEBHOOK_HEADERS,
             description="Schemes: lovable, github, standard (Standard Webhooks). 202 only after JetStream "
-            "acknowledged the event and the job record exists; a repeated delivery (the Lovable body's "
+            "acknowledged the event and the job record exists; 402 budget_exceeded when the project's "
+            "day or month budget is spent; a repeated delivery (the Lovable body's "
             "id, the signed webhook-id, the same GitHub body) answers the same job with duplicate=true; "
             'a GitHub event no route wants answers status "ignored". A prompt field (prompt, task, '
             "instructions, in data or at the top) over MAX_PROMPT_CHARS answers 422 naming it.",
@@ -235,7 +247,7 @@ def operations() -> list[Operation]:
             jobs.create,
             "Submit a job to an agent",
             "jobs",
-            {202: Accepted, 400: E, 403: E, 404: E, 413: E, 422: E, **_KEYED},
+            {202: Accepted, 400: E, 402: E, 403: E, 404: E, 413: E, 422: E, **_KEYED},
             body=JobCreate,
             auth="api_key",
             params=(*_API_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first job.")),
