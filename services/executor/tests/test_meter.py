@@ -73,22 +73,26 @@ async def test_usage_is_priced_into_the_record_the_project_totals_and_metrics(
     async def script(job: AgentJob) -> ResultBody:
         job.usage(TokenUsage(model="gpt-4o", input_tokens=1000, output_tokens=200))
         job.usage(TokenUsage(model="claude-sonnet-4-5-20250929", input_tokens=500, output_tokens=100))
+        # A priced model's cost is the table's, whatever the backend says; an unpriced one's
+        # is what the backend reported, if anything.
+        job.usage(TokenUsage(model="gpt-4o", cost_usd=99.0))
+        job.usage(TokenUsage(model="via-gateway", input_tokens=1, cost_usd=0.01))
         return ResultBody(summary="ok")
 
     scripted.script = script
-    cost = (1000 * 2.5 + 200 * 10 + 500 * 3 + 100 * 15) / 1e6
+    cost = (1000 * 2.5 + 200 * 10 + 500 * 3 + 100 * 15) / 1e6 + 0.01
     await bus.project("acme")
     async with serve(SPEC, make_settings(AGENT, usage_flush_s=0.1)) as rt:
         job_id = await bus.job("llm", project="acme")
         rec = await bus.until(job_id, "completed")
         assert rec.usage is not None
-        assert rec.usage.model == "gpt-4o,claude-sonnet-4-5-20250929"
-        assert (rec.usage.input_tokens, rec.usage.output_tokens) == (1500, 300)
+        assert rec.usage.model == "gpt-4o,claude-sonnet-4-5-20250929,via-gateway"
+        assert (rec.usage.input_tokens, rec.usage.output_tokens) == (1501, 300)
         assert rec.usage.cost_usd == pytest.approx(cost)
 
         async def merged() -> PeriodUsage:
             day = await usage_of(js, "acme", "day")
-            assert day.input_tokens == 1500
+            assert day.input_tokens == 1501
             return day
 
         day = await eventually(merged)
@@ -96,7 +100,7 @@ async def test_usage_is_priced_into_the_record_the_project_totals_and_metrics(
         assert (await usage_of(js, "acme", "month")).cost_usd == pytest.approx(cost)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{rt.http_port}") as http:
             text = (await http.get("/metrics")).text
-        assert 'project_llm_tokens_total{direction="input",project="acme"} 1500.0' in text
+        assert 'project_llm_tokens_total{direction="input",project="acme"} 1501.0' in text
         assert 'agent_llm_tokens_total{agent="llm",direction="output"} 300.0' in text
 
 
@@ -212,3 +216,19 @@ async def test_output_is_batched_and_sent_before_the_terminal_record(
     assert 4 <= len(outputs) < 20  # batched: not one message per call
     terminal = next(i for i, (k, x) in enumerate(mine) if k == "record" and x.terminal)
     assert all(k == "record" for k, _ in mine[terminal:])  # every batch came before the end
+
+
+async def test_a_fan_out_parent_shows_its_childrens_usage(bus, make_settings, scripted) -> None:
+    async def script(job: AgentJob) -> ResultBody:
+        tokens = 100 if job.agent.name == "dev" else 10
+        job.usage(TokenUsage(model="gpt-4o-mini", input_tokens=tokens, output_tokens=tokens))
+        return ResultBody(summary=f"{job.agent.name} done")
+
+    scripted.script = script
+    async with serve(SPEC, make_settings()):
+        parent = await bus.event("code.review_requested", {"diff": "+x\n"})
+        rec = await bus.until(parent, "completed")
+        assert len(rec.children) == 2
+        assert rec.usage is not None and rec.usage.model == "gpt-4o-mini"
+        assert (rec.usage.input_tokens, rec.usage.output_tokens) == (110, 110)
+        assert rec.usage.cost_usd == pytest.approx(110 * (0.15 + 0.60) / 1e6)

@@ -4,7 +4,9 @@ Prices are US dollars per million tokens, input and output apart. A model is loo
 its exact name, else by the longest configured name it starts with, so the dated names the
 APIs answer with (``gpt-4o-mini-2024-07-18``, ``claude-sonnet-4-5-20250929``) find their
 family. A model with no price is counted at 0 USD (its tokens are still counted) and logged
-once, so a missing price shows in the log rather than as a silent zero forever.
+once, so a missing price shows in the log rather than as a silent zero forever; unless the
+backend reported the cost itself (``TokenUsage.cost_usd``: some gateways answer it), which is
+then kept. A priced model's cost is always the table's.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Prices:
     def priced(self, usage: TokenUsage) -> TokenUsage:
         """``usage`` with its cost from the table (0 for a model without a price)."""
         price = self.price(usage.model)
+        if price is None and usage.cost_usd > 0:
+            return usage  # no price here, but the API said what it cost (some gateways do)
         if price is None:
             if usage.model not in self._unpriced and len(self._unpriced) < 1000:
                 self._unpriced.add(usage.model)

@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from conveyor.executor import pricing
 from conveyor.executor.handlers.jobstore import Conflict, JobStore, Versioned
 from conveyor.executor.handlers.results import Results, oversize
 from conveyor.executor.registry import Agent
@@ -40,6 +41,7 @@ from conveyor.shared.events import (
     JobRequest,
     Message,
     ResultBody,
+    TokenUsage,
     WebhookEvent,
     utcnow,
 )
@@ -49,6 +51,15 @@ from conveyor.shared.telemetry import inject_headers
 log = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
+
+
+def children_usage(children: dict[str, JobRecord | None]) -> TokenUsage | None:
+    """A fan-out parent's LLM usage: its children's, summed (None when none used an LLM)."""
+    total: TokenUsage | None = None
+    for child in children.values():
+        if child is not None and child.usage is not None:
+            total = pricing.add(total, child.usage)
+    return total
 
 
 class FanoutDeadline(Message, frozen=True, kw_only=True):
@@ -287,6 +298,7 @@ class Fanout:
             updated_at=now,
             result=result,
             error="; ".join(failed) or None,
+            usage=children_usage(children),
         )
         if result is not None and (too_big := oversize(record, wire.max_payload(self.js))):
             # Each child's result fitted, their sum does not: the parent ends failed with a small

@@ -62,6 +62,7 @@ class Meter:
             model=usage.model[:200],
             input_tokens=max(0, int(usage.input_tokens)),
             output_tokens=max(0, int(usage.output_tokens)),
+            cost_usd=usage.cost_usd if 0 < usage.cost_usd < 1e6 else 0.0,
         )
         priced = self.prices.priced(clean)
         self.recorder.add(project, agent, priced)
