@@ -341,7 +341,11 @@ class Worker:
             self.metrics.running[agent.name].dec()
             await attempt.settle_progress()
         elapsed = time.perf_counter() - t0
-        if attempt.budget_stop is not None and outcome.status in ("failed", "timeout"):
+        if (
+            attempt.budget_stop is not None
+            and outcome.budget is None
+            and outcome.status in ("failed", "timeout")
+        ):
             # However the backend took the refusal (raised it on, or failed otherwise after it),
             # the run ended at the budget: not retried, and said so.
             outcome = self._over_budget(agent, attempt, attempt.budget_stop)
