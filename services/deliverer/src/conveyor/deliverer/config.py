@@ -66,7 +66,8 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """PROGRESS_CALLBACK_CONCURRENCY: progress callbacks in flight per process, on connections
     of their own (results never wait for them); past it, progress is dropped."""
     progress_callback_every_s: float = 1.0
-    """PROGRESS_CALLBACK_EVERY_S: at most one progress callback per job this often."""
+    """PROGRESS_CALLBACK_EVERY_S: the executors send a job's progress at most this often; a
+    deliverer drops one arriving less than half of it after the job's last."""
 
     test_send_max_age_s: float = 300.0
     """TEST_SEND_MAX_AGE_S: a test-send request older than this is answered "expired", not sent."""

@@ -3,8 +3,10 @@
 asked for progress callbacks (``Project.progress_callbacks``).
 
 Best-effort by design: one attempt, no retry, no attempt log, dropped rather than queued
-(more than PROGRESS_CALLBACK_CONCURRENCY in flight, or less than PROGRESS_CALLBACK_EVERY_S
-after the job's last one, or once this deliverer has its result). They go over an HTTP client
+(more than PROGRESS_CALLBACK_CONCURRENCY in flight, or once this deliverer has the job's
+result). The executor running a job sends at most one a PROGRESS_CALLBACK_EVERY_S; here a
+job's progress arriving less than half that after its last is dropped too, a guard that
+message jitter (one a second, arriving 0.99 s apart) does not trip. They go over an HTTP client
 of their own, so a slow endpoint's progress never holds a connection a result needs. Signed
 like every callback of the project (Standard Webhooks, its own secrets, its outbound
 credential); the ``webhook-id`` is ``progress-<job_id>-<n>``.
@@ -67,7 +69,7 @@ class SendProgress:
         last, count = self._last.get(p.job_id, (-1e9, 0))
         if (
             p.job_id in self._ended
-            or now - last < self.settings.progress_callback_every_s
+            or now - last < self.settings.progress_callback_every_s / 2
             or len(self.inflight) >= self.settings.progress_callback_concurrency
         ):
             outcome["dropped"].inc()
