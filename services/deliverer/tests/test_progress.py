@@ -5,6 +5,7 @@ and none once the job's result is out."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from typing import Any
@@ -127,3 +128,23 @@ async def test_no_progress_once_the_result_is_out(
 
 async def _one(sink: Any) -> None:
     assert len(sink.requests) == 1
+
+
+async def test_progress_spaced_by_the_executor_is_not_dropped_for_arrival_jitter(
+    nats_url: str, js: JetStreamContext, nc: Client, sink: Any
+) -> None:
+    """The executor spaces a job's progress PROGRESS_CALLBACK_EVERY_S apart; messages arrive a
+    little closer or further. Two sent 1.5 s apart with an interval of 2 s are both sent on
+    (dropping at the full interval lost the text of one of each pair that arrived early)."""
+    await store_project(js, "watched", sink.url("/watched"), progress_callbacks=True)
+    every = settings(nats_url, conveyor_secret_keys=Secret(KEYS), progress_callback_every_s=2.0)
+    async with deliverer(every):
+        await nc.publish(subjects.job_progress("job_j"), progress("job_j", "watched", 20, "one "))
+        await eventually(lambda: _one(sink))
+        await asyncio.sleep(1.5)
+        await nc.publish(subjects.job_progress("job_j"), progress("job_j", "watched", 40, "two "))
+
+        async def both() -> None:
+            assert [json.loads(r.body)["output"] for r in sink.requests] == ["one ", "two "]
+
+        await eventually(both)

@@ -168,6 +168,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         progress_sub = await rt.nc.subscribe(
             subjects.JOB_PROGRESS_FILTER, queue=PROGRESS_QUEUE, cb=progress.handle, pending_msgs_limit=10_000
         )
+        await rt.nc.flush()  # the server knows of the subscription before this replica is ready
         yield
     finally:
         # The runner has stopped the consumers by now: in-flight callbacks are settled.
