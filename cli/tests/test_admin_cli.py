@@ -82,6 +82,9 @@ async def test_projects_and_keys_from_the_command_line(receiver: ServiceProcess,
     assert HOOK not in shown and "webhook lovable" in shown
     await cli(url, "projects", "update", "shop", "--disable")
     assert json.loads(await cli(url, "projects", "show", "shop", "--json"))["enabled"] is False
+    await cli(url, "projects", "update", "shop", "--budget-day-usd", "2.5", "--progress-callbacks", "on")
+    shop = json.loads(await cli(url, "projects", "show", "shop", "--json"))
+    assert (shop["budget_day_usd"], shop["budget_month_usd"], shop["progress_callbacks"]) == (2.5, 0.0, True)
 
     key = json.loads(await cli(url, "keys", "create", "ci", "--project", "shop", "--read-only", "--json"))
     assert (key["scope"], key["project_id"], key["read_only"]) == ("project", "shop", True)

@@ -39,6 +39,7 @@ async def test_document_describes_every_route(receiver) -> None:
         "202",
         "400",
         "401",
+        "402",  # budget_exceeded
         "403",
         "404",
         "408",

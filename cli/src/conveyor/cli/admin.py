@@ -95,6 +95,9 @@ def _fields(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-minute", type=int)
     p.add_argument("--per-day", type=int)
     p.add_argument("--max-running", type=int)
+    p.add_argument("--budget-day-usd", type=float, help="LLM spend per UTC day (0: no budget)")
+    p.add_argument("--budget-month-usd", type=float, help="LLM spend per UTC month (0: no budget)")
+    p.add_argument("--progress-callbacks", choices=("on", "off"), help="progress to the callback URL")
 
 
 class Refused(Exception):
@@ -138,11 +141,23 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-_FIELDS = ("external_ids", "callback_url", "cors_origins", "agents", "per_minute", "per_day", "max_running")
+_FIELDS = (
+    "external_ids",
+    "callback_url",
+    "cors_origins",
+    "agents",
+    "per_minute",
+    "per_day",
+    "max_running",
+    "budget_day_usd",
+    "budget_month_usd",
+)
 
 
 def _project_body(args: argparse.Namespace) -> dict[str, Any]:
     body = _given(args, "name", "org_id", "project_id", "enabled", *_FIELDS)
+    if getattr(args, "progress_callbacks", None) is not None:
+        body["progress_callbacks"] = args.progress_callbacks == "on"
     hooks: dict[str, list[str]] = {}
     for pair in getattr(args, "webhook_secret_from", []) or []:
         source, sep, var = pair.partition("=")

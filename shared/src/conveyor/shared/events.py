@@ -175,6 +175,7 @@ class JobRecord(Message, frozen=True, kw_only=True):
     project: str = DEFAULT_PROJECT  # who may see it; another project's job answers 404
     agent_version: int | None = None  # the version of the project's definition the job ran
     pipeline: PipelineRun | None = None  # set on a pipeline's job
+    usage: TokenUsage | None = None  # LLM tokens and cost over all attempts (None: no LLM ran)
 
     @property
     def terminal(self) -> bool:
@@ -211,6 +212,42 @@ class CancelRequest(Message, frozen=True, kw_only=True):
     job_id: str
     requested_at: dt.datetime
     reason: str = "cancelled by request"
+
+
+# --- joboutput.<job_id>, jobprogress.<job_id> (core NATS: live, not stored) -------------------
+
+
+class JobOutput(Message, frozen=True, kw_only=True):
+    """Text a running job's model streamed, batched; ``seq`` counts an attempt's batches from 1,
+    so a reader sees a gap (it subscribed late, or a batch was lost)."""
+
+    job_id: str
+    attempt: int
+    seq: int
+    text: str
+
+
+class JobProgress(Message, frozen=True, kw_only=True):
+    """A running job's progress for its project's progress callbacks (at most one a second)."""
+
+    job_id: str
+    project: str
+    source: str
+    callback_url: str | None
+    status: str
+    progress: int
+    output: str  # the text streamed since the previous one
+    timestamp: dt.datetime
+
+
+class ProgressCallback(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of a progress callback."""
+
+    job_id: str
+    status: str
+    progress: int
+    output: str
+    timestamp: dt.datetime
 
 
 # --- KV deliveries ------------------------------------------------------------------------------
@@ -294,3 +331,5 @@ api_key_decoder = msgspec.json.Decoder(ApiKeyRecord)
 send_test_decoder = msgspec.json.Decoder(SendTestEvent)
 job_log_decoder = msgspec.json.Decoder(JobLog)
 job_index_decoder = msgspec.json.Decoder(JobIndexEntry)
+job_output_decoder = msgspec.json.Decoder(JobOutput)
+job_progress_decoder = msgspec.json.Decoder(JobProgress)

@@ -159,6 +159,9 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
         subjects.KV_OAUTH_STATES: kv(subjects.KV_OAUTH_STATES, ttl=2 * 3600),
         subjects.KV_AGENTS: kv(subjects.KV_AGENTS),
         subjects.KV_AGENT_ROUTES: kv(subjects.KV_AGENT_ROUTES),
+        # A project's spend per UTC day and month: kept a year and a bit (a month's record
+        # must outlive the month; a day's is small).
+        subjects.KV_USAGE: kv(subjects.KV_USAGE, ttl=400 * DAY),
     }
 
 

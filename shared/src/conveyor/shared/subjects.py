@@ -42,6 +42,7 @@ KV_CONNECTIONS: Final = "connections"  # <project>.<provider> -> Connection (sea
 KV_OAUTH_STATES: Final = "oauth_states"  # used.<nonce> -> when an OAuth state was spent (no replay)
 KV_AGENTS: Final = "agents"  # <project>.<agent id> -> AgentDefinition (receiver writes; executors mirror)
 KV_AGENT_ROUTES: Final = "agent_routes"  # project_id -> ProjectRoutes (receiver writes; executors mirror)
+KV_USAGE: Final = "usage"  # <project>.day.<date> / <project>.month.<month> -> PeriodUsage (executor writes)
 
 # Durable consumers --------------------------------------------------------------------------------
 ROUTER: Final = "executor-router"
@@ -178,6 +179,20 @@ def schedule(schedule_id: str) -> str:
 
 def schedule_fire(schedule_id: str) -> str:
     return f"schedules.fire.{token(schedule_id)}"
+
+
+# Core NATS, no stream captures them (nothing is stored): a running job's streamed text, read by
+# the receivers' SSE streams, and its progress for the deliverers' progress callbacks.
+JOB_OUTPUT_PREFIX: Final = "joboutput."
+JOB_PROGRESS_FILTER: Final = "jobprogress.>"
+
+
+def job_output(job_id: str) -> str:
+    return f"{JOB_OUTPUT_PREFIX}{token(job_id)}"
+
+
+def job_progress(job_id: str) -> str:
+    return f"jobprogress.{token(job_id)}"
 
 
 SCHEDULE_FIRE_FILTER: Final = "schedules.fire.>"

@@ -71,6 +71,12 @@ class Project(Message, frozen=True, kw_only=True):
     """Jobs of this project running at once across all executors; 0: no limit."""
     cors_origins: list[str] = []
     """Browser origins allowed to call the API and open SSE streams (exact ``scheme://host[:port]``)."""
+    budget_day_usd: float = 0.0
+    """What LLM runs may cost per UTC day (conveyor.shared.usage); 0: no budget."""
+    budget_month_usd: float = 0.0
+    """Likewise per UTC calendar month."""
+    progress_callbacks: bool = False
+    """Progress (with streamed text) goes to the callback URL while a job runs, besides its result."""
 
     @classmethod
     def default(cls, **fields: object) -> Project:

@@ -57,6 +57,15 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     """CALLBACK_MAX_ACK_PENDING: results fetched and not yet settled, across replicas; results
     waiting for a retry count here, so it must be far above the concurrency."""
 
+    progress_callback_timeout_s: float = 5.0
+    """PROGRESS_CALLBACK_TIMEOUT_S: one progress callback's time (it is sent once, never retried)."""
+    progress_callback_concurrency: int = 32
+    """PROGRESS_CALLBACK_CONCURRENCY: progress callbacks in flight per process, on connections
+    of their own (results never wait for them); past it, progress is dropped."""
+    progress_callback_every_s: float = 1.0
+    """PROGRESS_CALLBACK_EVERY_S: the executors send a job's progress at most this often; a
+    deliverer drops one arriving less than half of it after the job's last."""
+
     test_send_max_age_s: float = 300.0
     """TEST_SEND_MAX_AGE_S: a test-send request older than this is answered "expired", not sent."""
     dlq_gauge_interval_s: float = 5.0
@@ -72,7 +81,12 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
                 "CALLBACK_SIGNING_SECRETS: set at least one whsec_<base64> secret "
                 "(or LOVABLE_WEBHOOK_SECRET): callbacks are always signed"
             )
-        for name in ("callback_timeout_s", "callback_breaker_cooldown_s", "dlq_gauge_interval_s"):
+        for name in (
+            "callback_timeout_s",
+            "callback_breaker_cooldown_s",
+            "dlq_gauge_interval_s",
+            "progress_callback_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.upper()}: must be > 0")
         for name in ("callback_max_attempts", "callback_concurrency", "callback_batch"):

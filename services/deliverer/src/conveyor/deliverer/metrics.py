@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = ("delivered", "retry", "dead_lettered", "skipped", "paused", "already_delivered")
 TEST_OUTCOMES = ("delivered", "failed", "expired")
+PROGRESS_OUTCOMES = ("delivered", "failed", "dropped", "skipped")
 
 
 class Metrics:
@@ -53,7 +54,16 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.progress_callbacks = Counter(
+            "progress_callbacks",
+            "Progress callbacks by outcome: delivered, failed (sent once, not retried), dropped "
+            "(too soon after the last for the job, too many in flight, or its result already "
+            "went), skipped (no callback URL, or the project does not ask for them).",
+            ["outcome"],
+            registry=registry,
+        )
         # Children looked up once (and exported as zeros from the start).
         self.outcome = {o: self.callbacks.labels(o) for o in OUTCOMES}
         self.took = {o: self.duration.labels(o) for o in ("delivered", "retry", "dead_lettered")}
         self.test_outcome = {o: self.test_sends.labels(o) for o in TEST_OUTCOMES}
+        self.progress_outcome = {o: self.progress_callbacks.labels(o) for o in PROGRESS_OUTCOMES}

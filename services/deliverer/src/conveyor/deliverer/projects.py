@@ -38,16 +38,19 @@ class ProjectCallbacks:
         self.secrets = ProjectSecrets(self.sealer)
 
     def target(self, job: JobResult) -> str | None:
+        return self.target_of(job.project, job.source, job.callback_url)
+
+    def target_of(self, project_id: str, source: str, callback_url: str | None) -> str | None:
         """The job's own URL, else its project's for the source, else (the default project) the
         source's default from the settings."""
-        if job.callback_url:
-            return job.callback_url
-        if job.project != DEFAULT_PROJECT:
-            project = self.directory.get(job.project)
-            return project.callback_for(job.source) if project is not None else None
-        if job.source == "lovable" and self.settings.lovable_callback_url:
+        if callback_url:
+            return callback_url
+        if project_id != DEFAULT_PROJECT:
+            project = self.directory.get(project_id)
+            return project.callback_for(source) if project is not None else None
+        if source == "lovable" and self.settings.lovable_callback_url:
             return self.settings.lovable_callback_url
-        return self.settings.callback_default_urls.get(job.source) or None
+        return self.settings.callback_default_urls.get(source) or None
 
     def signing(self, job: JobResult, url: str) -> Signing:
         """The secrets that sign ``job``'s callback; PermanentError when its project is gone or

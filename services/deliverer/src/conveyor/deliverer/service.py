@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from conveyor.deliverer.attempt_log import AttemptLog
@@ -18,6 +19,7 @@ from conveyor.deliverer.config import (
     signing_secrets,
 )
 from conveyor.deliverer.handlers.callbacks import STAGE, DeliverCallback
+from conveyor.deliverer.handlers.progress import SendProgress
 from conveyor.deliverer.handlers.send_test_event import SendTestEvent
 from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.parking import Parking
@@ -34,6 +36,7 @@ from conveyor.shared.ssrf import AddressPolicy
 from conveyor.shared.tenancy import Directory, Project, project_decoder
 
 TEST_SEND_CONCURRENCY = 8
+PROGRESS_QUEUE = "deliverer-progress"
 
 
 def ack_wait_s(settings: Settings) -> float:
@@ -128,8 +131,15 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         Parking(rt.requests),
         integration,
     )
+    # Progress callbacks get connections of their own: a result never waits behind them.
+    progress_client = build_client(
+        AddressPolicy(allowed_networks(s)), max_connections=s.progress_callback_concurrency
+    )
+    progress = SendProgress(s, progress_client, callbacks, metrics)
+    deliver.on_result = progress.ended
     send_test = SendTestEvent(s, client, attempts, callbacks, metrics)
     gauges = asyncio.create_task(_refresh_gauges(rt, metrics, breakers), name="deliverer-gauges")
+    progress_sub: Subscription | None = None
     try:
         await rt.consume(
             subjects.RESULTS,
@@ -154,12 +164,22 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
             stage=STAGE,
             concurrency=TEST_SEND_CONCURRENCY,
         )
+        # Core NATS in a queue group: each job's progress reaches one deliverer; nothing stored.
+        progress_sub = await rt.nc.subscribe(
+            subjects.JOB_PROGRESS_FILTER, queue=PROGRESS_QUEUE, cb=progress.handle, pending_msgs_limit=10_000
+        )
+        await rt.nc.flush()  # the server knows of the subscription before this replica is ready
         yield
     finally:
         # The runner has stopped the consumers by now: in-flight callbacks are settled.
         gauges.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gauges
+        if progress_sub is not None:
+            with contextlib.suppress(Exception):
+                await progress_sub.unsubscribe()
+        await progress.stop()
+        await progress_client.close()
         await attempts.flush()
         await client.close()
         await projects.stop()

@@ -11,6 +11,7 @@ from typing import Literal
 
 import msgspec
 
+from conveyor.executor.pricing import ModelPrice
 from conveyor.shared.config import BaseSettings, Secret
 
 BackendName = Literal["auto", "openai", "anthropic", "command", "builtin"]
@@ -104,6 +105,16 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     with every field at its default (so the receiver's list of names is valid here too)."""
     routes: dict[str, list[str]] = {}
     """ROUTES: event type (or "<source>:<type>", or "*") -> agents; merged over the defaults."""
+    prices: dict[str, ModelPrice] = {}
+    """PRICES: model -> {input_per_mtok_usd, output_per_mtok_usd}, merged over the defaults
+    (executor pricing.py); a model without a price costs 0 (its tokens are still counted)."""
+    usage_flush_s: float = 1.0
+    """USAGE_FLUSH_S: how often usage is merged into KV ``usage`` (budgets see other replicas'
+    spend this late)."""
+    output_batch_ms: int = 100
+    """OUTPUT_BATCH_MS: streamed text is published to SSE readers in batches this far apart."""
+    progress_callback_every_s: float = 1.0
+    """PROGRESS_CALLBACK_EVERY_S: at most one progress callback per job this often."""
 
     def __post_init__(self) -> None:
         # Fail at start with one line naming the problem (msgspec turns ValueError into a

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from conveyor.shared.events import TokenUsage
+
 STATUSES = ("completed", "failed", "timeout", "cancelled")
 
 
@@ -46,9 +48,49 @@ class Metrics:
             "Projects whose limited queue this executor pulls from now.",
             registry=registry,
         )
+        # LLM usage, per agent and per project apart (not their product: agents x projects
+        # series would grow with every project that runs every agent).
+        self.agent_tokens = Counter(
+            "agent_llm_tokens",
+            "LLM tokens used, by agent and direction (input, output).",
+            ["agent", "direction"],
+            registry=registry,
+        )
+        self.agent_cost = Counter(
+            "agent_llm_cost_usd",
+            "What LLM tokens cost in US dollars (PRICES), by agent.",
+            ["agent"],
+            registry=registry,
+        )
+        self.project_tokens = Counter(
+            "project_llm_tokens",
+            "LLM tokens used, by project and direction (input, output).",
+            ["project", "direction"],
+            registry=registry,
+        )
+        self.project_cost = Counter(
+            "project_llm_cost_usd",
+            "What LLM tokens cost in US dollars (PRICES), by project.",
+            ["project"],
+            registry=registry,
+        )
+        self.budget_stops = Counter(
+            "jobs_stopped_at_budget",
+            "Jobs ended because their project's budget was spent, by budget (day, month).",
+            ["budget"],
+            registry=registry,
+        )
         # Children looked up once: labels() on every job shows in a no-op job's profile.
         self.running = {a: self.in_progress.labels(a) for a in agents}
         self.retried = {a: self.retries.labels(a) for a in agents}
         self.took = {(a, s): self.duration.labels(a, s) for a in self.running for s in STATUSES}
         for outcome in ("single", "fanout", "unroutable"):
             self.routed.labels(outcome)
+
+    def count_usage(self, project: str, agent: str, usage: TokenUsage) -> None:
+        self.agent_tokens.labels(agent, "input").inc(usage.input_tokens)
+        self.agent_tokens.labels(agent, "output").inc(usage.output_tokens)
+        self.agent_cost.labels(agent).inc(usage.cost_usd)
+        self.project_tokens.labels(project, "input").inc(usage.input_tokens)
+        self.project_tokens.labels(project, "output").inc(usage.output_tokens)
+        self.project_cost.labels(project).inc(usage.cost_usd)

@@ -17,15 +17,18 @@ from conveyor.executor.handlers.definitions import Definitions
 from conveyor.executor.handlers.fairness import Gates
 from conveyor.executor.handlers.fanout import Fanout
 from conveyor.executor.handlers.jobstore import JobStore
+from conveyor.executor.handlers.meter import Meter
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.handlers.router import Router
 from conveyor.executor.handlers.scheduler import with_scheduler
 from conveyor.executor.handlers.worker import DEFINED, STAGE, Worker
 from conveyor.executor.metrics import Metrics
+from conveyor.executor.pricing import Prices
 from conveyor.executor.registry import build_registry, build_routes
 from conveyor.shared import subjects
 from conveyor.shared.runner import Runtime, ServiceSpec
 from conveyor.shared.sealing import Sealer
+from conveyor.shared.usage import UsageRecorder
 
 
 def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
@@ -88,6 +91,16 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             definitions=definitions,
         )
         gates = Gates(rt, settings, metrics, stage=STAGE)
+        recorder = UsageRecorder(rt.kv[subjects.KV_USAGE], flush_every_s=settings.usage_flush_s)
+        meter = Meter(
+            prices=Prices(settings.prices),
+            recorder=recorder,
+            metrics=metrics,
+            project_of=gates.mirror.values.get,
+            publish=rt.nc.publish,
+            output_batch_s=settings.output_batch_ms / 1000,
+            progress_every_s=settings.progress_callback_every_s,
+        )
         worker = Worker(
             js=rt.js,
             settings=settings,
@@ -110,6 +123,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             ).of,
             definitions=definitions,
             start_pipeline=fanout.start_pipeline,
+            meter=meter,
         )
         canceller = Canceller(store, worker.cancel_running, fanout.child_done)
         router = Router(
@@ -129,6 +143,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         await definitions.start()  # a project's agents known before its first job is taken
         await cancels.start(canceller.on_cancel)
         await gates.start(worker.handle_limited)  # limits known before the first job is taken
+        recorder.start()
         configs = consumer_configs(settings)
 
         async def consume(name: str, stream: str, handler: Any, concurrency: int) -> None:
@@ -151,6 +166,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             await gates.stop()
             await cancels.stop()
             await definitions.stop()
+            await recorder.stop()  # after the workers: their last reports are written
 
 
 def details(rt: Runtime[Any]) -> dict[str, Any]:
@@ -169,6 +185,7 @@ SPEC = ServiceSpec(
         subjects.KV_CONNECTIONS,
         subjects.KV_AGENTS,
         subjects.KV_AGENT_ROUTES,
+        subjects.KV_USAGE,
     ],
     components=with_scheduler(components),
     details=details,

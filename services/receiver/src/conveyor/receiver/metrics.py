@@ -17,6 +17,7 @@ WEBHOOK_OUTCOMES = (
     "too_large",
     "forbidden",
     "rate_limited",
+    "budget_exceeded",
     "unavailable",
 )
 
@@ -74,6 +75,12 @@ class Metrics:
             registry=registry,
         )
 
+        self.budget_refused = Counter(
+            "receiver_budget_refusals",
+            "Work refused with 402 because its project's budget is spent, by budget (day, month).",
+            ["budget"],
+            registry=registry,
+        )
         self.handed_over = Counter(
             "receiver_connections_handed_over",
             "Connections the lean webhook path passed to aiohttp: they sent something other than "
@@ -92,3 +99,5 @@ class Metrics:
                 self.webhook(source, outcome)
         for scope in ("webhook", "api_key", "read", "project", "global", "stream"):
             self.rate_limited.labels(scope)
+        for budget in ("day", "month"):
+            self.budget_refused.labels(budget)

@@ -47,6 +47,7 @@ Origin = Annotated[str, Meta(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$(?
 SecretText = Annotated[str, Meta(min_length=1, max_length=1024)]
 Url = Annotated[str, Meta(min_length=1, max_length=2048)]
 Limit = Annotated[int, Meta(ge=0, le=100_000_000)]
+Usd = Annotated[float, Meta(ge=0, le=10_000_000)]  # a budget in US dollars; 0: none
 
 E = None
 _ID_PARAM = (Param("api_key", "query", "Not accepted here: send Authorization: Bearer."),)
@@ -80,6 +81,9 @@ class ProjectFields(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     per_day: Limit | UnsetType = UNSET
     max_running: Annotated[int, Meta(ge=0, le=100_000)] | UnsetType = UNSET
     cors_origins: Annotated[list[Origin], Meta(max_length=50)] | UnsetType = UNSET
+    budget_day_usd: Usd | UnsetType = UNSET
+    budget_month_usd: Usd | UnsetType = UNSET
+    progress_callbacks: bool | UnsetType = UNSET
 
 
 class ProjectCreate(ProjectFields, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -115,6 +119,9 @@ class ProjectView(msgspec.Struct, frozen=True, kw_only=True):
     per_day: int
     max_running: int
     cors_origins: list[str]
+    budget_day_usd: float
+    budget_month_usd: float
+    progress_callbacks: bool
     secrets: list[SecretView]
     created_at: Any
     updated_at: Any
@@ -195,6 +202,9 @@ def _view_fields(st: Receiver, p: Project) -> dict[str, Any]:
         "per_day": p.per_day,
         "max_running": p.max_running,
         "cors_origins": p.cors_origins,
+        "budget_day_usd": p.budget_day_usd,
+        "budget_month_usd": p.budget_month_usd,
+        "progress_callbacks": p.progress_callbacks,
         "secrets": secret_views(p),
         "created_at": p.created_at,
         "updated_at": p.updated_at,

@@ -728,7 +728,17 @@ def operations() -> list[Operation]:
             "/api/schedules",
             create,
             "Create a schedule: an agent run every interval or on a cron expression",
-            {200: ScheduleView, 201: ScheduleView, 400: _E, 403: _E, 404: _E, 409: _E, 413: _E, 422: _E},
+            {
+                200: ScheduleView,
+                201: ScheduleView,
+                400: _E,
+                402: _E,
+                403: _E,
+                404: _E,
+                409: _E,
+                413: _E,
+                422: _E,
+            },
             body=ScheduleCreate,
             params=(*_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first schedule.")),
             description="Each firing becomes a job like POST /api/jobs (own id, status, callback, dead "

@@ -21,7 +21,16 @@ from conveyor.receiver import (
 )
 from conveyor.receiver.apikeys import ApiKeys
 from conveyor.receiver.config import Settings, default_project
-from conveyor.receiver.handlers import admin, health, integration, jobs, send_test_event, stream, webhooks
+from conveyor.receiver.handlers import (
+    admin,
+    health,
+    integration,
+    jobs,
+    send_test_event,
+    stream,
+    usage,
+    webhooks,
+)
 from conveyor.receiver.job_ids import job_id_key
 from conveyor.receiver.listener import listener_for
 from conveyor.receiver.metrics import Metrics
@@ -85,6 +94,7 @@ BUCKETS = [
     subjects.KV_OAUTH_STATES,
     subjects.KV_AGENTS,
     subjects.KV_AGENT_ROUTES,
+    subjects.KV_USAGE,
 ]
 
 E = None  # an error answer: ErrorBody
@@ -220,12 +230,24 @@ def operations() -> list[Operation]:
             webhooks.receive,
             "Receive a signed webhook",
             "webhooks",
-            {202: (Accepted, Ignored), 400: E, 401: E, 403: E, 404: E, 413: E, 422: E, 429: E, 503: E},
+            {
+                202: (Accepted, Ignored),
+                400: E,
+                401: E,
+                402: E,
+                403: E,
+                404: E,
+                413: E,
+                422: E,
+                429: E,
+                503: E,
+            },
             body=dict,
             auth="webhook",
             params=_WEBHOOK_HEADERS,
             description="Schemes: lovable, github, standard (Standard Webhooks). 202 only after JetStream "
-            "acknowledged the event and the job record exists; a repeated delivery (the Lovable body's "
+            "acknowledged the event and the job record exists; 402 budget_exceeded when the project's "
+            "day or month budget is spent; a repeated delivery (the Lovable body's "
             "id, the signed webhook-id, the same GitHub body) answers the same job with duplicate=true; "
             'a GitHub event no route wants answers status "ignored". A prompt field (prompt, task, '
             "instructions, in data or at the top) over MAX_PROMPT_CHARS answers 422 naming it.",
@@ -237,11 +259,21 @@ def operations() -> list[Operation]:
             jobs.create,
             "Submit a job to an agent",
             "jobs",
-            {202: Accepted, 400: E, 403: E, 404: E, 413: E, 422: E, **_KEYED},
+            {202: Accepted, 400: E, 402: E, 403: E, 404: E, 413: E, 422: E, **_KEYED},
             body=JobCreate,
             auth="api_key",
             params=(*_API_KEY_QUERY, Param("Idempotency-Key", "header", "A repeat answers the first job.")),
             links={202: job_links()},
+        ),
+        Operation(
+            "GET",
+            "/api/usage",
+            usage.get,
+            "What the key's project's LLM runs cost today and this month, per agent, and its budgets",
+            "jobs",
+            {200: usage.UsageView, 404: E, **_KEYED},
+            auth="api_key",
+            params=(Param("project", "query", "Admin and organisation keys: which project."),),
         ),
         Operation(
             "GET",

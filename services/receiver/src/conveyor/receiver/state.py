@@ -25,7 +25,7 @@ from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.sources import Network, Source, peer_host
 from conveyor.shared import subjects
 from conveyor.shared.agentdefs import BUILTIN_PIPELINES, AgentDefinition, definition_key, split_key
-from conveyor.shared.events import JobIndexEntry, JobRecord, encoder, job_record_decoder
+from conveyor.shared.events import JobIndexEntry, JobRecord, encoder, job_record_decoder, utcnow
 from conveyor.shared.http import HTTPError
 from conveyor.shared.integration import IntegrationRecorder
 from conveyor.shared.jsrequests import EXPECTED_STREAM, PubAck, is_key_exists
@@ -36,6 +36,7 @@ from conveyor.shared.runner import Runtime
 from conveyor.shared.sealing import Sealer, SealingError
 from conveyor.shared.telemetry import inject_headers
 from conveyor.shared.tenancy import DEFAULT_PROJECT, Directory, Project, ProjectSecrets
+from conveyor.shared.usage import PERIODS, Period, has_budget, over_budget, read_period
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,9 @@ class Receiver:
     # The same, by project: a project's own list costs no scan of everyone's.
     definitions_of: dict[str, dict[str, AgentDefinition]] = field(default_factory=dict)
     integration: IntegrationRecorder | None = None  # last webhook per project (status endpoint)
+    # project -> (monotonic time read, spend per period): budgets are checked against KV
+    # ``usage`` read at most once a second per project, not on every request.
+    spend_cache: dict[str, tuple[float, dict[Period, float]]] = field(default_factory=dict)
 
     def projects_mirror_put(self, project_id: str, project: Project | None) -> None:
         """A project this replica just wrote, seen here at once (others see it through the watch)."""
@@ -501,9 +505,11 @@ class Receiver:
         return decision
 
     async def limit_work(self, project: Project) -> None:
-        """Work a project makes (a job, a webhook, a schedule): its own per-minute and per-day
-        budget and the deployment's ceiling (GLOBAL_RATE_LIMIT_PER_MINUTE), counted in KV so they
-        hold across replicas; 429 naming which when one refuses."""
+        """Work a project makes (a job, a webhook, a schedule): its spending budgets (402), its
+        own per-minute and per-day limits and the deployment's ceiling
+        (GLOBAL_RATE_LIMIT_PER_MINUTE), counted in KV so they hold across replicas; 429 naming
+        which when one refuses."""
+        await self.check_budget(project)
         checks = [
             # The project's first: work its own limit refuses spends none of the ceiling.
             ("project", f"p.{project.project_id}.m", project.per_minute, MINUTE, "minute"),
@@ -528,6 +534,40 @@ class Receiver:
                     f"the rate limit of {what} ({decision.limit} per {per}) is reached; retry later",
                     headers=decision.headers(),
                 )
+
+    async def check_budget(self, project: Project) -> None:
+        """402 ``budget_exceeded`` when the project has spent its day's or month's budget (the
+        totals the executors merge into KV ``usage``, so as fresh as their last merge: about a
+        second, plus this replica's cache of a second)."""
+        if not has_budget(project):
+            return
+        spent = await self.spent(project.project_id)
+        stop = over_budget(project, spent)
+        if stop is None:
+            return
+        self.metrics.budget_refused.labels(stop.budget).inc()
+        wait = max(1, int((stop.resets_at - utcnow()).total_seconds()))
+        raise HTTPError(
+            402,
+            "budget_exceeded",
+            f"{stop.message()}; nothing was accepted",
+            headers={"Retry-After": str(wait)},
+            **stop.fields(),
+        )
+
+    async def spent(self, project_id: str, *, max_age_s: float = 1.0) -> dict[Period, float]:
+        now = time.monotonic()
+        hit = self.spend_cache.get(project_id)
+        if hit is not None and now - hit[0] < max_age_s:
+            return hit[1]
+        kv = self.bucket(subjects.KV_USAGE)
+        at = utcnow()
+        with self.nats_errors():
+            spent = {p: (await read_period(kv, project_id, p, at)).cost_usd for p in PERIODS}
+        if len(self.spend_cache) > 10_000:
+            self.spend_cache.clear()
+        self.spend_cache[project_id] = (now, spent)
+        return spent
 
     def _limiter(self) -> RateLimiter:
         self.require_nats()

@@ -11,6 +11,7 @@ left when parking fails.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
@@ -57,6 +58,7 @@ class DeliverCallback:
     tracer: trace.Tracer
     parking: Parking
     integration: IntegrationRecorder | None = None  # per project: last callback, failures
+    on_result: Callable[[str], None] | None = None  # a job's result is going out (progress stops)
 
     def __post_init__(self) -> None:
         self.tracing = exporting(self.tracer)
@@ -73,6 +75,8 @@ class DeliverCallback:
             await self.deliver(msg, job)
 
     async def deliver(self, msg: Msg, job: JobResult) -> None:
+        if self.on_result is not None:
+            self.on_result(job.job_id)
         url = self.target(job)
         # The executor's message, first delivered: no attempt can have been made yet.
         first = attempts_of(msg) == 1 and not is_parked(msg)

@@ -4,7 +4,10 @@ as JSON on stdin, answering the result as JSON on stdout.
 Each attempt runs in its own process group and its own working directory (also its HOME),
 with only allow-listed environment variables. On timeout, cancel or shutdown the whole group
 gets SIGTERM, then SIGKILL after a short grace, so children a program started go with it.
-stderr lines become the job's log; a line ``progress: <0-100>`` moves the job's progress.
+stderr lines become the job's log; a line ``progress: <0-100>`` moves the job's progress,
+``output: <text>`` streams a line of text to the job's SSE stream (and progress callbacks),
+and ``usage: <model> <input tokens> <output tokens>`` reports what a model call used (a CLI
+that calls an LLM: priced and counted against the project's budgets like any LLM agent's).
 Exit status 65 (EX_DATAERR) means the input is bad (no retry); any other non-zero status is
 a failed attempt that may be retried.
 """
@@ -23,11 +26,13 @@ from pathlib import Path
 import msgspec
 
 from conveyor.executor.backends.base import AgentError, AgentJob, TransientError, parse_output
-from conveyor.shared.events import ResultBody
+from conveyor.shared.events import ResultBody, TokenUsage
 
 EX_DATAERR = 65
 KILL_GRACE_S = 0.5
 _PROGRESS = re.compile(r"^\s*progress\s*[:=]\s*(\d{1,3})\s*%?\s*$", re.I)
+_USAGE = re.compile(r"^\s*usage\s*[:=]\s*([\x21-\x7e]{1,200})\s+(\d{1,12})\s+(\d{1,12})\s*$", re.I)
+_OUTPUT = "output: "
 
 
 class _Stdin(msgspec.Struct, kw_only=True):
@@ -210,6 +215,17 @@ class CommandBackend:
                     continue
                 if m := _PROGRESS.match(line):
                     job.progress(min(99, int(m.group(1))))
+                    continue
+                if line.startswith(_OUTPUT):
+                    job.output(line[len(_OUTPUT) :] + "\n")
+                    continue
+                if m := _USAGE.match(line):
+                    # BudgetExceeded from here ends the run (the process group is killed).
+                    job.usage(
+                        TokenUsage(
+                            model=m.group(1), input_tokens=int(m.group(2)), output_tokens=int(m.group(3))
+                        )
+                    )
                     continue
                 tail.append(line)
                 del tail[:-5]

@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from conveyor.executor import pricing
 from conveyor.executor.handlers.jobstore import Conflict, JobStore, Versioned
 from conveyor.executor.handlers.results import Results, oversize
 from conveyor.executor.registry import Agent
@@ -45,6 +46,7 @@ from conveyor.shared.events import (
     PipelineRun,
     PipelineStage,
     ResultBody,
+    TokenUsage,
     WebhookEvent,
     utcnow,
 )
@@ -57,6 +59,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
+
+
+def children_usage(children: dict[str, JobRecord | None]) -> TokenUsage | None:
+    """A fan-out parent's LLM usage: its children's, summed (None when none used an LLM)."""
+    total: TokenUsage | None = None
+    for child in children.values():
+        if child is not None and child.usage is not None:
+            total = pricing.add(total, child.usage)
+    return total
 
 
 class FanoutDeadline(Message, frozen=True, kw_only=True):
@@ -376,6 +387,7 @@ class Fanout:
             updated_at=now,
             result=result,
             error="; ".join(failed) or None,
+            usage=children_usage(children),
         )
         if result is not None and (too_big := oversize(record, wire.max_payload(self.js))):
             # Each child's result fitted, their sum does not: the parent ends failed with a small

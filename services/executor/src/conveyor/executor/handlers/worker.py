@@ -30,12 +30,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
+from conveyor.executor import pricing
 from conveyor.executor.backends import AgentError, AgentJob, Backend, TransientError
+from conveyor.executor.backends.base import BudgetExceeded
 from conveyor.executor.config import Settings
 from conveyor.executor.credentials import Credentials, no_credentials
 from conveyor.executor.handlers.definitions import PIPELINE, Definitions
 from conveyor.executor.handlers.fairness import Gates
 from conveyor.executor.handlers.jobstore import Conflict, JobStore, Versioned, checked_job_id
+from conveyor.executor.handlers.meter import Live, Meter
 from conveyor.executor.handlers.results import Results, may_exceed, oversize
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
@@ -49,12 +52,14 @@ from conveyor.shared.events import (
     JobRequest,
     LogLine,
     ResultBody,
+    TokenUsage,
     encoder,
     job_request_decoder,
     utcnow,
 )
 from conveyor.shared.logs import bound
 from conveyor.shared.telemetry import exporting, message_span
+from conveyor.shared.usage import BudgetStop
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,7 @@ class Outcome:
     transient: bool = False
     retry_after_s: float | None = None
     ran: bool = True  # False: ended before an attempt started
+    budget: BudgetStop | None = None  # ended because its project's budget is spent
 
 
 @dataclass
@@ -105,6 +111,9 @@ class Attempt:
     _progress: int | None = None
     _progress_task: asyncio.Task[None] | None = None
     _progress_at: float = 0.0
+    usage: TokenUsage | None = None  # the job's LLM usage over all its attempts so far
+    live: Live | None = None  # streamed text and progress callbacks (an attempt that runs)
+    budget_stop: BudgetStop | None = None  # a usage report found the project's budget spent
 
     def log(self, level: str, message: str) -> None:
         self.lines.append(LogLine(at=utcnow(), level=level, message=message, attempt=self.number))
@@ -117,6 +126,16 @@ class Attempt:
     def progress(self, value: int) -> None:
         """Record progress reported by the agent, at most once a second."""
         self._progress = value
+        if self.live is not None:
+            self.live.progress(value)
+        self.touch()
+
+    def output(self, text: str) -> None:
+        if self.live is not None:
+            self.live.output(text)
+
+    def touch(self) -> None:
+        """Write progress and usage with the next progress write (at most once a second)."""
         if self._progress_task is None or self._progress_task.done():
             self._progress_task = asyncio.create_task(self._write_progress())
 
@@ -124,17 +143,22 @@ class Attempt:
         wait = self._progress_at + PROGRESS_EVERY_S - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        value, self._progress_at = self._progress, time.monotonic()
+        value, usage, self._progress_at = self._progress, self.usage, time.monotonic()
 
         def change(r: JobRecord | None) -> JobRecord | None:
-            if r is None or r.terminal or r.attempts != self.number or value is None or value <= r.progress:
+            if r is None or r.terminal or r.attempts != self.number:
                 return None
-            return replace(r, progress=value, updated_at=utcnow())
+            moved = value is not None and value > r.progress
+            if not moved and usage == r.usage:
+                return None
+            return replace(r, progress=value if moved else r.progress, usage=usage, updated_at=utcnow())
 
         with contextlib.suppress(Exception):
             await self.write(change)
 
     async def settle_progress(self) -> None:
+        if self.live is not None:
+            await self.live.close()
         if self._progress_task is not None and not self._progress_task.done():
             self._progress_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -197,6 +221,7 @@ class Worker:
         credentials: Callable[[str], Credentials] = no_credentials,  # project -> AgentJob.credentials
         definitions: Definitions | None = None,
         start_pipeline: Callable[[JobRequest, AgentDefinition, Agent], Awaitable[None]] | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.definitions = definitions or Definitions(settings, agents)
         self.start_pipeline = start_pipeline
@@ -219,6 +244,7 @@ class Worker:
         self.gates = gates
         self.credentials = credentials
         self.limited: Mapping[str, int] = gates.limits if gates is not None else {}
+        self.meter = meter
 
     # --- entry point ---------------------------------------------------------------------------
 
@@ -274,6 +300,7 @@ class Worker:
             )
             return
         attempt = Attempt(self.store, req.job_id, previous + 1, cur, quiet=agent.instant)
+        attempt.usage = cur.record.usage if cur.record else None
         if (reason := self.cancel_reason(req.job_id, req.parent_id)) is not None:
             attempt.number = previous  # it never starts: no attempt is used
             await self._conclude(msg, req, agent, attempt, Outcome("cancelled", error=reason, ran=False), 0)
@@ -343,6 +370,8 @@ class Worker:
                         wire.leave(msg)
                     return
                 await attempt.flush_log()
+                if self.meter is not None:
+                    attempt.live = self.meter.live(req, attempt.number)
                 async with heartbeat(msg, self.heartbeat_s):
                     outcome = await self._execute(agent, req, attempt, run)
             else:
@@ -360,7 +389,19 @@ class Worker:
             self.metrics.running[label].dec()
             await attempt.settle_progress()
         elapsed = time.perf_counter() - t0
+        if (
+            attempt.budget_stop is not None
+            and outcome.budget is None
+            and outcome.status in ("failed", "timeout")
+        ):
+            # However the backend took the refusal (raised it on, or failed otherwise after it),
+            # the run ended at the budget: not retried, and said so.
+            outcome = self._over_budget(agent, attempt, attempt.budget_stop)
         self.metrics.took[label, outcome.status].observe(elapsed)
+        if outcome.budget is not None:
+            self.metrics.budget_stops.labels(outcome.budget.budget).inc()
+            await self._conclude(msg, req, agent, attempt, outcome, int(elapsed * 1000), term=True)
+            return
         if outcome.status == "failed" and outcome.transient and attempt.number < agent.max_attempts:
             await self._retry(msg, agent, attempt, outcome)
             return
@@ -396,6 +437,30 @@ class Worker:
             progress=attempt.progress,
             credentials=self.credentials(req.project),
             delegate=delegate,
+            output=attempt.output,
+            usage=lambda usage: self._usage(req, agent, attempt, usage),
+        )
+
+    def _usage(self, req: JobRequest, agent: Agent, attempt: Attempt, usage: TokenUsage) -> None:
+        """One LLM response's usage: priced, added to the job's record (with its next progress
+        write), the project's totals and the metrics; BudgetExceeded when a budget is spent."""
+        if self.meter is None:
+            return
+        priced, stop = self.meter.report(req.project, agent.name, usage)
+        attempt.usage = pricing.add(attempt.usage, priced)
+        attempt.touch()
+        if stop is not None:
+            attempt.budget_stop = stop
+            raise BudgetExceeded(f"budget_exceeded: {stop.message()}")
+
+    def _over_budget(self, agent: Agent, attempt: Attempt, stop: BudgetStop) -> Outcome:
+        error = f"budget_exceeded: {stop.message()}"
+        attempt.log("error", f"stopped: {error}")
+        return Outcome(
+            "failed",
+            error=error,
+            body=ResultBody(summary=f"{agent.name} was stopped: {error}"),
+            budget=stop,
         )
 
     async def delegate(
@@ -475,6 +540,12 @@ class Worker:
         if run.cancel_reason is not None:
             # Cancelled while "processing" was being written: the log says so all the same.
             return _cancelled(attempt, run.cancel_reason)
+        if self.meter is not None:
+            # A job queued before its project's budget was spent does not start after it.
+            await self.meter.prime(req.project)
+            if (stop := self.meter.check(req.project)) is not None:
+                attempt.budget_stop = stop
+                return self._over_budget(agent, attempt, stop)
         job = self._job(agent, req, attempt)
         timeout = req.timeout_ms / 1000 if req.timeout_ms else agent.timeout_s
         task = asyncio.create_task(self.backends[agent.backend].run(job))
@@ -557,6 +628,7 @@ class Worker:
                 attempts=number if counted else number - 1,
                 error=error,
                 updated_at=utcnow(),
+                usage=attempt.usage,
             )
 
         await attempt.write(change)
@@ -602,10 +674,21 @@ class Worker:
             await msg.term()
 
     async def _conclude(
-        self, msg: Msg, req: JobRequest, agent: Agent, attempt: Attempt, outcome: Outcome, elapsed_ms: int
+        self,
+        msg: Msg,
+        req: JobRequest,
+        agent: Agent,
+        attempt: Attempt,
+        outcome: Outcome,
+        elapsed_ms: int,
+        *,
+        term: bool = False,
     ) -> None:
         if await self._finish(req, agent.name, agent.backend, attempt, outcome, elapsed_ms, msg):
-            await wire.ack(msg)
+            if term:  # ended for good without a dead letter (a budget stop: nothing to replay now)
+                await msg.term()
+            else:
+                await wire.ack(msg)
 
     async def _finish(
         self,
@@ -655,6 +738,7 @@ class Worker:
                 result=result,
                 project_id=base.project_id or req.project_id,
                 callback_url=base.callback_url or req.callback_url,
+                usage=attempt.usage if attempt.usage is not None else base.usage,
             )
 
         limit = wire.max_payload(self.js)

@@ -1,10 +1,18 @@
-"""GET /api/jobs/{id}/stream: the job's record as Server-Sent Events, from a KV watch.
+"""GET /api/jobs/{id}/stream: the job's record as Server-Sent Events, from a KV watch, and the
+text its model streams as ``event: output`` frames.
 
 Any replica serves any job (the watch reads JetStream, not this process). Every event
 carries ``id: <KV revision>``, so a client that reconnects with Last-Event-ID gets only what
 it missed. ``event: status`` when the status changed, ``event: progress`` otherwise; the
 stream closes after a terminal state, after SSE_MAX_S, when NATS goes away (``event: error``)
 or when the receiver stops. A ``: heartbeat`` comment goes out every SSE_HEARTBEAT_S.
+
+Output frames (``data: {"attempt", "seq", "text"}``, no ``id``: they do not move
+Last-Event-ID) come from a core NATS subscription to ``joboutput.<job_id>`` (executor
+handlers/meter.py says why not a stream): text sent before the client connected is not
+replayed (``seq`` starts above 1), and the job's result carries the whole answer. Both
+sources feed one queue, so frames go out in the order they arrived; the executor publishes
+the last text before it writes the terminal record.
 
 Each stream holds a KV watch (a consumer on the server) for up to SSE_MAX_S, so a process
 serves at most SSE_MAX_STREAMS at once, and SSE_MAX_STREAMS_PER_CLIENT for one API key (or,
@@ -17,20 +25,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
-import nats.errors
 from aiohttp import web
+from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from conveyor.receiver.handlers.jobs import load, shown
 from conveyor.receiver.state import STATE, Receiver
 from conveyor.shared import subjects
-from conveyor.shared.events import encoder, job_record_decoder
+from conveyor.shared.events import NOT_JSON, encoder, job_output_decoder, job_record_decoder
 from conveyor.shared.http import HTTPError
 
 log = logging.getLogger(__name__)
 
 _DELETE_OPS = ("DEL", "PURGE")
+MAX_QUEUED_OUTPUT = 256  # output frames waiting for a slow client, at most
 
 
 def _last_event_id(request: web.Request) -> int | None:
@@ -67,28 +77,72 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 async def _serve(request: web.Request, st: Receiver, job_id: str) -> web.StreamResponse:
     kv = st.bucket(subjects.KV_JOBS)
+    feed = _Feed()
     with st.nats_errors():
-        # A short inactivity limit: the server drops the watch soon after a client leaves.
-        watcher = await kv.watch(job_id, inactive_threshold=30.0)
+        # The text first, so none sent after the record's first frame is missed.
+        sub = await st.rt.nc.subscribe(subjects.job_output(job_id), cb=feed.on_output)
+        try:
+            # A short inactivity limit: the server drops the watch soon after a client leaves.
+            watcher = await kv.watch(job_id, inactive_threshold=30.0)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            raise
+    reader = asyncio.create_task(feed.read(watcher), name=f"sse-{job_id}")
     resp = web.StreamResponse(status=200, headers=st.stream_headers(request))
     st.metrics.sse_streams.inc()
     try:
         await resp.prepare(request)
-        await _pump(st, request, resp, watcher, _last_event_id(request))
+        await _pump(st, request, resp, feed, _last_event_id(request))
     except ConnectionError:
         log.debug("sse client for %s went away", job_id)
     finally:
         st.metrics.sse_streams.dec()
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
         with contextlib.suppress(Exception):
             await watcher.stop()
     return resp
+
+
+class _Feed:
+    """The record's changes (from the KV watch) and the job's streamed text (core NATS,
+    ``joboutput.<job_id>``) in the order they arrived, for one stream."""
+
+    def __init__(self) -> None:
+        self.items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.outputs = 0  # output frames queued and not written yet
+
+    async def on_output(self, msg: Msg) -> None:
+        if self.outputs >= MAX_QUEUED_OUTPUT:
+            return  # a client that cannot keep up loses text (the ``seq`` numbers show where)
+        try:
+            out = job_output_decoder.decode(msg.data)
+        except NOT_JSON:
+            return
+        data = encoder.encode({"attempt": out.attempt, "seq": out.seq, "text": out.text})
+        self.outputs += 1
+        self.items.put_nowait(("output", b"event: output\ndata: %s\n\n" % data))
+
+    async def read(self, watcher: KeyValue.KeyWatcher) -> None:
+        # Iterated, not ``updates(timeout=)``: its asyncio.wait_for can swallow the cancel that
+        # ends this task when an entry arrives at the same moment (Python 3.11).
+        try:
+            async for entry in watcher:
+                if entry is not None:  # None: the watch's "caught up" marker
+                    self.items.put_nowait(("record", entry))
+        except Exception as exc:
+            self.items.put_nowait(("error", exc))
 
 
 async def _pump(
     st: Receiver,
     request: web.Request,
     resp: web.StreamResponse,
-    watcher: KeyValue.KeyWatcher,
+    feed: _Feed,
     last_id: int | None,
 ) -> None:
     loop = asyncio.get_running_loop()
@@ -112,11 +166,17 @@ async def _pump(
             next_beat = now + beat_s
             continue
         try:
-            entry = await watcher.updates(timeout=min(1.0, next_beat - now, deadline - now))
-        except nats.errors.TimeoutError:
+            async with asyncio.timeout(min(1.0, next_beat - now, deadline - now)):
+                kind, item = await feed.items.get()
+        except TimeoutError:
             continue
-        if entry is None:  # the watch's "caught up" marker
+        if kind == "output":
+            feed.outputs -= 1
+            await resp.write(item)
             continue
+        if kind == "error":
+            raise item
+        entry = item
         if entry.operation in _DELETE_OPS:
             await resp.write(f"id: {entry.revision}\nevent: deleted\ndata: {{}}\n\n".encode())
             return

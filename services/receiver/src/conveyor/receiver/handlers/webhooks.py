@@ -20,6 +20,7 @@ from conveyor.shared.ratelimit import Decision
 _OUTCOME = {
     400: "bad_request",
     401: "unauthorized",
+    402: "budget_exceeded",
     403: "forbidden",
     413: "too_large",
     422: "invalid",
