@@ -10,8 +10,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from conveyor.shared import subjects
-from conveyor.shared.consumer import dead_letter
-from conveyor.shared.streams import ensure_streams
+from conveyor.shared.bus.consumer import dead_letter
+from conveyor.shared.bus.streams import ensure_streams
 
 
 async def cli(nats_url: str, *args: str, code: int = 0) -> tuple[str, str]:

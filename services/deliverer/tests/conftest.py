@@ -13,8 +13,8 @@ from aiohttp import web
 from nats.js import JetStreamContext
 
 from conveyor.shared import ids, subjects
+from conveyor.shared.bus.streams import ensure_streams
 from conveyor.shared.events import AgentResult, JobResult, ResultBody, encoder
-from conveyor.shared.streams import ensure_streams
 from conveyor.shared.testing.rawhttp import serve_app
 
 

@@ -13,8 +13,8 @@ from nats.js.api import KeyValueConfig
 
 from conveyor.deliverer.attempt_log import AttemptLog
 from conveyor.shared import subjects
+from conveyor.shared.bus.jsrequests import JsRequests
 from conveyor.shared.events import DeliveryAttempt, DeliveryLog, utcnow
-from conveyor.shared.jsrequests import JsRequests
 from conveyor.shared.testing.fixtures import eventually
 
 

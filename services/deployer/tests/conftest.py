@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry
 from conveyor.deployer.config import Settings
 from conveyor.deployer.service import SPEC
 from conveyor.shared import subjects
+from conveyor.shared.bus.streams import ensure_kv, ensure_streams
 from conveyor.shared.deploy_store import DeployStore
 from conveyor.shared.deploys import DeploymentRecord, SiteConfig
 from conveyor.shared.runner import Runtime, serve
-from conveyor.shared.streams import ensure_kv, ensure_streams
 from conveyor.shared.testing.fixtures import eventually
 
 

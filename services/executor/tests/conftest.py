@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 
 from conveyor.executor.config import AgentConfig, Settings
 from conveyor.shared import subjects
+from conveyor.shared.bus.streams import ensure_kv, ensure_streams
 from conveyor.shared.events import (
     DEFAULT_PROJECT,
     CancelRequest,
@@ -26,7 +27,6 @@ from conveyor.shared.events import (
     job_record_decoder,
     job_result_decoder,
 )
-from conveyor.shared.streams import ensure_kv, ensure_streams
 from conveyor.shared.tenancy import Project
 from conveyor.shared.testing.fixtures import eventually
 

@@ -26,6 +26,7 @@ from conveyor.executor.config import AgentConfig, Settings
 from conveyor.executor.handlers.scheduler import Scheduler, SchedulerMetrics
 from conveyor.executor.service import SPEC
 from conveyor.shared import subjects
+from conveyor.shared.bus.streams import ensure_kv, ensure_streams
 from conveyor.shared.events import JobRecord, job_record_decoder
 from conveyor.shared.ratelimit import RateLimiter
 from conveyor.shared.runner import serve
@@ -35,7 +36,6 @@ from conveyor.shared.schedules import (
     fire_job_id,
     schedule_record_decoder,
 )
-from conveyor.shared.streams import ensure_kv, ensure_streams
 from conveyor.shared.testing.fixtures import eventually
 
 enc = msgspec.json.Encoder()

@@ -9,8 +9,8 @@ from typing import Any
 from nats.js import JetStreamContext
 
 from conveyor.shared import subjects
-from conveyor.shared.consumer import dead_letter
-from conveyor.shared.streams import ensure_streams
+from conveyor.shared.bus.consumer import dead_letter
+from conveyor.shared.bus.streams import ensure_streams
 
 ADMIN = {"Authorization": "Bearer admin-test-key"}
 

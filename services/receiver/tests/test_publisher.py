@@ -13,13 +13,13 @@ from nats.js import JetStreamContext
 
 from conveyor.receiver.state import publish_failure
 from conveyor.shared import subjects
-from conveyor.shared.jsrequests import (
+from conveyor.shared.bus.jsrequests import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
     EXPECTED_STREAM,
     JsRequests,
     is_key_exists,
 )
-from conveyor.shared.streams import ensure_kv, ensure_streams
+from conveyor.shared.bus.streams import ensure_kv, ensure_streams
 
 CREATE = {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}
 

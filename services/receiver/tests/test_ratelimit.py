@@ -11,8 +11,8 @@ import nats
 import pytest
 
 from conveyor.shared import subjects
+from conveyor.shared.bus.streams import ensure_kv
 from conveyor.shared.ratelimit import PREFETCH_MAX, Decision, RateLimiter
-from conveyor.shared.streams import ensure_kv
 from conveyor.shared.testing.procs import ServiceProcess, service_env
 
 

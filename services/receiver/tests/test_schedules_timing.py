@@ -14,6 +14,7 @@ from croniter import croniter
 from nats.js import JetStreamContext
 
 from conveyor.shared import subjects
+from conveyor.shared.bus.streams import ensure_streams
 from conveyor.shared.schedules import (
     ScheduleError,
     format_every,
@@ -24,7 +25,6 @@ from conveyor.shared.schedules import (
     timing,
     zone,
 )
-from conveyor.shared.streams import ensure_streams
 
 UTC = dt.UTC
 EXPRESSIONS = [

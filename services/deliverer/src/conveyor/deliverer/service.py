@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
 from conveyor.deliverer.attempt_log import AttemptLog
 from conveyor.deliverer.breaker import Breakers
 from conveyor.deliverer.config import (
@@ -27,8 +25,8 @@ from conveyor.deliverer.sender import build_client
 from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.deliverer.ssrf import AddressPolicy
 from conveyor.shared import subjects
+from conveyor.shared.bus import AckPolicy, ConsumerConfig, DeliverPolicy, KvMirror
 from conveyor.shared.integration import IntegrationRecorder
-from conveyor.shared.kvmirror import KvMirror
 from conveyor.shared.runner import Runtime, ServiceSpec
 from conveyor.shared.sealing import Sealer
 from conveyor.shared.tenancy import Directory, Project, project_decoder
@@ -73,11 +71,9 @@ async def _refresh_gauges(rt: Runtime[Settings], metrics: Metrics, breakers: Bre
     from this process."""
     while not rt.stopping.is_set():
         with contextlib.suppress(Exception):
-            info = await rt.js.stream_info(subjects.DLQ)
-            metrics.dlq_depth.set(info.state.messages or 0)
+            metrics.dlq_depth.set(await rt.bus.stream_messages(subjects.DLQ))
         with contextlib.suppress(Exception):
-            info = await rt.js.stream_info(subjects.PARKED)
-            metrics.parked.set(info.state.messages or 0)
+            metrics.parked.set(await rt.bus.stream_messages(subjects.PARKED))
         metrics.open_circuits.set(breakers.open_count())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rt.stopping.wait(), rt.settings.dlq_gauge_interval_s)
@@ -95,7 +91,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
     metrics = Metrics(rt.registry)
     breakers = Breakers(s.callback_breaker_threshold, s.callback_breaker_cooldown_s)
     keys = SigningKeys(signing_secrets(s), endpoint_secrets(s))
-    attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES], rt.requests)
+    attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES])
     client = build_client(
         # Two consumers (results, parked results) at CALLBACK_CONCURRENCY each, and test sends.
         AddressPolicy(allowed_networks(s)),
@@ -125,7 +121,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         callbacks,
         metrics,
         rt.tracer,
-        Parking(rt.requests),
+        Parking(rt.bus),
         integration,
     )
     send_test = SendTestEvent(s, client, attempts, callbacks, metrics)

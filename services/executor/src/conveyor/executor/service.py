@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from conveyor.executor.backends import make_backends
 from conveyor.executor.config import Settings
@@ -22,6 +21,7 @@ from conveyor.executor.handlers.worker import STAGE, Worker
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import build_registry, build_routes
 from conveyor.shared import subjects
+from conveyor.shared.bus import AckPolicy, ConsumerConfig, DeliverPolicy
 from conveyor.shared.runner import Runtime, ServiceSpec
 
 
@@ -64,9 +64,8 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     agents = build_registry(settings)
     routes = build_routes(settings, agents)
     metrics = Metrics(rt.registry, agents)
-    requests = rt.requests
-    store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS], requests)
-    results = Results(requests, rt.js)
+    store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS])
+    results = Results(rt.bus)
     cancels = Cancels(rt.kv[subjects.KV_CANCELS])
     dlq = rt.consumer_metrics.dead_letters.labels(STAGE)
     async with httpx.AsyncClient(
@@ -75,7 +74,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         timeout=httpx.Timeout(settings.aios_agent_timeout_ms / 1000),
     ) as http:
         fanout = Fanout(
-            js=rt.js,
+            js=rt.bus,
             store=store,
             results=results,
             cancels_kv=rt.kv[subjects.KV_CANCELS],
@@ -84,7 +83,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         )
         gates = Gates(rt, settings, metrics, stage=STAGE)
         worker = Worker(
-            js=rt.js,
+            js=rt.bus,
             settings=settings,
             agents=agents,
             backends=make_backends(settings, http),
@@ -100,7 +99,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         )
         canceller = Canceller(store, worker.cancel_running, fanout.child_done)
         router = Router(
-            requests=requests,
+            requests=rt.bus,
             agents=agents,
             routes=routes,
             store=store,

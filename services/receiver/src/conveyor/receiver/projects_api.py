@@ -14,7 +14,6 @@ import secrets
 from typing import Annotated, Any, Literal
 
 import msgspec
-import nats.js.errors
 from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 from msgspec.structs import replace
@@ -25,7 +24,7 @@ from conveyor.receiver.openapi import Operation, Param
 from conveyor.receiver.schemas import ProjectRef
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import ids, subjects
+from conveyor.shared import bus, ids, subjects
 from conveyor.shared.events import encoder, utcnow
 from conveyor.shared.http import HTTPError
 from conveyor.shared.sealing import SealedSecret, SealingError
@@ -228,7 +227,7 @@ async def _load(st: Receiver, project_id: str) -> tuple[Project, int]:
     with st.nats_errors():
         try:
             entry = await kv.get(project_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             raise _not_found("project", project_id) from None
     return project_decoder.decode(entry.value or b""), entry.revision or 0
 
@@ -251,9 +250,9 @@ async def _write(st: Receiver, old_revision: int, project: Project) -> Project:
                 await kv.update(project.project_id, encoder.encode(project), last=old_revision)
             else:
                 await kv.create(project.project_id, encoder.encode(project))
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except bus.Conflict:
             raise HTTPError(409, "conflict", "the project changed meanwhile; read it and try again") from None
-        except nats.js.errors.KeyValueError as exc:
+        except bus.BusError as exc:
             if old_revision == 0:
                 raise HTTPError(409, "project_exists", f"project {project.project_id!r} exists") from None
             raise exc
@@ -340,7 +339,7 @@ async def create_org(request: web.Request) -> web.Response:
     with st.nats_errors():
         try:
             await kv.create(org.org_id, encoder.encode(org))
-        except nats.js.errors.KeyValueError:
+        except bus.BusError:
             raise HTTPError(409, "org_exists", f"organisation {org.org_id!r} exists") from None
     return respond(201, OrgView(org_id=org.org_id, name=org.name, created_at=org.created_at))
 
@@ -352,12 +351,12 @@ async def list_orgs(request: web.Request) -> web.Response:
     with st.nats_errors():
         try:
             keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
+        except bus.NotFound:
             keys = []
         for key in keys:
             try:
                 entry = await kv.get(key)
-            except nats.js.errors.KeyNotFoundError:
+            except bus.NotFound:
                 continue
             o = organisation_decoder.decode(entry.value or b"")
             orgs.append(OrgView(org_id=o.org_id, name=o.name, created_at=o.created_at))
@@ -373,7 +372,7 @@ async def org_exists(st: Receiver, org_id: str) -> bool:
     with st.nats_errors():
         try:
             await kv.get(org_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return False
     return True
 

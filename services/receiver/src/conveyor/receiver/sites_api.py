@@ -28,7 +28,6 @@ import re
 from typing import Annotated, Any
 
 import msgspec
-import nats.errors
 from aiohttp import web
 from msgspec import Meta
 
@@ -37,7 +36,7 @@ from conveyor.receiver.openapi import SSE, Operation, Param
 from conveyor.receiver.schemas import ProjectRef
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
-from conveyor.shared import subjects
+from conveyor.shared import bus, subjects
 from conveyor.shared.deploy_store import DeployStore, DeployStoreError
 from conveyor.shared.deploys import (
     DEPLOYMENT_ID_RE,
@@ -360,8 +359,8 @@ async def stream_deployment(request: web.Request) -> web.StreamResponse:
                 await resp.write(b": heartbeat\n\n")
                 next_beat = now + beat_s
             try:
-                entry = await watcher.updates(timeout=max(0.05, min(1.0, next_beat - now, deadline - now)))
-            except nats.errors.TimeoutError:
+                entry = await watcher.next(timeout=max(0.05, min(1.0, next_beat - now, deadline - now)))
+            except bus.Timeout:
                 continue
             if entry is None or not entry.value:
                 continue

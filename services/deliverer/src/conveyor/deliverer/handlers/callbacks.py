@@ -1,6 +1,6 @@
 """``results.<job_id>`` -> a signed POST of the AgentResult to the job's callback URL.
 
-Settlement goes through conveyor.shared.consumer: returning acks; PermanentError copies the
+Settlement goes through conveyor.shared.bus.consumer: returning acks; PermanentError copies the
 result to ``dlq.deliver.results.<job_id>`` and, once that is stored, terminates it. A result that
 must wait (a failed attempt, an open circuit) is parked (parking.py) and then acknowledged:
 it comes back on ``parked.results.<job_id>`` to this same handler, so the wait survives a
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from nats.aio.msg import Msg
 from opentelemetry import trace
 
 from conveyor.deliverer.attempt_log import AttemptLog, round_attempts
@@ -25,8 +24,7 @@ from conveyor.deliverer.parking import Parking, is_parked, pause_s, pauses_of
 from conveyor.deliverer.projects import ProjectCallbacks
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import endpoint_of, post
-from conveyor.shared import subjects
-from conveyor.shared.consumer import attempts_of
+from conveyor.shared import bus, subjects
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
 from conveyor.shared.integration import IntegrationRecorder
@@ -64,7 +62,7 @@ class DeliverCallback:
     def target(self, job: JobResult) -> str | None:
         return self.projects.target(job)
 
-    async def __call__(self, msg: Msg) -> None:
+    async def __call__(self, msg: bus.Delivery) -> None:
         job = job_result_decoder.decode(msg.data)
         with (
             bound(job=job.job_id, correlation=job.correlation_id),
@@ -72,10 +70,10 @@ class DeliverCallback:
         ):
             await self.deliver(msg, job)
 
-    async def deliver(self, msg: Msg, job: JobResult) -> None:
+    async def deliver(self, msg: bus.Delivery, job: JobResult) -> None:
         url = self.target(job)
         # The executor's message, first delivered: no attempt can have been made yet.
-        first = attempts_of(msg) == 1 and not is_parked(msg)
+        first = msg.attempts == 1 and not is_parked(msg)
         if url is None:
             log.info("job %s (source %s) has no callback URL: skipped", job.job_id, job.source)
             self.metrics.outcome["skipped"].inc()
@@ -190,7 +188,7 @@ class DeliverCallback:
 
     async def later(
         self,
-        msg: Msg,
+        msg: bus.Delivery,
         job: JobResult,
         delay_s: float,
         why: str,

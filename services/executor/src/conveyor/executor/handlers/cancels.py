@@ -16,12 +16,11 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 from msgspec.structs import replace
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from conveyor.executor.handlers.jobstore import JobStore, Versioned
-from conveyor.shared import subjects
+from conveyor.shared import bus, subjects
+from conveyor.shared.bus import keep_watching
 from conveyor.shared.events import JobRecord, cancel_request_decoder, utcnow
-from conveyor.shared.kvmirror import keep_watching
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ MAX_REMEMBERED = 200_000
 
 
 class Cancels:
-    def __init__(self, kv: KeyValue, *, check_every_s: float = 5.0) -> None:
+    def __init__(self, kv: bus.Kv, *, check_every_s: float = 5.0) -> None:
         self.kv = kv
         self.check_every_s = check_every_s
         self.requested: OrderedDict[str, str] = OrderedDict()
@@ -61,7 +60,7 @@ class Cancels:
     async def _supervise(self) -> None:
         await keep_watching(self.kv, subjects.KV_CANCELS, self._read, check_every_s=self.check_every_s)
 
-    async def _read(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _read(self, watcher: bus.Watcher) -> None:
         replaying = True
         async for entry in watcher:
             if entry is None:  # the replay of what existed is over
@@ -69,7 +68,7 @@ class Cancels:
                 replaying = False
                 continue
             job_id = entry.key
-            if entry.operation in (KV_DEL, KV_PURGE):
+            if entry.deleted:
                 self.requested.pop(job_id, None)
                 continue
             try:

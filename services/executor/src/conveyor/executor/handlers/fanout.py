@@ -25,14 +25,11 @@ from collections.abc import Callable
 
 import msgspec
 from msgspec.structs import replace
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
 from conveyor.executor.handlers.jobstore import Conflict, JobStore, Versioned
 from conveyor.executor.handlers.results import Results, oversize
 from conveyor.executor.registry import Agent
-from conveyor.shared import ids, subjects, wire
+from conveyor.shared import bus, ids, subjects
 from conveyor.shared.events import (
     AgentResult,
     CancelRequest,
@@ -44,7 +41,6 @@ from conveyor.shared.events import (
     utcnow,
 )
 from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +106,10 @@ class Fanout:
     def __init__(
         self,
         *,
-        js: JetStreamContext,
+        js: bus.Bus,
         store: JobStore,
         results: Results,
-        cancels_kv: KeyValue,
+        cancels_kv: bus.Kv,
         cancel_reason: Callable[[str, str | None], str | None],
         deadline_ms: int | None,
     ) -> None:
@@ -211,7 +207,7 @@ class Fanout:
             subjects.job_run(agent.name),
             _encoder.encode(request),
             stream=subjects.JOBS,
-            headers=inject_headers({subjects.MSG_ID: child_id}),
+            msg_id=child_id,
         )
 
     async def _schedule(self, parent_id: str, deadline: dt.datetime, children: list[str]) -> None:
@@ -220,7 +216,7 @@ class Fanout:
             subjects.fanout_deadline(parent_id),
             _encoder.encode(body),
             stream=subjects.JOBS,
-            headers={subjects.MSG_ID: f"fanout-{parent_id}"},
+            msg_id=f"fanout-{parent_id}",
         )
 
     # --- completion --------------------------------------------------------------------------------
@@ -288,7 +284,7 @@ class Fanout:
             result=result,
             error="; ".join(failed) or None,
         )
-        if result is not None and (too_big := oversize(record, wire.max_payload(self.js))):
+        if result is not None and (too_big := oversize(record, self.js.max_payload)):
             # Each child's result fitted, their sum does not: the parent ends failed with a small
             # result that says where the children's results are, instead of never ending.
             where = ", ".join(f"/api/jobs/{c}/result" for c in children)
@@ -309,7 +305,7 @@ class Fanout:
 
     # --- the deadline ------------------------------------------------------------------------------
 
-    async def on_deadline(self, msg: Msg) -> None:
+    async def on_deadline(self, msg: bus.Delivery) -> None:
         body = _deadline_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
         remaining = (body.deadline - utcnow()).total_seconds()
         if remaining > 0:

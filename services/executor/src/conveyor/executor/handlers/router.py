@@ -14,7 +14,6 @@ from typing import Any
 
 import msgspec
 from msgspec.structs import replace
-from nats.aio.msg import Msg
 from opentelemetry import trace
 
 from conveyor.executor.config import PAYLOAD_AGENT
@@ -23,7 +22,7 @@ from conveyor.executor.handlers.jobstore import JobStore, checked_job_id
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent, route_for
-from conveyor.shared import subjects
+from conveyor.shared import bus, subjects
 from conveyor.shared.events import (
     NOT_JSON,
     AgentResult,
@@ -34,9 +33,8 @@ from conveyor.shared.events import (
     utcnow,
     webhook_event_decoder,
 )
-from conveyor.shared.jsrequests import EXPECTED_STREAM, JsRequests
 from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import exporting, inject_headers, message_span
+from conveyor.shared.telemetry import exporting, message_span
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +76,7 @@ class Router:
     def __init__(
         self,
         *,
-        requests: JsRequests,
+        requests: bus.Bus,
         agents: dict[str, Agent],
         routes: dict[str, tuple[str, ...]],
         store: JobStore,
@@ -126,7 +124,7 @@ class Router:
                     raise Unroutable(f"agent {n!r} is not enabled for project {event.project!r}", agent=n)
         return [self.agents[n] for n in dict.fromkeys(names)]
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle(self, msg: bus.Delivery) -> None:
         event = webhook_event_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
         checked_job_id(event.job_id)
         with (
@@ -169,10 +167,10 @@ class Router:
             callback_url=event.callback_url,
             correlation_id=event.correlation_id,
         )
-        headers = inject_headers({subjects.MSG_ID: request.job_id})
-        headers[EXPECTED_STREAM] = subjects.JOBS
         subject = subjects.job_run(request.agent)
-        await self.requests.publish(subject, _encoder.encode(request), headers)
+        await self.requests.publish(
+            subject, _encoder.encode(request), msg_id=request.job_id, stream=subjects.JOBS
+        )
 
     async def fail(self, event: WebhookEvent, error: str, agent: str | None) -> None:
         now = utcnow()

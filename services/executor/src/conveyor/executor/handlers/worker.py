@@ -25,8 +25,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from msgspec.structs import replace
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from conveyor.executor.backends import AgentError, AgentJob, Backend
@@ -36,8 +34,8 @@ from conveyor.executor.handlers.jobstore import JobStore, Versioned, checked_job
 from conveyor.executor.handlers.results import Results, may_exceed, oversize
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
-from conveyor.shared import wire
-from conveyor.shared.consumer import backoff_delay, dead_letter, heartbeat
+from conveyor.shared import bus
+from conveyor.shared.bus import backoff_delay, dead_letter, heartbeat
 from conveyor.shared.errors import RetryableError
 from conveyor.shared.events import (
     AgentResult,
@@ -163,7 +161,7 @@ class Worker:
     def __init__(
         self,
         *,
-        js: JetStreamContext,
+        js: bus.Bus,
         settings: Settings,
         agents: dict[str, Agent],
         backends: dict[str, Backend],
@@ -198,7 +196,7 @@ class Worker:
 
     # --- entry point ---------------------------------------------------------------------------
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle(self, msg: bus.Delivery) -> None:
         """A job from the shared queue, ``jobs.run.<agent>``."""
         req = job_request_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
         checked_job_id(req.job_id)
@@ -208,21 +206,21 @@ class Worker:
             return
         await self._process(msg, req)
 
-    async def handle_limited(self, msg: Msg) -> None:
+    async def handle_limited(self, msg: bus.Delivery) -> None:
         """A job from its project's own queue, ``jobs.limited.<project>.<agent>``: the durable's
         max_ack_pending has already counted it against the project's limit."""
         req = job_request_decoder.decode(msg.data)
         checked_job_id(req.job_id)
         await self._process(msg, req)
 
-    async def _process(self, msg: Msg, req: JobRequest) -> None:
+    async def _process(self, msg: bus.Delivery, req: JobRequest) -> None:
         with (
             bound(job=req.job_id, correlation=req.correlation_id),
             message_span(self.tracer, self.tracing, "jobs.run.* process", msg.headers, msg.subject),
         ):
             await self._handle(msg, req)
 
-    async def _handle(self, msg: Msg, req: JobRequest) -> None:
+    async def _handle(self, msg: bus.Delivery, req: JobRequest) -> None:
         cur = await self.store.load(req.job_id)
         if cur.terminal:
             await self._settle_finished(msg, cur, req)
@@ -268,7 +266,7 @@ class Worker:
 
     # --- one attempt -------------------------------------------------------------------------------
 
-    async def _run(self, msg: Msg, req: JobRequest, agent: Agent, attempt: Attempt) -> None:
+    async def _run(self, msg: bus.Delivery, req: JobRequest, agent: Agent, attempt: Attempt) -> None:
         job_id = req.job_id
         started = utcnow()
         attempt.log(
@@ -292,7 +290,7 @@ class Worker:
                     if attempt.cur.terminal:
                         await self._settle_finished(msg, attempt.cur, req)
                     else:
-                        wire.leave(msg)
+                        msg.leave()
                     return
                 await attempt.flush_log()
                 async with heartbeat(msg, self.heartbeat_s):
@@ -440,7 +438,7 @@ class Worker:
 
         await attempt.write(change)
 
-    async def _retry(self, msg: Msg, agent: Agent, attempt: Attempt, outcome: Outcome) -> None:
+    async def _retry(self, msg: bus.Delivery, agent: Agent, attempt: Attempt, outcome: Outcome) -> None:
         base, cap = self.settings.retry_base_ms / 1000, self.settings.retry_cap_ms / 1000
         delay = (
             outcome.retry_after_s
@@ -456,7 +454,7 @@ class Worker:
 
     async def _give_up(
         self,
-        msg: Msg,
+        msg: bus.Delivery,
         req: JobRequest,
         agent_name: str,
         attempt: Attempt,
@@ -481,10 +479,16 @@ class Worker:
             await msg.term()
 
     async def _conclude(
-        self, msg: Msg, req: JobRequest, agent: Agent, attempt: Attempt, outcome: Outcome, elapsed_ms: int
+        self,
+        msg: bus.Delivery,
+        req: JobRequest,
+        agent: Agent,
+        attempt: Attempt,
+        outcome: Outcome,
+        elapsed_ms: int,
     ) -> None:
         if await self._finish(req, agent.name, agent.backend, attempt, outcome, elapsed_ms, msg):
-            await wire.ack(msg)
+            await msg.ack()
 
     async def _finish(
         self,
@@ -494,7 +498,7 @@ class Worker:
         attempt: Attempt,
         outcome: Outcome,
         elapsed_ms: int,
-        msg: Msg,
+        msg: bus.Delivery,
     ) -> bool:
         """Write the terminal record, publish the result, tell the fan-out parent.
         Returns False when someone else had already decided the job's end."""
@@ -536,7 +540,7 @@ class Worker:
                 callback_url=base.callback_url or req.callback_url,
             )
 
-        limit = wire.max_payload(self.js)
+        limit = self.js.max_payload
         if (
             result is not None
             and may_exceed(result.result, limit)
@@ -557,7 +561,7 @@ class Worker:
             if attempt.cur.terminal:
                 await self._settle_finished(msg, attempt.cur, req)
             else:
-                wire.leave(msg)
+                msg.leave()
             return False
         stored = attempt.cur.record
         assert stored is not None
@@ -576,14 +580,13 @@ class Worker:
             await self.child_done(req.parent_id)
         return True
 
-    async def _settle_finished(self, msg: Msg, cur: Versioned, req: JobRequest) -> None:
+    async def _settle_finished(self, msg: bus.Delivery, cur: Versioned, req: JobRequest) -> None:
         """The job already ended: make sure its result is out, then drop this delivery."""
         assert cur.record is not None
         await self.results.ensure(cur.record, req.correlation_id)
         if req.parent_id is not None:
             await self.child_done(req.parent_id)
-        if not wire.settled(msg):
-            await msg.ack()
+        await msg.ack()
 
     # --- cancellation ----------------------------------------------------------------------------
 

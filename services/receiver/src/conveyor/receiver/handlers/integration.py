@@ -12,13 +12,12 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
-import nats.js.errors
 from aiohttp import web
 
 from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.sources import unauthorized
 from conveyor.receiver.state import STATE
-from conveyor.shared import signing, subjects
+from conveyor.shared import bus, signing, subjects
 from conveyor.shared.events import utcnow
 from conveyor.shared.http import HTTPError
 from conveyor.shared.integration import IntegrationStatus, integration_decoder
@@ -63,7 +62,7 @@ async def status(request: web.Request) -> web.Response:
         try:
             entry = await kv.get(project.project_id)
             record = integration_decoder.decode(entry.value or b"")
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             record = IntegrationStatus(project=project.project_id)
     last = None
     if record.last_callback_at is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import msgspec
-import nats.js.errors
 from aiohttp import web
 
 from conveyor.receiver.apikeys import Principal
@@ -14,7 +13,7 @@ from conveyor.receiver.query import query_int, query_time
 from conveyor.receiver.schemas import AgentList, CancelAccepted, JobCreate, JobList, JobPending, JobSummary
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
-from conveyor.shared import ids, subjects
+from conveyor.shared import bus, ids, subjects
 from conveyor.shared.events import (
     CancelRequest,
     DeliveryLog,
@@ -29,7 +28,6 @@ from conveyor.shared.events import (
     utcnow,
 )
 from conveyor.shared.http import HTTPError
-from conveyor.shared.streamread import next_message
 from conveyor.shared.tenancy import DEFAULT_PROJECT
 from conveyor.shared.urls import callback_url_problem, redact_url
 
@@ -140,7 +138,7 @@ async def load(st: Receiver, job_id: str, principal: Principal | None) -> tuple[
     with st.nats_errors():
         try:
             entry = await kv.get(job_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             raise _not_found(job_id) from None
     record = job_record_decoder.decode(entry.value or b"")
     if not st.sees(principal, record.project):
@@ -222,7 +220,7 @@ async def _optional(st: Receiver, bucket: str, key: str) -> bytes | None:
     with st.nats_errors():
         try:
             entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
     return entry.value or None
 
@@ -274,12 +272,11 @@ async def list_jobs(request: web.Request) -> web.Response:
     seen: set[str] = set()
     next_cursor: int | None = None
     seq, scanned = cursor, 0
-    records = st.job_records
-    assert records is not None
+    records = st.kv[subjects.KV_JOBS]
     with st.nats_errors():
         while scanned < _SCAN_MAX:
-            stored = await next_message(
-                st.rt.requests, subjects.JOBINDEX, subject, seq=seq or 1, since=None if seq else since
+            stored = await st.rt.bus.next_message(
+                subjects.JOBINDEX, subject, seq=seq or 1, since=None if seq else since
             )
             if stored is None:
                 next_cursor = None
@@ -295,10 +292,10 @@ async def list_jobs(request: web.Request) -> web.Response:
                 continue
             if agent is not None and entry.agent != agent:
                 continue
-            got = await records.get(entry.job_id)
+            got = await records.lookup(entry.job_id)
             if got is None:
                 continue  # expired, or never came to be (its publish failed)
-            record = job_record_decoder.decode(got[0])
+            record = job_record_decoder.decode(got.value)
             if record.created_at != entry.created_at:
                 continue  # the entry of a repeated delivery: the job is listed at its first
             if status is not None and record.status != status:

@@ -18,19 +18,15 @@ import asyncio
 import contextlib
 import logging
 
-import nats.errors
 from aiohttp import web
-from nats.js.kv import KeyValue
 
 from conveyor.receiver.handlers.jobs import load, shown
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import subjects
+from conveyor.shared import bus, subjects
 from conveyor.shared.events import encoder, job_record_decoder
 from conveyor.shared.http import HTTPError
 
 log = logging.getLogger(__name__)
-
-_DELETE_OPS = ("DEL", "PURGE")
 
 
 def _last_event_id(request: web.Request) -> int | None:
@@ -88,7 +84,7 @@ async def _pump(
     st: Receiver,
     request: web.Request,
     resp: web.StreamResponse,
-    watcher: KeyValue.KeyWatcher,
+    watcher: bus.Watcher,
     last_id: int | None,
 ) -> None:
     loop = asyncio.get_running_loop()
@@ -112,12 +108,12 @@ async def _pump(
             next_beat = now + beat_s
             continue
         try:
-            entry = await watcher.updates(timeout=min(1.0, next_beat - now, deadline - now))
-        except nats.errors.TimeoutError:
+            entry = await watcher.next(timeout=min(1.0, next_beat - now, deadline - now))
+        except bus.Timeout:
             continue
         if entry is None:  # the watch's "caught up" marker
             continue
-        if entry.operation in _DELETE_OPS:
+        if entry.deleted:
             await resp.write(f"id: {entry.revision}\nevent: deleted\ndata: {{}}\n\n".encode())
             return
         record = job_record_decoder.decode(entry.value or b"")
