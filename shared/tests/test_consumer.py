@@ -28,9 +28,9 @@ def consumer_config(name: str, max_deliver: int | None = None) -> ConsumerConfig
     )
 
 
-def make_consumer(bus: Bus, name: str, handler: Handler, *, concurrency: int, **kw: Any) -> Consumer:
+def make_consumer(nats_bus: Bus, name: str, handler: Handler, *, concurrency: int, **kw: Any) -> Consumer:
     return Consumer(
-        bus=bus,
+        bus=nats_bus,
         stream=subjects.JOBS,
         config=consumer_config(name, kw.pop("max_deliver", None)),
         handler=handler,
@@ -42,7 +42,7 @@ def make_consumer(bus: Bus, name: str, handler: Handler, *, concurrency: int, **
 
 
 async def test_concurrency_bounds_the_handlers_and_every_message_is_acked(
-    js: JetStreamContext, bus: Bus
+    js: JetStreamContext, nats_bus: Bus
 ) -> None:
     await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
     running, most, done = 0, 0, []
@@ -55,7 +55,7 @@ async def test_concurrency_bounds_the_handlers_and_every_message_is_acked(
         running -= 1
         done.append(msg.data)
 
-    consumer = make_consumer(bus, "bounded", handle, concurrency=3)
+    consumer = make_consumer(nats_bus, "bounded", handle, concurrency=3)
     await consumer.start()
     try:
         for i in range(20):
@@ -73,7 +73,7 @@ async def test_concurrency_bounds_the_handlers_and_every_message_is_acked(
 
 
 async def test_a_trickle_of_messages_needs_no_pull_request_each(
-    nc: Client, js: JetStreamContext, bus: Bus
+    nc: Client, js: JetStreamContext, nats_bus: Bus
 ) -> None:
     await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
     pulls = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS}.trickle")
@@ -82,7 +82,7 @@ async def test_a_trickle_of_messages_needs_no_pull_request_each(
     async def handle(msg: Delivery) -> None:
         done.append(msg.data)
 
-    consumer = make_consumer(bus, "trickle", handle, concurrency=64)
+    consumer = make_consumer(nats_bus, "trickle", handle, concurrency=64)
     await consumer.start()
     try:
         for i in range(10):
@@ -98,20 +98,20 @@ async def test_a_trickle_of_messages_needs_no_pull_request_each(
         await consumer.stop(1)
 
 
-async def test_stop_does_not_wait_out_an_open_pull(js: JetStreamContext, bus: Bus) -> None:
+async def test_stop_does_not_wait_out_an_open_pull(js: JetStreamContext, nats_bus: Bus) -> None:
     await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
 
     async def handle(msg: Delivery) -> None:
         return None
 
-    consumer = make_consumer(bus, "idle", handle, concurrency=5)
+    consumer = make_consumer(nats_bus, "idle", handle, concurrency=5)
     consumer.poll_s = 30.0
     await consumer.start()
     await asyncio.sleep(0)  # the loop sends its pull
     await asyncio.wait_for(consumer.stop(1), 5)
 
 
-async def test_the_delivery_count_is_read_as_jetstream_wrote_it(js: JetStreamContext, bus: Bus) -> None:
+async def test_the_delivery_count_is_read_as_jetstream_wrote_it(js: JetStreamContext, nats_bus: Bus) -> None:
     await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
     seen: list[tuple[int, int]] = []
 
@@ -120,7 +120,7 @@ async def test_the_delivery_count_is_read_as_jetstream_wrote_it(js: JetStreamCon
         if len(seen) < 3:
             await msg.nak()  # redelivered at once: the count goes up
 
-    consumer = make_consumer(bus, "counting", handle, concurrency=1)
+    consumer = make_consumer(nats_bus, "counting", handle, concurrency=1)
     await consumer.start()
     try:
         await js.publish("jobs.run.dev", b"x")
@@ -135,7 +135,7 @@ async def test_the_delivery_count_is_read_as_jetstream_wrote_it(js: JetStreamCon
 
 
 async def test_slots_freed_during_a_pull_are_covered_by_the_next_pull(
-    nc: Client, js: JetStreamContext, bus: Bus
+    nc: Client, js: JetStreamContext, nats_bus: Bus
 ) -> None:
     """With a backlog, a new pull goes out while earlier deliveries are still being handled, as
     soon as a quarter of the slots is free: not one pull per freed slot (which under load left
@@ -145,7 +145,7 @@ async def test_slots_freed_during_a_pull_are_covered_by_the_next_pull(
     for i in range(200):
         await js.publish("jobs.run.dev", b"%d" % i)
     done: list[bytes] = []
-    consumer = make_consumer(bus, "pipelined", lambda msg: asyncio.sleep(0), concurrency=16)
+    consumer = make_consumer(nats_bus, "pipelined", lambda msg: asyncio.sleep(0), concurrency=16)
 
     async def handle(msg: Delivery) -> None:
         await asyncio.sleep(0.001 * (int(msg.data) % 7))
@@ -170,7 +170,7 @@ async def test_slots_freed_during_a_pull_are_covered_by_the_next_pull(
 
 async def test_a_last_attempt_the_dlq_could_not_take_is_dead_lettered_when_it_is_back(
     js: JetStreamContext,
-    bus: Bus,
+    nats_bus: Bus,
 ) -> None:
     """The DLQ publish fails on the last attempt, so the message is NAKed: it must come back
     (JetStream would stop at its own max_deliver) and reach the DLQ once the DLQ is there."""
@@ -185,7 +185,7 @@ async def test_a_last_attempt_the_dlq_could_not_take_is_dead_lettered_when_it_is
         raise RuntimeError("always fails")
 
     consumer = make_consumer(
-        bus, "limited", handle, concurrency=1, max_deliver=3, retry_base_s=0.01, retry_cap_s=0.05
+        nats_bus, "limited", handle, concurrency=1, max_deliver=3, retry_base_s=0.01, retry_cap_s=0.05
     )
     await consumer.start()
     try:

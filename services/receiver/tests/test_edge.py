@@ -178,7 +178,7 @@ async def test_unknown_paths_and_methods_leave_no_request_in_a_cycle(receiver) -
 async def test_hostile_ids_and_headers_get_4xx_and_leave_the_nats_connection_alone(receiver, lovable) -> None:
     # "%0A" decodes to a newline, which once passed the job-id check (Python's "$" matches
     # before it) and went into a NATS protocol line.
-    reconnects = receiver.rt.nc.stats["reconnects"]
+    reconnects = receiver.rt.bus.reconnects
     resp = await receiver.http.get("/api/jobs/abc%0A", headers={"Authorization": "Bearer admin-test-key"})
     assert resp.status_code == 404, resp.text
     assert resp.json()["error"] == "job_not_found"
@@ -192,4 +192,4 @@ async def test_hostile_ids_and_headers_get_4xx_and_leave_the_nats_connection_alo
     body = lovable.body()
     resp = await receiver.http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body))
     assert resp.status_code == 202, resp.text
-    assert receiver.rt.nc.stats["reconnects"] == reconnects
+    assert receiver.rt.bus.reconnects == reconnects

@@ -281,13 +281,13 @@ async def serve(
         listening = await asyncio.get_running_loop().create_server(
             front, settings.host, settings.port, reuse_address=True, backlog=1024
         )
-        server = listening
+        if listening.sockets:
+            rt.http_port = listening.sockets[0].getsockname()[1]
     else:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)
         await site.start()
-        server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        rt.http_port = server.sockets[0].getsockname()[1]
+        if runner.addresses:
+            rt.http_port = runner.addresses[0][1]
     log.info("%s http listening on %s:%d", spec.name, settings.host, rt.http_port)
 
     watcher: asyncio.Task[None] | None = None

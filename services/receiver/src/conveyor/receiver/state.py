@@ -559,7 +559,9 @@ def publish_failure(exc: Exception) -> str:
     again (a bug: a logged 500)."""
     if isinstance(exc, NATS_DOWN):
         return f"NATS JetStream did not acknowledge ({type(exc).__name__})"
-    if isinstance(exc, bus.BusError) and exc.code:
+    if isinstance(exc, bus.NotFound | bus.Conflict | bus.BadRequest) or (
+        isinstance(exc, bus.BusError) and exc.code
+    ):
         # JetStream answered with an error (KV errors have no description of their own).
         return f"NATS JetStream refused the message ({exc.description or exc})"
     if isinstance(exc, bus.BusError):

@@ -106,14 +106,15 @@ class Bus:
             self._started = True
 
     async def close(self, *, drain_s: float = 10.0) -> None:
-        """Stop the reply subscription, drain (what is in flight gets its answer), close."""
+        """Stop the reply subscription, drain (what is in flight gets its answer; ``drain_s=0``:
+        no drain), close."""
         if self._started:
             self._started = False
             try:
                 await self._requests.stop()
             except Exception:  # closing anyway
                 pass
-        if self._nc.is_connected:
+        if drain_s > 0 and self._nc.is_connected:
             try:
                 await asyncio.wait_for(self._nc.drain(), drain_s)
             except Exception:  # a drain that cannot finish: close below
@@ -130,6 +131,11 @@ class Bus:
     @property
     def closed(self) -> bool:
         return self._nc.is_closed
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the connection was made again after a loss."""
+        return int(self._nc.stats["reconnects"])
 
     @property
     def max_payload(self) -> int:

@@ -54,7 +54,7 @@ def js(nc: Client) -> JetStreamContext:
 
 
 @pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
+async def nats_bus(nats_url: str) -> AsyncIterator[Bus]:
     """A bus connected as a service's is (the fast paths as the environment says)."""
     connected = await Bus.connect(nats_url, reconnect=False)
     try:
