@@ -15,10 +15,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import msgspec
-from msgspec.structs import replace
 
 from conveyor.executor.handlers.jobstore import JobStore, Versioned
-from conveyor.shared import bus, subjects
+from conveyor.shared import bus, lifecycle, subjects
 from conveyor.shared.bus import keep_watching
 from conveyor.shared.events import JobRecord, cancel_request_decoder, utcnow
 
@@ -124,7 +123,7 @@ class Canceller:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is None or r.status != "queued":
                 return None
-            return replace(r, status="cancelled", progress=100, error=reason, finished_at=now, updated_at=now)
+            return lifecycle.finish(r, "cancelled", now=now, error=reason)
 
         written, after = await self.store.advance(job_id, cur or await self.store.load(job_id), change)
         if written and after.record is not None and after.record.parent_id:

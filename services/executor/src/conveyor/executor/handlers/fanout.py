@@ -29,7 +29,7 @@ from msgspec.structs import replace
 from conveyor.executor.handlers.jobstore import Conflict, JobStore, Versioned
 from conveyor.executor.handlers.results import Results, oversize
 from conveyor.executor.registry import Agent
-from conveyor.shared import bus, ids, subjects
+from conveyor.shared import bus, ids, lifecycle, subjects
 from conveyor.shared.events import (
     AgentResult,
     CancelRequest,
@@ -137,25 +137,24 @@ class Fanout:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is not None and (r.terminal or (r.status == "processing" and r.children == list(children))):
                 return None  # over already, or this event was routed before
-            base = r or JobRecord(
-                job_id=parent_id,
-                status="queued",
+            base = r or lifecycle.new(
+                parent_id,
                 created_at=event.received_at,
-                updated_at=now,
+                now=now,
                 source=event.source,
                 event_type=event.type,
                 project_id=event.project_id,
                 project=event.project,
                 callback_url=event.callback_url,
             )
-            return replace(
+            return lifecycle.start(
                 base,
-                status="processing",
+                attempt=1,
+                now=now,
+                progress=0,
                 agent="+".join(a.name for a in agents),
                 backend="fanout",
                 children=list(children),
-                attempts=1,
-                progress=0,
                 started_at=base.started_at or now,
                 updated_at=now,
                 project_id=base.project_id or event.project_id,
@@ -174,11 +173,9 @@ class Fanout:
     async def _start_child(
         self, event: WebhookEvent, child_id: str, agent: Agent, prompt: str | None, now: dt.datetime
     ) -> None:
-        record = JobRecord(
-            job_id=child_id,
-            status="queued",
+        record = lifecycle.new(
+            child_id,
             created_at=now,
-            updated_at=now,
             agent=agent.name,
             source=event.source,
             event_type=event.type,
@@ -241,7 +238,7 @@ class Fanout:
             progress = min(99, 100 * done // max(1, len(children)))
             if progress > parent.record.progress:
                 try:
-                    rec = replace(parent.record, progress=progress, updated_at=utcnow())
+                    rec = lifecycle.progress(parent.record, progress)
                     await self.store.save(parent_id, rec, parent.revision)
                 except Conflict:
                     continue  # a sibling wrote at the same time: it may have been the last
@@ -275,14 +272,8 @@ class Fanout:
             for cid, c in children.items()
             if c is None or c.status != "completed"
         ]
-        record = replace(
-            parent.record,
-            status=status,
-            progress=100,
-            finished_at=now,
-            updated_at=now,
-            result=result,
-            error="; ".join(failed) or None,
+        record = lifecycle.finish(
+            parent.record, status, now=now, result=result, error="; ".join(failed) or None
         )
         if result is not None and (too_big := oversize(record, self.js.max_payload)):
             # Each child's result fitted, their sum does not: the parent ends failed with a small
@@ -293,7 +284,7 @@ class Fanout:
                 result, status="failed", result=ResultBody(summary=f"{too_big}; each agent's result: {where}")
             )
             status = "failed"
-            record = replace(record, status=status, result=small, error=too_big)
+            record = lifecycle.finish(parent.record, status, now=now, result=small, error=too_big)
         try:
             await self.store.save(parent.record.job_id, record, parent.revision)
         except Conflict:

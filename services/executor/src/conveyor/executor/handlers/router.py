@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from msgspec.structs import replace
 from opentelemetry import trace
 
 from conveyor.executor.config import PAYLOAD_AGENT
@@ -22,7 +21,7 @@ from conveyor.executor.handlers.jobstore import JobStore, checked_job_id
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent, route_for
-from conveyor.shared import bus, subjects
+from conveyor.shared import bus, lifecycle, subjects
 from conveyor.shared.events import (
     NOT_JSON,
     AgentResult,
@@ -187,27 +186,17 @@ class Router:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is not None and r.terminal:
                 return None
-            base = r or JobRecord(
-                job_id=event.job_id,
-                status="queued",
+            base = r or lifecycle.new(
+                event.job_id,
                 created_at=event.received_at,
-                updated_at=now,
+                now=now,
                 source=event.source,
                 event_type=event.type,
                 project_id=event.project_id,
                 project=event.project,
                 callback_url=event.callback_url,
             )
-            return replace(
-                base,
-                status="failed",
-                progress=100,
-                error=error,
-                result=result,
-                agent=agent,
-                finished_at=now,
-                updated_at=now,
-            )
+            return lifecycle.finish(base, "failed", now=now, error=error, result=result, agent=agent)
 
         written, cur = await self.store.advance(event.job_id, await self.store.load(event.job_id), change)
         if cur.record is not None:

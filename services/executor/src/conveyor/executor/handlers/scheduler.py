@@ -35,10 +35,10 @@ import msgspec
 from msgspec.structs import replace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from conveyor.shared import bus, subjects
+from conveyor.shared import bus, lifecycle, subjects
 from conveyor.shared.bus import AckPolicy, ConsumerConfig, DeliverPolicy
 from conveyor.shared.errors import PermanentError, RetryableError
-from conveyor.shared.events import JobIndexEntry, JobRecord, JobRequest, job_record_decoder, utcnow
+from conveyor.shared.events import JobIndexEntry, JobRequest, job_record_decoder, utcnow
 from conveyor.shared.logs import bound
 from conveyor.shared.ratelimit import UNLIMITED, Decision, LimiterUnavailable, RateLimiter, hit_key
 from conveyor.shared.runner import Components, Runtime
@@ -186,11 +186,9 @@ class Scheduler:
     async def start_job(self, fire: ScheduleFire, job_id: str, schedule_id: str) -> None:
         """Queue the job the way the receiver queues an API job: record first, then the request."""
         now = utcnow()
-        record = JobRecord(
-            job_id=job_id,
-            status="queued",
+        record = lifecycle.new(
+            job_id,
             created_at=now,
-            updated_at=now,
             agent=fire.agent,
             source=SOURCE,
             project_id=fire.project_id,

@@ -24,7 +24,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from msgspec.structs import replace
 from opentelemetry import trace
 
 from conveyor.executor.backends import AgentError, AgentJob, Backend
@@ -34,7 +33,7 @@ from conveyor.executor.handlers.jobstore import JobStore, Versioned, checked_job
 from conveyor.executor.handlers.results import Results, may_exceed, oversize
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
-from conveyor.shared import bus
+from conveyor.shared import bus, lifecycle
 from conveyor.shared.bus import backoff_delay, dead_letter, heartbeat
 from conveyor.shared.errors import RetryableError
 from conveyor.shared.events import (
@@ -120,7 +119,7 @@ class Attempt:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is None or r.terminal or r.attempts != self.number or value is None or value <= r.progress:
                 return None
-            return replace(r, progress=value, updated_at=utcnow())
+            return lifecycle.progress(r, value)
 
         with contextlib.suppress(Exception):
             await self.write(change)
@@ -387,12 +386,10 @@ class Worker:
     # --- endings ---------------------------------------------------------------------------------
 
     def _new_record(self, req: JobRequest) -> JobRecord:
-        now = utcnow()
-        return JobRecord(
-            job_id=req.job_id,
-            status="queued",
+        return lifecycle.new(
+            req.job_id,
             created_at=req.created_at,
-            updated_at=now,
+            now=utcnow(),
             agent=req.agent,
             source=req.source,
             event_type=req.event_type,
@@ -409,17 +406,7 @@ class Worker:
         if r is not None and (r.terminal or r.attempts >= number):
             return None
         base = r or self._new_record(req)
-        return replace(
-            base,
-            status="processing",
-            progress=10,
-            attempts=number,
-            started_at=now,
-            updated_at=utcnow(),
-            agent=agent.name,
-            backend=agent.backend,
-            error=None,
-        )
+        return lifecycle.start(base, attempt=number, now=now, agent=agent.name, backend=agent.backend)
 
     async def _requeue(self, attempt: Attempt, error: str, *, counted: bool) -> None:
         number = attempt.number
@@ -427,14 +414,7 @@ class Worker:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is None or r.terminal or r.attempts > number:
                 return None
-            return replace(
-                r,
-                status="queued",
-                progress=0,
-                attempts=number if counted else number - 1,
-                error=error,
-                updated_at=utcnow(),
-            )
+            return lifecycle.requeue(r, attempts=number if counted else number - 1, error=error)
 
         await attempt.write(change)
 
@@ -524,14 +504,12 @@ class Worker:
             if r is not None and (r.terminal or r.attempts > number):
                 return None
             base = r or self._new_record(req)
-            return replace(
+            return lifecycle.finish(
                 base,
-                status=outcome.status,
-                progress=100,
+                outcome.status,
+                now=now,
                 attempts=max(number, base.attempts),
                 started_at=base.started_at or (now if outcome.ran else None),
-                finished_at=now,
-                updated_at=now,
                 agent=agent_name,
                 backend=backend or base.backend,
                 error=outcome.error,

@@ -13,7 +13,7 @@ from conveyor.receiver.query import query_int, query_time
 from conveyor.receiver.schemas import AgentList, CancelAccepted, JobCreate, JobList, JobPending, JobSummary
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
-from conveyor.shared import bus, ids, subjects
+from conveyor.shared import bus, ids, lifecycle, subjects
 from conveyor.shared.events import (
     CancelRequest,
     DeliveryLog,
@@ -106,11 +106,9 @@ async def create(request: web.Request) -> web.Response:
         correlation_id=correlation,
         project=project.project_id,
     )
-    record = JobRecord(
-        job_id=job_id,
-        status="queued",
+    record = lifecycle.new(
+        job_id,
         created_at=now,
-        updated_at=now,
         agent=body.agent,
         source="api",
         project_id=body.project_id,
