@@ -178,6 +178,54 @@ def test_the_bus_is_where_nats_py_is_imported() -> None:
     assert any(_nats_imports(path) for path in BUS.rglob("*.py"))
 
 
+LIBRARY = ROOT / "shared" / "src" / "conveyor" / "shared"
+# What each layer of the library may import of the others (docs/architecture.md): contracts
+# nothing; the bus the contracts and the runtime's telemetry (trace headers on publish); the
+# domain rules the contracts, the bus and the runtime's settings; the runtime all of them.
+LAYERS = {
+    "contracts": {"contracts"},
+    "bus": {"contracts", "bus", "runtime.telemetry"},
+    "domain": {"contracts", "bus", "domain", "runtime.config"},
+    "runtime": {"contracts", "bus", "domain", "runtime"},
+}
+
+
+def _layer_breaches(library: Path) -> list[str]:
+    wrong = []
+    for layer, may in LAYERS.items():
+        for path in sorted((library / layer).rglob("*.py")):
+            for module in _imports(path):
+                if not module.startswith("conveyor.shared."):
+                    continue
+                target = module.removeprefix("conveyor.shared.")
+                if target.startswith("testing") or not any(
+                    target == m or target.startswith(m + ".") for m in may
+                ):
+                    wrong.append(f"{path.relative_to(library)}: {module}")
+    return wrong
+
+
+def test_each_layer_of_the_library_imports_only_those_below_it() -> None:
+    assert {p.name for p in LIBRARY.iterdir() if p.is_dir() and not p.name.startswith("_")} == {
+        *LAYERS,
+        "testing",
+    }
+    wrong = _layer_breaches(LIBRARY)
+    assert not wrong, wrong
+
+
+def test_the_layer_check_fails_on_a_planted_violation(tmp_path: Path) -> None:
+    for layer in LAYERS:
+        (tmp_path / layer).mkdir()
+    (tmp_path / "contracts" / "events.py").write_text("from conveyor.shared.bus import Bus\n")
+    (tmp_path / "bus" / "client.py").write_text("from conveyor.shared.runtime.runner import serve\n")
+    (tmp_path / "domain" / "ok.py").write_text("from conveyor.shared.contracts import subjects\n")
+    assert _layer_breaches(tmp_path) == [
+        "contracts/events.py: conveyor.shared.bus",
+        "bus/client.py: conveyor.shared.runtime.runner",
+    ]
+
+
 def test_the_checks_fail_on_planted_violations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A service importing nats-py, one reaching into ``msg._ackd`` or reading OpenTelemetry's
     ``_span_processors`` through getattr, and a library module importing a service, each planted
@@ -190,7 +238,9 @@ def test_the_checks_fail_on_planted_violations(tmp_path: Path, monkeypatch: pyte
         folder.mkdir(parents=True)
     (service / "worker.py").write_text("import nats.errors\nfrom nats.aio.msg import Msg\n")
     (service / "fanout.py").write_text("async def f(msg):\n    msg._ackd = True\n")
-    (library / "telemetry.py").write_text("def f(p):\n    return getattr(p, '_span_processors', 1)\n")
+    (library / "runtime").mkdir()
+    otel = "def f(p):\n    return getattr(p, '_span_processors', 1)\n"
+    (library / "runtime" / "telemetry.py").write_text(otel)
     (library / "domain.py").write_text("from conveyor.receiver import state\n")
     (bus / "client.py").write_text("import nats\n\ndef f(js):\n    return js._nc\n")  # allowed here
     monkeypatch.setitem(globals(), "ROOT", root)
@@ -203,7 +253,7 @@ def test_the_checks_fail_on_planted_violations(tmp_path: Path, monkeypatch: pyte
     ]
     assert _private_outside_the_bus(parts) == [
         "services/executor/src/conveyor/executor/fanout.py:2: ._ackd",
-        "shared/src/conveyor/shared/telemetry.py:2: getattr(..., '_span_processors')",
+        "shared/src/conveyor/shared/runtime/telemetry.py:2: getattr(..., '_span_processors')",
     ]
     wrong_library = [
         module

@@ -9,9 +9,9 @@ import sys
 import pytest
 from nats.js import JetStreamContext
 
-from conveyor.shared import subjects
 from conveyor.shared.bus import Bus, Delivery, dead_letter
 from conveyor.shared.bus.streams import ensure_streams
+from conveyor.shared.contracts import subjects
 
 
 async def cli(nats_url: str, *args: str, code: int = 0) -> tuple[str, str]:

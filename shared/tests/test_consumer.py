@@ -12,9 +12,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import CollectorRegistry
 
-from conveyor.shared import subjects
 from conveyor.shared.bus import Bus, Consumer, ConsumerMetrics, Delivery, Handler
 from conveyor.shared.bus.streams import ensure_streams
+from conveyor.shared.contracts import subjects
 from conveyor.shared.testing.fixtures import eventually
 
 

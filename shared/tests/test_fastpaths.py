@@ -17,9 +17,9 @@ from nats.aio.client import Client
 from nats.protocol import parser as nats_parser
 from prometheus_client import CollectorRegistry
 
-from conveyor.shared import subjects
 from conveyor.shared.bus import Bus, ConsumerConfig, ConsumerMetrics, Delivery, fastpaths, reader
 from conveyor.shared.bus.consumer import Consumer
+from conveyor.shared.contracts import subjects
 from conveyor.shared.testing.fixtures import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def test_importing_the_bus_changes_nothing_in_nats_py() -> None:
     code = (
         "import nats.aio.client as c\n"
         "from nats.protocol.parser import Parser\n"
-        "import conveyor.shared.bus, conveyor.shared.runner\n"
+        "import conveyor.shared.bus, conveyor.shared.runtime.runner\n"
         "assert c.Parser is Parser, c.Parser\n"
         "from conveyor.shared.bus import fastpaths\n"
         "assert fastpaths.install(True) and c.Parser is not Parser\n"

@@ -8,8 +8,8 @@ import itertools
 
 import pytest
 
-from conveyor.shared import lifecycle
-from conveyor.shared.events import TERMINAL_STATUSES, JobRecord
+from conveyor.shared.contracts import lifecycle
+from conveyor.shared.contracts.events import TERMINAL_STATUSES, JobRecord
 
 T0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 STATUSES = ["queued", "processing", *sorted(TERMINAL_STATUSES)]

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conveyor.shared.signing import lovable_sign, standard_verify
+from conveyor.shared.domain.signing import lovable_sign, standard_verify
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer
 from conveyor.shared.testing.procs import ServiceProcess, service_env

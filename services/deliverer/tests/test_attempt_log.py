@@ -12,9 +12,9 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 
 from conveyor.deliverer.attempt_log import AttemptLog
-from conveyor.shared import subjects
 from conveyor.shared.bus import Bus
-from conveyor.shared.events import DeliveryAttempt, DeliveryLog, utcnow
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import DeliveryAttempt, DeliveryLog, utcnow
 from conveyor.shared.testing.fixtures import eventually
 
 

@@ -16,12 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from conveyor.deployer.config import Settings
 from conveyor.deployer.service import SPEC
-from conveyor.shared import subjects
 from conveyor.shared.bus import Bus
 from conveyor.shared.bus.streams import ensure_kv, ensure_streams
-from conveyor.shared.deploy_store import DeployStore
-from conveyor.shared.deploys import DeploymentRecord, SiteConfig
-from conveyor.shared.runner import Runtime, serve
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.deploys import DeploymentRecord, SiteConfig
+from conveyor.shared.domain.deploy_store import DeployStore
+from conveyor.shared.runtime.runner import Runtime, serve
 from conveyor.shared.testing.fixtures import eventually
 
 

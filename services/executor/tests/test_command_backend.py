@@ -13,7 +13,7 @@ import pytest
 
 from conveyor.executor.config import AgentConfig
 from conveyor.executor.service import SPEC
-from conveyor.shared.runner import serve
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually
 
 AGENT = r"""

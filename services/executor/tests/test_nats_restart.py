@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from conveyor.executor.service import SPEC
-from conveyor.shared.runner import serve
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer, start_nats_server
 

@@ -25,18 +25,18 @@ from prometheus_client import CollectorRegistry
 from conveyor.executor.config import AgentConfig, Settings
 from conveyor.executor.handlers.scheduler import Scheduler, SchedulerMetrics
 from conveyor.executor.service import SPEC
-from conveyor.shared import subjects
 from conveyor.shared.bus import Bus, Delivery
 from conveyor.shared.bus.streams import ensure_kv, ensure_streams
-from conveyor.shared.events import JobRecord, job_record_decoder
-from conveyor.shared.ratelimit import RateLimiter
-from conveyor.shared.runner import serve
-from conveyor.shared.schedules import (
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobRecord, job_record_decoder
+from conveyor.shared.contracts.schedules import (
     ScheduleRecord,
     definition_headers,
     fire_job_id,
     schedule_record_decoder,
 )
+from conveyor.shared.domain.ratelimit import RateLimiter
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually
 
 enc = msgspec.json.Encoder()

@@ -8,9 +8,9 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from conveyor.shared import subjects
 from conveyor.shared.bus import Bus, Delivery, dead_letter
 from conveyor.shared.bus.streams import ensure_streams
+from conveyor.shared.contracts import subjects
 
 ADMIN = {"Authorization": "Bearer admin-test-key"}
 

@@ -11,10 +11,10 @@ from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from conveyor.receiver.config import Settings
-from conveyor.shared import subjects
-from conveyor.shared.config import load_settings
-from conveyor.shared.errors import ConfigError
-from conveyor.shared.events import JobRecord, encoder
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.errors import ConfigError
+from conveyor.shared.contracts.events import JobRecord, encoder
+from conveyor.shared.runtime.config import load_settings
 from conveyor.shared.testing.fixtures import cyclic_garbage
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

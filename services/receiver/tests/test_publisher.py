@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from conveyor.receiver.state import publish_failure
-from conveyor.shared import bus, subjects
+from conveyor.shared import bus
 from conveyor.shared.bus.errors import translate
 from conveyor.shared.bus.jsrequests import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -21,6 +21,7 @@ from conveyor.shared.bus.jsrequests import (
     is_key_exists,
 )
 from conveyor.shared.bus.streams import ensure_kv, ensure_streams
+from conveyor.shared.contracts import subjects
 
 CREATE = {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}
 

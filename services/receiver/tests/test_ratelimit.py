@@ -10,10 +10,10 @@ import httpx
 import nats
 import pytest
 
-from conveyor.shared import subjects
 from conveyor.shared.bus import Bus, Kv
 from conveyor.shared.bus.streams import ensure_kv
-from conveyor.shared.ratelimit import PREFETCH_MAX, Decision, RateLimiter
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.ratelimit import PREFETCH_MAX, Decision, RateLimiter
 from conveyor.shared.testing.procs import ServiceProcess, service_env
 
 

@@ -12,8 +12,8 @@ import msgspec
 import pytest
 
 from conveyor.receiver.config import WebhookSource
-from conveyor.shared import subjects
-from conveyor.shared.config import Secret
+from conveyor.shared.contracts import subjects
+from conveyor.shared.runtime.config import Secret
 from conveyor.shared.testing.fixtures import forget_message_ids
 
 Case = Callable[[Any], tuple[str, bytes, dict[str, str]]]

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from conveyor.cli import admin, render
 from conveyor.shared import bus
-from conveyor.shared import deadletters as dlq
+from conveyor.shared.domain import deadletters as dlq
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 

@@ -24,7 +24,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from conveyor.shared import bus
-from conveyor.shared.events import DeliveryAttempt, DeliveryLog, delivery_log_decoder, encoder
+from conveyor.shared.contracts.events import DeliveryAttempt, DeliveryLog, delivery_log_decoder, encoder
 
 log = logging.getLogger(__name__)
 

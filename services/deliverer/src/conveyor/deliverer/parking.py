@@ -25,7 +25,8 @@ from __future__ import annotations
 import datetime as dt
 import random
 
-from conveyor.shared import bus, subjects
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
 
 PAUSED = "Conveyor-Paused"  # how many times the circuit has paused this result
 

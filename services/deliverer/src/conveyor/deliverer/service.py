@@ -24,12 +24,12 @@ from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import build_client
 from conveyor.deliverer.signing_keys import SigningKeys
 from conveyor.deliverer.ssrf import AddressPolicy
-from conveyor.shared import subjects
 from conveyor.shared.bus import AckPolicy, ConsumerConfig, DeliverPolicy, KvMirror
-from conveyor.shared.integration import IntegrationRecorder
-from conveyor.shared.runner import Runtime, ServiceSpec
-from conveyor.shared.sealing import Sealer
-from conveyor.shared.tenancy import Directory, Project, project_decoder
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.integration import IntegrationRecorder
+from conveyor.shared.domain.sealing import Sealer
+from conveyor.shared.domain.tenancy import Directory, Project, project_decoder
+from conveyor.shared.runtime.runner import Runtime, ServiceSpec
 
 TEST_SEND_CONCURRENCY = 8
 

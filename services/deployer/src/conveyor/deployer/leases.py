@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as dt
 
 from conveyor.shared import bus
-from conveyor.shared.deploys import DeployLease, deploy_lease_decoder
-from conveyor.shared.events import encoder, utcnow
+from conveyor.shared.contracts.deploys import DeployLease, deploy_lease_decoder
+from conveyor.shared.contracts.events import encoder, utcnow
 
 
 class Leases:

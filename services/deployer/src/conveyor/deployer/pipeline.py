@@ -24,10 +24,10 @@ from conveyor.deployer.config import Settings
 from conveyor.deployer.leases import Leases
 from conveyor.deployer.metrics import Metrics
 from conveyor.deployer.providers.base import Provider, ProviderError, StepContext
-from conveyor.shared import bus, ids, subjects
+from conveyor.shared import bus
 from conveyor.shared.bus import heartbeat
-from conveyor.shared.deploy_store import DeployStore
-from conveyor.shared.deploys import (
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.deploys import (
     LIVE_KINDS,
     STEPS,
     DeploymentRecord,
@@ -38,10 +38,11 @@ from conveyor.shared.deploys import (
     StepRecord,
     deploy_request_decoder,
 )
-from conveyor.shared.errors import PermanentError
-from conveyor.shared.events import AgentResult, JobResult, ResultBody, encoder, utcnow
-from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import consumer_span
+from conveyor.shared.contracts.errors import PermanentError
+from conveyor.shared.contracts.events import AgentResult, JobResult, ResultBody, encoder, utcnow
+from conveyor.shared.domain.deploy_store import DeployStore
+from conveyor.shared.runtime.logs import bound
+from conveyor.shared.runtime.telemetry import consumer_span
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from conveyor.deployer.metrics import Metrics
 from conveyor.deployer.pipeline import Pipeline
 from conveyor.deployer.providers import build_providers
 from conveyor.deployer.sitehost import site_middleware
-from conveyor.shared import subjects
 from conveyor.shared.bus import AckPolicy, ConsumerConfig
-from conveyor.shared.deploy_store import DeployStore
-from conveyor.shared.runner import Runtime, ServiceSpec
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.deploy_store import DeployStore
+from conveyor.shared.runtime.runner import Runtime, ServiceSpec
 
 
 def site_host(settings: Settings, slug: str, deployment: str | None) -> str:

@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from conveyor.shared.config import BaseSettings, Secret
+from conveyor.shared.runtime.config import BaseSettings, Secret
 
 BackendName = Literal["auto", "openai", "anthropic", "command", "builtin"]
 

@@ -14,8 +14,8 @@ import msgspec
 
 from conveyor.executor.builtin import ANALYSES
 from conveyor.executor.config import PAYLOAD_AGENT, AgentConfig
-from conveyor.shared import subjects
-from conveyor.shared.config import Secret
+from conveyor.shared.contracts import subjects
+from conveyor.shared.runtime.config import Secret
 
 if TYPE_CHECKING:
     from conveyor.executor.config import Settings

@@ -20,9 +20,9 @@ from conveyor.executor.handlers.scheduler import with_scheduler
 from conveyor.executor.handlers.worker import STAGE, Worker
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import build_registry, build_routes
-from conveyor.shared import subjects
 from conveyor.shared.bus import AckPolicy, ConsumerConfig, DeliverPolicy
-from conveyor.shared.runner import Runtime, ServiceSpec
+from conveyor.shared.contracts import subjects
+from conveyor.shared.runtime.runner import Runtime, ServiceSpec
 
 
 def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:

@@ -19,8 +19,8 @@ from msgspec.structs import replace
 
 from conveyor.receiver.config import Settings
 from conveyor.shared import bus
-from conveyor.shared.events import ApiKeyRecord, api_key_decoder, encoder, utcnow
-from conveyor.shared.tenancy import ADMIN, DEFAULT_PROJECT, DEFAULT_SCOPE, Scope
+from conveyor.shared.contracts.events import ApiKeyRecord, api_key_decoder, encoder, utcnow
+from conveyor.shared.domain.tenancy import ADMIN, DEFAULT_PROJECT, DEFAULT_SCOPE, Scope
 
 KEY_PREFIX = "cvk_"
 _NEGATIVE_CACHE_S = 1.0

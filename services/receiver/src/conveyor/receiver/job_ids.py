@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 
 from conveyor.shared import bus
-from conveyor.shared.config import Secret
+from conveyor.shared.runtime.config import Secret
 
 KEY = "job_id"  # its key in the secrets bucket
 

@@ -3,7 +3,7 @@
 Admin keys manage everything; a full organisation key manages its organisation's projects
 (and may not create organisations or move a project to another one). Another organisation's
 project answers 404, as a missing one. Secrets are sealed before they are written
-(conveyor.shared.sealing) and shown afterwards only by id and hint; a generated callback
+(conveyor.shared.domain.sealing) and shown afterwards only by id and hint; a generated callback
 signing secret is the one value returned, once, in the answer that made it.
 """
 
@@ -24,12 +24,12 @@ from conveyor.receiver.openapi import Operation, Param
 from conveyor.receiver.schemas import ProjectRef
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import bus, ids, subjects
-from conveyor.shared.events import encoder, utcnow
-from conveyor.shared.http import HTTPError
-from conveyor.shared.sealing import SealedSecret, SealingError
-from conveyor.shared.signing import secret_problem
-from conveyor.shared.tenancy import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.events import encoder, utcnow
+from conveyor.shared.domain.sealing import SealedSecret, SealingError
+from conveyor.shared.domain.signing import secret_problem
+from conveyor.shared.domain.tenancy import (
     DEFAULT_ORG,
     Organisation,
     Project,
@@ -37,7 +37,8 @@ from conveyor.shared.tenancy import (
     project_decoder,
     secret_context,
 )
-from conveyor.shared.urls import callback_url_problem, redact_url
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.urls import callback_url_problem, redact_url
 
 Id = ProjectRef  # organisations' ids take the same form
 ExternalId = Annotated[str, Meta(pattern=r"^[a-z0-9_-]{1,32}:[\x21-\x7e]{1,200}$(?!\n)", max_length=240)]

@@ -38,10 +38,10 @@ from conveyor.receiver.openapi import Operation, Param, link
 from conveyor.receiver.schemas import ProjectRef
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import NATS_DOWN, STATE, Receiver
-from conveyor.shared import bus, ids, subjects
-from conveyor.shared.events import JobStatus, encoder, job_record_decoder, utcnow
-from conveyor.shared.http import HTTPError
-from conveyor.shared.schedules import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.events import JobStatus, encoder, job_record_decoder, utcnow
+from conveyor.shared.contracts.schedules import (
     FiringOutcome,
     Overlap,
     OwnerIndex,
@@ -58,6 +58,7 @@ from conveyor.shared.schedules import (
     schedule_record_decoder,
     timing,
 )
+from conveyor.shared.runtime.http import HTTPError
 
 log = logging.getLogger(__name__)
 

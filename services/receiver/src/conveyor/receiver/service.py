@@ -41,15 +41,15 @@ from conveyor.receiver.schemas import (
 )
 from conveyor.receiver.sources import build_sources, parse_networks
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import subjects
 from conveyor.shared.bus import KvMirror
-from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
-from conveyor.shared.integration import IntegrationRecorder
-from conveyor.shared.ratelimit import RateLimiter
-from conveyor.shared.runner import Runtime, ServiceSpec
-from conveyor.shared.sealing import Sealer
-from conveyor.shared.telemetry import exporting
-from conveyor.shared.tenancy import Directory, project_decoder
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import AgentResult, DeliveryLog, JobLog, JobRecord
+from conveyor.shared.domain.integration import IntegrationRecorder
+from conveyor.shared.domain.ratelimit import RateLimiter
+from conveyor.shared.domain.sealing import Sealer
+from conveyor.shared.domain.tenancy import Directory, project_decoder
+from conveyor.shared.runtime.runner import Runtime, ServiceSpec
+from conveyor.shared.runtime.telemetry import exporting
 
 STREAMS = [
     subjects.EVENTS,

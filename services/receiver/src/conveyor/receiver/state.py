@@ -19,15 +19,16 @@ from conveyor.receiver.apikeys import ApiKeys, KeyRevoked, KeysUnavailable, Prin
 from conveyor.receiver.config import Settings
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.sources import Network, Source, peer_host
-from conveyor.shared import bus, subjects
+from conveyor.shared import bus
 from conveyor.shared.bus import KvMirror
-from conveyor.shared.events import JobIndexEntry, JobRecord, encoder, job_record_decoder
-from conveyor.shared.http import HTTPError
-from conveyor.shared.integration import IntegrationRecorder
-from conveyor.shared.ratelimit import DAY, MINUTE, Decision, LimiterUnavailable, RateLimiter, hit_key
-from conveyor.shared.runner import Runtime
-from conveyor.shared.sealing import Sealer, SealingError
-from conveyor.shared.tenancy import DEFAULT_PROJECT, Directory, Project, ProjectSecrets
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobIndexEntry, JobRecord, encoder, job_record_decoder
+from conveyor.shared.domain.integration import IntegrationRecorder
+from conveyor.shared.domain.ratelimit import DAY, MINUTE, Decision, LimiterUnavailable, RateLimiter, hit_key
+from conveyor.shared.domain.sealing import Sealer, SealingError
+from conveyor.shared.domain.tenancy import DEFAULT_PROJECT, Directory, Project, ProjectSecrets
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.runner import Runtime
 
 log = logging.getLogger(__name__)
 

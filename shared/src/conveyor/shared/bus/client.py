@@ -12,14 +12,14 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, StreamInfo
 
-from conveyor.shared import subjects
 from conveyor.shared.bus import fastpaths, reader, streamread
 from conveyor.shared.bus.consumer import Consumer, ConsumerMetrics, Handler
 from conveyor.shared.bus.errors import Timeout, mapped
 from conveyor.shared.bus.jsrequests import EXPECTED_STREAM, JsRequests, PubAck
 from conveyor.shared.bus.kv import Kv
 from conveyor.shared.bus.streams import ensure_kv, ensure_streams
-from conveyor.shared.telemetry import inject_headers
+from conveyor.shared.contracts import subjects
+from conveyor.shared.runtime.telemetry import inject_headers
 
 
 class Message(Protocol):

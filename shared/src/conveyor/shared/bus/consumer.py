@@ -37,11 +37,11 @@ from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from conveyor.shared import subjects
 from conveyor.shared.bus import reader, wire
 from conveyor.shared.bus.delivery import Delivery
-from conveyor.shared.errors import PermanentError, RetryableError
-from conveyor.shared.events import DEFAULT_PROJECT, NOT_JSON, utcnow
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.errors import PermanentError, RetryableError
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, NOT_JSON, utcnow
 
 if TYPE_CHECKING:
     from conveyor.shared.bus.client import Bus

@@ -21,7 +21,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
-from conveyor.shared import subjects
+from conveyor.shared.contracts import subjects
 
 log = logging.getLogger(__name__)
 

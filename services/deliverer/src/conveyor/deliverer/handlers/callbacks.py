@@ -24,14 +24,15 @@ from conveyor.deliverer.parking import Parking, is_parked, pause_s, pauses_of
 from conveyor.deliverer.projects import ProjectCallbacks
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import endpoint_of, post
-from conveyor.shared import bus, subjects
-from conveyor.shared.errors import PermanentError, RetryableError
-from conveyor.shared.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
-from conveyor.shared.integration import IntegrationRecorder
-from conveyor.shared.logs import bound
-from conveyor.shared.signing import standard_headers
-from conveyor.shared.telemetry import exporting, inject_headers, message_span
-from conveyor.shared.urls import redact_url
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.errors import PermanentError, RetryableError
+from conveyor.shared.contracts.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
+from conveyor.shared.domain.integration import IntegrationRecorder
+from conveyor.shared.domain.signing import standard_headers
+from conveyor.shared.runtime.logs import bound
+from conveyor.shared.runtime.telemetry import exporting, inject_headers, message_span
+from conveyor.shared.runtime.urls import redact_url
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,12 @@ from conveyor.deliverer.http_client import CallbackClient
 from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.projects import ProjectCallbacks
 from conveyor.deliverer.sender import post
-from conveyor.shared import bus, subjects
-from conveyor.shared.errors import PermanentError
-from conveyor.shared.events import DeliveryAttempt, encoder, send_test_decoder, utcnow
-from conveyor.shared.signing import standard_headers
-from conveyor.shared.urls import redact_url
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.errors import PermanentError
+from conveyor.shared.contracts.events import DeliveryAttempt, encoder, send_test_decoder, utcnow
+from conveyor.shared.domain.signing import standard_headers
+from conveyor.shared.runtime.urls import redact_url
 
 log = logging.getLogger(__name__)
 

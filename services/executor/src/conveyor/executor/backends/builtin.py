@@ -8,7 +8,7 @@ import msgspec
 
 from conveyor.executor.backends.base import AgentError, AgentJob
 from conveyor.executor.builtin import ANALYSES, Payload
-from conveyor.shared.events import NOT_JSON, ResultBody
+from conveyor.shared.contracts.events import NOT_JSON, ResultBody
 
 # Payloads above this are analysed in a thread so a big upload never stalls other jobs.
 INLINE_BYTES = 64 * 1024

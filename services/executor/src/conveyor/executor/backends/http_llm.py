@@ -17,7 +17,7 @@ from conveyor.executor.backends.base import (
     retry_after,
     user_message,
 )
-from conveyor.shared.events import ResultBody
+from conveyor.shared.contracts.events import ResultBody
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Quota or spend exhausted: a 429 that waiting a few seconds does not cure.

@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from conveyor.executor.handlers.jobstore import JobStore, Versioned
-from conveyor.shared import bus, lifecycle, subjects
+from conveyor.shared import bus
 from conveyor.shared.bus import keep_watching
-from conveyor.shared.events import JobRecord, cancel_request_decoder, utcnow
+from conveyor.shared.contracts import lifecycle, subjects
+from conveyor.shared.contracts.events import JobRecord, cancel_request_decoder, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,12 @@ from typing import Any
 
 from conveyor.executor.config import Settings
 from conveyor.executor.metrics import Metrics
-from conveyor.shared import bus, subjects
+from conveyor.shared import bus
 from conveyor.shared.bus import AckPolicy, Consumer, ConsumerConfig, Handler, KvMirror
-from conveyor.shared.events import DEFAULT_PROJECT, JobRequest
-from conveyor.shared.runner import Runtime
-from conveyor.shared.tenancy import Project, project_decoder
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, JobRequest
+from conveyor.shared.domain.tenancy import Project, project_decoder
+from conveyor.shared.runtime.runner import Runtime
 
 log = logging.getLogger(__name__)
 

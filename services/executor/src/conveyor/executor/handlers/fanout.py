@@ -29,8 +29,9 @@ from msgspec.structs import replace
 from conveyor.executor.handlers.jobstore import Conflict, JobStore, Versioned
 from conveyor.executor.handlers.results import Results, oversize
 from conveyor.executor.registry import Agent
-from conveyor.shared import bus, ids, lifecycle, subjects
-from conveyor.shared.events import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import ids, lifecycle, subjects
+from conveyor.shared.contracts.events import (
     AgentResult,
     CancelRequest,
     JobRecord,
@@ -40,7 +41,7 @@ from conveyor.shared.events import (
     WebhookEvent,
     utcnow,
 )
-from conveyor.shared.logs import bound
+from conveyor.shared.runtime.logs import bound
 
 log = logging.getLogger(__name__)
 

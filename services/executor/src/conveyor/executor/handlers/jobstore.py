@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import msgspec
 
-from conveyor.shared import bus, subjects
-from conveyor.shared.errors import PermanentError
-from conveyor.shared.events import JobLog, JobRecord, LogLine, job_log_decoder, job_record_decoder
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.errors import PermanentError
+from conveyor.shared.contracts.events import JobLog, JobRecord, LogLine, job_log_decoder, job_record_decoder
 
 MAX_LOG_LINES = 1000
 _encoder = msgspec.json.Encoder()

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import msgspec
 
-from conveyor.shared import bus, ids, subjects
-from conveyor.shared.events import AgentResult, JobRecord, JobResult, ResultBody
+from conveyor.shared import bus
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.events import AgentResult, JobRecord, JobResult, ResultBody
 
 _encoder = msgspec.json.Encoder()
 

@@ -21,8 +21,9 @@ from conveyor.executor.handlers.jobstore import JobStore, checked_job_id
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent, route_for
-from conveyor.shared import bus, lifecycle, subjects
-from conveyor.shared.events import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import lifecycle, subjects
+from conveyor.shared.contracts.events import (
     NOT_JSON,
     AgentResult,
     JobRecord,
@@ -32,8 +33,8 @@ from conveyor.shared.events import (
     utcnow,
     webhook_event_decoder,
 )
-from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import exporting, message_span
+from conveyor.shared.runtime.logs import bound
+from conveyor.shared.runtime.telemetry import exporting, message_span
 
 log = logging.getLogger(__name__)
 

@@ -35,14 +35,12 @@ import msgspec
 from msgspec.structs import replace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from conveyor.shared import bus, lifecycle, subjects
+from conveyor.shared import bus
 from conveyor.shared.bus import AckPolicy, ConsumerConfig, DeliverPolicy
-from conveyor.shared.errors import PermanentError, RetryableError
-from conveyor.shared.events import JobIndexEntry, JobRequest, job_record_decoder, utcnow
-from conveyor.shared.logs import bound
-from conveyor.shared.ratelimit import UNLIMITED, Decision, LimiterUnavailable, RateLimiter, hit_key
-from conveyor.shared.runner import Components, Runtime
-from conveyor.shared.schedules import (
+from conveyor.shared.contracts import lifecycle, subjects
+from conveyor.shared.contracts.errors import PermanentError, RetryableError
+from conveyor.shared.contracts.events import JobIndexEntry, JobRequest, job_record_decoder, utcnow
+from conveyor.shared.contracts.schedules import (
     FiringOutcome,
     ScheduleFire,
     ScheduleRecord,
@@ -52,6 +50,9 @@ from conveyor.shared.schedules import (
     schedule_record_decoder,
     window,
 )
+from conveyor.shared.domain.ratelimit import UNLIMITED, Decision, LimiterUnavailable, RateLimiter, hit_key
+from conveyor.shared.runtime.logs import bound
+from conveyor.shared.runtime.runner import Components, Runtime
 
 log = logging.getLogger(__name__)
 

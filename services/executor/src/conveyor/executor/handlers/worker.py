@@ -33,10 +33,11 @@ from conveyor.executor.handlers.jobstore import JobStore, Versioned, checked_job
 from conveyor.executor.handlers.results import Results, may_exceed, oversize
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
-from conveyor.shared import bus, lifecycle
+from conveyor.shared import bus
 from conveyor.shared.bus import backoff_delay, dead_letter, heartbeat
-from conveyor.shared.errors import RetryableError
-from conveyor.shared.events import (
+from conveyor.shared.contracts import lifecycle
+from conveyor.shared.contracts.errors import RetryableError
+from conveyor.shared.contracts.events import (
     AgentResult,
     JobRecord,
     JobRequest,
@@ -45,8 +46,8 @@ from conveyor.shared.events import (
     job_request_decoder,
     utcnow,
 )
-from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import exporting, message_span
+from conveyor.shared.runtime.logs import bound
+from conveyor.shared.runtime.telemetry import exporting, message_span
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ from aiohttp import web
 from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.schemas import AgentHealth, Health, LovableHealth
 from conveyor.receiver.state import NATS_DOWN, STATE, Receiver
-from conveyor.shared import bus, subjects
-from conveyor.shared.events import job_record_decoder
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import job_record_decoder
 
 _SAMPLE = 200  # job-record updates looked at for /health/agent
 _QUEUE_CACHE_S = 1.0

@@ -13,8 +13,9 @@ from conveyor.receiver.query import query_int, query_time
 from conveyor.receiver.schemas import AgentList, CancelAccepted, JobCreate, JobList, JobPending, JobSummary
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
-from conveyor.shared import bus, ids, lifecycle, subjects
-from conveyor.shared.events import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import ids, lifecycle, subjects
+from conveyor.shared.contracts.events import (
     CancelRequest,
     DeliveryLog,
     JobLog,
@@ -27,9 +28,9 @@ from conveyor.shared.events import (
     job_record_decoder,
     utcnow,
 )
-from conveyor.shared.http import HTTPError
-from conveyor.shared.tenancy import DEFAULT_PROJECT
-from conveyor.shared.urls import callback_url_problem, redact_url
+from conveyor.shared.domain.tenancy import DEFAULT_PROJECT
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.urls import callback_url_problem, redact_url
 
 _job_create_decoder = msgspec.json.Decoder(JobCreate)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
@@ -40,7 +41,7 @@ def _invalid(field: str, message: str) -> HTTPError:
 
 
 def valid_url(url: str) -> bool:
-    """A URL the deliverer can call back: the deliverer's own check (conveyor.shared.urls)."""
+    """A URL the deliverer can call back: the deliverer's own check (conveyor.shared.runtime.urls)."""
     return callback_url_problem(url) is None
 
 

@@ -18,8 +18,9 @@ from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.schemas import TestSendCreate, TestSendOutcome
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import bus, subjects
-from conveyor.shared.events import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import (
     DeliveryLog,
     SendTestEvent,
     delivery_log_decoder,
@@ -27,8 +28,8 @@ from conveyor.shared.events import (
     send_test_decoder,
     utcnow,
 )
-from conveyor.shared.http import HTTPError
-from conveyor.shared.urls import callback_url_problem, redact_url
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.urls import callback_url_problem, redact_url
 
 _create_decoder = msgspec.json.Decoder(TestSendCreate)
 _FINAL = {"delivered", "failed", "dead_lettered", "skipped"}

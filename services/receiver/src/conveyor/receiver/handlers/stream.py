@@ -22,9 +22,10 @@ from aiohttp import web
 
 from conveyor.receiver.handlers.jobs import load, shown
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import bus, subjects
-from conveyor.shared.events import encoder, job_record_decoder
-from conveyor.shared.http import HTTPError
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import encoder, job_record_decoder
+from conveyor.shared.runtime.http import HTTPError
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from aiohttp import web
 from conveyor.receiver.schemas import Accepted, Ignored
 from conveyor.receiver.sources import Source, peer_host
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE, Receiver
-from conveyor.shared import ids, lifecycle, subjects
-from conveyor.shared.events import WebhookEvent, encoder, utcnow
-from conveyor.shared.http import HTTPError
-from conveyor.shared.ratelimit import Decision
+from conveyor.shared.contracts import ids, lifecycle, subjects
+from conveyor.shared.contracts.events import WebhookEvent, encoder, utcnow
+from conveyor.shared.domain.ratelimit import Decision
+from conveyor.shared.runtime.http import HTTPError
 
 _OUTCOME = {
     400: "bad_request",

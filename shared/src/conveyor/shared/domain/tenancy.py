@@ -21,8 +21,8 @@ from typing import Literal
 
 import msgspec
 
-from conveyor.shared.events import DEFAULT_PROJECT, Message
-from conveyor.shared.sealing import SealedSecret, Sealer
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, Message
+from conveyor.shared.domain.sealing import SealedSecret, Sealer
 
 DEFAULT_ORG = "default"
 
@@ -39,7 +39,7 @@ class Organisation(Message, frozen=True, kw_only=True):
 
 
 class Project(Message, frozen=True, kw_only=True):
-    """KV ``projects`` under its id. Secrets are sealed (conveyor.shared.sealing), each bound to
+    """KV ``projects`` under its id. Secrets are sealed (conveyor.shared.domain.sealing), each bound to
     this project and field, and never leave the services in clear."""
 
     project_id: str

@@ -21,7 +21,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from conveyor.shared.events import TERMINAL_STATUSES, JobRecord, JobStatus, utcnow
+from conveyor.shared.contracts.events import TERMINAL_STATUSES, JobRecord, JobStatus, utcnow
 
 QUEUED: JobStatus = "queued"
 PROCESSING: JobStatus = "processing"

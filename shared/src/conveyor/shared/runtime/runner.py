@@ -38,12 +38,12 @@ from conveyor.shared.bus import (
     Timeout,
     Unavailable,
 )
-from conveyor.shared.config import BaseSettings, load_settings
-from conveyor.shared.errors import ConfigError
-from conveyor.shared.http import HttpMetrics, error_middleware, health_routes, metrics_middleware
-from conveyor.shared.logs import setup_logging
-from conveyor.shared.telemetry import init_tracing
-from conveyor.shared.urls import redact_urls
+from conveyor.shared.contracts.errors import ConfigError
+from conveyor.shared.runtime.config import BaseSettings, load_settings
+from conveyor.shared.runtime.http import HttpMetrics, error_middleware, health_routes, metrics_middleware
+from conveyor.shared.runtime.logs import setup_logging
+from conveyor.shared.runtime.telemetry import init_tracing
+from conveyor.shared.runtime.urls import redact_urls
 
 log = logging.getLogger(__name__)
 

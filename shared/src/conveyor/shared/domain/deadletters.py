@@ -14,8 +14,8 @@ import datetime as dt
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
-from conveyor.shared import subjects
 from conveyor.shared.bus import Bus, BusError, NotFound
+from conveyor.shared.contracts import subjects
 
 # Headers that tell the dead letter's story; they are not part of the original message.
 DLQ_HEADERS = frozenset(

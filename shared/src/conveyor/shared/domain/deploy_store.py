@@ -25,8 +25,9 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from conveyor.shared import bus, subjects
-from conveyor.shared.deploys import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.deploys import (
     LIVE_KINDS,
     DeploymentKind,
     DeploymentRecord,
@@ -38,7 +39,7 @@ from conveyor.shared.deploys import (
     new_deployment_id,
     site_decoder,
 )
-from conveyor.shared.events import DEFAULT_PROJECT, encoder, utcnow
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, encoder, utcnow
 
 log = logging.getLogger(__name__)
 

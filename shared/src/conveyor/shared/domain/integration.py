@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from conveyor.shared import bus
-from conveyor.shared.events import Message, encoder
+from conveyor.shared.contracts.events import Message, encoder
 
 log = logging.getLogger(__name__)
 
