@@ -168,6 +168,25 @@ def test_only_the_bus_imports_nats_py() -> None:
     assert not wrong, wrong
 
 
+def _bus_internals(parts: list[str]) -> list[str]:
+    return [
+        f"{path.relative_to(ROOT)}: {module}"
+        for part in parts
+        for path in _sources(part)
+        if not _inside(path, BUS) and not _inside(path, TESTING)
+        for module in _imports(path)
+        if module.startswith("conveyor.shared.bus.") and module != "conveyor.shared.bus.streams"
+    ]
+
+
+def test_code_outside_the_bus_uses_its_package_api() -> None:
+    """``from conveyor.shared import bus`` / ``from conveyor.shared.bus import X``: its modules
+    (wire, reader, jsrequests, kv, consumer, ...) are its own business (its tests excepted).
+    Stream and bucket configurations (bus.streams) are read by operations code."""
+    wrong = _bus_internals(NO_NATS)
+    assert not wrong, wrong
+
+
 def test_no_private_attribute_of_a_dependency_outside_the_bus() -> None:
     wrong = _private_outside_the_bus(NO_PRIVATE)
     assert not wrong, wrong
@@ -247,6 +266,10 @@ def test_the_checks_fail_on_planted_violations(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setitem(globals(), "BUS", bus)
     monkeypatch.setitem(globals(), "TESTING", library / "testing")
     parts = ["services/executor/src", "shared/src"]
+    (service / "router.py").write_text("from conveyor.shared.bus.jsrequests import JsRequests\n")
+    assert _bus_internals(parts) == [
+        "services/executor/src/conveyor/executor/router.py: conveyor.shared.bus.jsrequests"
+    ]
     assert _nats_outside_the_bus(parts) == [
         "services/executor/src/conveyor/executor/worker.py: nats.aio.msg",
         "services/executor/src/conveyor/executor/worker.py: nats.errors",
