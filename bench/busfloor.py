@@ -24,7 +24,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from bench import payloads
 from bench.stats import summarize
-from conveyor.shared.streams import DUPLICATE_WINDOW_S
+from conveyor.shared.bus.streams import DUPLICATE_WINDOW_S
 
 STREAM = "BENCH_FLOOR"
 

@@ -25,11 +25,11 @@ from prometheus_client import CollectorRegistry
 
 from bench import serving
 from bench.payloads import JOB_ID_SECRET
-from conveyor.shared import ids, subjects
-from conveyor.shared.events import JobRecord, WebhookEvent, encoder, utcnow
-from conveyor.shared.http import HttpMetrics, error_middleware, metrics_middleware
-from conveyor.shared.signing import SignatureError, lovable_verify
-from conveyor.shared.streams import ensure_kv, ensure_streams
+from conveyor.shared.bus.streams import ensure_kv, ensure_streams
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.events import JobRecord, WebhookEvent, encoder, utcnow
+from conveyor.shared.domain.signing import SignatureError, lovable_verify
+from conveyor.shared.runtime.http import HttpMetrics, error_middleware, metrics_middleware
 
 LEVELS = ("bare", "verify+encode", "publish", "publish+kv", "middlewares")
 

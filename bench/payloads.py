@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor.shared.ids import job_id_for_delivery
-from conveyor.shared.signing import lovable_sign
+from conveyor.shared.contracts.ids import job_id_for_delivery
+from conveyor.shared.domain.signing import lovable_sign
 
 WEBHOOK_PATH = "/api/webhooks/lovable"
 PROJECTS = 64  # distinct project ids, round robin: per-project rate-limit keys are spread out

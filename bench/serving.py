@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.shared.runner import GC_THRESHOLDS
+from conveyor.shared.runtime.runner import GC_THRESHOLDS
 
 
 async def until_signalled(app: web.Application, port: int) -> None:

@@ -23,7 +23,7 @@ import time
 import msgspec
 
 from bench import serving
-from conveyor.shared.signing import SignatureError, standard_verify
+from conveyor.shared.domain.signing import SignatureError, standard_verify
 
 MAX_REQUEST = 4 * 1024 * 1024
 

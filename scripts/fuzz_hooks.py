@@ -29,7 +29,7 @@ from typing import Any
 
 import schemathesis
 
-from conveyor.shared import signing
+from conveyor.shared.domain import signing
 
 OUT = Path(os.environ["FUZZ_OUT"])
 SINK = os.environ["FUZZ_SINK_URL"]

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
-from conveyor.shared.signing import SignatureError, standard_verify
+from conveyor.shared.domain.signing import SignatureError, standard_verify
 from conveyor.shared.testing.nats_server import start_nats_server
 
 ROOT = Path(__file__).resolve().parent.parent

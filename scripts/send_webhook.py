@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from conveyor.shared.signing import lovable_sign
+from conveyor.shared.domain.signing import lovable_sign
 
 SAMPLE_DIFF = """\
 diff --git a/app/auth.py b/app/auth.py

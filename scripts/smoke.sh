@@ -86,7 +86,7 @@ log "sending a signed Lovable webhook"
 job_id=$("$PY" - "$EDGE" <<'EOF'
 import json, os, sys, time, uuid
 import httpx
-from conveyor.shared.signing import lovable_sign
+from conveyor.shared.domain.signing import lovable_sign
 
 edge = sys.argv[1]
 body = json.dumps({

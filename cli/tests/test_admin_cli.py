@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.shared import subjects
-from conveyor.shared.sealing import new_key_setting
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.sealing import new_key_setting
 from conveyor.shared.testing.nats_server import NatsServer
 from conveyor.shared.testing.procs import ServiceProcess, service_env
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 from nats.js import JetStreamContext
 
-from conveyor.shared import subjects
-from conveyor.shared.consumer import dead_letter
-from conveyor.shared.streams import ensure_streams
+from conveyor.shared.bus import Bus, Delivery, dead_letter
+from conveyor.shared.bus.streams import ensure_streams
+from conveyor.shared.contracts import subjects
 
 
 async def cli(nats_url: str, *args: str, code: int = 0) -> tuple[str, str]:
@@ -32,7 +32,7 @@ async def cli(nats_url: str, *args: str, code: int = 0) -> tuple[str, str]:
 
 
 @pytest.fixture
-async def letters(js: JetStreamContext) -> dict[str, int]:
+async def letters(js: JetStreamContext, nats_bus: Bus) -> dict[str, int]:
     """Dead letters written by the shared dead_letter(): two from "execute", one from "deliver"."""
     await ensure_streams(js, [subjects.JOBS, subjects.RESULTS, subjects.DLQ])
     psub = await js.pull_subscribe(">", durable="cli-test", stream=subjects.JOBS)
@@ -42,14 +42,14 @@ async def letters(js: JetStreamContext) -> dict[str, int]:
             "jobs.run.dev", body, headers={subjects.MSG_ID: f"job-{i}", "traceparent": f"00-{i}"}
         )
         (msg,) = await psub.fetch(1, timeout=5)
-        await dead_letter(js, msg, stage="execute", error=f"boom {i}", last_status=None)
+        await dead_letter(nats_bus, Delivery(msg), stage="execute", error=f"boom {i}", last_status=None)
         await msg.ack()
         seqs[f"execute-{i}"] = (await js.stream_info(subjects.DLQ)).state.last_seq
     await psub.unsubscribe()
     rsub = await js.pull_subscribe(">", durable="cli-test-results", stream=subjects.RESULTS)
     await js.publish("results.job_x", b'{"result":"x"}')
     (msg,) = await rsub.fetch(1, timeout=5)
-    await dead_letter(js, msg, stage="deliver", error="HTTP 500", last_status=500, attempts=3)
+    await dead_letter(nats_bus, Delivery(msg), stage="deliver", error="HTTP 500", last_status=500, attempts=3)
     await msg.ack()
     await rsub.unsubscribe()
     seqs["deliver"] = (await js.stream_info(subjects.DLQ)).state.last_seq

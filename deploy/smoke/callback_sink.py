@@ -9,7 +9,7 @@ import sys
 
 from aiohttp import web
 
-from conveyor.shared.signing import SignatureError, standard_verify
+from conveyor.shared.domain.signing import SignatureError, standard_verify
 
 SECRETS = [s.strip() for s in os.environ["CALLBACK_SIGNING_SECRETS"].split(",") if s.strip()]
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from conveyor.shared.config import BaseSettings, Secret, load_settings
-from conveyor.shared.errors import ConfigError
+from conveyor.shared.contracts.errors import ConfigError
+from conveyor.shared.runtime.config import BaseSettings, Secret, load_settings
 
 
 class Agent(msgspec.Struct, frozen=True, kw_only=True):

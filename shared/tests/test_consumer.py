@@ -8,14 +8,13 @@ import json
 from typing import Any
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import CollectorRegistry
 
-from conveyor.shared import subjects
-from conveyor.shared.consumer import Consumer, ConsumerMetrics, Handler, attempts_of
-from conveyor.shared.streams import ensure_streams
+from conveyor.shared.bus import Bus, Consumer, ConsumerMetrics, Delivery, Handler
+from conveyor.shared.bus.streams import ensure_streams
+from conveyor.shared.contracts import subjects
 from conveyor.shared.testing.fixtures import eventually
 
 
@@ -29,11 +28,9 @@ def consumer_config(name: str, max_deliver: int | None = None) -> ConsumerConfig
     )
 
 
-def make_consumer(
-    js: JetStreamContext, name: str, handler: Handler, *, concurrency: int, **kw: Any
-) -> Consumer:
+def make_consumer(nats_bus: Bus, name: str, handler: Handler, *, concurrency: int, **kw: Any) -> Consumer:
     return Consumer(
-        js=js,
+        bus=nats_bus,
         stream=subjects.JOBS,
         config=consumer_config(name, kw.pop("max_deliver", None)),
         handler=handler,
@@ -44,11 +41,13 @@ def make_consumer(
     )
 
 
-async def test_concurrency_bounds_the_handlers_and_every_message_is_acked(js: JetStreamContext) -> None:
+async def test_concurrency_bounds_the_handlers_and_every_message_is_acked(
+    js: JetStreamContext, nats_bus: Bus
+) -> None:
     await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
     running, most, done = 0, 0, []
 
-    async def handle(msg: Msg) -> None:
+    async def handle(msg: Delivery) -> None:
         nonlocal running, most
         running += 1
         most = max(most, running)
@@ -56,7 +55,7 @@ async def test_concurrency_bounds_the_handlers_and_every_message_is_acked(js: Je
         running -= 1
         done.append(msg.data)
 
-    consumer = make_consumer(js, "bounded", handle, concurrency=3)
+    consumer = make_consumer(nats_bus, "bounded", handle, concurrency=3)
     await consumer.start()
     try:
         for i in range(20):
@@ -73,15 +72,17 @@ async def test_concurrency_bounds_the_handlers_and_every_message_is_acked(js: Je
         await consumer.stop(1)
 
 
-async def test_a_trickle_of_messages_needs_no_pull_request_each(nc: Client, js: JetStreamContext) -> None:
+async def test_a_trickle_of_messages_needs_no_pull_request_each(
+    nc: Client, js: JetStreamContext, nats_bus: Bus
+) -> None:
     await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
     pulls = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.JOBS}.trickle")
     done: list[bytes] = []
 
-    async def handle(msg: Msg) -> None:
+    async def handle(msg: Delivery) -> None:
         done.append(msg.data)
 
-    consumer = make_consumer(js, "trickle", handle, concurrency=64)
+    consumer = make_consumer(nats_bus, "trickle", handle, concurrency=64)
     await consumer.start()
     try:
         for i in range(10):
@@ -97,29 +98,29 @@ async def test_a_trickle_of_messages_needs_no_pull_request_each(nc: Client, js: 
         await consumer.stop(1)
 
 
-async def test_stop_does_not_wait_out_an_open_pull(js: JetStreamContext) -> None:
+async def test_stop_does_not_wait_out_an_open_pull(js: JetStreamContext, nats_bus: Bus) -> None:
     await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
 
-    async def handle(msg: Msg) -> None:
+    async def handle(msg: Delivery) -> None:
         return None
 
-    consumer = make_consumer(js, "idle", handle, concurrency=5)
+    consumer = make_consumer(nats_bus, "idle", handle, concurrency=5)
     consumer.poll_s = 30.0
     await consumer.start()
     await asyncio.sleep(0)  # the loop sends its pull
     await asyncio.wait_for(consumer.stop(1), 5)
 
 
-async def test_the_delivery_count_is_read_as_jetstream_wrote_it(js: JetStreamContext) -> None:
+async def test_the_delivery_count_is_read_as_jetstream_wrote_it(js: JetStreamContext, nats_bus: Bus) -> None:
     await ensure_streams(js, [subjects.JOBS, subjects.DLQ])
     seen: list[tuple[int, int]] = []
 
-    async def handle(msg: Msg) -> None:
-        seen.append((attempts_of(msg), msg.metadata.num_delivered))
+    async def handle(msg: Delivery) -> None:
+        seen.append((msg.attempts, msg._msg.metadata.num_delivered))  # ours and nats-py's reading
         if len(seen) < 3:
             await msg.nak()  # redelivered at once: the count goes up
 
-    consumer = make_consumer(js, "counting", handle, concurrency=1)
+    consumer = make_consumer(nats_bus, "counting", handle, concurrency=1)
     await consumer.start()
     try:
         await js.publish("jobs.run.dev", b"x")
@@ -134,7 +135,7 @@ async def test_the_delivery_count_is_read_as_jetstream_wrote_it(js: JetStreamCon
 
 
 async def test_slots_freed_during_a_pull_are_covered_by_the_next_pull(
-    nc: Client, js: JetStreamContext
+    nc: Client, js: JetStreamContext, nats_bus: Bus
 ) -> None:
     """With a backlog, a new pull goes out while earlier deliveries are still being handled, as
     soon as a quarter of the slots is free: not one pull per freed slot (which under load left
@@ -144,9 +145,9 @@ async def test_slots_freed_during_a_pull_are_covered_by_the_next_pull(
     for i in range(200):
         await js.publish("jobs.run.dev", b"%d" % i)
     done: list[bytes] = []
-    consumer = make_consumer(js, "pipelined", lambda msg: asyncio.sleep(0), concurrency=16)
+    consumer = make_consumer(nats_bus, "pipelined", lambda msg: asyncio.sleep(0), concurrency=16)
 
-    async def handle(msg: Msg) -> None:
+    async def handle(msg: Delivery) -> None:
         await asyncio.sleep(0.001 * (int(msg.data) % 7))
         done.append(msg.data)
 
@@ -169,6 +170,7 @@ async def test_slots_freed_during_a_pull_are_covered_by_the_next_pull(
 
 async def test_a_last_attempt_the_dlq_could_not_take_is_dead_lettered_when_it_is_back(
     js: JetStreamContext,
+    nats_bus: Bus,
 ) -> None:
     """The DLQ publish fails on the last attempt, so the message is NAKed: it must come back
     (JetStream would stop at its own max_deliver) and reach the DLQ once the DLQ is there."""
@@ -176,14 +178,14 @@ async def test_a_last_attempt_the_dlq_could_not_take_is_dead_lettered_when_it_is
     await js.add_consumer(subjects.JOBS, consumer_config("limited", 3))  # as an earlier version left it
     seen: list[int] = []
 
-    async def handle(msg: Msg) -> None:
-        seen.append(attempts_of(msg))
+    async def handle(msg: Delivery) -> None:
+        seen.append(msg.attempts)
         if seen[-1] == 3:
             await js.delete_stream(subjects.DLQ)  # the last attempt's DLQ copy fails
         raise RuntimeError("always fails")
 
     consumer = make_consumer(
-        js, "limited", handle, concurrency=1, max_deliver=3, retry_base_s=0.01, retry_cap_s=0.05
+        nats_bus, "limited", handle, concurrency=1, max_deliver=3, retry_base_s=0.01, retry_cap_s=0.05
     )
     await consumer.start()
     try:
@@ -196,7 +198,7 @@ async def test_a_last_attempt_the_dlq_could_not_take_is_dead_lettered_when_it_is
         await eventually(past_the_limit)
         await ensure_streams(js, [subjects.DLQ])
 
-        async def dead_lettered() -> Msg:
+        async def dead_lettered() -> Any:
             info = await js.consumer_info(subjects.JOBS, "limited")
             assert info.num_pending == 0 and info.num_ack_pending == 0
             return await js.get_last_msg(subjects.DLQ, "dlq.test.jobs.run.dev")

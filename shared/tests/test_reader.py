@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol import parser as nats_parser
 
-from conveyor.shared import reader, wire
+from conveyor.shared.bus import reader, wire
 
 # --- direct delivery, against a real server ------------------------------------------------
 
@@ -103,7 +103,7 @@ async def test_large_and_many_messages_arrive_whole_on_both_kinds_of_subscriptio
 def test_header_parsing_answers_as_nats_py_does() -> None:
     """The replacement gives nats-py's own answer for every block, odd ones included."""
     original = reader._nats_parse_header_lines.__func__
-    assert Client._parse_header_lines is reader.parse_header_lines  # installed on import
+    assert Client._parse_header_lines is reader.parse_header_lines  # installed by the fixtures
     blocks = [
         b"Nats-Msg-Id: a\r\nNats-Expected-Stream: EVENTS\r\n\r\n",
         b"Name:Value\r\nName2:\tv2 \r\n",

@@ -15,10 +15,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from conveyor.shared import subjects
-from conveyor.shared.config import BaseSettings
-from conveyor.shared.errors import PermanentError, RetryableError
-from conveyor.shared.runner import Runtime, ServiceSpec, serve
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.errors import PermanentError, RetryableError
+from conveyor.shared.runtime.config import BaseSettings
+from conveyor.shared.runtime.runner import Runtime, ServiceSpec, serve
 from conveyor.shared.testing.fixtures import cyclic_garbage, eventually
 from conveyor.shared.testing.nats_server import NatsServer, run_nats_server
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from conveyor.shared import signing
-from conveyor.shared.signing import SignatureError
+from conveyor.shared.domain import signing
+from conveyor.shared.domain.signing import SignatureError
 
 NOW = 1_700_000_000
 

@@ -1,10 +1,10 @@
-"""conveyor.shared.urls: the callback URL check shared by receiver and deliverer, and redaction."""
+"""conveyor.shared.runtime.urls: the callback URL check shared by receiver and deliverer, and redaction."""
 
 from __future__ import annotations
 
 import pytest
 
-from conveyor.shared.urls import callback_url_problem, check_callback_url, redact_url, redact_urls
+from conveyor.shared.runtime.urls import callback_url_problem, check_callback_url, redact_url, redact_urls
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_redact_urls_hides_every_server_of_a_list() -> None:
 
 
 def test_urls_inside_text_have_their_credentials_hidden() -> None:
-    from conveyor.shared.urls import redact_text
+    from conveyor.shared.runtime.urls import redact_text
 
     text = '{"a":"https://u:pw@h.example/x","b":"http://tok@h2:8080","c":"mail me@x.org"}'
     assert (

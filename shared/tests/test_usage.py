@@ -11,11 +11,11 @@ import nats.errors
 import pytest
 from nats.js import JetStreamContext
 
-from conveyor.shared import subjects
-from conveyor.shared.events import TokenUsage
-from conveyor.shared.streams import ensure_kv
-from conveyor.shared.tenancy import Project
-from conveyor.shared.usage import UsageRecorder, over_budget, read_period, resets_at, usd
+from conveyor.shared.bus.streams import ensure_kv
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import TokenUsage
+from conveyor.shared.domain.tenancy import Project
+from conveyor.shared.domain.usage import UsageRecorder, over_budget, read_period, resets_at, usd
 
 NOW = dt.datetime(2026, 12, 31, 23, 59, tzinfo=dt.UTC)
 

@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from conveyor.shared import wire
+from conveyor.shared.bus import wire
 
 
 @pytest.mark.parametrize("value", ["a\r\nPUB evil 1\r\nx", "a\nb", "a\rb"])

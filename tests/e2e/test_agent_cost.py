@@ -20,8 +20,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from conveyor.shared.sealing import new_key_setting
-from conveyor.shared.signing import lovable_sign
+from conveyor.shared.domain.sealing import new_key_setting
+from conveyor.shared.domain.signing import lovable_sign
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer
 from conveyor.shared.testing.procs import ServiceProcess, service_env

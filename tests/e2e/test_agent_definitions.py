@@ -19,7 +19,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from conveyor.shared.sealing import new_key_setting
+from conveyor.shared.domain.sealing import new_key_setting
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer
 from conveyor.shared.testing.procs import ServiceProcess, service_env

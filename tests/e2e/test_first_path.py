@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conveyor.shared.signing import lovable_sign, standard_verify
+from conveyor.shared.domain.signing import lovable_sign, standard_verify
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer
 from conveyor.shared.testing.procs import ServiceProcess, service_env
@@ -37,11 +37,18 @@ async def sink() -> AsyncIterator[Sink]:
 
 
 @pytest.fixture
+def fast_paths() -> str:
+    """CONVEYOR_FAST_PATHS for the services (the bus's fast paths: on unless a test says)."""
+    return "1"
+
+
+@pytest.fixture
 async def system(
-    nats_server: NatsServer, sink: Sink, tmp_path: Path
+    nats_server: NatsServer, sink: Sink, tmp_path: Path, fast_paths: str
 ) -> AsyncIterator[dict[str, ServiceProcess]]:
     env = service_env(
         nats_server.url,
+        CONVEYOR_FAST_PATHS=fast_paths,
         LOVABLE_WEBHOOK_SECRET=SECRET,
         LOVABLE_CALLBACK_URL=sink.url,
         CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",
@@ -74,6 +81,21 @@ def signed_lovable(body: dict[str, Any], secret: str = SECRET) -> tuple[bytes, d
 
 
 async def test_signed_webhook_reaches_the_callback(system: dict[str, ServiceProcess], sink: Sink) -> None:
+    await _signed_webhook_reaches_the_callback(system, sink)
+
+
+@pytest.mark.parametrize("fast_paths", ["0"])
+async def test_signed_webhook_reaches_the_callback_on_stock_nats_py(
+    system: dict[str, ServiceProcess], sink: Sink, fast_paths: str
+) -> None:
+    """The same path with the bus's fast paths off (CONVEYOR_FAST_PATHS=0): every service runs
+    on stock nats-py (its parser, publish, KV calls) and the job still goes end to end."""
+    await _signed_webhook_reaches_the_callback(system, sink)
+    for name, proc in system.items():
+        assert "bus fast paths off" in proc.log_path.read_text(), name
+
+
+async def _signed_webhook_reaches_the_callback(system: dict[str, ServiceProcess], sink: Sink) -> None:
     receiver = system["receiver"].url
     event_id = f"evt_{uuid.uuid4().hex}"
     raw, headers = signed_lovable(

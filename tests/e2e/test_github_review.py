@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conveyor.shared.signing import github_sign
+from conveyor.shared.domain.signing import github_sign
 from conveyor.shared.testing.fake_github import FakeGitHub
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer

@@ -15,7 +15,7 @@ import httpx
 import nats
 import pytest
 
-from conveyor.shared.signing import lovable_sign
+from conveyor.shared.domain.signing import lovable_sign
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer, start_nats_server
 from conveyor.shared.testing.procs import ServiceProcess, free_port, service_env

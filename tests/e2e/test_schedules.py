@@ -19,8 +19,8 @@ import pytest
 from croniter import croniter
 from nats.js import JetStreamContext
 
-from conveyor.shared import subjects
-from conveyor.shared.events import JobRecord, job_record_decoder
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobRecord, job_record_decoder
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer
 from conveyor.shared.testing.procs import ServiceProcess, service_env

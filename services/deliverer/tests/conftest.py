@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from nats.js import JetStreamContext
 
-from conveyor.shared import ids, subjects
-from conveyor.shared.events import AgentResult, JobResult, ResultBody, encoder
-from conveyor.shared.streams import ensure_streams
+from conveyor.shared.bus.streams import ensure_streams
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.events import AgentResult, JobResult, ResultBody, encoder
 from conveyor.shared.testing.rawhttp import serve_app
 
 

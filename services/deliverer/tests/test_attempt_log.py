@@ -12,9 +12,9 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 
 from conveyor.deliverer.attempt_log import AttemptLog
-from conveyor.shared import subjects
-from conveyor.shared.events import DeliveryAttempt, DeliveryLog, utcnow
-from conveyor.shared.jsrequests import JsRequests
+from conveyor.shared.bus import Bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import DeliveryAttempt, DeliveryLog, utcnow
 from conveyor.shared.testing.fixtures import eventually
 
 
@@ -32,10 +32,10 @@ def attempt(outcome: str) -> DeliveryAttempt:
 async def started_log(
     nc: Client, js: JetStreamContext, bucket: str = subjects.KV_DELIVERIES, *, answer_timeout_s: float = 10.0
 ) -> AttemptLog:
-    kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
-    requests = JsRequests(nc)  # what Runtime.requests is in the service
-    await requests.start()
-    return AttemptLog(kv, requests, answer_timeout_s=answer_timeout_s)
+    await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
+    conn = Bus(nc)  # the bus over the test's connection, as the service has its own
+    await conn.start()
+    return AttemptLog(await conn.kv(bucket), answer_timeout_s=answer_timeout_s)
 
 
 async def gone_log(nc: Client, js: JetStreamContext, bucket: str, **kw: float) -> AttemptLog:

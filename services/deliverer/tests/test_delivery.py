@@ -26,10 +26,10 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from conveyor.deliverer.config import Settings
 from conveyor.deliverer.parking import pause_s
 from conveyor.deliverer.service import SPEC
-from conveyor.shared import events, subjects
-from conveyor.shared.config import Secret
-from conveyor.shared.events import DeliveryLog, delivery_log_decoder, encoder, utcnow
-from conveyor.shared.runner import Runtime, serve
+from conveyor.shared.contracts import events, subjects
+from conveyor.shared.contracts.events import DeliveryLog, delivery_log_decoder, encoder, utcnow
+from conveyor.shared.runtime.config import Secret
+from conveyor.shared.runtime.runner import Runtime, serve
 from conveyor.shared.testing.fixtures import eventually
 
 SECRET_OLD = "whsec_b2xkLWNhbGxiYWNrLXNpZ25pbmcta2V5LTAwMQ=="

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from conveyor.deliverer.http_client import CallbackClient
 from conveyor.deliverer.sender import Attempt, _parse, build_client, post
-from conveyor.shared.ssrf import AddressPolicy
+from conveyor.shared.runtime.ssrf import AddressPolicy
 
 LOOPBACK = AddressPolicy([ipaddress.ip_network("127.0.0.0/8")])
 

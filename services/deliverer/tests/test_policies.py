@@ -13,8 +13,8 @@ from conveyor.deliverer.config import Settings, endpoint_secrets, signing_secret
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import endpoint_of, parse_retry_after
 from conveyor.deliverer.signing_keys import SigningKeys
-from conveyor.shared.config import Secret, load_settings
-from conveyor.shared.errors import ConfigError
+from conveyor.shared.contracts.errors import ConfigError
+from conveyor.shared.runtime.config import Secret, load_settings
 
 SECRET = "whsec_" + base64.b64encode(b"deliverer-signing-key").decode()
 A, B, C, D = ("whsec_" + base64.b64encode(f"endpoint-secret-{c}".encode()).decode() for c in "abcd")

@@ -16,12 +16,12 @@ from nats.js import JetStreamContext
 from standardwebhooks import Webhook
 
 from conveyor.deliverer.config import Settings
-from conveyor.shared import subjects
-from conveyor.shared.config import Secret
-from conveyor.shared.events import JobProgress, encoder
-from conveyor.shared.sealing import Sealer, new_key_setting
-from conveyor.shared.streams import ensure_kv
-from conveyor.shared.tenancy import Project, secret_context
+from conveyor.shared.bus.streams import ensure_kv
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobProgress, encoder
+from conveyor.shared.domain.sealing import Sealer, new_key_setting
+from conveyor.shared.domain.tenancy import Project, secret_context
+from conveyor.shared.runtime.config import Secret
 from conveyor.shared.testing.fixtures import eventually
 
 from .conftest import job_result

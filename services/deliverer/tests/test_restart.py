@@ -8,8 +8,8 @@ from typing import Any
 from nats.js import JetStreamContext
 from standardwebhooks import Webhook
 
-from conveyor.shared import subjects
-from conveyor.shared.events import DeliveryLog, delivery_log_decoder
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import DeliveryLog, delivery_log_decoder
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.procs import ServiceProcess, service_env
 

@@ -26,10 +26,10 @@ from nats.js import JetStreamContext
 
 from conveyor.deliverer.config import Settings
 from conveyor.deliverer.service import SPEC
-from conveyor.shared import subjects
-from conveyor.shared.config import Secret
-from conveyor.shared.events import delivery_log_decoder
-from conveyor.shared.runner import serve
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import delivery_log_decoder
+from conveyor.shared.runtime.config import Secret
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually
 
 NO_MESSAGE_FOUND = 10037  # the API's err_code for a sequence that was deleted or purged

@@ -9,7 +9,7 @@ import pytest
 
 from conveyor.deliverer.http_client import CallbackClient
 from conveyor.deliverer.sender import build_client, post
-from conveyor.shared.ssrf import AddressPolicy, BlockedAddressError
+from conveyor.shared.runtime.ssrf import AddressPolicy, BlockedAddressError
 
 PUBLIC = ipaddress.ip_address("93.184.215.14")
 

@@ -16,11 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from conveyor.deployer.config import Settings
 from conveyor.deployer.service import SPEC
-from conveyor.shared import subjects
-from conveyor.shared.deploy_store import DeployStore
-from conveyor.shared.deploys import DeploymentRecord, SiteConfig
-from conveyor.shared.runner import Runtime, serve
-from conveyor.shared.streams import ensure_kv, ensure_streams
+from conveyor.shared.bus import Bus
+from conveyor.shared.bus.streams import ensure_kv, ensure_streams
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.deploys import DeploymentRecord, SiteConfig
+from conveyor.shared.domain.deploy_store import DeployStore
+from conveyor.shared.runtime.runner import Runtime, serve
 from conveyor.shared.testing.fixtures import eventually
 
 
@@ -100,10 +101,10 @@ class Deployer:
         return await eventually(check, timeout=timeout)
 
 
-async def make_store(js: JetStreamContext) -> DeployStore:
+async def make_store(js: JetStreamContext, conn: Bus) -> DeployStore:
     await ensure_streams(js, [subjects.DEPLOYS, subjects.RESULTS])
-    kv = await ensure_kv(js, [subjects.KV_SITES, subjects.KV_DEPLOYMENTS])
-    return DeployStore(js, kv[subjects.KV_SITES], kv[subjects.KV_DEPLOYMENTS])
+    await ensure_kv(js, [subjects.KV_SITES, subjects.KV_DEPLOYMENTS])
+    return DeployStore(conn, await conn.kv(subjects.KV_SITES), await conn.kv(subjects.KV_DEPLOYMENTS))
 
 
 DeployerFactory = Callable[..., Any]
@@ -126,7 +127,7 @@ async def running_deployer(
         **over,
     )
     async with serve(SPEC, settings, registry=CollectorRegistry()) as rt:
-        yield Deployer(rt=rt, store=await make_store(js), data_dir=data_dir)
+        yield Deployer(rt=rt, store=await make_store(js, rt.bus), data_dir=data_dir)
 
 
 @pytest.fixture
@@ -148,6 +149,6 @@ def start_deployer(nats_url: str, js: JetStreamContext, tmp_path: Path) -> Calla
 
 
 @pytest.fixture
-async def store(js: JetStreamContext) -> DeployStore:
+async def store(js: JetStreamContext, nats_bus: Bus) -> DeployStore:
     """The deploy store on the test's own connection (what the receiver's sites API uses)."""
-    return await make_store(js)
+    return await make_store(js, nats_bus)

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from moto import mock_aws
 
-from conveyor.shared.config import Secret
+from conveyor.shared.runtime.config import Secret
 from conveyor.shared.testing.rawhttp import serve_app
 
 # --- a GitHub that follows the REST API's documented behaviour -----------------------------------

@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from conveyor.shared import subjects
-from conveyor.shared.events import JobResult
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobResult
 from conveyor.shared.testing.fixtures import eventually
 
 

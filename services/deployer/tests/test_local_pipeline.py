@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor.deployer.providers.gitcli import git
-from conveyor.shared.deploys import SiteConfig
+from conveyor.shared.contracts.deploys import SiteConfig
 
 
 async def git_log(repo: Any, ref: str = "main") -> list[str]:

@@ -15,8 +15,9 @@ import pytest
 from nats.js import JetStreamContext
 
 from conveyor.executor.config import AgentConfig, Settings
-from conveyor.shared import subjects
-from conveyor.shared.events import (
+from conveyor.shared.bus.streams import ensure_kv, ensure_streams
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import (
     DEFAULT_PROJECT,
     CancelRequest,
     JobRecord,
@@ -26,8 +27,7 @@ from conveyor.shared.events import (
     job_record_decoder,
     job_result_decoder,
 )
-from conveyor.shared.streams import ensure_kv, ensure_streams
-from conveyor.shared.tenancy import Project
+from conveyor.shared.domain.tenancy import Project
 from conveyor.shared.testing.fixtures import eventually
 
 enc = msgspec.json.Encoder()
@@ -194,7 +194,7 @@ class Bus:
         return [msg]
 
     async def log_lines(self, job_id: str) -> list[str]:
-        from conveyor.shared.events import job_log_decoder
+        from conveyor.shared.contracts.events import job_log_decoder
 
         entry = await self.logs.get(job_id)
         assert entry.value is not None

@@ -13,7 +13,7 @@ import pytest
 
 from conveyor.executor.config import AgentConfig
 from conveyor.executor.service import SPEC
-from conveyor.shared.runner import serve
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually
 
 AGENT = r"""
@@ -147,7 +147,7 @@ async def test_a_result_over_max_payload_fails_the_job_at_once(
     """A result NATS cannot carry is not a crash to retry: the job fails on its first attempt,
     and the caller hears why in a result that fits."""
     async with serve(SPEC, make_settings(cmd(agent_script, tmp_path, retries=2))) as rt:
-        limit = rt.nc.max_payload
+        limit = rt.bus.max_payload
         job_id = await bus.job("cli", {"mode": "big", "bytes": limit + 1000})
         rec = await bus.until(job_id, "failed")
         assert rec.attempts == 1
@@ -204,7 +204,7 @@ async def test_a_fan_out_whose_combined_result_is_over_max_payload_still_ends(
     one, two = cmd(agent_script, tmp_path), cmd(agent_script, tmp_path)
     two = AgentConfig(name="cli2", backend="command", command=one.command, retries=0)
     async with serve(SPEC, make_settings(one, two, routes={"test.big": ["cli", "cli2"]})) as rt:
-        limit = rt.nc.max_payload
+        limit = rt.bus.max_payload
         parent = await bus.event("test.big", {"mode": "big", "bytes": limit * 6 // 10})
         rec = await bus.until(parent, "failed", timeout=20)
         for child in rec.children:

@@ -8,8 +8,8 @@ import pytest
 
 from conveyor.executor.config import PAYLOAD_AGENT, Settings
 from conveyor.executor.registry import build_registry, build_routes, route_for
-from conveyor.shared.config import load_settings
-from conveyor.shared.errors import ConfigError
+from conveyor.shared.contracts.errors import ConfigError
+from conveyor.shared.runtime.config import load_settings
 
 
 def load(env: dict[str, str]) -> Settings:

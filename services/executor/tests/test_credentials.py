@@ -19,10 +19,10 @@ from conveyor.executor.credentials import CredentialsProvider
 from conveyor.executor.service import SPEC as EXECUTOR
 from conveyor.receiver.config import Settings as ReceiverSettings
 from conveyor.receiver.service import SPEC as RECEIVER
-from conveyor.shared import subjects
-from conveyor.shared.config import Secret
-from conveyor.shared.runner import serve
-from conveyor.shared.sealing import Sealer, new_key_setting
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.sealing import Sealer, new_key_setting
+from conveyor.shared.runtime.config import Secret
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fake_oauth import FakeOAuth, new_rsa_key
 
 KEYS = new_key_setting()

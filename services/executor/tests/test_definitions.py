@@ -22,11 +22,18 @@ from conveyor.executor.handlers.fanout import STAGE_INPUT_MAX, FanoutDeadline, s
 from conveyor.executor.handlers.worker import retry_delay
 from conveyor.executor.registry import build_registry
 from conveyor.executor.service import SPEC
-from conveyor.shared import subjects
-from conveyor.shared.agentdefs import AgentDefinition, ProjectRoutes, Stage, definition_key
-from conveyor.shared.events import AgentResult, JobRecord, PipelineRun, PipelineStage, ResultBody, utcnow
-from conveyor.shared.runner import serve
-from conveyor.shared.streams import ensure_kv
+from conveyor.shared.bus.streams import ensure_kv
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import (
+    AgentResult,
+    JobRecord,
+    PipelineRun,
+    PipelineStage,
+    ResultBody,
+    utcnow,
+)
+from conveyor.shared.domain.agentdefs import AgentDefinition, ProjectRoutes, Stage, definition_key
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.procs import ServiceProcess, service_env
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 
 from conveyor.executor.service import SPEC
-from conveyor.shared import subjects
-from conveyor.shared.events import JobRecord
-from conveyor.shared.runner import serve
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobRecord
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.procs import ServiceProcess, service_env
 

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from conveyor.executor.config import AgentConfig
 from conveyor.executor.service import SPEC
-from conveyor.shared.config import Secret
-from conveyor.shared.runner import serve
+from conveyor.shared.runtime.config import Secret
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.rawhttp import serve_app
 

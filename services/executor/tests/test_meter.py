@@ -21,12 +21,12 @@ from conveyor.executor.backends import AgentJob, TransientError
 from conveyor.executor.backends.base import BudgetExceeded
 from conveyor.executor.config import AgentConfig
 from conveyor.executor.service import SPEC
-from conveyor.shared import subjects
-from conveyor.shared.events import ResultBody, TokenUsage, job_output_decoder, job_record_decoder
-from conveyor.shared.runner import serve
-from conveyor.shared.streams import ensure_kv
+from conveyor.shared.bus.streams import ensure_kv
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import ResultBody, TokenUsage, job_output_decoder, job_record_decoder
+from conveyor.shared.domain.usage import PeriodUsage, usage_decoder, usage_key
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually
-from conveyor.shared.usage import PeriodUsage, usage_decoder, usage_key
 
 Script = Callable[[AgentJob], Awaitable[ResultBody]]
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from conveyor.executor.service import SPEC
-from conveyor.shared.runner import serve
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer, start_nats_server
 
@@ -18,7 +18,7 @@ async def test_jobs_and_cancels_work_after_nats_restarts(
         try:
 
             async def reconnected() -> None:
-                assert rt.nc.is_connected and nc.is_connected  # the service's and the test's (bus.js)
+                assert rt.connected and nc.is_connected  # the service's and the test's (bus.js)
 
             await eventually(reconnected, timeout=15)
             job_id = await eventually(lambda: bus.job("sleep", {"ms": 60_000}), timeout=10)
@@ -28,5 +28,5 @@ async def test_jobs_and_cancels_work_after_nats_restarts(
             done = await bus.job("qa", {"files": {"a.py": "x = 1\n"}})
             await bus.until(done, "completed")
         finally:
-            await rt.nc.close()
+            await rt.bus.close(drain_s=0)
             await again.stop()

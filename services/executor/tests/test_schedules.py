@@ -25,17 +25,18 @@ from prometheus_client import CollectorRegistry
 from conveyor.executor.config import AgentConfig, Settings
 from conveyor.executor.handlers.scheduler import Scheduler, SchedulerMetrics
 from conveyor.executor.service import SPEC
-from conveyor.shared import subjects
-from conveyor.shared.events import JobRecord, job_record_decoder
-from conveyor.shared.ratelimit import RateLimiter
-from conveyor.shared.runner import serve
-from conveyor.shared.schedules import (
+from conveyor.shared.bus import Bus, Delivery
+from conveyor.shared.bus.streams import ensure_kv, ensure_streams
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobRecord, job_record_decoder
+from conveyor.shared.contracts.schedules import (
     ScheduleRecord,
     definition_headers,
     fire_job_id,
     schedule_record_decoder,
 )
-from conveyor.shared.streams import ensure_kv, ensure_streams
+from conveyor.shared.domain.ratelimit import RateLimiter
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually
 
 enc = msgspec.json.Encoder()
@@ -230,7 +231,7 @@ async def test_paused_deleted_and_windowed_schedules_run_nothing(
         assert await metric(rt.http_port, "run") == 0
 
 
-async def test_a_firing_handled_twice_makes_one_job(js: JetStreamContext, bus: Any) -> None:
+async def test_a_firing_handled_twice_makes_one_job(js: JetStreamContext, bus: Any, nats_bus: Bus) -> None:
     s = await schedules_for(js, bus)
     sched = await s.add("qa", overlap="allow", owner="key_twice", owner_per_minute=10)
     sub = await js.pull_subscribe(
@@ -251,15 +252,15 @@ async def test_a_firing_handled_twice_makes_one_job(js: JetStreamContext, bus: A
         await sub.unsubscribe()
     limits = (await ensure_kv(js, [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
     scheduler = Scheduler(
-        js=js,
-        schedules=s.kv,
-        jobs=bus.jobs,
-        limiter=RateLimiter(limits, claim_ahead=False),
+        js=nats_bus,
+        schedules=await nats_bus.kv(subjects.KV_SCHEDULES),
+        jobs=await nats_bus.kv(subjects.KV_JOBS),
+        limiter=RateLimiter(await nats_bus.kv(subjects.KV_RATELIMITS), claim_ahead=False),
         metrics=SchedulerMetrics(CollectorRegistry()),
     )
     # A redelivery, and two executors taking the same copy at once.
-    await scheduler.handle(msg)
-    await asyncio.gather(scheduler.handle(msg), scheduler.handle(msg))
+    await scheduler.handle(Delivery(msg))
+    await asyncio.gather(scheduler.handle(Delivery(msg)), scheduler.handle(Delivery(msg)))
 
     job_id = fire_job_id(
         sched.schedule_id, msg.metadata.sequence.stream, msg.headers[subjects.H_SCHEDULE_NEXT]

@@ -13,9 +13,9 @@ import msgspec
 from conveyor.executor.builtin import ANALYSES
 from conveyor.executor.config import AgentConfig, Settings
 from conveyor.executor.service import SPEC
-from conveyor.shared import subjects
-from conveyor.shared.events import JobRecord, JobRequest
-from conveyor.shared.runner import serve
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobRecord, JobRequest
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fixtures import eventually, forget_message_ids
 
 FILES = {"app/main.py": "import os\n\ndef main():\n    return 1\n", "app/util.py": "X = 1\n"}

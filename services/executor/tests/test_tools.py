@@ -28,10 +28,10 @@ from conveyor.executor.registry import Agent, build_registry
 from conveyor.executor.service import SPEC
 from conveyor.executor.tools.box import Toolbox, ToolSettings
 from conveyor.executor.tools.http_fetch import host_allowed
-from conveyor.shared import subjects
-from conveyor.shared.config import Secret, load_settings
-from conveyor.shared.events import JobRecord, JobRequest, ResultBody, TokenUsage, WebhookEvent
-from conveyor.shared.runner import serve
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobRecord, JobRequest, ResultBody, TokenUsage, WebhookEvent
+from conveyor.shared.runtime.config import Secret, load_settings
+from conveyor.shared.runtime.runner import serve
 from conveyor.shared.testing.fake_github import FakeGitHub
 from conveyor.shared.testing.fake_llm import FakeLLM, ToolCall, Turn, tool_results
 from conveyor.shared.testing.fake_slack import FakeSlack

@@ -22,10 +22,10 @@ from prometheus_client import CollectorRegistry
 from conveyor.receiver.config import Settings
 from conveyor.receiver.service import SPEC
 from conveyor.receiver.state import STATE
-from conveyor.shared import ids, subjects
-from conveyor.shared.config import Secret
-from conveyor.shared.runner import Runtime, serve
-from conveyor.shared.sealing import new_key_setting
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.domain.sealing import new_key_setting
+from conveyor.shared.runtime.config import Secret
+from conveyor.shared.runtime.runner import Runtime, serve
 
 LOVABLE_SECRET = "lovable-test-secret"
 ADMIN_KEY = "admin-test-key"

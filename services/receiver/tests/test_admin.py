@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from conveyor.shared import subjects
+from conveyor.shared.contracts import subjects
 
 ADMIN = {"Authorization": "Bearer admin-test-key"}
 

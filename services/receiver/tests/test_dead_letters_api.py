@@ -8,33 +8,33 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from conveyor.shared import subjects
-from conveyor.shared.consumer import dead_letter
-from conveyor.shared.streams import ensure_streams
+from conveyor.shared.bus import Bus, Delivery, dead_letter
+from conveyor.shared.bus.streams import ensure_streams
+from conveyor.shared.contracts import subjects
 
 ADMIN = {"Authorization": "Bearer admin-test-key"}
 
 
-async def _dead(js: JetStreamContext, body: bytes, subject: str) -> None:
+async def _dead(js: JetStreamContext, conn: Bus, body: bytes, subject: str) -> None:
     """A message that failed at the deliver stage, dead-lettered by the shared code."""
     await js.publish(subject, body, stream=subjects.RESULTS)
     sub = await js.pull_subscribe(subject, durable=f"t-{abs(hash(subject))}", stream=subjects.RESULTS)
     (msg,) = await sub.fetch(1, timeout=5)
-    await dead_letter(js, msg, stage="deliver", error="HTTP 500", attempts=5)
+    await dead_letter(conn, Delivery(msg), stage="deliver", error="HTTP 500", attempts=5)
     await msg.ack()
 
 
 async def test_dead_letters_belong_to_their_project(
-    receiver: Any, js: JetStreamContext, make_project: Any, project_key: Any
+    receiver: Any, js: JetStreamContext, nats_bus: Bus, make_project: Any, project_key: Any
 ) -> None:
     await ensure_streams(js, [subjects.RESULTS, subjects.DLQ])
     await make_project(receiver, "alpha")
     await make_project(receiver, "beta")
     alpha, beta = await project_key(receiver, "alpha"), await project_key(receiver, "beta")
     body_a = {"job_id": "job_a", "project": "alpha", "callback_url": "https://cb:s3cret@hooks.example.com/in"}
-    await _dead(js, json.dumps(body_a).encode(), "results.job_a")
-    await _dead(js, json.dumps({"job_id": "job_b", "project": "beta"}).encode(), "results.job_b")
-    await _dead(js, b"not json at all", "results.job_x")
+    await _dead(js, nats_bus, json.dumps(body_a).encode(), "results.job_a")
+    await _dead(js, nats_bus, json.dumps({"job_id": "job_b", "project": "beta"}).encode(), "results.job_b")
+    await _dead(js, nats_bus, b"not json at all", "results.job_x")
 
     async def listed(headers: dict[str, str]) -> dict[str, int]:
         resp = await receiver.http.get("/api/dead-letters", headers=headers)

@@ -11,10 +11,10 @@ from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from conveyor.receiver.config import Settings
-from conveyor.shared import subjects
-from conveyor.shared.config import load_settings
-from conveyor.shared.errors import ConfigError
-from conveyor.shared.events import JobRecord, encoder
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.errors import ConfigError
+from conveyor.shared.contracts.events import JobRecord, encoder
+from conveyor.shared.runtime.config import load_settings
 from conveyor.shared.testing.fixtures import cyclic_garbage
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -179,7 +179,7 @@ async def test_unknown_paths_and_methods_leave_no_request_in_a_cycle(receiver) -
 async def test_hostile_ids_and_headers_get_4xx_and_leave_the_nats_connection_alone(receiver, lovable) -> None:
     # "%0A" decodes to a newline, which once passed the job-id check (Python's "$" matches
     # before it) and went into a NATS protocol line.
-    reconnects = receiver.rt.nc.stats["reconnects"]
+    reconnects = receiver.rt.bus.reconnects
     resp = await receiver.http.get("/api/jobs/abc%0A", headers={"Authorization": "Bearer admin-test-key"})
     assert resp.status_code == 404, resp.text
     assert resp.json()["error"] == "job_not_found"
@@ -193,4 +193,4 @@ async def test_hostile_ids_and_headers_get_4xx_and_leave_the_nats_connection_alo
     body = lovable.body()
     resp = await receiver.http.post("/api/webhooks/lovable", content=body, headers=lovable.headers(body))
     assert resp.status_code == 202, resp.text
-    assert receiver.rt.nc.stats["reconnects"] == reconnects
+    assert receiver.rt.bus.reconnects == reconnects

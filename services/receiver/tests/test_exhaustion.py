@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conveyor.receiver.state import STATE
-from conveyor.shared import subjects
+from conveyor.shared.contracts import subjects
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.rawhttp import Raw
 

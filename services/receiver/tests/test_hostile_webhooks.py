@@ -22,9 +22,9 @@ from standardwebhooks.webhooks import Webhook
 
 from conveyor.receiver.config import Settings, WebhookSource
 from conveyor.receiver.state import STATE
-from conveyor.shared import ids, subjects
-from conveyor.shared.config import Secret, load_settings
-from conveyor.shared.errors import ConfigError
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.errors import ConfigError
+from conveyor.shared.runtime.config import Secret, load_settings
 
 URL = "/api/webhooks/lovable"
 GITHUB_SECRET = "github-hostile-test-secret"

@@ -21,10 +21,10 @@ import nats.js.errors
 import pytest
 
 from conveyor.receiver.integrations_api import _State, sign_state
-from conveyor.shared import subjects
-from conveyor.shared.config import Secret
-from conveyor.shared.connections import connection_decoder, open_secret
-from conveyor.shared.sealing import Sealer, new_key_setting
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.connections import connection_decoder, open_secret
+from conveyor.shared.domain.sealing import Sealer, new_key_setting
+from conveyor.shared.runtime.config import Secret
 from conveyor.shared.testing.fake_oauth import FakeOAuth, new_rsa_key
 
 ADMIN = {"Authorization": "Bearer admin-test-key"}

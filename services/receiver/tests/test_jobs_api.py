@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 from nats.js import JetStreamContext
 
-from conveyor.shared import subjects
-from conveyor.shared.events import (
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import (
     AgentResult,
     DeliveryAttempt,
     DeliveryLog,

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from conveyor.receiver.listener import parse_head
-from conveyor.shared import subjects
+from conveyor.shared.contracts import subjects
 from conveyor.shared.testing.rawhttp import Raw
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.shared import subjects
-from conveyor.shared.config import Secret
-from conveyor.shared.sealing import Sealer, SealingError, new_key_setting
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.sealing import Sealer, SealingError, new_key_setting
+from conveyor.shared.runtime.config import Secret
 
 ADMIN = {"Authorization": "Bearer admin-test-key"}
 HOOK_SECRET = "project-a-webhook-secret-0123456789"

@@ -12,14 +12,16 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from conveyor.receiver.state import publish_failure
-from conveyor.shared import subjects
-from conveyor.shared.jsrequests import (
+from conveyor.shared import bus
+from conveyor.shared.bus.errors import translate
+from conveyor.shared.bus.jsrequests import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
     EXPECTED_STREAM,
     JsRequests,
     is_key_exists,
 )
-from conveyor.shared.streams import ensure_kv, ensure_streams
+from conveyor.shared.bus.streams import ensure_kv, ensure_streams
+from conveyor.shared.contracts import subjects
 
 CREATE = {EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}
 
@@ -47,10 +49,10 @@ async def test_acks_carry_sequence_and_duplicate(publisher: JsRequests) -> None:
 
 
 async def test_wrong_stream_and_no_stream_are_errors(publisher: JsRequests) -> None:
-    with pytest.raises(nats.js.errors.APIError) as info:
+    with pytest.raises(bus.BadRequest) as info:
         await publisher.publish("events.lovable.x", b"{}", {EXPECTED_STREAM: "JOBS"})
     assert info.value.code == 400
-    with pytest.raises(nats.js.errors.NoStreamResponseError):
+    with pytest.raises(bus.Unavailable):
         await publisher.publish("nowhere.x", b"{}", {})
 
 
@@ -60,12 +62,12 @@ async def test_kv_create_fails_when_the_key_exists_or_was_deleted(
     subject = f"$KV.{subjects.KV_JOBS}.job_1"
     ack = await publisher.publish(subject, b"a", dict(CREATE))
     assert ack.seq > 0
-    with pytest.raises(nats.js.errors.APIError) as info:
+    with pytest.raises(bus.Conflict) as info:
         await publisher.publish(subject, b"b", dict(CREATE))
     assert is_key_exists(info.value)
     kv = await js.key_value(subjects.KV_JOBS)
     await kv.delete("job_1")
-    with pytest.raises(nats.js.errors.APIError) as info:
+    with pytest.raises(bus.Conflict) as info:
         await publisher.publish(subject, b"c", dict(CREATE))
     assert is_key_exists(info.value)  # a delete marker counts too: then the caller uses kv.create
     await kv.create("job_1", b"c")
@@ -76,7 +78,7 @@ async def test_unanswered_publish_times_out(nc: NATS) -> None:
     pub = JsRequests(nc, timeout_s=0.2)
     await pub.start()
     await nc.subscribe("quiet.x")  # takes the message and never answers
-    with pytest.raises(nats.errors.TimeoutError):
+    with pytest.raises(bus.Timeout):
         await pub.publish("quiet.x", b"{}", {})
     await ensure_streams(nc.jetstream(), [subjects.EVENTS])
     ack = await pub.publish("events.lovable.project.created", b"{}", {})
@@ -90,12 +92,12 @@ async def test_each_call_keeps_its_own_timeout_and_stop_ends_every_wait(nc: NATS
     loop = asyncio.get_running_loop()
     slow = await pub.send("quiet.slow", b"{}", {})  # the default, 30 s: sent first
     started = loop.time()
-    with pytest.raises(nats.errors.TimeoutError):
+    with pytest.raises(bus.Timeout):
         await pub.publish("quiet.fast", b"{}", {}, timeout_s=0.2)
     assert loop.time() - started < 5  # not held behind the earlier, longer wait
     assert not slow.done()
     await pub.stop()
-    with pytest.raises(nats.errors.ConnectionClosedError):
+    with pytest.raises(bus.Unavailable):
         await slow
 
 
@@ -136,12 +138,13 @@ async def test_an_unreadable_answer_is_a_503_not_a_500(
 
 
 def test_every_nats_failure_of_a_write_says_what_in_its_503() -> None:
-    """KV errors are APIErrors without a description; reading one must not turn the 503 into
-    a 500 (an AttributeError inside the error handling)."""
-    assert publish_failure(nats.js.errors.KeyNotFoundError()) == (
+    """KV errors are APIErrors without a description; reading one (as the bus raises it) must
+    not turn the 503 into a 500 (an AttributeError inside the error handling)."""
+    assert publish_failure(translate(nats.js.errors.KeyNotFoundError())) == (
         "NATS JetStream refused the message (nats: key not found)"
     )
-    assert "(boom)" in publish_failure(nats.js.errors.APIError(description="boom"))
-    assert "did not acknowledge (TimeoutError)" in publish_failure(nats.errors.TimeoutError())
+    assert "(boom)" in publish_failure(translate(nats.js.errors.APIError(code=500, description="boom")))
+    assert "did not acknowledge (Timeout)" in publish_failure(translate(nats.errors.TimeoutError()))
+    assert "gave no usable answer (BusError)" in publish_failure(bus.BusError("unreadable PubAck"))
     with pytest.raises(ZeroDivisionError):
         publish_failure(ZeroDivisionError())

@@ -10,10 +10,18 @@ import httpx
 import nats
 import pytest
 
-from conveyor.shared import subjects
-from conveyor.shared.ratelimit import PREFETCH_MAX, Decision, RateLimiter
-from conveyor.shared.streams import ensure_kv
+from conveyor.shared.bus import Bus, Kv
+from conveyor.shared.bus.streams import ensure_kv
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.ratelimit import PREFETCH_MAX, Decision, RateLimiter
 from conveyor.shared.testing.procs import ServiceProcess, service_env
+
+
+async def limits_kv(nc: nats.NATS) -> Kv:
+    """The ratelimits bucket through a bus over ``nc`` (each connection a replica's)."""
+    conn = Bus(nc)
+    await conn.start()
+    return await conn.kv(subjects.KV_RATELIMITS)
 
 
 async def test_limit_is_exact_across_independent_limiters(nats_url: str) -> None:
@@ -21,7 +29,7 @@ async def test_limit_is_exact_across_independent_limiters(nats_url: str) -> None
     conns = [await nats.connect(nats_url) for _ in range(3)]
     try:
         await ensure_kv(conns[0].jetstream(), [subjects.KV_RATELIMITS])
-        limiters = [RateLimiter(await c.jetstream().key_value(subjects.KV_RATELIMITS)) for c in conns]
+        limiters = [RateLimiter(await limits_kv(c)) for c in conns]
         hits = [limiters[i % 3].hit("w.test.k", 25, 60.0) for i in range(90)]
         decisions = await asyncio.gather(*hits)
         assert sum(d.allowed for d in decisions) == 25
@@ -38,7 +46,7 @@ async def test_large_budgets_are_claimed_ahead_but_never_exceeded(nats_url: str)
     conns = [await nats.connect(nats_url) for _ in range(3)]
     try:
         kv = (await ensure_kv(conns[0].jetstream(), [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
-        limiters = [RateLimiter(await c.jetstream().key_value(subjects.KV_RATELIMITS)) for c in conns]
+        limiters = [RateLimiter(await limits_kv(c)) for c in conns]
         decisions = await asyncio.gather(*(limiters[i % 3].hit("w.big", 1000, 60.0) for i in range(1500)))
         granted = sum(d.allowed for d in decisions)
         # Slots claimed ahead by a replica whose requests ran out stay unused: never more than
@@ -56,7 +64,8 @@ async def test_large_budgets_are_claimed_ahead_but_never_exceeded(nats_url: str)
 async def test_remaining_counts_claimed_slots_once(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:
-        kv = (await ensure_kv(nc.jetstream(), [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
+        await ensure_kv(nc.jetstream(), [subjects.KV_RATELIMITS])
+        kv = await limits_kv(nc)
         limiter = RateLimiter(kv)
         decisions = [await limiter.hit("w.big", 100_000, 60.0) for _ in range(3)]
         # The first write claims slots ahead; the next two are handed out from them.
@@ -70,7 +79,8 @@ async def test_remaining_counts_claimed_slots_once(nats_url: str) -> None:
 async def test_claimed_slots_and_full_windows_are_decided_locally(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:
-        kv = (await ensure_kv(nc.jetstream(), [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
+        await ensure_kv(nc.jetstream(), [subjects.KV_RATELIMITS])
+        kv = await limits_kv(nc)
         limiter = RateLimiter(kv)
         assert limiter.local("w.any", 0, 60.0) is not None  # unlimited
         assert limiter.local("w.big", 100_000, 60.0) is None  # nothing known yet: ask KV
@@ -88,7 +98,8 @@ async def test_claimed_slots_and_full_windows_are_decided_locally(nats_url: str)
 async def test_window_reopens_after_it_ends(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     try:
-        kv = (await ensure_kv(nc.jetstream(), [subjects.KV_RATELIMITS]))[subjects.KV_RATELIMITS]
+        await ensure_kv(nc.jetstream(), [subjects.KV_RATELIMITS])
+        kv = await limits_kv(nc)
         now = [1000.0]
         limiter = RateLimiter(kv, clock=lambda: now[0])
         assert [(await limiter.hit("k", 2, 10.0)).allowed for _ in range(3)] == [True, True, False]

@@ -12,8 +12,8 @@ import msgspec
 import pytest
 
 from conveyor.receiver.config import WebhookSource
-from conveyor.shared import subjects
-from conveyor.shared.config import Secret
+from conveyor.shared.contracts import subjects
+from conveyor.shared.runtime.config import Secret
 from conveyor.shared.testing.fixtures import forget_message_ids
 
 Case = Callable[[Any], tuple[str, bytes, dict[str, str]]]
@@ -388,7 +388,7 @@ async def test_replayed_delivery_is_accepted_once(receiver, lovable, bus) -> Non
 async def test_a_body_the_bus_cannot_carry_gets_413_not_a_retry_later(receiver, lovable, bus) -> None:
     # Under MAX_BODY_BYTES (1 MiB), but with the event's envelope over the server's
     # max_payload (1 MiB by default): a 503 would have the sender retry forever.
-    limit = receiver.rt.nc.max_payload
+    limit = receiver.rt.bus.max_payload
     body = lovable.body(data={"blob": ""})
     body = body.replace(b'"blob": ""', b'"blob": "' + b"x" * (limit - len(body) - 16) + b'"')
     assert len(body) < limit

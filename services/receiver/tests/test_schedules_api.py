@@ -16,9 +16,9 @@ from croniter import croniter
 from nats.js import JetStreamContext
 
 from conveyor.receiver.config import Settings
-from conveyor.shared import subjects
-from conveyor.shared.events import encoder
-from conveyor.shared.schedules import (
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import encoder
+from conveyor.shared.contracts.schedules import (
     OwnerIndex,
     owner_index_decoder,
     owner_index_key,

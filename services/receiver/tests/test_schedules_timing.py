@@ -1,4 +1,4 @@
-"""The timing rules of conveyor.shared.schedules, which the schedules API validates with:
+"""The timing rules of conveyor.shared.contracts.schedules, which the schedules API validates with:
 next runs against croniter across time zones and daylight-saving changes, and acceptance
 against the real nats-server (what we accept, the server accepts)."""
 
@@ -13,8 +13,9 @@ import pytest
 from croniter import croniter
 from nats.js import JetStreamContext
 
-from conveyor.shared import subjects
-from conveyor.shared.schedules import (
+from conveyor.shared.bus.streams import ensure_streams
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.schedules import (
     ScheduleError,
     format_every,
     next_cron,
@@ -24,7 +25,6 @@ from conveyor.shared.schedules import (
     timing,
     zone,
 )
-from conveyor.shared.streams import ensure_streams
 
 UTC = dt.UTC
 EXPRESSIONS = [

@@ -15,9 +15,10 @@ import msgspec
 from standardwebhooks.webhooks import Webhook
 
 from conveyor.receiver.config import WebhookSource
-from conveyor.shared import signing, subjects
-from conveyor.shared.config import Secret
-from conveyor.shared.events import webhook_event_decoder
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import webhook_event_decoder
+from conveyor.shared.domain import signing
+from conveyor.shared.runtime.config import Secret
 
 # GitHub's documented example (docs: "Validating webhook deliveries").
 GITHUB_SECRET = "It's a Secret to Everybody"

@@ -16,10 +16,10 @@ import msgspec
 import pytest
 from nats.js import JetStreamContext
 
-from conveyor.shared import subjects
-from conveyor.shared.config import Secret
-from conveyor.shared.deploy_store import DeployStore
-from conveyor.shared.deploys import DeployRequest
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.deploys import DeployRequest
+from conveyor.shared.domain.deploy_store import DeployStore
+from conveyor.shared.runtime.config import Secret
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.nats_server import NatsServer
 

@@ -14,8 +14,8 @@ import msgspec
 from nats.js import JetStreamContext
 
 from conveyor.receiver.state import STATE
-from conveyor.shared import subjects
-from conveyor.shared.events import encoder, job_record_decoder
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import encoder, job_record_decoder
 from conveyor.shared.testing.fixtures import eventually
 
 

@@ -10,8 +10,8 @@ import datetime as dt
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from conveyor.shared import subjects
-from conveyor.shared.events import DeliveryAttempt, DeliveryLog, encoder, send_test_decoder
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import DeliveryAttempt, DeliveryLog, encoder, send_test_decoder
 
 
 async def answer_next_request(

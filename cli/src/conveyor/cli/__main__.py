@@ -23,12 +23,9 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import nats
-from nats.aio.client import Client
-from nats.js import JetStreamContext
-
 from conveyor.cli import admin, render
-from conveyor.shared import deadletters as dlq
+from conveyor.shared import bus
+from conveyor.shared.domain import deadletters as dlq
 
 DEFAULT_SERVER = "nats://127.0.0.1:4222"
 
@@ -80,22 +77,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _with_js(args: argparse.Namespace, work: Callable[[JetStreamContext], Awaitable[int]]) -> int:
+async def _with_js(args: argparse.Namespace, work: Callable[[bus.Bus], Awaitable[int]]) -> int:
     servers = [s.strip() for s in args.server.split(",") if s.strip()]
 
     async def quiet(exc: Exception) -> None:  # the failure is reported once, below
         pass
 
     try:
-        # max_reconnect_attempts=1: nats-py retries the initial connect forever at 0.
-        nc: Client = await asyncio.wait_for(
-            nats.connect(
-                servers=servers,
-                connect_timeout=args.timeout,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.2,
-                allow_reconnect=False,
-                error_cb=quiet,
+        conn = await asyncio.wait_for(
+            bus.Bus.connect(
+                servers,
+                reconnect=False,
+                timeout_s=args.timeout,
+                connect_timeout_s=args.timeout,
+                on_error=quiet,
             ),
             args.timeout + 1,
         )
@@ -104,12 +99,12 @@ async def _with_js(args: argparse.Namespace, work: Callable[[JetStreamContext], 
         print(f"conveyor: cannot connect to NATS at {args.server}: {reason}", file=sys.stderr)
         return 2
     try:
-        return await work(nc.jetstream(timeout=args.timeout))
+        return await work(conn)
     finally:
-        await nc.close()
+        await conn.close(drain_s=args.timeout)
 
 
-async def _list(args: argparse.Namespace, js: JetStreamContext) -> int:
+async def _list(args: argparse.Namespace, js: bus.Bus) -> int:
     letters = [x async for x in dlq.scan(js, dlq.subject_filter(args.stage, args.subject), limit=args.limit)]
     if args.json:
         for letter in letters:
@@ -119,7 +114,7 @@ async def _list(args: argparse.Namespace, js: JetStreamContext) -> int:
     return 0
 
 
-async def _show(args: argparse.Namespace, js: JetStreamContext) -> int:
+async def _show(args: argparse.Namespace, js: bus.Bus) -> int:
     letter = await dlq.get(js, args.seq)
     if letter is None:
         print(f"conveyor: no dead letter #{args.seq}", file=sys.stderr)
@@ -131,7 +126,7 @@ async def _show(args: argparse.Namespace, js: JetStreamContext) -> int:
     return 0
 
 
-async def _named(args: argparse.Namespace, js: JetStreamContext) -> tuple[list[dlq.DeadLetter], list[int]]:
+async def _named(args: argparse.Namespace, js: bus.Bus) -> tuple[list[dlq.DeadLetter], list[int]]:
     """The dead letters named by SEQ...; and the SEQs that do not exist."""
     found, missing = [], []
     for seq in args.seqs:
@@ -143,7 +138,7 @@ async def _named(args: argparse.Namespace, js: JetStreamContext) -> tuple[list[d
     return found, missing
 
 
-async def _replay(args: argparse.Namespace, js: JetStreamContext) -> int:
+async def _replay(args: argparse.Namespace, js: bus.Bus) -> int:
     missing: list[int] = []
     letters: AsyncIterator[dlq.DeadLetter] | list[dlq.DeadLetter]
     if args.all:
@@ -184,7 +179,7 @@ def _confirm_purge(args: argparse.Namespace) -> bool:
     return input(f"Delete {what}? [y/N] ").strip().lower() in ("y", "yes")
 
 
-async def _purge(args: argparse.Namespace, js: JetStreamContext) -> int:
+async def _purge(args: argparse.Namespace, js: bus.Bus) -> int:
     if args.all:
         filt = args.subject or (dlq.subject_filter(args.stage) if args.stage else None)
         print(f"purged {await dlq.purge(js, filt)} dead letter(s)")

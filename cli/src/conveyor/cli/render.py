@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from conveyor.shared import subjects
-from conveyor.shared.deadletters import DeadLetter, Outcome
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.deadletters import DeadLetter, Outcome
 
 
 def console(stderr: bool = False) -> Console:

@@ -23,13 +23,8 @@ import re
 from collections.abc import Coroutine
 from typing import Any
 
-import nats.errors
-import nats.js.errors
-from nats.js.kv import KeyValue
-
-from conveyor.shared.events import DeliveryAttempt, DeliveryLog, delivery_log_decoder, encoder
-from conveyor.shared.jsrequests import JsRequests, PubAck, is_key_exists
-from conveyor.shared.kvbucket import Bucket
+from conveyor.shared import bus
+from conveyor.shared.contracts.events import DeliveryAttempt, DeliveryLog, delivery_log_decoder, encoder
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +56,7 @@ def _with(entry: DeliveryLog | None, job_id: str, attempt: DeliveryAttempt) -> D
 class AttemptLog:
     def __init__(
         self,
-        kv: KeyValue,
-        requests: JsRequests,
+        kv: bus.Kv,
         *,
         max_background: int = 1024,
         answer_timeout_s: float = 10.0,
@@ -71,14 +65,13 @@ class AttemptLog:
         self._answer_timeout_s = answer_timeout_s
         self._slots = asyncio.Semaphore(max_background)
         self._pending: set[asyncio.Task[None]] = set()
-        self._bucket = Bucket(kv, requests)
         # Records sent without waiting, until JetStream answers (or the wait times out).
-        self._unanswered: set[asyncio.Future[PubAck]] = set()
+        self._unanswered: set[asyncio.Future[bus.PubAck]] = set()
 
     async def read(self, job_id: str) -> DeliveryLog | None:
         try:
             got = await self.kv.get(job_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
         return delivery_log_decoder.decode(got.value) if got.value else None
 
@@ -92,7 +85,7 @@ class AttemptLog:
             return
         try:
             await self.kv.create(job_id, encoder.encode(_with(None, job_id, attempt)))
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except bus.Conflict:
             await self.kv.put(job_id, encoder.encode(_with(await self.read(job_id), job_id, attempt)))
 
     async def append_later(
@@ -106,7 +99,7 @@ class AttemptLog:
             return
         data = encoder.encode(_with(None, job_id, attempt))
         try:
-            answer = await self._bucket.send_create(job_id, data, timeout_s=self._answer_timeout_s)
+            answer = await self.kv.send_create(job_id, data, timeout_s=self._answer_timeout_s)
         except Exception as exc:
             self._slots.release()
             log.warning("could not record delivery attempt of %s: %s", job_id, exc)
@@ -114,22 +107,22 @@ class AttemptLog:
         self._unanswered.add(answer)
         answer.add_done_callback(lambda fut: self._answered(fut, job_id, attempt))
 
-    def _answered(self, answer: asyncio.Future[PubAck], job_id: str, attempt: DeliveryAttempt) -> None:
+    def _answered(self, answer: asyncio.Future[bus.PubAck], job_id: str, attempt: DeliveryAttempt) -> None:
         self._unanswered.discard(answer)
         self._slots.release()
         exc = answer.exception()
         if exc is None:
             return
-        if is_key_exists(exc):
+        if isinstance(exc, bus.Conflict):
             # A replayed dead letter (the log has its history) or a deleted key: kv.create
             # recreates a deleted key, and a key with a value is read and appended to.
             self._spawn(self.append(job_id, attempt, known=False, entry=None), job_id, slot=False)
             return
-        if isinstance(exc, nats.errors.TimeoutError):
+        if isinstance(exc, bus.Timeout):
             log.warning(
                 "could not record delivery attempt of %s: no answer in %gs", job_id, self._answer_timeout_s
             )
-        elif isinstance(exc, nats.js.errors.NoStreamResponseError):
+        elif isinstance(exc, bus.Unavailable):
             log.warning("could not record delivery attempt of %s: no stream answered", job_id)
         else:
             log.warning("could not record delivery attempt of %s: %s", job_id, exc)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from conveyor.shared.config import BaseSettings, Secret
-from conveyor.shared.ssrf import IPNetwork, parse_networks
+from conveyor.shared.runtime.config import BaseSettings, Secret
+from conveyor.shared.runtime.ssrf import IPNetwork, parse_networks
 
 
 class Settings(BaseSettings, frozen=True, kw_only=True):
@@ -113,7 +113,7 @@ def allowed_networks(settings: Settings) -> list[IPNetwork]:
 
 
 def _split_secrets(value: str, setting: str) -> list[str]:
-    from conveyor.shared.signing import secret_problem
+    from conveyor.shared.domain.signing import secret_problem
 
     secrets = [s.strip() for s in value.split(",") if s.strip()]
     for i, s in enumerate(secrets):
@@ -128,7 +128,7 @@ def signing_secrets(settings: Settings) -> list[str]:
     configured = _split_secrets(settings.callback_signing_secrets.reveal(), "CALLBACK_SIGNING_SECRETS")
     if configured:
         return configured
-    from conveyor.shared.signing import secret_problem
+    from conveyor.shared.domain.signing import secret_problem
 
     fallback = settings.lovable_webhook_secret.reveal()
     if not fallback:

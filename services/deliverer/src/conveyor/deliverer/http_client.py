@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
-from conveyor.shared.ssrf import AddressPolicy
+from conveyor.shared.runtime.ssrf import AddressPolicy
 
 # Answer heads larger than this are refused: a callback endpoint has no reason to send one.
 MAX_HEAD_BYTES = 64 * 1024

@@ -25,20 +25,18 @@ from __future__ import annotations
 import datetime as dt
 import random
 
-from nats.aio.msg import Msg
-
-from conveyor.shared import subjects
-from conveyor.shared.jsrequests import EXPECTED_STREAM, JsRequests
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
 
 PAUSED = "Conveyor-Paused"  # how many times the circuit has paused this result
 
 
-def is_parked(msg: Msg) -> bool:
+def is_parked(msg: bus.Delivery) -> bool:
     """Whether ``msg`` is a parked result that came back (not the executor's original)."""
     return msg.subject.startswith(subjects.PARKED_RESULTS_PREFIX)
 
 
-def pauses_of(msg: Msg) -> int:
+def pauses_of(msg: bus.Delivery) -> int:
     value = (msg.headers or {}).get(PAUSED, "")
     return int(value) if value.isdigit() else 0
 
@@ -54,10 +52,10 @@ def pause_s(pauses: int, wait_s: float, cooldown_s: float, max_s: float) -> floa
 
 
 class Parking:
-    def __init__(self, requests: JsRequests) -> None:
-        self.requests = requests
+    def __init__(self, conn: bus.Bus) -> None:
+        self.bus = conn
 
-    async def hold(self, msg: Msg, job_id: str, delay_s: float, *, paused: bool = False) -> None:
+    async def hold(self, msg: bus.Delivery, job_id: str, delay_s: float, *, paused: bool = False) -> None:
         """Store ``msg`` to come back on ``parked.results.<job_id>`` in ``delay_s``; returns once
         JetStream has it (raises otherwise: then nothing is parked)."""
         due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=max(delay_s, 0.0))
@@ -70,7 +68,9 @@ class Parking:
             {
                 subjects.H_SCHEDULE: "@at " + due.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                 subjects.H_SCHEDULE_TARGET: subjects.parked_result(job_id),
-                EXPECTED_STREAM: subjects.PARKED,
             }
         )
-        await self.requests.publish(subjects.parked_hold(job_id), msg.data, headers)
+        # The result's own headers (traceparent too) go with it as they are.
+        await self.bus.publish(
+            subjects.parked_hold(job_id), msg.data, stream=subjects.PARKED, headers=headers, trace=False
+        )

@@ -5,7 +5,7 @@ where the deployment's settings say (LOVABLE_CALLBACK_URL, CALLBACK_DEFAULT_URLS
 signed with CALLBACK_SIGNING_SECRETS (or a per-endpoint secret). Every other project's are
 signed with its own callback secrets, never a shared one, and carry its outbound credential
 as ``Authorization: Bearer``. Secrets are opened once per version of the project
-(conveyor.shared.tenancy.ProjectSecrets) and kept in memory only.
+(conveyor.shared.domain.tenancy.ProjectSecrets) and kept in memory only.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from conveyor.deliverer.config import Settings
 from conveyor.deliverer.signing_keys import SigningKeys
-from conveyor.shared.errors import PermanentError
-from conveyor.shared.events import DEFAULT_PROJECT, JobResult
-from conveyor.shared.sealing import Sealer, SealingError
-from conveyor.shared.tenancy import Directory, ProjectSecrets
+from conveyor.shared.contracts.errors import PermanentError
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, JobResult
+from conveyor.shared.domain.sealing import Sealer, SealingError
+from conveyor.shared.domain.tenancy import Directory, ProjectSecrets
 
 
 @dataclass(frozen=True, slots=True)

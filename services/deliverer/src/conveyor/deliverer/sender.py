@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from conveyor.deliverer.http_client import CallbackClient, ProtocolError, Target, UnsendableHeader
-from conveyor.shared.ssrf import AddressPolicy, BlockedAddressError
-from conveyor.shared.urls import InvalidCallbackURL, check_callback_url, redact_url
+from conveyor.shared.runtime.ssrf import AddressPolicy, BlockedAddressError
+from conveyor.shared.runtime.urls import InvalidCallbackURL, check_callback_url, redact_url
 
 Kind = Literal["ok", "retry", "final", "refused"]
 
@@ -73,7 +73,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 @functools.lru_cache(maxsize=4096)
 def _parse(url: str) -> Target | str:
-    """Where the URL's POST goes, or why it cannot be a callback URL (conveyor.shared.urls, the
+    """Where the URL's POST goes, or why it cannot be a callback URL (conveyor.shared.runtime.urls, the
     receiver's check too). Cached: most results go to a few URLs, and parsing one costs about as
     much as signing the body."""
     try:

@@ -6,9 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
 from conveyor.deliverer.attempt_log import AttemptLog
 from conveyor.deliverer.breaker import Breakers
 from conveyor.deliverer.config import (
@@ -27,13 +24,13 @@ from conveyor.deliverer.projects import ProjectCallbacks
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import build_client
 from conveyor.deliverer.signing_keys import SigningKeys
-from conveyor.shared import subjects
-from conveyor.shared.integration import IntegrationRecorder
-from conveyor.shared.kvmirror import KvMirror
-from conveyor.shared.runner import Runtime, ServiceSpec
-from conveyor.shared.sealing import Sealer
-from conveyor.shared.ssrf import AddressPolicy
-from conveyor.shared.tenancy import Directory, Project, project_decoder
+from conveyor.shared.bus import AckPolicy, ConsumerConfig, DeliverPolicy, KvMirror, Subscription
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.integration import IntegrationRecorder
+from conveyor.shared.domain.sealing import Sealer
+from conveyor.shared.domain.tenancy import Directory, Project, project_decoder
+from conveyor.shared.runtime.runner import Runtime, ServiceSpec
+from conveyor.shared.runtime.ssrf import AddressPolicy
 
 TEST_SEND_CONCURRENCY = 8
 PROGRESS_QUEUE = "deliverer-progress"
@@ -76,11 +73,9 @@ async def _refresh_gauges(rt: Runtime[Settings], metrics: Metrics, breakers: Bre
     from this process."""
     while not rt.stopping.is_set():
         with contextlib.suppress(Exception):
-            info = await rt.js.stream_info(subjects.DLQ)
-            metrics.dlq_depth.set(info.state.messages or 0)
+            metrics.dlq_depth.set(await rt.bus.stream_messages(subjects.DLQ))
         with contextlib.suppress(Exception):
-            info = await rt.js.stream_info(subjects.PARKED)
-            metrics.parked.set(info.state.messages or 0)
+            metrics.parked.set(await rt.bus.stream_messages(subjects.PARKED))
         metrics.open_circuits.set(breakers.open_count())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rt.stopping.wait(), rt.settings.dlq_gauge_interval_s)
@@ -98,7 +93,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
     metrics = Metrics(rt.registry)
     breakers = Breakers(s.callback_breaker_threshold, s.callback_breaker_cooldown_s)
     keys = SigningKeys(signing_secrets(s), endpoint_secrets(s))
-    attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES], rt.requests)
+    attempts = AttemptLog(rt.kv[subjects.KV_DELIVERIES])
     client = build_client(
         # Two consumers (results, parked results) at CALLBACK_CONCURRENCY each, and test sends.
         AddressPolicy(allowed_networks(s)),
@@ -128,7 +123,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
         callbacks,
         metrics,
         rt.tracer,
-        Parking(rt.requests),
+        Parking(rt.bus),
         integration,
     )
     # Progress callbacks get connections of their own: a result never waits behind them.
@@ -165,10 +160,10 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
             concurrency=TEST_SEND_CONCURRENCY,
         )
         # Core NATS in a queue group: each job's progress reaches one deliverer; nothing stored.
-        progress_sub = await rt.nc.subscribe(
-            subjects.JOB_PROGRESS_FILTER, queue=PROGRESS_QUEUE, cb=progress.handle, pending_msgs_limit=10_000
+        progress_sub = await rt.bus.listen(
+            subjects.JOB_PROGRESS_FILTER, progress.handle, queue=PROGRESS_QUEUE, pending_msgs_limit=10_000
         )
-        await rt.nc.flush()  # the server knows of the subscription before this replica is ready
+        await rt.bus.flush()  # the server knows of the subscription before this replica is ready
         yield
     finally:
         # The runner has stopped the consumers by now: in-flight callbacks are settled.
@@ -177,7 +172,7 @@ async def components(rt: Runtime[Settings]) -> AsyncIterator[None]:
             await gauges
         if progress_sub is not None:
             with contextlib.suppress(Exception):
-                await progress_sub.unsubscribe()
+                await progress_sub.stop()
         await progress.stop()
         await progress_client.close()
         await attempts.flush()

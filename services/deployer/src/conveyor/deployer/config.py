@@ -6,7 +6,7 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from conveyor.shared.config import BaseSettings, Secret
+from conveyor.shared.runtime.config import BaseSettings, Secret
 
 _PROVIDER = "(?:local|github|lightsail|dns)"
 

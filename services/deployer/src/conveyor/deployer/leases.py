@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-import nats.js.errors
-from nats.js.kv import KeyValue
-
-from conveyor.shared.deploys import DeployLease, deploy_lease_decoder
-from conveyor.shared.events import encoder, utcnow
+from conveyor.shared import bus
+from conveyor.shared.contracts.deploys import DeployLease, deploy_lease_decoder
+from conveyor.shared.contracts.events import encoder, utcnow
 
 
 class Leases:
-    def __init__(self, kv: KeyValue, holder: str, lease_s: float) -> None:
+    def __init__(self, kv: bus.Kv, holder: str, lease_s: float) -> None:
         self.kv = kv
         self.holder = holder
         self.lease_s = lease_s
@@ -38,7 +36,7 @@ class Leases:
     async def current(self, site_id: str) -> tuple[DeployLease | None, int]:
         try:
             entry = await self.kv.get(site_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None, 0
         if not entry.value:
             return None, entry.revision or 0
@@ -58,7 +56,7 @@ class Leases:
             if ours or lease.expires_at <= utcnow():
                 await self.kv.update(site_id, self._lease(site_id, deployment_id), last=rev)
                 return True
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except bus.Conflict:
             return False
         return False
 
@@ -69,7 +67,7 @@ class Leases:
             return False
         try:
             await self.kv.update(site_id, self._lease(site_id, deployment_id, lease.acquired_at), last=rev)
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except bus.Conflict:
             return False
         return True
 
@@ -79,5 +77,5 @@ class Leases:
             return
         try:
             await self.kv.delete(site_id, last=rev)
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except bus.Conflict:
             pass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from conveyor.shared.deploys import STEPS, TERMINAL_DEPLOYMENT_STATUSES
+from conveyor.shared.contracts.deploys import STEPS, TERMINAL_DEPLOYMENT_STATUSES
 
 
 class Metrics:

@@ -19,17 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from conveyor.deployer.config import Settings
 from conveyor.deployer.leases import Leases
 from conveyor.deployer.metrics import Metrics
 from conveyor.deployer.providers.base import Provider, ProviderError, StepContext
-from conveyor.shared import ids, subjects
-from conveyor.shared.consumer import attempts_of, heartbeat
-from conveyor.shared.deploy_store import DeployStore
-from conveyor.shared.deploys import (
+from conveyor.shared import bus
+from conveyor.shared.bus import heartbeat
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.deploys import (
     LIVE_KINDS,
     STEPS,
     DeploymentRecord,
@@ -40,10 +38,11 @@ from conveyor.shared.deploys import (
     StepRecord,
     deploy_request_decoder,
 )
-from conveyor.shared.errors import PermanentError
-from conveyor.shared.events import AgentResult, JobResult, ResultBody, encoder, utcnow
-from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import consumer_span, inject_headers
+from conveyor.shared.contracts.errors import PermanentError
+from conveyor.shared.contracts.events import AgentResult, JobResult, ResultBody, encoder, utcnow
+from conveyor.shared.domain.deploy_store import DeployStore
+from conveyor.shared.runtime.logs import bound
+from conveyor.shared.runtime.telemetry import consumer_span
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,7 @@ class Stop(Exception):
 
 @dataclass
 class Pipeline:
-    js: JetStreamContext
+    js: bus.Bus
     store: DeployStore
     leases: Leases
     providers: list[Provider]
@@ -80,7 +79,7 @@ class Pipeline:
 
     # --- the consumer's handler ---------------------------------------------------------------
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle(self, msg: bus.Delivery) -> None:
         request = deploy_request_decoder.decode(msg.data)
         with bound(job=request.deployment_id, correlation=request.correlation_id):
             with consumer_span(self.tracer, "deploys.requested.* process", msg.headers, msg.subject):
@@ -95,7 +94,7 @@ class Pipeline:
                         await self.run(found[0])
                 except Exception as exc:
                     # On the last delivery nothing would move the record on: fail it here.
-                    if attempts_of(msg) >= self.max_deliver > 0:
+                    if msg.attempts >= self.max_deliver > 0:
                         await self.finish(request.deployment_id, "failed", f"{type(exc).__name__}: {exc}")
                     raise
 
@@ -347,7 +346,7 @@ class Pipeline:
             subjects.result(record.deployment_id),
             encoder.encode(result),
             stream=subjects.RESULTS,
-            headers=inject_headers({subjects.MSG_ID: ids.result_msg_id(record.deployment_id)}),
+            msg_id=ids.result_msg_id(record.deployment_id),
         )
 
     async def _announce(self, record: DeploymentRecord) -> None:
@@ -369,7 +368,7 @@ class Pipeline:
             subjects.deploy_status(record.site_id),
             encoder.encode(event),
             stream=subjects.DEPLOYS,
-            headers=inject_headers({subjects.MSG_ID: msg_id}),
+            msg_id=msg_id,
         )
 
     # --- records ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Final
 import jinja2
 import msgspec
 
-from conveyor.shared.deploys import SiteConfig
+from conveyor.shared.contracts.deploys import SiteConfig
 
 TEMPLATES: Final = Path(__file__).parent / "templates"
 

@@ -7,17 +7,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from nats.js.api import AckPolicy, ConsumerConfig
-
 from conveyor.deployer.config import Settings
 from conveyor.deployer.leases import Leases
 from conveyor.deployer.metrics import Metrics
 from conveyor.deployer.pipeline import Pipeline
 from conveyor.deployer.providers import build_providers
 from conveyor.deployer.sitehost import site_middleware
-from conveyor.shared import subjects
-from conveyor.shared.deploy_store import DeployStore
-from conveyor.shared.runner import Runtime, ServiceSpec
+from conveyor.shared.bus import AckPolicy, ConsumerConfig
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.deploy_store import DeployStore
+from conveyor.shared.runtime.runner import Runtime, ServiceSpec
 
 
 def site_host(settings: Settings, slug: str, deployment: str | None) -> str:
@@ -47,7 +46,7 @@ def routes(rt: Runtime[Any]) -> None:
 async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     settings: Settings = rt.settings
     metrics = Metrics(rt.registry)
-    store = DeployStore(rt.js, rt.kv[subjects.KV_SITES], rt.kv[subjects.KV_DEPLOYMENTS])
+    store = DeployStore(rt.bus, rt.kv[subjects.KV_SITES], rt.kv[subjects.KV_DEPLOYMENTS])
     leases = Leases(rt.kv[subjects.KV_DEPLOY_LEASES], rt.instance, settings.lease_s)
     providers = build_providers(
         settings,
@@ -60,7 +59,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             await provider.start()
             stack.push_async_callback(provider.close)
         pipeline = Pipeline(
-            js=rt.js,
+            js=rt.bus,
             store=store,
             leases=leases,
             providers=providers,

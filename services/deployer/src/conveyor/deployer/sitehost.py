@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from conveyor.deployer.providers.local import live_link, release_dir
-from conveyor.shared.deploys import DEPLOYMENT_ID_RE, SLUG_RE
+from conveyor.shared.contracts.deploys import DEPLOYMENT_ID_RE, SLUG_RE
 
 _SLUG = re.compile(SLUG_RE)
 _DEPLOYMENT = re.compile(DEPLOYMENT_ID_RE)

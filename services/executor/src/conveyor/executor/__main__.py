@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conveyor.executor.config import Settings
 from conveyor.executor.service import SPEC
-from conveyor.shared.runner import main as run
+from conveyor.shared.runtime.runner import main as run
 
 
 def main() -> None:

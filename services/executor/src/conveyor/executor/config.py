@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from conveyor.executor.pricing import ModelPrice
-from conveyor.shared.config import BaseSettings, Secret
+from conveyor.shared.runtime.config import BaseSettings, Secret
 
 BackendName = Literal["auto", "openai", "anthropic", "command", "builtin"]
 
@@ -125,7 +125,7 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
             raise ValueError("CONCURRENCY and ROUTER_CONCURRENCY must be at least 1")
         if self.ack_wait_s < 1:
             raise ValueError("ACK_WAIT_S must be at least 1 second")
-        from conveyor.shared.ssrf import parse_networks
+        from conveyor.shared.runtime.ssrf import parse_networks
 
         parse_networks(self.tool_allowed_networks, "TOOL_ALLOWED_NETWORKS")
         agents = build_registry(self)

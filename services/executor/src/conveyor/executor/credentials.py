@@ -1,5 +1,5 @@
 """Tokens for a job's tools: ``AgentJob.credentials(provider)`` answered from the project's
-integration (KV ``connections``, written by the receiver; conveyor.shared.connections).
+integration (KV ``connections``, written by the receiver; conveyor.shared.domain.connections).
 
 A token or Slack bot token is opened and handed over as it is. A GitHub App installation
 holds the App's private key: a short-lived RS256 JWT signed with it is exchanged at
@@ -18,13 +18,11 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import jwt
-import nats.errors
-import nats.js.errors
-from nats.js.kv import KeyValue
 
 from conveyor.executor.backends.base import AgentError, TransientError
-from conveyor.shared.connections import PROVIDERS, Connection, connection_decoder, key_of, open_secret
-from conveyor.shared.sealing import Sealer, SealingError
+from conveyor.shared import bus
+from conveyor.shared.domain.connections import PROVIDERS, Connection, connection_decoder, key_of, open_secret
+from conveyor.shared.domain.sealing import Sealer, SealingError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ def no_credentials(project: str) -> Credentials:
 
 
 class CredentialsProvider:
-    def __init__(self, kv: KeyValue, sealer: Sealer, http: httpx.AsyncClient, github_api_url: str) -> None:
+    def __init__(self, kv: bus.Kv, sealer: Sealer, http: httpx.AsyncClient, github_api_url: str) -> None:
         self.kv = kv
         self.sealer = sealer
         self.http = http
@@ -68,9 +66,9 @@ class CredentialsProvider:
             return None
         try:
             entry = await self.kv.get(key_of(project, provider))
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
-        except (nats.errors.Error, TimeoutError) as exc:
+        except (bus.BusError, TimeoutError) as exc:
             raise TransientError(
                 f"the {provider} integration cannot be read ({type(exc).__name__})"
             ) from None

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from conveyor.shared.events import TokenUsage
+from conveyor.shared.contracts.events import TokenUsage
 
 STATUSES = ("completed", "failed", "timeout", "cancelled")
 

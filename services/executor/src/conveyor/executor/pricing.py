@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from conveyor.shared.events import TokenUsage
+from conveyor.shared.contracts.events import TokenUsage
 
 log = logging.getLogger(__name__)
 

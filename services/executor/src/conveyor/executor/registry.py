@@ -15,9 +15,9 @@ import msgspec
 from conveyor.executor.builtin import ANALYSES
 from conveyor.executor.config import PAYLOAD_AGENT, AgentConfig
 from conveyor.executor.tools import TOOL_NAMES
-from conveyor.shared import subjects
-from conveyor.shared.agentdefs import BUILTIN_PIPELINES
-from conveyor.shared.config import Secret
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.agentdefs import BUILTIN_PIPELINES
+from conveyor.shared.runtime.config import Secret
 
 if TYPE_CHECKING:
     from conveyor.executor.config import Settings

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from conveyor.executor.backends import make_backends
 from conveyor.executor.config import Settings
@@ -25,10 +24,11 @@ from conveyor.executor.handlers.worker import DEFINED, STAGE, Worker
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.pricing import Prices
 from conveyor.executor.registry import build_registry, build_routes
-from conveyor.shared import subjects
-from conveyor.shared.runner import Runtime, ServiceSpec
-from conveyor.shared.sealing import Sealer
-from conveyor.shared.usage import UsageRecorder
+from conveyor.shared.bus import AckPolicy, ConsumerConfig, DeliverPolicy
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.sealing import Sealer
+from conveyor.shared.domain.usage import UsageRecorder
+from conveyor.shared.runtime.runner import Runtime, ServiceSpec
 
 
 def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
@@ -71,9 +71,8 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     routes = build_routes(settings, agents)
     metrics = Metrics(rt.registry, [*agents, DEFINED])
     definitions = Definitions(settings, agents, rt.kv[subjects.KV_AGENTS], rt.kv[subjects.KV_AGENT_ROUTES])
-    requests = rt.requests
-    store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS], requests)
-    results = Results(requests, rt.js)
+    store = JobStore(rt.kv[subjects.KV_JOBS], rt.kv[subjects.KV_JOB_LOGS])
+    results = Results(rt.bus)
     cancels = Cancels(rt.kv[subjects.KV_CANCELS])
     dlq = rt.consumer_metrics.dead_letters.labels(STAGE)
     async with httpx.AsyncClient(
@@ -82,7 +81,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         timeout=httpx.Timeout(settings.aios_agent_timeout_ms / 1000),
     ) as http:
         fanout = Fanout(
-            js=rt.js,
+            js=rt.bus,
             store=store,
             results=results,
             cancels_kv=rt.kv[subjects.KV_CANCELS],
@@ -97,12 +96,12 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             recorder=recorder,
             metrics=metrics,
             project_of=gates.mirror.values.get,
-            publish=rt.nc.publish,
+            publish=rt.bus.notify,
             output_batch_s=settings.output_batch_ms / 1000,
             progress_every_s=settings.progress_callback_every_s,
         )
         worker = Worker(
-            js=rt.js,
+            js=rt.bus,
             settings=settings,
             agents=agents,
             backends=make_backends(settings, http),
@@ -127,7 +126,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
         )
         canceller = Canceller(store, worker.cancel_running, fanout.child_done)
         router = Router(
-            requests=requests,
+            requests=rt.bus,
             agents=agents,
             routes=routes,
             store=store,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conveyor.receiver.config import Settings
 from conveyor.receiver.service import SPEC
-from conveyor.shared.runner import main as run
+from conveyor.shared.runtime.runner import main as run
 
 
 def main() -> None:

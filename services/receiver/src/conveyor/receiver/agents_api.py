@@ -24,11 +24,9 @@ import re
 from typing import Annotated, Any
 
 import msgspec
-import nats.js.errors
 from aiohttp import web
 from msgspec import Meta
 from msgspec.structs import replace
-from nats.js.kv import KeyValue
 
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers import jobs
@@ -37,8 +35,10 @@ from conveyor.receiver.openapi import Operation, Param
 from conveyor.receiver.schemas import Accepted, JobCreate, ProjectRef
 from conveyor.receiver.sources import decode_json, invalid_field
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
-from conveyor.shared import subjects
-from conveyor.shared.agentdefs import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobRecord, WebhookEvent, encoder, utcnow
+from conveyor.shared.domain.agentdefs import (
     BUILTIN_ANALYSES,
     DELEGATE_EVENT,
     MAX_DELEGATES,
@@ -54,10 +54,9 @@ from conveyor.shared.agentdefs import (
     definition_key,
     routes_decoder,
 )
-from conveyor.shared.events import JobRecord, WebhookEvent, encoder, utcnow
-from conveyor.shared.http import HTTPError
-from conveyor.shared.tenancy import DEFAULT_PROJECT, Project
-from conveyor.shared.urls import callback_url_problem
+from conveyor.shared.domain.tenancy import DEFAULT_PROJECT, Project
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.urls import callback_url_problem
 
 _WRITE_TRIES = 5
 _UNKNOWN = re.compile(r"unknown field `([^`]+)`")
@@ -153,7 +152,7 @@ def _readable(st: Receiver, principal: Principal, requested: str | None) -> Proj
     return project
 
 
-def _kv(st: Receiver, name: str) -> KeyValue:
+def _kv(st: Receiver, name: str) -> bus.Kv:
     return st.bucket(name)
 
 
@@ -163,7 +162,7 @@ async def _load(st: Receiver, project: str, agent_id: str) -> tuple[AgentDefinit
     with st.nats_errors():
         try:
             entry = await _kv(st, subjects.KV_AGENTS).get(definition_key(project, agent_id))
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
     if not entry.value:
         return None
@@ -245,7 +244,7 @@ async def create(request: web.Request) -> web.Response:
             await _kv(st, subjects.KV_AGENTS).create(
                 definition_key(project.project_id, body.id), encoder.encode(record)
             )
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except bus.Conflict:
             raise HTTPError(
                 409, "agent_exists", f"id: the project has an agent {body.id!r}", field="id"
             ) from None
@@ -308,7 +307,7 @@ async def update(request: web.Request) -> web.Response:
                 await _kv(st, subjects.KV_AGENTS).update(
                     definition_key(project.project_id, agent_id), encoder.encode(new), last=revision
                 )
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except bus.Conflict:
                 continue  # changed meanwhile: the next version is one more than that
         _mirror(st, project.project_id, agent_id, new)
         return respond(200, new)
@@ -338,7 +337,7 @@ async def delete(request: web.Request) -> web.Response:
                 await _kv(st, subjects.KV_AGENTS).delete(
                     definition_key(project.project_id, agent_id), last=found[1]
                 )
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except bus.Conflict:
                 continue
         _mirror(st, project.project_id, agent_id, None)
         return respond(200, AgentDeleted(id=agent_id, version=found[0].version))
@@ -440,7 +439,7 @@ async def _routes(st: Receiver, project: str) -> tuple[ProjectRoutes, int] | Non
     with st.nats_errors():
         try:
             entry = await _kv(st, subjects.KV_AGENT_ROUTES).get(project)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
     if not entry.value:
         return None
@@ -474,7 +473,7 @@ async def put_routes(request: web.Request) -> web.Response:
                     await kv.create(project.project_id, encoder.encode(new))
                 else:
                     await kv.update(project.project_id, encoder.encode(new), last=found[1])
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except bus.Conflict:
                 continue
         return respond(200, new)
     raise st.unavailable("the routes kept changing; retry")

@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import nats.js.errors
 from msgspec.structs import replace
-from nats.js.kv import KeyValue
 
 from conveyor.receiver.config import Settings
-from conveyor.shared.events import ApiKeyRecord, api_key_decoder, encoder, utcnow
-from conveyor.shared.tenancy import ADMIN, DEFAULT_PROJECT, DEFAULT_SCOPE, Scope
+from conveyor.shared import bus
+from conveyor.shared.contracts.events import ApiKeyRecord, api_key_decoder, encoder, utcnow
+from conveyor.shared.domain.tenancy import ADMIN, DEFAULT_PROJECT, DEFAULT_SCOPE, Scope
 
 KEY_PREFIX = "cvk_"
 _NEGATIVE_CACHE_S = 1.0
@@ -77,7 +76,7 @@ class KeysUnavailable(Exception):
 
 class ApiKeys:
     def __init__(self, settings: Settings, connected: Callable[[], bool] = lambda: True) -> None:
-        self.kv: KeyValue | None = None
+        self.kv: bus.Kv | None = None
         self._connected = connected
         self._cache_s = settings.apikey_cache_s
         self._cache: dict[str, tuple[float, ApiKeyRecord | None]] = {}
@@ -118,7 +117,7 @@ class ApiKeys:
         try:
             entry = await self.kv.get(digest)
             record: ApiKeyRecord | None = api_key_decoder.decode(entry.value or b"")
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             record = None
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
@@ -153,7 +152,7 @@ class ApiKeys:
         assert self.kv is not None
         try:
             keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
+        except bus.NotFound:
             return []
         entries = await asyncio.gather(*(self.kv.get(k) for k in keys), return_exceptions=True)
         records = [
@@ -166,7 +165,7 @@ class ApiKeys:
         assert self.kv is not None
         try:
             keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
+        except bus.NotFound:
             return None
         for digest in keys:
             if key_id_of(digest) != key_id:

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.shared.http import HTTPError
+from conveyor.shared.runtime.http import HTTPError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

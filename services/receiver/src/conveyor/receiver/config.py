@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from conveyor.shared.config import BaseSettings, Secret
-from conveyor.shared.connections import rsa_key_problem
-from conveyor.shared.signing import secret_problem
-from conveyor.shared.subjects import is_token
-from conveyor.shared.tenancy import Project
+from conveyor.shared.contracts.subjects import is_token
+from conveyor.shared.domain.connections import rsa_key_problem
+from conveyor.shared.domain.signing import secret_problem
+from conveyor.shared.domain.tenancy import Project
+from conveyor.shared.runtime.config import BaseSettings, Secret
 
 Scheme = Literal["lovable", "github", "standard"]
 

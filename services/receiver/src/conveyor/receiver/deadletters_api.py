@@ -3,7 +3,7 @@
 A dead letter belongs to the project named by its ``Conveyor-Project`` header (taken from the
 message body when it was dead-lettered); one without it is an operator's alone (admin keys,
 and the ``conveyor dlq`` command). Another project's dead letter answers 404, as a missing
-one. Reading and replaying go through conveyor.shared.deadletters, the code the CLI uses.
+one. Reading and replaying go through conveyor.shared.domain.deadletters, the code the CLI uses.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.openapi import Operation, Param
 from conveyor.receiver.query import query_int
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import deadletters, subjects
-from conveyor.shared.deadletters import DeadLetter
-from conveyor.shared.http import HTTPError
-from conveyor.shared.urls import redact_text
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain import deadletters
+from conveyor.shared.domain.deadletters import DeadLetter
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.urls import redact_text
 
 E = None
 _SCAN_MAX = 2000  # letters looked at per page, seen or not: a page costs a bounded amount

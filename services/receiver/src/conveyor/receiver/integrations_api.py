@@ -4,7 +4,7 @@ A credential is set directly (PUT, a token or a GitHub App installation) or thro
 provider's OAuth flow: POST .../authorize answers the provider's authorize URL with a signed
 ``state`` naming the project; the provider sends the browser back to GET .../callback, which
 checks the state (signature, expiry, not used before), exchanges the code and stores the
-token. Either way the credential is sealed (conveyor.shared.connections) and never shown or
+token. Either way the credential is sealed (conveyor.shared.domain.connections) and never shown or
 logged again: the API shows the provider, kind, account and when it was set.
 
 The routes act in the key's project (admin and organisation keys: ``?project=``); another
@@ -26,7 +26,6 @@ from urllib.parse import urlencode
 
 import aiohttp
 import msgspec
-import nats.js.errors
 from aiohttp import web
 from msgspec import Meta
 
@@ -35,8 +34,10 @@ from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.openapi import Operation, Param
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import ids, subjects
-from conveyor.shared.connections import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, encoder, utcnow
+from conveyor.shared.domain.connections import (
     PROVIDERS,
     Connection,
     connection_decoder,
@@ -45,10 +46,9 @@ from conveyor.shared.connections import (
     resealed,
     rsa_key_problem,
 )
-from conveyor.shared.events import DEFAULT_PROJECT, encoder, utcnow
-from conveyor.shared.http import HTTPError
-from conveyor.shared.runner import Runtime
-from conveyor.shared.sealing import SealingError
+from conveyor.shared.domain.sealing import SealingError
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.runner import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ async def _get(st: Receiver, project: str, provider: str) -> tuple[Connection, i
     with st.nats_errors():
         try:
             entry = await kv.get(key_of(project, provider))
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
     return connection_decoder.decode(entry.value or b""), entry.revision or 0
 
@@ -308,13 +308,13 @@ async def reseal_all(st: Receiver) -> list[str]:
     with st.nats_errors():
         try:
             keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
+        except bus.NotFound:
             keys = []
         for key in keys:
             for _ in range(5):
                 try:
                     entry = await kv.get(key)
-                except nats.js.errors.KeyNotFoundError:
+                except bus.NotFound:
                     break
                 conn = connection_decoder.decode(entry.value or b"")
                 try:
@@ -327,7 +327,7 @@ async def reseal_all(st: Receiver) -> list[str]:
                     break
                 try:
                     await kv.update(key, encoder.encode(again), last=entry.revision)
-                except nats.js.errors.KeyWrongLastSequenceError:
+                except bus.Conflict:
                     continue  # set again meanwhile: read it again
                 changed.add(conn.project_id)
                 break
@@ -397,7 +397,7 @@ async def _spend(st: Receiver, state: _State) -> None:
     with st.nats_errors():
         try:
             await kv.create(f"used.{state.n}", str(int(time.time())).encode())
-        except nats.js.errors.KeyValueError:
+        except bus.Conflict:
             raise _bad_state("state was used already: start the connection again", "state_used") from None
 
 

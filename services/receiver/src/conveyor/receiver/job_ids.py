@@ -10,32 +10,30 @@ from __future__ import annotations
 
 import secrets
 
-import nats.js.errors
-from nats.js.kv import KeyValue
-
-from conveyor.shared.config import Secret
+from conveyor.shared import bus
+from conveyor.shared.runtime.config import Secret
 
 KEY = "job_id"  # its key in the secrets bucket
 
 
-async def job_id_key(kv: KeyValue, configured: Secret | None) -> bytes:
+async def job_id_key(kv: bus.Kv, configured: Secret | None) -> bytes:
     """JOB_ID_SECRET's bytes when set, else the bucket's key (made now if there is none)."""
     if configured is not None:
         return configured.reveal().encode()
     try:
         return await _stored(kv)
-    except nats.js.errors.KeyNotFoundError:
+    except bus.NotFound:
         pass
     fresh = secrets.token_bytes(32)
     try:
         await kv.create(KEY, fresh)
-    except nats.js.errors.KeyWrongLastSequenceError:
+    except bus.Conflict:
         return await _stored(kv)  # another replica made one first: use that one
     return fresh
 
 
-async def _stored(kv: KeyValue) -> bytes:
+async def _stored(kv: bus.Kv) -> bytes:
     entry = await kv.get(KEY)
     if not entry.value:
-        raise nats.js.errors.KeyNotFoundError
+        raise bus.NotFound
     return entry.value

@@ -44,9 +44,9 @@ from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.middleware import correlation_for
 from conveyor.receiver.sources import peer_host
 from conveyor.receiver.state import Receiver, body_timeout, nonempty
-from conveyor.shared import logs
-from conveyor.shared.http import HTTPError, HttpMetrics, error_body
-from conveyor.shared.ratelimit import Decision
+from conveyor.shared.domain.ratelimit import Decision
+from conveyor.shared.runtime import logs
+from conveyor.shared.runtime.http import HTTPError, HttpMetrics, error_body
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from conveyor.mcp.server import Subscriptions, build
 from conveyor.receiver import asgi
 from conveyor.receiver.openapi import ANY_JSON, SSE, Operation
 from conveyor.receiver.state import STATE
-from conveyor.shared.http import HTTPError
-from conveyor.shared.runner import Runtime
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.runner import Runtime
 
 PATH = "/mcp"
 _SESSION = "mcp-session-id"

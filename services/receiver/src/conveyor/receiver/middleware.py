@@ -14,8 +14,8 @@ from aiohttp.web_urldispatcher import _default_expect_handler
 from opentelemetry import context, propagate, trace
 
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE
-from conveyor.shared import logs
-from conveyor.shared.http import HTTPError, HttpMetrics, error_answer, json_error, route_name
+from conveyor.shared.runtime import logs
+from conveyor.shared.runtime.http import HTTPError, HttpMetrics, error_answer, json_error, route_name
 
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}\Z")
 

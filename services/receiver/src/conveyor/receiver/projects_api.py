@@ -3,7 +3,7 @@
 Admin keys manage everything; a full organisation key manages its organisation's projects
 (and may not create organisations or move a project to another one). Another organisation's
 project answers 404, as a missing one. Secrets are sealed before they are written
-(conveyor.shared.sealing) and shown afterwards only by id and hint; a generated callback
+(conveyor.shared.domain.sealing) and shown afterwards only by id and hint; a generated callback
 signing secret is the one value returned, once, in the answer that made it.
 """
 
@@ -14,7 +14,6 @@ import secrets
 from typing import Annotated, Any, Literal
 
 import msgspec
-import nats.js.errors
 from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 from msgspec.structs import replace
@@ -26,12 +25,12 @@ from conveyor.receiver.openapi import Operation, Param
 from conveyor.receiver.schemas import ProjectRef
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import ids, subjects
-from conveyor.shared.events import encoder, utcnow
-from conveyor.shared.http import HTTPError
-from conveyor.shared.sealing import SealedSecret, SealingError
-from conveyor.shared.signing import secret_problem
-from conveyor.shared.tenancy import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.events import encoder, utcnow
+from conveyor.shared.domain.sealing import SealedSecret, SealingError
+from conveyor.shared.domain.signing import secret_problem
+from conveyor.shared.domain.tenancy import (
     DEFAULT_ORG,
     Organisation,
     Project,
@@ -39,7 +38,8 @@ from conveyor.shared.tenancy import (
     project_decoder,
     secret_context,
 )
-from conveyor.shared.urls import callback_url_problem, redact_url
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.urls import callback_url_problem, redact_url
 
 Id = ProjectRef  # organisations' ids take the same form
 ExternalId = Annotated[str, Meta(pattern=r"^[a-z0-9_-]{1,32}:[\x21-\x7e]{1,200}$(?!\n)", max_length=240)]
@@ -239,7 +239,7 @@ async def _load(st: Receiver, project_id: str) -> tuple[Project, int]:
     with st.nats_errors():
         try:
             entry = await kv.get(project_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             raise _not_found("project", project_id) from None
     return project_decoder.decode(entry.value or b""), entry.revision or 0
 
@@ -262,9 +262,9 @@ async def _write(st: Receiver, old_revision: int, project: Project) -> Project:
                 await kv.update(project.project_id, encoder.encode(project), last=old_revision)
             else:
                 await kv.create(project.project_id, encoder.encode(project))
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except bus.Conflict:
             raise HTTPError(409, "conflict", "the project changed meanwhile; read it and try again") from None
-        except nats.js.errors.KeyValueError as exc:
+        except bus.BusError as exc:
             if old_revision == 0:
                 raise HTTPError(409, "project_exists", f"project {project.project_id!r} exists") from None
             raise exc
@@ -351,7 +351,7 @@ async def create_org(request: web.Request) -> web.Response:
     with st.nats_errors():
         try:
             await kv.create(org.org_id, encoder.encode(org))
-        except nats.js.errors.KeyValueError:
+        except bus.BusError:
             raise HTTPError(409, "org_exists", f"organisation {org.org_id!r} exists") from None
     return respond(201, OrgView(org_id=org.org_id, name=org.name, created_at=org.created_at))
 
@@ -363,12 +363,12 @@ async def list_orgs(request: web.Request) -> web.Response:
     with st.nats_errors():
         try:
             keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
+        except bus.NotFound:
             keys = []
         for key in keys:
             try:
                 entry = await kv.get(key)
-            except nats.js.errors.KeyNotFoundError:
+            except bus.NotFound:
                 continue
             o = organisation_decoder.decode(entry.value or b"")
             orgs.append(OrgView(org_id=o.org_id, name=o.name, created_at=o.created_at))
@@ -384,7 +384,7 @@ async def org_exists(st: Receiver, org_id: str) -> bool:
     with st.nats_errors():
         try:
             await kv.get(org_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return False
     return True
 

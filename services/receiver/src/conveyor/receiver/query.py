@@ -6,7 +6,7 @@ import datetime as dt
 
 from aiohttp import web
 
-from conveyor.shared.http import HTTPError
+from conveyor.shared.runtime.http import HTTPError
 
 
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -28,12 +28,9 @@ import re
 from typing import Annotated, Any
 
 import msgspec
-import nats.js.errors
 from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 from msgspec.structs import replace
-from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
 from conveyor.receiver.apikeys import Principal
 from conveyor.receiver.handlers.jobs import valid_url
@@ -41,10 +38,10 @@ from conveyor.receiver.openapi import Operation, Param, link
 from conveyor.receiver.schemas import ProjectRef
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import NATS_DOWN, STATE, Receiver
-from conveyor.shared import ids, subjects
-from conveyor.shared.events import JobStatus, encoder, job_record_decoder, utcnow
-from conveyor.shared.http import HTTPError
-from conveyor.shared.schedules import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.events import JobStatus, encoder, job_record_decoder, utcnow
+from conveyor.shared.contracts.schedules import (
     FiringOutcome,
     Overlap,
     OwnerIndex,
@@ -61,7 +58,7 @@ from conveyor.shared.schedules import (
     schedule_record_decoder,
     timing,
 )
-from conveyor.shared.streams import ensure_kv, ensure_streams
+from conveyor.shared.runtime.http import HTTPError
 
 log = logging.getLogger(__name__)
 
@@ -193,24 +190,26 @@ _patch_decoder = msgspec.json.Decoder(SchedulePatch)
 # --- storage --------------------------------------------------------------------------------------
 
 
-async def _store(st: Receiver) -> tuple[JetStreamContext, KeyValue]:
+async def _store(st: Receiver) -> tuple[bus.Bus, bus.Kv]:
     """JetStream and the schedules bucket; the stream and bucket are declared on first use."""
     js = st.require_nats()
     kv = st.kv.get(subjects.KV_SCHEDULES)
     if kv is None:
         with st.nats_errors():
-            await ensure_streams(js, [subjects.SCHEDULES], replicas=st.settings.nats_replicas)
-            await ensure_kv(js, [subjects.KV_SCHEDULES], replicas=st.settings.nats_replicas)
-            kv = await js.key_value(subjects.KV_SCHEDULES)
+            kv = (
+                await js.declare(
+                    [subjects.SCHEDULES], [subjects.KV_SCHEDULES], replicas=st.settings.nats_replicas
+                )
+            )[subjects.KV_SCHEDULES]
         st.kv[subjects.KV_SCHEDULES] = kv
     return js, kv
 
 
-async def _load(st: Receiver, kv: KeyValue, schedule_id: str) -> tuple[ScheduleRecord, int] | None:
+async def _load(st: Receiver, kv: bus.Kv, schedule_id: str) -> tuple[ScheduleRecord, int] | None:
     with st.nats_errors():
         try:
             entry = await kv.get(schedule_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
     if not entry.value:
         return None
@@ -218,7 +217,7 @@ async def _load(st: Receiver, kv: KeyValue, schedule_id: str) -> tuple[ScheduleR
 
 
 async def _own(
-    st: Receiver, kv: KeyValue, principal: Principal, schedule_id: str, *, write: bool = False
+    st: Receiver, kv: bus.Kv, principal: Principal, schedule_id: str, *, write: bool = False
 ) -> tuple[ScheduleRecord, int]:
     """The schedule when the caller's scope sees its project; another project's answers as a
     missing one. ``write``: a read-only key gets 403."""
@@ -230,19 +229,20 @@ async def _own(
     return found
 
 
-async def _arm(st: Receiver, js: JetStreamContext, record: ScheduleRecord) -> None:
+async def _arm(st: Receiver, js: bus.Bus, record: ScheduleRecord) -> None:
     """Publish the definition; the server replaces any earlier one on the same subject."""
     try:
         await js.publish(
             subjects.schedule(record.schedule_id),
             encoder.encode(record.fire()),
-            timeout=st.settings.publish_timeout_s,
+            timeout_s=st.settings.publish_timeout_s,
             stream=subjects.SCHEDULES,
             headers=definition_headers(record),
+            trace=False,
         )
     except NATS_DOWN as exc:
         raise st.unavailable(f"NATS JetStream did not acknowledge ({type(exc).__name__})") from None
-    except nats.js.errors.APIError as exc:
+    except bus.BusError as exc:
         if exc.err_code == _BAD_TIME_ZONE:
             raise _invalid("timezone", f"refused by the server: {exc.description}") from None
         if exc.err_code == _BAD_PATTERN:
@@ -252,39 +252,39 @@ async def _arm(st: Receiver, js: JetStreamContext, record: ScheduleRecord) -> No
         raise st.unavailable(f"NATS JetStream refused the schedule ({exc.description})") from None
 
 
-async def _disarm(st: Receiver, js: JetStreamContext, schedule_id: str) -> None:
+async def _disarm(st: Receiver, js: bus.Bus, schedule_id: str) -> None:
     """Purge the def subject: the server forgets the schedule; firings already made stay."""
     with st.nats_errors():
-        await js.purge_stream(subjects.SCHEDULES, subject=subjects.schedule(schedule_id))
+        await js.purge(subjects.SCHEDULES, subject=subjects.schedule(schedule_id))
 
 
 # --- the cap per owner ----------------------------------------------------------------------------
 
 
-async def _index(st: Receiver, kv: KeyValue, owner: str) -> tuple[OwnerIndex, int] | None:
+async def _index(st: Receiver, kv: bus.Kv, owner: str) -> tuple[OwnerIndex, int] | None:
     """The owner's index and its revision; None when there is none yet."""
     with st.nats_errors():
         try:
             entry = await kv.get(owner_index_key(owner))
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
     if not entry.value:
         return None
     return owner_index_decoder.decode(entry.value), entry.revision or 0
 
 
-async def _held_before_index(st: Receiver, kv: KeyValue, owner: str) -> dict[str, dt.datetime]:
+async def _held_before_index(st: Receiver, kv: bus.Kv, owner: str) -> dict[str, dt.datetime]:
     """The owner's schedules found by a scan: once per key, for schedules made before indexes."""
     with st.nats_errors():
         try:
             keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
+        except bus.NotFound:
             keys = []
     found = await asyncio.gather(*(_load(st, kv, k) for k in keys if subjects.is_token(k)))
     return {r.schedule_id: r.created_at for r, _ in filter(None, found) if r.owner == owner}
 
 
-async def _write_index(st: Receiver, kv: KeyValue, index: OwnerIndex, revision: int) -> bool:
+async def _write_index(st: Receiver, kv: bus.Kv, index: OwnerIndex, revision: int) -> bool:
     key, data = owner_index_key(index.owner), encoder.encode(index)
     with st.nats_errors():
         try:
@@ -292,12 +292,12 @@ async def _write_index(st: Receiver, kv: KeyValue, index: OwnerIndex, revision: 
                 await kv.update(key, data, last=revision)
             else:
                 await kv.create(key, data)
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except bus.Conflict:
             return False  # another request of this owner wrote first: decide again
     return True
 
 
-async def _reserve(st: Receiver, kv: KeyValue, owner: str, schedule_id: str, now: dt.datetime) -> None:
+async def _reserve(st: Receiver, kv: bus.Kv, owner: str, schedule_id: str, now: dt.datetime) -> None:
     """Give ``schedule_id`` a place among the owner's schedules (before its record is written, so
     concurrent creates cannot pass the cap together); 409 when every place is taken."""
     cap = st.settings.schedule_max_per_owner
@@ -326,7 +326,7 @@ async def _reserve(st: Receiver, kv: KeyValue, owner: str, schedule_id: str, now
 
 
 async def _without_lost(
-    st: Receiver, kv: KeyValue, held: dict[str, dt.datetime], now: dt.datetime
+    st: Receiver, kv: bus.Kv, held: dict[str, dt.datetime], now: dt.datetime
 ) -> dict[str, dt.datetime]:
     """``held`` without the places whose record never came (a create that died between its two
     writes) or went without giving its place back (a delete that died before its last step)."""
@@ -336,7 +336,7 @@ async def _without_lost(
     return {i: at for i, at in held.items() if i not in lost}
 
 
-async def _release(st: Receiver, kv: KeyValue, owner: str, schedule_id: str) -> None:
+async def _release(st: Receiver, kv: bus.Kv, owner: str, schedule_id: str) -> None:
     """Give the place back. Best effort: a place not given back is found when the owner reaches
     the cap (see _without_lost)."""
     with contextlib.suppress(Exception):
@@ -451,7 +451,7 @@ async def _job_status(st: Receiver, job_id: str) -> JobStatus | None:
     with st.nats_errors():
         try:
             entry = await st.bucket(subjects.KV_JOBS).get(job_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
     return job_record_decoder.decode(entry.value).status if entry.value else None
 
@@ -529,7 +529,7 @@ async def create(request: web.Request) -> web.Response:
     with st.nats_errors():
         try:
             await kv.create(schedule_id, encoder.encode(record))
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except bus.Conflict:
             found = await _load(st, kv, schedule_id)
             if found is None:  # deleted in between: the key was used once
                 await _release(st, kv, principal.key_id, schedule_id)
@@ -555,7 +555,7 @@ async def list_schedules(request: web.Request) -> web.Response:
     with st.nats_errors():
         try:
             keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
+        except bus.NotFound:
             keys = []
     found = await asyncio.gather(*(_load(st, kv, k) for k in keys if subjects.is_token(k)))  # not owner.*
     records = [r for r, _ in filter(None, found) if st.sees(principal, r.project)]
@@ -587,7 +587,7 @@ async def patch_schedule(request: web.Request) -> web.Response:
         with st.nats_errors():
             try:
                 written = await kv.update(schedule_id, encoder.encode(new), last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except bus.Conflict:
                 continue  # the executor recorded a run meanwhile: apply the change to that
         try:
             if new.status == "active" and rearm:
@@ -682,7 +682,7 @@ async def delete_schedule(request: web.Request) -> web.Response:
         with st.nats_errors():
             try:
                 await kv.delete(schedule_id, last=revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except bus.Conflict:
                 continue  # the executor recorded a run meanwhile
         await _disarm(st, js, schedule_id)
         await _release(st, kv, record.owner, schedule_id)

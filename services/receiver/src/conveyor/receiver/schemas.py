@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from conveyor.shared.events import DeliveryAttempt, JobRecord, JobStatus
+from conveyor.shared.contracts.events import DeliveryAttempt, JobRecord, JobStatus
 
 # $(?!\n), not \Z: the document shows the pattern, and JSON Schema's regexes have no \Z.
 ProjectRef = Annotated[

@@ -57,17 +57,16 @@ from conveyor.receiver.schemas import (
 )
 from conveyor.receiver.sources import build_sources, parse_networks
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import subjects
-from conveyor.shared.agentdefs import definition_decoder
-from conveyor.shared.events import AgentResult, DeliveryLog, JobLog, JobRecord
-from conveyor.shared.integration import IntegrationRecorder
-from conveyor.shared.kvbucket import Bucket
-from conveyor.shared.kvmirror import KvMirror
-from conveyor.shared.ratelimit import RateLimiter
-from conveyor.shared.runner import Runtime, ServiceSpec
-from conveyor.shared.sealing import Sealer
-from conveyor.shared.telemetry import exporting
-from conveyor.shared.tenancy import Directory, project_decoder
+from conveyor.shared.bus import KvMirror
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import AgentResult, DeliveryLog, JobLog, JobRecord
+from conveyor.shared.domain.agentdefs import definition_decoder
+from conveyor.shared.domain.integration import IntegrationRecorder
+from conveyor.shared.domain.ratelimit import RateLimiter
+from conveyor.shared.domain.sealing import Sealer
+from conveyor.shared.domain.tenancy import Directory, project_decoder
+from conveyor.shared.runtime.runner import Runtime, ServiceSpec
+from conveyor.shared.runtime.telemetry import exporting
 
 STREAMS = [
     subjects.EVENTS,
@@ -437,11 +436,10 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     """Once NATS is up: KV handles on a context with the short publish timeout, the limiter,
     the jobs bucket that accepted work creates its records in."""
     st = rt.app[STATE]
-    js = rt.nc.jetstream(timeout=st.settings.publish_timeout_s)
-    st.kv = {bucket: await js.key_value(bucket) for bucket in BUCKETS}
+    conn = rt.bus
+    st.kv = {bucket: await conn.kv(bucket, timeout_s=st.settings.publish_timeout_s) for bucket in BUCKETS}
     st.keys.kv = st.kv[subjects.KV_APIKEYS]
     st.limiter = RateLimiter(st.kv[subjects.KV_RATELIMITS])
-    st.job_records = Bucket(st.kv[subjects.KV_JOBS], rt.requests)
     st.job_id_key = await job_id_key(st.kv[subjects.KV_SECRETS], st.settings.job_id_secret)
     st.projects = KvMirror(
         st.kv[subjects.KV_PROJECTS],
@@ -459,7 +457,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
     await st.definitions.start()
     st.integration = IntegrationRecorder(st.kv[subjects.KV_INTEGRATION])
     st.integration.start()
-    st.js = js  # last: no request is taken before the above are set
+    st.js = conn  # last: no request is taken before the above are set
     try:
         async with mcp_api.running(rt):
             yield

@@ -2,7 +2,7 @@
 
 The receiver keeps drafts in KV ``sites`` and turns publish, preview and rollback into
 deployment records (KV ``deployments``) and ``deploys.requested.<site>`` messages through
-:class:`conveyor.shared.deploy_store.DeployStore`; the deployer does the rest. Reads come
+:class:`conveyor.shared.domain.deploy_store.DeployStore`; the deployer does the rest. Reads come
 from KV, so any replica answers for any site. Every route takes the same API key as the jobs
 API; a site belongs to the key that created it (admin keys see every site).
 
@@ -28,7 +28,6 @@ import re
 from typing import Annotated, Any
 
 import msgspec
-import nats.errors
 from aiohttp import web
 from msgspec import Meta
 
@@ -37,9 +36,9 @@ from conveyor.receiver.openapi import SSE, Operation, Param
 from conveyor.receiver.schemas import ProjectRef
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
-from conveyor.shared import subjects
-from conveyor.shared.deploy_store import DeployStore, DeployStoreError
-from conveyor.shared.deploys import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.deploys import (
     DEPLOYMENT_ID_RE,
     HTTP_URL_RE,
     SLUG_RE,
@@ -49,9 +48,10 @@ from conveyor.shared.deploys import (
     deployment_decoder,
     field_error,
 )
-from conveyor.shared.events import encoder
-from conveyor.shared.http import HTTPError
-from conveyor.shared.runner import Runtime
+from conveyor.shared.contracts.events import encoder
+from conveyor.shared.domain.deploy_store import DeployStore, DeployStoreError
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.runner import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -360,8 +360,8 @@ async def stream_deployment(request: web.Request) -> web.StreamResponse:
                 await resp.write(b": heartbeat\n\n")
                 next_beat = now + beat_s
             try:
-                entry = await watcher.updates(timeout=max(0.05, min(1.0, next_beat - now, deadline - now)))
-            except nats.errors.TimeoutError:
+                entry = await watcher.next(timeout=max(0.05, min(1.0, next_beat - now, deadline - now)))
+            except bus.Timeout:
                 continue
             if entry is None or not entry.value:
                 continue

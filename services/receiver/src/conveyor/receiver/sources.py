@@ -30,10 +30,11 @@ from conveyor.receiver.config import (
     WebhookSource,
     split_secrets,
 )
-from conveyor.shared import signing, subjects
-from conveyor.shared.config import Secret
-from conveyor.shared.events import NOT_JSON
-from conveyor.shared.http import HTTPError
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import NOT_JSON
+from conveyor.shared.domain import signing
+from conveyor.shared.runtime.config import Secret
+from conveyor.shared.runtime.http import HTTPError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DELIVERY_ID = re.compile(r"^[\x21-\x7e]{1,200}\Z")

@@ -13,30 +13,24 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 from aiohttp import web
-from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
 from conveyor.receiver.apikeys import ApiKeys, KeyRevoked, KeysUnavailable, Principal
 from conveyor.receiver.config import Settings
 from conveyor.receiver.metrics import Metrics
 from conveyor.receiver.sources import Network, Source, peer_host
-from conveyor.shared import subjects
-from conveyor.shared.agentdefs import BUILTIN_PIPELINES, AgentDefinition, definition_key, split_key
-from conveyor.shared.events import JobIndexEntry, JobRecord, encoder, job_record_decoder, utcnow
-from conveyor.shared.http import HTTPError
-from conveyor.shared.integration import IntegrationRecorder
-from conveyor.shared.jsrequests import EXPECTED_STREAM, PubAck, is_key_exists
-from conveyor.shared.kvbucket import Bucket
-from conveyor.shared.kvmirror import KvMirror
-from conveyor.shared.ratelimit import DAY, MINUTE, Decision, LimiterUnavailable, RateLimiter, hit_key
-from conveyor.shared.runner import Runtime
-from conveyor.shared.sealing import Sealer, SealingError
-from conveyor.shared.telemetry import inject_headers
-from conveyor.shared.tenancy import DEFAULT_PROJECT, Directory, Project, ProjectSecrets
-from conveyor.shared.usage import PERIODS, Period, has_budget, over_budget, read_period
+from conveyor.shared import bus
+from conveyor.shared.bus import KvMirror
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobIndexEntry, JobRecord, encoder, job_record_decoder, utcnow
+from conveyor.shared.domain.agentdefs import BUILTIN_PIPELINES, AgentDefinition, definition_key, split_key
+from conveyor.shared.domain.integration import IntegrationRecorder
+from conveyor.shared.domain.ratelimit import DAY, MINUTE, Decision, LimiterUnavailable, RateLimiter, hit_key
+from conveyor.shared.domain.sealing import Sealer, SealingError
+from conveyor.shared.domain.tenancy import DEFAULT_PROJECT, Directory, Project, ProjectSecrets
+from conveyor.shared.domain.usage import PERIODS, Period, has_budget, over_budget, read_period
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.runner import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +49,8 @@ BODY_HELD: web.RequestKey[int] = web.RequestKey("body_held", int)
 
 # Anything that means "JetStream did not answer": the request may be retried later.
 NATS_DOWN = (
-    nats.errors.TimeoutError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionDrainingError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.NoRespondersError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.StaleConnectionError,
-    nats.errors.UnexpectedEOF,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.ServerError,
+    bus.Timeout,
+    bus.Unavailable,
     asyncio.TimeoutError,
     ConnectionError,
     LimiterUnavailable,
@@ -122,10 +107,9 @@ class Receiver:
     trusted: tuple[Network, ...]
     keys: ApiKeys
     metrics: Metrics
-    js: JetStreamContext | None = None
-    kv: dict[str, KeyValue] = field(default_factory=dict)
+    js: bus.Bus | None = None  # the bus, once the components are set up
+    kv: dict[str, bus.Kv] = field(default_factory=dict)
     limiter: RateLimiter | None = None
-    job_records: Bucket | None = None  # the jobs bucket over the runtime's requests
     started: float = field(default_factory=time.time)
     tracing: bool = True  # False when spans would go nowhere: then none are made per request
     last_webhook: dict[str, float] = field(default_factory=dict)  # source -> unix time, this replica
@@ -228,7 +212,7 @@ class Receiver:
             headers={"Retry-After": str(self.settings.retry_after_s)},
         )
 
-    def require_nats(self) -> JetStreamContext:
+    def require_nats(self) -> bus.Bus:
         """Fail fast with 503 when the connection is down, rather than queue in the client."""
         if self.rt.stopping.is_set():
             raise self.unavailable("this receiver is shutting down")
@@ -244,7 +228,7 @@ class Receiver:
         except NATS_DOWN as exc:
             raise self.unavailable(f"NATS JetStream did not answer ({type(exc).__name__})") from None
 
-    def bucket(self, name: str) -> KeyValue:
+    def bucket(self, name: str) -> bus.Kv:
         self.require_nats()
         return self.kv[name]
 
@@ -604,21 +588,15 @@ class Receiver:
         forever; a failed create after a successful publish answers 503 and the sender's retry
         is deduplicated by Nats-Msg-Id (and finds the record or creates it).
         """
-        self.require_nats()
-        records = self.job_records
-        assert records is not None
+        conn = self.require_nats()
+        records = self.kv[subjects.KV_JOBS]
         timeout_s = self.settings.publish_timeout_s
-        headers = inject_headers(
-            {
-                subjects.MSG_ID: msg_id,
-                subjects.H_JOB_ID: record.job_id,
-                subjects.H_CORRELATION_ID: correlation_id,
-                EXPECTED_STREAM: stream,
-            }
-        )
+        headers = {subjects.H_JOB_ID: record.job_id, subjects.H_CORRELATION_ID: correlation_id}
         started = time.perf_counter()
         try:
-            sent = await self.rt.requests.send(subject, data, headers, timeout_s=timeout_s)
+            sent = await conn.send(
+                subject, data, msg_id=msg_id, stream=stream, headers=headers, timeout_s=timeout_s
+            )
         except Exception as exc:
             raise self._publish_error(exc) from None
         pending = [sent]
@@ -629,14 +607,14 @@ class Receiver:
             # Cheaper by an acknowledgement per job; a lost one leaves the job readable by id,
             # missing from GET /api/jobs. The list skips entries whose job never came to be,
             # and repeats (its record keeps the first acceptance's time).
-            await self.rt.requests.publish_unacked(
+            await conn.publish_unacked(
                 subjects.job_index(record.project), encoder.encode(JobIndexEntry.of(record))
             )
         except Exception as exc:
             for fut in pending:
                 _drop(fut)
             raise self._publish_error(exc) from None
-        kv = self.kv[subjects.KV_JOBS]
+        kv = records
         try:
             ack = await sent
         except Exception as exc:
@@ -655,9 +633,9 @@ class Receiver:
         return ack.duplicate or earlier
 
     def _publish_error(self, exc: Exception) -> HTTPError:
-        if isinstance(exc, nats.errors.MaxPayloadError):
+        if isinstance(exc, bus.TooLarge):
             # Not a retry-later: the same body will never fit.
-            limit = self.rt.nc.max_payload
+            limit = self.rt.bus.max_payload
             return HTTPError(
                 413,
                 "payload_too_large",
@@ -679,10 +657,12 @@ def publish_failure(exc: Exception) -> str:
     again (a bug: a logged 500)."""
     if isinstance(exc, NATS_DOWN):
         return f"NATS JetStream did not acknowledge ({type(exc).__name__})"
-    if isinstance(exc, nats.js.errors.APIError):
-        # KV errors (key not found, deleted) are APIErrors without a description of their own.
-        return f"NATS JetStream refused the message ({getattr(exc, 'description', None) or exc})"
-    if isinstance(exc, nats.errors.Error):
+    if isinstance(exc, bus.NotFound | bus.Conflict | bus.BadRequest) or (
+        isinstance(exc, bus.BusError) and exc.code
+    ):
+        # JetStream answered with an error (KV errors have no description of their own).
+        return f"NATS JetStream refused the message ({exc.description or exc})"
+    if isinstance(exc, bus.BusError):
         # An answer that was not a PubAck, and the like: whether it was stored is unknown,
         # and the sender's retry is deduplicated by Nats-Msg-Id either way.
         return f"NATS JetStream gave no usable answer ({type(exc).__name__})"
@@ -690,24 +670,20 @@ def publish_failure(exc: Exception) -> str:
 
 
 async def _created(
-    kv: KeyValue, made: asyncio.Future[PubAck], record: JobRecord
+    kv: bus.Kv, made: asyncio.Future[bus.PubAck], record: JobRecord
 ) -> tuple[int | None, JobRecord | None]:
     """Once ``made`` (a KV create) is answered: (revision, None) when it stored the record,
     else (None, the record the key holds)."""
     try:
         return (await made).seq, None
-    except nats.js.errors.APIError as exc:
-        if not is_key_exists(exc):
-            raise
-    try:
-        entry = await kv.get(record.job_id)
-    except nats.js.errors.KeyNotFoundError as gone:
-        if gone.entry is None:
-            raise
-        # Only a delete marker (a record removed after a failed publish): write over it.
+    except bus.Conflict:
+        pass
+    entry = await kv.lookup(record.job_id)
+    if entry is None:
+        # Only a delete marker (a record removed after a failed publish): create writes over it.
         try:
-            return await kv.update(record.job_id, encoder.encode(record), last=gone.entry.revision), None
-        except nats.js.errors.KeyWrongLastSequenceError:
+            return await kv.create(record.job_id, encoder.encode(record)), None
+        except bus.Conflict:
             entry = await kv.get(record.job_id)  # written meanwhile (the executor got there first)
     return None, job_record_decoder.decode(entry.value) if entry.value else None
 

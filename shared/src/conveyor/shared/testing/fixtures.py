@@ -15,10 +15,13 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
-from conveyor.shared import reader  # noqa: F401  (installs the services' message parser)
+from conveyor.shared.bus import Bus, fastpaths
 from conveyor.shared.testing.nats_server import NatsServer, start_nats_server
 
 T = TypeVar("T")
+
+# Test clients read with the services' fast paths too (unless CONVEYOR_FAST_PATHS=0).
+fastpaths.install()
 
 
 @pytest.fixture
@@ -48,6 +51,16 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
 @pytest.fixture
 def js(nc: Client) -> JetStreamContext:
     return nc.jetstream()
+
+
+@pytest.fixture
+async def nats_bus(nats_url: str) -> AsyncIterator[Bus]:
+    """A bus connected as a service's is (the fast paths as the environment says)."""
+    connected = await Bus.connect(nats_url, reconnect=False)
+    try:
+        yield connected
+    finally:
+        await connected.close(drain_s=2)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """``results.<job_id>`` -> a signed POST of the AgentResult to the job's callback URL.
 
-Settlement goes through conveyor.shared.consumer: returning acks; PermanentError copies the
+Settlement goes through conveyor.shared.bus.consumer: returning acks; PermanentError copies the
 result to ``dlq.deliver.results.<job_id>`` and, once that is stored, terminates it. A result that
 must wait (a failed attempt, an open circuit) is parked (parking.py) and then acknowledged:
 it comes back on ``parked.results.<job_id>`` to this same handler, so the wait survives a
@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nats.aio.msg import Msg
 from opentelemetry import trace
 
 from conveyor.deliverer.attempt_log import AttemptLog, round_attempts
@@ -26,15 +25,15 @@ from conveyor.deliverer.parking import Parking, is_parked, pause_s, pauses_of
 from conveyor.deliverer.projects import ProjectCallbacks
 from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import endpoint_of, post
-from conveyor.shared import subjects
-from conveyor.shared.consumer import attempts_of
-from conveyor.shared.errors import PermanentError, RetryableError
-from conveyor.shared.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
-from conveyor.shared.integration import IntegrationRecorder
-from conveyor.shared.logs import bound
-from conveyor.shared.signing import standard_headers
-from conveyor.shared.telemetry import exporting, inject_headers, message_span
-from conveyor.shared.urls import redact_url
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.errors import PermanentError, RetryableError
+from conveyor.shared.contracts.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
+from conveyor.shared.domain.integration import IntegrationRecorder
+from conveyor.shared.domain.signing import standard_headers
+from conveyor.shared.runtime.logs import bound
+from conveyor.shared.runtime.telemetry import exporting, inject_headers, message_span
+from conveyor.shared.runtime.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class DeliverCallback:
     def target(self, job: JobResult) -> str | None:
         return self.projects.target(job)
 
-    async def __call__(self, msg: Msg) -> None:
+    async def __call__(self, msg: bus.Delivery) -> None:
         job = job_result_decoder.decode(msg.data)
         with (
             bound(job=job.job_id, correlation=job.correlation_id),
@@ -74,12 +73,12 @@ class DeliverCallback:
         ):
             await self.deliver(msg, job)
 
-    async def deliver(self, msg: Msg, job: JobResult) -> None:
+    async def deliver(self, msg: bus.Delivery, job: JobResult) -> None:
         if self.on_result is not None:
             self.on_result(job.job_id)
         url = self.target(job)
         # The executor's message, first delivered: no attempt can have been made yet.
-        first = attempts_of(msg) == 1 and not is_parked(msg)
+        first = msg.attempts == 1 and not is_parked(msg)
         if url is None:
             log.info("job %s (source %s) has no callback URL: skipped", job.job_id, job.source)
             self.metrics.outcome["skipped"].inc()
@@ -194,7 +193,7 @@ class DeliverCallback:
 
     async def later(
         self,
-        msg: Msg,
+        msg: bus.Delivery,
         job: JobResult,
         delay_s: float,
         why: str,

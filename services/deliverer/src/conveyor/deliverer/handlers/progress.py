@@ -19,17 +19,16 @@ import logging
 import time
 from collections import OrderedDict
 
-from nats.aio.msg import Msg
-
 from conveyor.deliverer.config import Settings
 from conveyor.deliverer.http_client import CallbackClient
 from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.projects import ProjectCallbacks
 from conveyor.deliverer.sender import post
-from conveyor.shared.errors import PermanentError
-from conveyor.shared.events import NOT_JSON, ProgressCallback, encoder, job_progress_decoder
-from conveyor.shared.signing import standard_headers
-from conveyor.shared.telemetry import inject_headers
+from conveyor.shared import bus
+from conveyor.shared.contracts.errors import PermanentError
+from conveyor.shared.contracts.events import NOT_JSON, ProgressCallback, encoder, job_progress_decoder
+from conveyor.shared.domain.signing import standard_headers
+from conveyor.shared.runtime.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class SendProgress:
         if len(self._ended) > _REMEMBERED:
             self._ended.popitem(last=False)
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle(self, msg: bus.Message) -> None:
         outcome = self.metrics.progress_outcome
         try:
             p = job_progress_decoder.decode(msg.data)

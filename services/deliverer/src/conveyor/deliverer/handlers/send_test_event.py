@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 
 import msgspec
-from nats.aio.msg import Msg
 
 from conveyor.deliverer.attempt_log import AttemptLog
 from conveyor.deliverer.config import Settings
@@ -19,12 +18,12 @@ from conveyor.deliverer.http_client import CallbackClient
 from conveyor.deliverer.metrics import Metrics
 from conveyor.deliverer.projects import ProjectCallbacks
 from conveyor.deliverer.sender import post
-from conveyor.shared import subjects
-from conveyor.shared.consumer import attempts_of
-from conveyor.shared.errors import PermanentError
-from conveyor.shared.events import DeliveryAttempt, encoder, send_test_decoder, utcnow
-from conveyor.shared.signing import standard_headers
-from conveyor.shared.urls import redact_url
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.errors import PermanentError
+from conveyor.shared.contracts.events import DeliveryAttempt, encoder, send_test_decoder, utcnow
+from conveyor.shared.domain.signing import standard_headers
+from conveyor.shared.runtime.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +53,13 @@ class SendTestEvent:
     projects: ProjectCallbacks
     metrics: Metrics
 
-    async def __call__(self, msg: Msg) -> None:
+    async def __call__(self, msg: bus.Delivery) -> None:
         req = send_test_decoder.decode(msg.data)
         if not subjects.is_token(req.id):
             raise PermanentError(f"test send id {req.id!r} is not a safe key")
         key = log_key(req.id)
         shown = redact_url(req.url)  # the record is the API's answer; req.url keeps the credentials
-        if attempts_of(msg) > 1 and await self.attempts.read(key) is not None:
+        if msg.attempts > 1 and await self.attempts.read(key) is not None:
             return  # answered before a crash lost the ack: one attempt only
 
         age = (utcnow() - req.requested_at).total_seconds()

@@ -8,7 +8,7 @@ from pathlib import Path
 from conveyor.deployer.config import Settings
 from conveyor.deployer.providers.base import Provider, ProviderError, StepContext
 from conveyor.deployer.providers.local import LocalProvider
-from conveyor.shared.errors import ConfigError
+from conveyor.shared.contracts.errors import ConfigError
 
 __all__ = ["Provider", "ProviderError", "StepContext", "build_providers"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from conveyor.shared.deploys import DeploymentRecord, SiteConfig
+from conveyor.shared.contracts.deploys import DeploymentRecord, SiteConfig
 
 Outputs = dict[str, str]
 

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 from conveyor.deployer.config import Settings
 from conveyor.deployer.providers import aws
 from conveyor.deployer.providers.base import Outputs, Provider, ProviderError, StepContext
-from conveyor.shared.errors import ConfigError
+from conveyor.shared.contracts.errors import ConfigError
 
 
 class Route53Provider(Provider):

@@ -34,7 +34,7 @@ from conveyor.deployer.config import Settings
 from conveyor.deployer.providers.aws import Backoff
 from conveyor.deployer.providers.base import Outputs, Provider, ProviderError, StepContext
 from conveyor.deployer.providers.ecr import EcrImages
-from conveyor.shared.errors import ConfigError
+from conveyor.shared.contracts.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

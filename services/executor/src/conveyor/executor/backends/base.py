@@ -13,7 +13,7 @@ from typing import Protocol
 import msgspec
 
 from conveyor.executor.registry import Agent
-from conveyor.shared.events import NOT_JSON, JobRequest, ResultBody, TokenUsage
+from conveyor.shared.contracts.events import NOT_JSON, JobRequest, ResultBody, TokenUsage
 
 
 class AgentError(Exception):

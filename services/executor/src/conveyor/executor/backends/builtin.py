@@ -9,7 +9,7 @@ import msgspec
 
 from conveyor.executor.backends.base import AgentError, AgentJob
 from conveyor.executor.builtin import ANALYSES, Payload
-from conveyor.shared.events import NOT_JSON, ResultBody
+from conveyor.shared.contracts.events import NOT_JSON, ResultBody
 
 if TYPE_CHECKING:
     from conveyor.executor.tools.box import Toolbox

@@ -26,7 +26,7 @@ from pathlib import Path
 import msgspec
 
 from conveyor.executor.backends.base import AgentError, AgentJob, TransientError, parse_output
-from conveyor.shared.events import ResultBody, TokenUsage
+from conveyor.shared.contracts.events import ResultBody, TokenUsage
 
 EX_DATAERR = 65
 KILL_GRACE_S = 0.5

@@ -26,7 +26,7 @@ from conveyor.executor.backends.base import (
     retry_after,
     user_message,
 )
-from conveyor.shared.events import NOT_JSON, ResultBody, TokenUsage
+from conveyor.shared.contracts.events import NOT_JSON, ResultBody, TokenUsage
 
 if TYPE_CHECKING:
     from conveyor.executor.tools.box import Toolbox

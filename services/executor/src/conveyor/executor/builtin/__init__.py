@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from conveyor.executor.builtin import architect, dev, pm, qa, ux
 from conveyor.executor.builtin.payload import Payload
-from conveyor.shared.events import ResultBody
+from conveyor.shared.contracts.events import ResultBody
 
 Analysis = Callable[[Payload, str], ResultBody]
 

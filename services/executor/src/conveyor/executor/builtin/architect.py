@@ -9,7 +9,7 @@ from collections import Counter
 
 from conveyor.executor.builtin.payload import Payload, cap, plural
 from conveyor.executor.builtin.qa import is_test_path
-from conveyor.shared.events import ResultBody
+from conveyor.shared.contracts.events import ResultBody
 
 LANGUAGES = {
     ".py": "Python", ".js": "JavaScript", ".jsx": "JavaScript", ".mjs": "JavaScript", ".ts": "TypeScript",

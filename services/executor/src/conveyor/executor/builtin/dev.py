@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from conveyor.executor.builtin import secrets
 from conveyor.executor.builtin.payload import Payload, cap, plural
 from conveyor.executor.builtin.qa import is_test_path, lint_python
-from conveyor.shared.events import ResultBody
+from conveyor.shared.contracts.events import ResultBody
 
 CODE_EXT = re.compile(r"\.(py|js|jsx|ts|tsx|go|rs|java|kt|rb|php|cs|c|cc|cpp|h|hpp|swift|scala|vue|svelte)$")
 _JS_TEST = re.compile(

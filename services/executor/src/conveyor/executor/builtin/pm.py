@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from conveyor.executor.builtin.payload import Payload, cap, plural
-from conveyor.shared.events import ResultBody
+from conveyor.shared.contracts.events import ResultBody
 
 _PRIORITY = (
     ("Won't", re.compile(r"(?i)\b(won't|will not|must not|out of scope|not needed|later)\b")),

@@ -11,7 +11,7 @@ import re
 
 from conveyor.executor.builtin import secrets
 from conveyor.executor.builtin.payload import Payload, cap, plural
-from conveyor.shared.events import ResultBody
+from conveyor.shared.contracts.events import ResultBody
 
 MAX_LINE = 120
 _TEST_FILE = re.compile(r"(?:^|/)(?:tests?/|test_[^/]*\.py$|[^/]*_test\.py$|conftest\.py$)")

@@ -8,7 +8,7 @@ import itertools
 import re
 
 from conveyor.executor.builtin.payload import Payload, cap, plural
-from conveyor.shared.events import ResultBody
+from conveyor.shared.contracts.events import ResultBody
 
 MARKUP = (".html", ".htm", ".jsx", ".tsx", ".vue", ".svelte")
 STYLES = (".css", ".scss")

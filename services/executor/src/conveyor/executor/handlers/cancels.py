@@ -15,13 +15,12 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import msgspec
-from msgspec.structs import replace
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from conveyor.executor.handlers.jobstore import JobStore, Versioned
-from conveyor.shared import subjects
-from conveyor.shared.events import JobRecord, cancel_request_decoder, utcnow
-from conveyor.shared.kvmirror import keep_watching
+from conveyor.shared import bus
+from conveyor.shared.bus import keep_watching
+from conveyor.shared.contracts import lifecycle, subjects
+from conveyor.shared.contracts.events import JobRecord, cancel_request_decoder, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ MAX_REMEMBERED = 200_000
 
 
 class Cancels:
-    def __init__(self, kv: KeyValue, *, check_every_s: float = 5.0) -> None:
+    def __init__(self, kv: bus.Kv, *, check_every_s: float = 5.0) -> None:
         self.kv = kv
         self.check_every_s = check_every_s
         self.requested: OrderedDict[str, str] = OrderedDict()
@@ -61,7 +60,7 @@ class Cancels:
     async def _supervise(self) -> None:
         await keep_watching(self.kv, subjects.KV_CANCELS, self._read, check_every_s=self.check_every_s)
 
-    async def _read(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _read(self, watcher: bus.Watcher) -> None:
         replaying = True
         async for entry in watcher:
             if entry is None:  # the replay of what existed is over
@@ -69,7 +68,7 @@ class Cancels:
                 replaying = False
                 continue
             job_id = entry.key
-            if entry.operation in (KV_DEL, KV_PURGE):
+            if entry.deleted:
                 self.requested.pop(job_id, None)
                 continue
             try:
@@ -125,7 +124,7 @@ class Canceller:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is None or r.status != "queued":
                 return None
-            return replace(r, status="cancelled", progress=100, error=reason, finished_at=now, updated_at=now)
+            return lifecycle.finish(r, "cancelled", now=now, error=reason)
 
         written, after = await self.store.advance(job_id, cur or await self.store.load(job_id), change)
         if written and after.record is not None and after.record.parent_id:

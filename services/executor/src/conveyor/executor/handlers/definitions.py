@@ -1,6 +1,6 @@
 """A project's agent definitions and routes, as the executor resolves them at run time.
 
-Both buckets are mirrored in memory (conveyor.shared.kvmirror) like the projects bucket: the
+Both buckets are mirrored in memory (conveyor.shared.bus.kvmirror) like the projects bucket: the
 router and the workers resolve a job's agent without a round trip, and a definition saved on
 any receiver reaches every executor in milliseconds. A job that names a version newer than
 the mirror holds (the receiver just wrote it) reads the bucket once instead of waiting.
@@ -14,13 +14,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import nats.js.errors
-from nats.js.kv import KeyValue
-
 from conveyor.executor.config import AgentConfig, Settings
 from conveyor.executor.registry import Agent, resolve_agent
-from conveyor.shared import subjects
-from conveyor.shared.agentdefs import (
+from conveyor.shared import bus
+from conveyor.shared.bus import KvMirror
+from conveyor.shared.contracts import subjects
+from conveyor.shared.domain.agentdefs import (
     BUILTIN_PIPELINES,
     AgentDefinition,
     ProjectRoutes,
@@ -28,7 +27,6 @@ from conveyor.shared.agentdefs import (
     definition_key,
     routes_decoder,
 )
-from conveyor.shared.kvmirror import KvMirror
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +38,8 @@ class Definitions:
         self,
         settings: Settings,
         agents: dict[str, Agent],
-        kv_agents: KeyValue | None = None,
-        kv_routes: KeyValue | None = None,
+        kv_agents: bus.Kv | None = None,
+        kv_routes: bus.Kv | None = None,
     ) -> None:
         self.settings = settings
         self.agents = agents
@@ -101,7 +99,7 @@ class Definitions:
             key = definition_key(project, name)
             try:
                 entry = await self.kv.get(key)
-            except nats.js.errors.KeyNotFoundError:
+            except bus.NotFound:
                 entry = None
             if entry is not None and entry.value:
                 read = definition_decoder.decode(entry.value)

@@ -31,18 +31,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
-
 from conveyor.executor.config import Settings
 from conveyor.executor.metrics import Metrics
-from conveyor.shared import subjects, wire
-from conveyor.shared.consumer import Consumer, Handler
-from conveyor.shared.events import DEFAULT_PROJECT, JobRequest
-from conveyor.shared.jsrequests import EXPECTED_STREAM
-from conveyor.shared.kvmirror import KvMirror
-from conveyor.shared.runner import Runtime
-from conveyor.shared.tenancy import Project, project_decoder
+from conveyor.shared import bus
+from conveyor.shared.bus import AckPolicy, Consumer, ConsumerConfig, Handler, KvMirror
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, JobRequest
+from conveyor.shared.domain.tenancy import Project, project_decoder
+from conveyor.shared.runtime.runner import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +111,19 @@ class Gates:
 
     # --- the hop --------------------------------------------------------------------------------
 
-    async def hop(self, msg: Msg, req: JobRequest) -> None:
+    async def hop(self, msg: bus.Delivery, req: JobRequest) -> None:
         """Move a limited project's job from the shared queue to its own, body and headers as
         they were (the trace context and correlation id travel on)."""
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
-        headers[subjects.MSG_ID] = limited_msg_id(req.job_id)
-        headers[EXPECTED_STREAM] = subjects.JOBS
-        await self.rt.requests.publish(subjects.job_limited(req.project, req.agent), msg.data, headers)
-        await wire.ack(msg)
+        await self.rt.bus.publish(
+            subjects.job_limited(req.project, req.agent),
+            msg.data,
+            msg_id=limited_msg_id(req.job_id),
+            stream=subjects.JOBS,
+            headers=headers,
+            trace=False,
+        )
+        await msg.ack()
         self.metrics.limited.inc()
         if req.project not in self._gates:
             self._hopped.add(req.project)
@@ -160,9 +161,9 @@ class Gates:
 
     async def _waiting(self) -> set[str]:
         """Projects with jobs on their limited subjects: waiting, or running unacknowledged."""
-        info = await self.rt.js.stream_info(subjects.JOBS, subjects_filter=subjects.LIMITED_JOBS_FILTER)
+        counts = await self.rt.bus.subject_counts(subjects.JOBS, subjects.LIMITED_JOBS_FILTER)
         found = set()
-        for subject, count in (info.state.subjects or {}).items():
+        for subject, count in counts.items():
             parts = subject.split(".")
             if count and len(parts) == 4 and subjects.is_token(parts[2]):
                 found.add(parts[2])
@@ -205,11 +206,10 @@ class Gates:
         if self.rt.stopping.is_set() or self._handler is None:
             return
         slots = self._slots(limit)
-        consumer = Consumer(
-            js=self.rt.js,
-            stream=subjects.JOBS,
-            config=self._config(project, limit),
-            handler=self._handler,
+        consumer = self.rt.bus.consumer(
+            subjects.JOBS,
+            self._config(project, limit),
+            self._handler,
             stage=self.stage,
             metrics=self.rt.consumer_metrics,
             concurrency=slots,
@@ -230,7 +230,7 @@ class Gates:
         if slots < consumer.concurrency:  # smaller pulls first, so none is refused meanwhile
             consumer.concurrency = consumer.batch = slots
         config = self._config(project, limit)
-        await self.rt.js.add_consumer(subjects.JOBS, config)
+        await self.rt.bus.add_consumer(subjects.JOBS, config)
         consumer.config = config
         consumer.concurrency = consumer.batch = slots
         gate.limit = limit

@@ -26,17 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from msgspec.structs import replace
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
 from conveyor.executor import pricing
 from conveyor.executor.handlers.jobstore import Conflict, JobStore, Versioned
 from conveyor.executor.handlers.results import Results, oversize
 from conveyor.executor.registry import Agent
-from conveyor.shared import ids, subjects, wire
-from conveyor.shared.agentdefs import AgentDefinition
-from conveyor.shared.events import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import ids, lifecycle, subjects
+from conveyor.shared.contracts.events import (
     NOT_JSON,
     AgentResult,
     CancelRequest,
@@ -50,8 +47,8 @@ from conveyor.shared.events import (
     WebhookEvent,
     utcnow,
 )
-from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import inject_headers
+from conveyor.shared.domain.agentdefs import AgentDefinition
+from conveyor.shared.runtime.logs import bound
 
 if TYPE_CHECKING:
     from conveyor.executor.handlers.definitions import Definitions
@@ -185,10 +182,10 @@ class Fanout:
     def __init__(
         self,
         *,
-        js: JetStreamContext,
+        js: bus.Bus,
         store: JobStore,
         results: Results,
-        cancels_kv: KeyValue,
+        cancels_kv: bus.Kv,
         cancel_reason: Callable[[str, str | None], str | None],
         deadline_ms: int | None,
         definitions: Definitions | None = None,
@@ -221,25 +218,24 @@ class Fanout:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is not None and (r.terminal or (r.status == "processing" and r.children == list(children))):
                 return None  # over already, or this event was routed before
-            base = r or JobRecord(
-                job_id=parent_id,
-                status="queued",
+            base = r or lifecycle.new(
+                parent_id,
                 created_at=event.received_at,
-                updated_at=now,
+                now=now,
                 source=event.source,
                 event_type=event.type,
                 project_id=event.project_id,
                 project=event.project,
                 callback_url=event.callback_url,
             )
-            return replace(
+            return lifecycle.start(
                 base,
-                status="processing",
+                attempt=1,
+                now=now,
+                progress=0,
                 agent="+".join(a.name for a in agents),
                 backend="fanout",
                 children=list(children),
-                attempts=1,
-                progress=0,
                 started_at=base.started_at or now,
                 updated_at=now,
                 project_id=base.project_id or event.project_id,
@@ -270,11 +266,9 @@ class Fanout:
     async def _spawn(self, parent: JobRequest, child_id: str, agent: str, now: dt.datetime) -> None:
         """One child: its record ("queued"), then its request. Both idempotent (a create that
         finds the record, a publish deduplicated by its id), so any replica may do it again."""
-        record = JobRecord(
-            job_id=child_id,
-            status="queued",
+        record = lifecycle.new(
+            child_id,
             created_at=now,
-            updated_at=now,
             agent=agent,
             source=parent.source,
             event_type=parent.event_type,
@@ -292,7 +286,7 @@ class Fanout:
             subjects.job_run(agent),
             _encoder.encode(request),
             stream=subjects.JOBS,
-            headers=inject_headers({subjects.MSG_ID: child_id}),
+            msg_id=child_id,
         )
 
     async def _schedule(
@@ -304,7 +298,7 @@ class Fanout:
             subjects.fanout_deadline(parent_id),
             _encoder.encode(body),
             stream=subjects.JOBS,
-            headers={subjects.MSG_ID: msg_id},
+            msg_id=msg_id,
         )
 
     # --- completion --------------------------------------------------------------------------------
@@ -336,7 +330,7 @@ class Fanout:
             progress = min(99, 100 * done // max(1, len(children)))
             if progress > parent.record.progress:
                 try:
-                    rec = replace(parent.record, progress=progress, updated_at=utcnow())
+                    rec = lifecycle.progress(parent.record, progress)
                     await self.store.save(parent_id, rec, parent.revision)
                 except Conflict:
                     continue  # a sibling wrote at the same time: it may have been the last
@@ -379,17 +373,15 @@ class Fanout:
             for cid, c in children.items()
             if c is None or c.status != "completed"
         ]
-        record = replace(
+        record = lifecycle.finish(
             parent.record,
-            status=status,
-            progress=100,
-            finished_at=now,
-            updated_at=now,
+            status,
+            now=now,
             result=result,
             error="; ".join(failed) or None,
             usage=children_usage(children),
         )
-        if result is not None and (too_big := oversize(record, wire.max_payload(self.js))):
+        if result is not None and (too_big := oversize(record, self.js.max_payload)):
             # Each child's result fitted, their sum does not: the parent ends failed with a small
             # result that says where the children's results are, instead of never ending.
             where = ", ".join(f"/api/jobs/{c}/result" for c in children)
@@ -398,7 +390,7 @@ class Fanout:
                 result, status="failed", result=ResultBody(summary=f"{too_big}; each agent's result: {where}")
             )
             status = "failed"
-            record = replace(record, status=status, result=small, error=too_big)
+            record = lifecycle.finish(parent.record, status, now=now, result=small, error=too_big)
         try:
             await self.store.save(parent.record.job_id, record, parent.revision)
         except Conflict:
@@ -412,7 +404,7 @@ class Fanout:
 
     # --- the deadline ------------------------------------------------------------------------------
 
-    async def on_deadline(self, msg: Msg) -> None:
+    async def on_deadline(self, msg: bus.Delivery) -> None:
         body = _deadline_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
         remaining = (body.deadline - utcnow()).total_seconds()
         if body.stage is not None:
@@ -479,11 +471,10 @@ class Fanout:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is not None and (r.terminal or r.pipeline is not None):
                 return None
-            base = r or JobRecord(
-                job_id=req.job_id,
-                status="queued",
+            base = r or lifecycle.new(
+                req.job_id,
                 created_at=req.created_at,
-                updated_at=now,
+                now=now,
                 source=req.source,
                 event_type=req.event_type,
                 project_id=req.project_id,
@@ -492,9 +483,9 @@ class Fanout:
                 parent_id=req.parent_id,
                 schedule_id=req.schedule_id,
             )
-            return replace(
+            return lifecycle.move(
                 base,
-                status="processing",
+                "processing",
                 agent=definition.id,
                 backend="pipeline",
                 agent_version=agent.version,
@@ -591,9 +582,7 @@ class Fanout:
         progress = min(99, (100 * k + 100 * done // max(1, len(mine))) // len(run.stages))
         if progress > rec.progress:
             try:
-                await self.store.save(
-                    rec.job_id, replace(rec, progress=progress, updated_at=utcnow()), parent.revision
-                )
+                await self.store.save(rec.job_id, lifecycle.progress(rec, progress), parent.revision)
             except Conflict:
                 return False
         return True
@@ -662,7 +651,7 @@ class Fanout:
         headline = f"pipeline {run.name}: {ran} of {len(run.stages)} stages ran{stopped}: {'; '.join(words)}."
         return status, headline
 
-    async def _stage_deadline(self, msg: Msg, body: FanoutDeadline, remaining: float) -> None:
+    async def _stage_deadline(self, msg: bus.Delivery, body: FanoutDeadline, remaining: float) -> None:
         assert body.stage is not None
         parent = await self.store.load(body.parent_id)
         rec = parent.record

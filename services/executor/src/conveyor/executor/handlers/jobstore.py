@@ -12,14 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
-import nats.js.errors
-from nats.js.kv import KeyValue
 
-from conveyor.shared import subjects
-from conveyor.shared.errors import PermanentError
-from conveyor.shared.events import JobLog, JobRecord, LogLine, job_log_decoder, job_record_decoder
-from conveyor.shared.jsrequests import JsRequests
-from conveyor.shared.kvbucket import Bucket
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.errors import PermanentError
+from conveyor.shared.contracts.events import JobLog, JobRecord, LogLine, job_log_decoder, job_record_decoder
 
 MAX_LOG_LINES = 1000
 _encoder = msgspec.json.Encoder()
@@ -50,25 +47,23 @@ Change = Callable[[JobRecord | None], JobRecord | None]
 
 
 class JobStore:
-    def __init__(self, jobs: KeyValue, logs: KeyValue, requests: JsRequests) -> None:
+    def __init__(self, jobs: bus.Kv, logs: bus.Kv) -> None:
         self.jobs = jobs
         self.logs = logs
-        self.records = Bucket(jobs, requests)
 
     async def load(self, job_id: str) -> Versioned:
-        found = await self.records.get(job_id)
+        found = await self.jobs.lookup(job_id)
         if found is None:
             return Versioned(None, 0)
-        value, revision = found
-        return Versioned(job_record_decoder.decode(value), revision)
+        return Versioned(job_record_decoder.decode(found.value), found.revision)
 
     async def save(self, job_id: str, record: JobRecord, revision: int) -> int:
         data = _encoder.encode(record)
         try:
             if revision == 0:
                 return await self.jobs.create(job_id, data)
-            return await self.records.update(job_id, data, revision)
-        except nats.js.errors.KeyWrongLastSequenceError as exc:
+            return await self.jobs.update(job_id, data, revision)
+        except bus.Conflict as exc:
             raise Conflict(job_id) from exc
 
     async def advance(
@@ -96,7 +91,7 @@ class JobStore:
     async def read_log(self, job_id: str) -> list[LogLine]:
         try:
             entry = await self.logs.get(job_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return []
         return list(job_log_decoder.decode(entry.value).lines) if entry.value else []
 

@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable
 
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.pricing import Prices
-from conveyor.shared import subjects
-from conveyor.shared.events import JobOutput, JobProgress, JobRequest, TokenUsage, encoder, utcnow
-from conveyor.shared.tenancy import Project
-from conveyor.shared.usage import BudgetStop, UsageRecorder, has_budget, over_budget
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import JobOutput, JobProgress, JobRequest, TokenUsage, encoder, utcnow
+from conveyor.shared.domain.tenancy import Project
+from conveyor.shared.domain.usage import BudgetStop, UsageRecorder, has_budget, over_budget
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,10 @@ for as long as RESULTS keeps results (7 days, as long as the job records last).
 from __future__ import annotations
 
 import msgspec
-from nats.js import JetStreamContext
 
-from conveyor.shared import ids, subjects
-from conveyor.shared.events import AgentResult, JobRecord, JobResult, ResultBody
-from conveyor.shared.jsrequests import EXPECTED_STREAM, JsRequests
-from conveyor.shared.telemetry import inject_headers
+from conveyor.shared import bus
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.events import AgentResult, JobRecord, JobResult, ResultBody
 
 _encoder = msgspec.json.Encoder()
 
@@ -56,9 +54,8 @@ def oversize(record: JobRecord, max_payload: int, correlation_id: str | None = N
 
 
 class Results:
-    def __init__(self, requests: JsRequests, js: JetStreamContext) -> None:
-        self.requests = requests
-        self.js = js
+    def __init__(self, conn: bus.Bus) -> None:
+        self.bus = conn
 
     async def publish(
         self,
@@ -79,12 +76,16 @@ class Results:
             project=project,
         )
         body = _encoder.encode(message)
-        headers = {subjects.MSG_ID: ids.result_msg_id(job_id), subjects.H_JOB_ID: job_id}
+        headers = {subjects.H_JOB_ID: job_id}
         if correlation_id:
             headers[subjects.H_CORRELATION_ID] = correlation_id
-        headers = inject_headers(headers)
-        headers[EXPECTED_STREAM] = subjects.RESULTS
-        await self.requests.publish(subjects.result(job_id), body, headers)
+        await self.bus.publish(
+            subjects.result(job_id),
+            body,
+            msg_id=ids.result_msg_id(job_id),
+            stream=subjects.RESULTS,
+            headers=headers,
+        )
 
     async def republish(self, record: JobRecord, correlation_id: str | None = None) -> None:
         """Publish a job's stored result just after its record ended it (a no-op for JetStream if
@@ -102,8 +103,7 @@ class Results:
         """Whether RESULTS holds a result for ``job_id``: the subject's count from stream info,
         not the message itself (a result can be most of a megabyte)."""
         subject = subjects.result(job_id)
-        info = await self.js.stream_info(subjects.RESULTS, subjects_filter=subject)
-        return bool((info.state.subjects or {}).get(subject))
+        return bool(await self.bus.stream_messages(subjects.RESULTS, subject=subject))
 
     async def _publish_stored(self, record: JobRecord, correlation_id: str | None) -> None:
         assert record.result is not None

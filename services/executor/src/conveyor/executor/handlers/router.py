@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from msgspec.structs import replace
-from nats.aio.msg import Msg
 from opentelemetry import trace
 
 from conveyor.executor.config import PAYLOAD_AGENT
@@ -24,9 +22,9 @@ from conveyor.executor.handlers.jobstore import JobStore, checked_job_id
 from conveyor.executor.handlers.results import Results
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent, route_for
-from conveyor.shared import subjects
-from conveyor.shared.agentdefs import DELEGATE_EVENT
-from conveyor.shared.events import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import lifecycle, subjects
+from conveyor.shared.contracts.events import (
     NOT_JSON,
     AgentResult,
     JobRecord,
@@ -36,9 +34,9 @@ from conveyor.shared.events import (
     utcnow,
     webhook_event_decoder,
 )
-from conveyor.shared.jsrequests import EXPECTED_STREAM, JsRequests
-from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import exporting, inject_headers, message_span
+from conveyor.shared.domain.agentdefs import DELEGATE_EVENT
+from conveyor.shared.runtime.logs import bound
+from conveyor.shared.runtime.telemetry import exporting, message_span
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +78,7 @@ class Router:
     def __init__(
         self,
         *,
-        requests: JsRequests,
+        requests: bus.Bus,
         agents: dict[str, Agent],
         routes: dict[str, tuple[str, ...]],
         store: JobStore,
@@ -153,7 +151,7 @@ class Router:
     def delegation(event: WebhookEvent) -> bool:
         return event.source == "api" and event.type == DELEGATE_EVENT
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle(self, msg: bus.Delivery) -> None:
         event = webhook_event_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
         checked_job_id(event.job_id)
         with (
@@ -202,10 +200,10 @@ class Router:
             callback_url=event.callback_url,
             correlation_id=event.correlation_id,
         )
-        headers = inject_headers({subjects.MSG_ID: request.job_id})
-        headers[EXPECTED_STREAM] = subjects.JOBS
         subject = subjects.job_run(request.agent)
-        await self.requests.publish(subject, _encoder.encode(request), headers)
+        await self.requests.publish(
+            subject, _encoder.encode(request), msg_id=request.job_id, stream=subjects.JOBS
+        )
 
     async def fail(self, event: WebhookEvent, error: str, agent: str | None) -> None:
         now = utcnow()
@@ -222,27 +220,17 @@ class Router:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is not None and r.terminal:
                 return None
-            base = r or JobRecord(
-                job_id=event.job_id,
-                status="queued",
+            base = r or lifecycle.new(
+                event.job_id,
                 created_at=event.received_at,
-                updated_at=now,
+                now=now,
                 source=event.source,
                 event_type=event.type,
                 project_id=event.project_id,
                 project=event.project,
                 callback_url=event.callback_url,
             )
-            return replace(
-                base,
-                status="failed",
-                progress=100,
-                error=error,
-                result=result,
-                agent=agent,
-                finished_at=now,
-                updated_at=now,
-            )
+            return lifecycle.finish(base, "failed", now=now, error=error, result=result, agent=agent)
 
         written, cur = await self.store.advance(event.job_id, await self.store.load(event.job_id), change)
         if cur.record is not None:

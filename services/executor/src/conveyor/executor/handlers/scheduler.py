@@ -32,21 +32,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-import nats.js.errors
 from msgspec.structs import replace
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from conveyor.shared import subjects
-from conveyor.shared.errors import PermanentError, RetryableError
-from conveyor.shared.events import JobIndexEntry, JobRecord, JobRequest, job_record_decoder, utcnow
-from conveyor.shared.logs import bound
-from conveyor.shared.ratelimit import UNLIMITED, Decision, LimiterUnavailable, RateLimiter, hit_key
-from conveyor.shared.runner import Components, Runtime
-from conveyor.shared.schedules import (
+from conveyor.shared import bus
+from conveyor.shared.bus import AckPolicy, ConsumerConfig, DeliverPolicy
+from conveyor.shared.contracts import lifecycle, subjects
+from conveyor.shared.contracts.errors import PermanentError, RetryableError
+from conveyor.shared.contracts.events import JobIndexEntry, JobRequest, job_record_decoder, utcnow
+from conveyor.shared.contracts.schedules import (
     FiringOutcome,
     ScheduleFire,
     ScheduleRecord,
@@ -56,8 +50,9 @@ from conveyor.shared.schedules import (
     schedule_record_decoder,
     window,
 )
-from conveyor.shared.streams import ensure_kv, ensure_streams
-from conveyor.shared.telemetry import inject_headers
+from conveyor.shared.domain.ratelimit import UNLIMITED, Decision, LimiterUnavailable, RateLimiter, hit_key
+from conveyor.shared.runtime.logs import bound
+from conveyor.shared.runtime.runner import Components, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +96,9 @@ class Scheduler:
     def __init__(
         self,
         *,
-        js: JetStreamContext,
-        schedules: KeyValue,
-        jobs: KeyValue,
+        js: bus.Bus,
+        schedules: bus.Kv,
+        jobs: bus.Kv,
         limiter: RateLimiter,
         metrics: SchedulerMetrics,
     ) -> None:
@@ -113,27 +108,27 @@ class Scheduler:
         self.limiter = limiter
         self.metrics = metrics
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle(self, msg: bus.Delivery) -> None:
         schedule_id = msg.subject.removeprefix(subjects.SCHEDULE_FIRE_PREFIX)
         if not subjects.is_token(schedule_id):
             raise PermanentError(f"not a schedule firing subject: {msg.subject!r}")
         fire = schedule_fire_decoder.decode(msg.data)  # a bad body is dead-lettered by the consumer
         if fire.schedule_id != schedule_id:
             raise PermanentError(f"firing on {msg.subject} names schedule {fire.schedule_id!r}")
-        md = msg.metadata
+        seq = msg.stream_seq
         headers = msg.headers or {}
         next_header = headers.get(subjects.H_SCHEDULE_NEXT)
-        job_id = fire_job_id(schedule_id, md.sequence.stream, next_header)
-        fired_at = md.timestamp
+        job_id = fire_job_id(schedule_id, seq, next_header)
+        fired_at = msg.timestamp
         self.metrics.lag.observe(max(0.0, (utcnow() - fired_at).total_seconds()))
         with bound(job=job_id, correlation=schedule_id):
             outcome = await self.decide(schedule_id, job_id, fired_at, parse_next(next_header))
             if outcome == "run":
                 await self.start_job(fire, job_id, schedule_id)
-            log.debug("schedule %s fired (seq %d): %s", schedule_id, md.sequence.stream, outcome)
+            log.debug("schedule %s fired (seq %d): %s", schedule_id, seq, outcome)
         self.metrics.by_outcome[outcome].inc()
         with contextlib.suppress(Exception):  # only housekeeping: the copy expires anyway
-            await self.js.delete_msg(subjects.SCHEDULES, md.sequence.stream)
+            await self.js.delete_msg(subjects.SCHEDULES, seq)
 
     async def decide(
         self, schedule_id: str, job_id: str, fired_at: dt.datetime, next_at: dt.datetime | None
@@ -192,11 +187,9 @@ class Scheduler:
     async def start_job(self, fire: ScheduleFire, job_id: str, schedule_id: str) -> None:
         """Queue the job the way the receiver queues an API job: record first, then the request."""
         now = utcnow()
-        record = JobRecord(
-            job_id=job_id,
-            status="queued",
+        record = lifecycle.new(
+            job_id,
             created_at=now,
-            updated_at=now,
             agent=fire.agent,
             source=SOURCE,
             project_id=fire.project_id,
@@ -204,7 +197,7 @@ class Scheduler:
             callback_url=fire.callback_url,
             schedule_id=schedule_id,
         )
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):  # exists: a redelivery
+        with contextlib.suppress(bus.Conflict):  # exists: a redelivery
             await self.jobs.create(job_id, _encoder.encode(record))
         # Listed with the project's jobs (GET /api/jobs); a redelivery's repeat entry is skipped
         # by the list (its time is not the record's).
@@ -231,14 +224,12 @@ class Scheduler:
             subjects.job_run(fire.agent),
             _encoder.encode(request),
             stream=subjects.JOBS,
-            headers=inject_headers(
-                {
-                    subjects.MSG_ID: job_id,
-                    subjects.H_JOB_ID: job_id,
-                    subjects.H_SCHEDULE_ID: schedule_id,
-                    subjects.H_CORRELATION_ID: schedule_id,
-                }
-            ),
+            msg_id=job_id,
+            headers={
+                subjects.H_JOB_ID: job_id,
+                subjects.H_SCHEDULE_ID: schedule_id,
+                subjects.H_CORRELATION_ID: schedule_id,
+            },
         )
 
     async def _charge(self, rec: ScheduleRecord) -> Decision:
@@ -252,7 +243,7 @@ class Scheduler:
     async def _load(self, schedule_id: str) -> tuple[ScheduleRecord, int] | None:
         try:
             entry = await self.schedules.get(schedule_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
         if not entry.value:
             return None
@@ -261,19 +252,19 @@ class Scheduler:
     async def _write(self, schedule_id: str, record: ScheduleRecord, revision: int) -> bool:
         try:
             await self.schedules.update(schedule_id, _encoder.encode(record), last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except bus.Conflict:
             return False  # changed meanwhile (the API, or another executor): decide again
         return True
 
     async def _unfinished(self, job_id: str) -> bool:
         try:
             entry = await self.jobs.get(job_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return False  # expired, or never queued: nothing is running
         return bool(entry.value) and not job_record_decoder.decode(entry.value).terminal
 
     async def _purge_definition(self, schedule_id: str) -> None:
-        await self.js.purge_stream(subjects.SCHEDULES, subject=subjects.schedule(schedule_id))
+        await self.js.purge(subjects.SCHEDULES, subject=subjects.schedule(schedule_id))
 
 
 def _skip(
@@ -299,14 +290,13 @@ async def scheduling(rt: Runtime[Any]) -> AsyncIterator[None]:
     """Declare the SCHEDULES stream and the schedules and ratelimits buckets, start the firing
     consumer."""
     settings = rt.settings
-    await ensure_streams(rt.js, [subjects.SCHEDULES], replicas=settings.nats_replicas)
-    kv = await ensure_kv(
-        rt.js, [subjects.KV_SCHEDULES, subjects.KV_RATELIMITS], replicas=settings.nats_replicas
+    kv = await rt.bus.declare(
+        [subjects.SCHEDULES], [subjects.KV_SCHEDULES, subjects.KV_RATELIMITS], replicas=settings.nats_replicas
     )
     # Counted exactly: firings are too rare for slots claimed ahead to be used.
     limiter = RateLimiter(kv[subjects.KV_RATELIMITS], claim_ahead=False)
     scheduler = Scheduler(
-        js=rt.js,
+        js=rt.bus,
         schedules=kv[subjects.KV_SCHEDULES],
         jobs=rt.kv[subjects.KV_JOBS],
         limiter=limiter,

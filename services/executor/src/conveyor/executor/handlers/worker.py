@@ -25,9 +25,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from msgspec.structs import replace
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from conveyor.executor import pricing
@@ -42,11 +39,11 @@ from conveyor.executor.handlers.meter import Live, Meter
 from conveyor.executor.handlers.results import Results, may_exceed, oversize
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent
-from conveyor.shared import subjects, wire
-from conveyor.shared.agentdefs import MAX_DELEGATES, AgentDefinition
-from conveyor.shared.consumer import dead_letter, heartbeat
-from conveyor.shared.errors import RetryableError
-from conveyor.shared.events import (
+from conveyor.shared import bus
+from conveyor.shared.bus import dead_letter, heartbeat
+from conveyor.shared.contracts import lifecycle, subjects
+from conveyor.shared.contracts.errors import RetryableError
+from conveyor.shared.contracts.events import (
     AgentResult,
     JobRecord,
     JobRequest,
@@ -57,9 +54,10 @@ from conveyor.shared.events import (
     job_request_decoder,
     utcnow,
 )
-from conveyor.shared.logs import bound
-from conveyor.shared.telemetry import exporting, message_span
-from conveyor.shared.usage import BudgetStop
+from conveyor.shared.domain.agentdefs import MAX_DELEGATES, AgentDefinition
+from conveyor.shared.domain.usage import BudgetStop
+from conveyor.shared.runtime.logs import bound
+from conveyor.shared.runtime.telemetry import exporting, message_span
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +149,7 @@ class Attempt:
             moved = value is not None and value > r.progress
             if not moved and usage == r.usage:
                 return None
-            return replace(r, progress=value if moved else r.progress, usage=usage, updated_at=utcnow())
+            return lifecycle.progress(r, value if moved else r.progress, usage=usage)
 
         with contextlib.suppress(Exception):
             await self.write(change)
@@ -205,7 +203,7 @@ class Worker:
     def __init__(
         self,
         *,
-        js: JetStreamContext,
+        js: bus.Bus,
         settings: Settings,
         agents: dict[str, Agent],
         backends: dict[str, Backend],
@@ -248,7 +246,7 @@ class Worker:
 
     # --- entry point ---------------------------------------------------------------------------
 
-    async def handle(self, msg: Msg) -> None:
+    async def handle(self, msg: bus.Delivery) -> None:
         """A job from the shared queue, ``jobs.run.<agent>``."""
         req = job_request_decoder.decode(msg.data)  # unreadable: the consumer dead-letters it
         checked_job_id(req.job_id)
@@ -262,21 +260,21 @@ class Worker:
             return
         await self._process(msg, req)
 
-    async def handle_limited(self, msg: Msg) -> None:
+    async def handle_limited(self, msg: bus.Delivery) -> None:
         """A job from its project's own queue, ``jobs.limited.<project>.<agent>``: the durable's
         max_ack_pending has already counted it against the project's limit."""
         req = job_request_decoder.decode(msg.data)
         checked_job_id(req.job_id)
         await self._process(msg, req)
 
-    async def _process(self, msg: Msg, req: JobRequest) -> None:
+    async def _process(self, msg: bus.Delivery, req: JobRequest) -> None:
         with (
             bound(job=req.job_id, correlation=req.correlation_id),
             message_span(self.tracer, self.tracing, "jobs.run.* process", msg.headers, msg.subject),
         ):
             await self._handle(msg, req)
 
-    async def _handle(self, msg: Msg, req: JobRequest) -> None:
+    async def _handle(self, msg: bus.Delivery, req: JobRequest) -> None:
         cur = await self.store.load(req.job_id)
         if cur.terminal:
             await self._settle_finished(msg, cur, req)
@@ -318,7 +316,7 @@ class Worker:
                 return
             # The pipeline's stages are jobs of their own; this message only starts it.
             await self.start_pipeline(req, definition, agent)
-            await wire.ack(msg)
+            await msg.ack()
             return
         if attempt.number > agent.max_attempts:
             attempt.number = previous
@@ -342,7 +340,7 @@ class Worker:
 
     # --- one attempt -------------------------------------------------------------------------------
 
-    async def _run(self, msg: Msg, req: JobRequest, agent: Agent, attempt: Attempt) -> None:
+    async def _run(self, msg: bus.Delivery, req: JobRequest, agent: Agent, attempt: Attempt) -> None:
         job_id = req.job_id
         started = utcnow()
         attempt.log(
@@ -367,7 +365,7 @@ class Worker:
                     if attempt.cur.terminal:
                         await self._settle_finished(msg, attempt.cur, req)
                     else:
-                        wire.leave(msg)
+                        msg.leave()
                     return
                 await attempt.flush_log()
                 if self.meter is not None:
@@ -480,11 +478,9 @@ class Worker:
         if not subjects.is_token(child_id):
             raise AgentError(f"delegate: job id {child_id[:80]!r} is not usable")
         now = utcnow()
-        record = JobRecord(
-            job_id=child_id,
-            status="queued",
+        record = lifecycle.new(
+            child_id,
             created_at=now,
-            updated_at=now,
             agent=name,
             source=req.source,
             event_type=req.event_type,
@@ -508,9 +504,8 @@ class Worker:
             correlation_id=req.correlation_id or req.job_id,
         )
         await self.js.publish(
-            subjects.job_run(name), encoder.encode(request), stream=subjects.JOBS,
-            headers={subjects.MSG_ID: child_id},
-        )  # fmt: skip
+            subjects.job_run(name), encoder.encode(request), stream=subjects.JOBS, msg_id=child_id
+        )
         attempt.log("info", f"delegated to {name} as job {child_id}")
         wait = 0.05
         while True:
@@ -580,12 +575,10 @@ class Worker:
     # --- endings ---------------------------------------------------------------------------------
 
     def _new_record(self, req: JobRequest) -> JobRecord:
-        now = utcnow()
-        return JobRecord(
-            job_id=req.job_id,
-            status="queued",
+        return lifecycle.new(
+            req.job_id,
             created_at=req.created_at,
-            updated_at=now,
+            now=utcnow(),
             agent=req.agent,
             source=req.source,
             event_type=req.event_type,
@@ -602,17 +595,13 @@ class Worker:
         if r is not None and (r.terminal or r.attempts >= number):
             return None
         base = r or self._new_record(req)
-        return replace(
+        return lifecycle.start(
             base,
-            status="processing",
-            progress=10,
-            attempts=number,
-            started_at=now,
-            updated_at=utcnow(),
+            attempt=number,
+            now=now,
             agent=agent.name,
             backend=agent.backend,
             agent_version=agent.version,
-            error=None,
         )
 
     async def _requeue(self, attempt: Attempt, error: str, *, counted: bool) -> None:
@@ -621,19 +610,13 @@ class Worker:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is None or r.terminal or r.attempts > number:
                 return None
-            return replace(
-                r,
-                status="queued",
-                progress=0,
-                attempts=number if counted else number - 1,
-                error=error,
-                updated_at=utcnow(),
-                usage=attempt.usage,
+            return lifecycle.requeue(
+                r, attempts=number if counted else number - 1, error=error, usage=attempt.usage
             )
 
         await attempt.write(change)
 
-    async def _retry(self, msg: Msg, agent: Agent, attempt: Attempt, outcome: Outcome) -> None:
+    async def _retry(self, msg: bus.Delivery, agent: Agent, attempt: Attempt, outcome: Outcome) -> None:
         base, cap = self.settings.retry_base_ms / 1000, self.settings.retry_cap_ms / 1000
         delay = (
             outcome.retry_after_s
@@ -649,7 +632,7 @@ class Worker:
 
     async def _give_up(
         self,
-        msg: Msg,
+        msg: bus.Delivery,
         req: JobRequest,
         agent_name: str,
         attempt: Attempt,
@@ -675,7 +658,7 @@ class Worker:
 
     async def _conclude(
         self,
-        msg: Msg,
+        msg: bus.Delivery,
         req: JobRequest,
         agent: Agent,
         attempt: Attempt,
@@ -688,7 +671,7 @@ class Worker:
             if term:  # ended for good without a dead letter (a budget stop: nothing to replay now)
                 await msg.term()
             else:
-                await wire.ack(msg)
+                await msg.ack()
 
     async def _finish(
         self,
@@ -698,7 +681,7 @@ class Worker:
         attempt: Attempt,
         outcome: Outcome,
         elapsed_ms: int,
-        msg: Msg,
+        msg: bus.Delivery,
     ) -> bool:
         """Write the terminal record, publish the result, tell the fan-out parent.
         Returns False when someone else had already decided the job's end."""
@@ -724,14 +707,12 @@ class Worker:
             if r is not None and (r.terminal or r.attempts > number):
                 return None
             base = r or self._new_record(req)
-            return replace(
+            return lifecycle.finish(
                 base,
-                status=outcome.status,
-                progress=100,
+                outcome.status,
+                now=now,
                 attempts=max(number, base.attempts),
                 started_at=base.started_at or (now if outcome.ran else None),
-                finished_at=now,
-                updated_at=now,
                 agent=agent_name,
                 backend=backend or base.backend,
                 error=outcome.error,
@@ -741,7 +722,7 @@ class Worker:
                 usage=attempt.usage if attempt.usage is not None else base.usage,
             )
 
-        limit = wire.max_payload(self.js)
+        limit = self.js.max_payload
         if (
             result is not None
             and may_exceed(result.result, limit)
@@ -762,7 +743,7 @@ class Worker:
             if attempt.cur.terminal:
                 await self._settle_finished(msg, attempt.cur, req)
             else:
-                wire.leave(msg)
+                msg.leave()
             return False
         stored = attempt.cur.record
         assert stored is not None
@@ -781,14 +762,13 @@ class Worker:
             await self.child_done(req.parent_id)
         return True
 
-    async def _settle_finished(self, msg: Msg, cur: Versioned, req: JobRequest) -> None:
+    async def _settle_finished(self, msg: bus.Delivery, cur: Versioned, req: JobRequest) -> None:
         """The job already ended: make sure its result is out, then drop this delivery."""
         assert cur.record is not None
         await self.results.ensure(cur.record, req.correlation_id)
         if req.parent_id is not None:
             await self.child_done(req.parent_id)
-        if not wire.settled(msg):
-            await msg.ack()
+        await msg.ack()
 
     # --- cancellation ----------------------------------------------------------------------------
 

@@ -17,9 +17,9 @@ from conveyor.executor.tools.errors import ToolError
 from conveyor.executor.tools.github import GitHubClient, check_pull
 from conveyor.executor.tools.http_fetch import http_fetch
 from conveyor.executor.tools.slack import post_message
-from conveyor.shared.config import Secret
-from conveyor.shared.ssrf import AddressPolicy, parse_networks
-from conveyor.shared.urls import redact_text
+from conveyor.shared.runtime.config import Secret
+from conveyor.shared.runtime.ssrf import AddressPolicy, parse_networks
+from conveyor.shared.runtime.urls import redact_text
 
 MAX_RESULT_CHARS = 200_000  # what one tool result may add to the conversation
 _SECRET_KEY = re.compile(r"token|secret|password|passwd|authorization|api[_-]?key|credential", re.I)

@@ -14,7 +14,7 @@ import httpx
 import msgspec
 
 from conveyor.executor.backends.base import AgentError, AgentJob, TransientError
-from conveyor.shared.config import Secret
+from conveyor.shared.runtime.config import Secret
 
 API_VERSION = "2022-11-28"
 _REPO = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}\Z")

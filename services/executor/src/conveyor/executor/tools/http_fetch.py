@@ -20,7 +20,7 @@ import httpx
 
 from conveyor.executor.backends.base import AgentJob
 from conveyor.executor.tools.errors import ToolError
-from conveyor.shared.ssrf import AddressPolicy, BlockedAddressError
+from conveyor.shared.runtime.ssrf import AddressPolicy, BlockedAddressError
 
 MAX_REDIRECTS = 3
 

@@ -17,7 +17,7 @@ from conveyor.executor.backends.base import AgentError, AgentJob
 from conveyor.executor.builtin import dev
 from conveyor.executor.builtin.payload import Payload
 from conveyor.executor.tools.github import GitHubClient, check_pull
-from conveyor.shared.events import NOT_JSON, ResultBody
+from conveyor.shared.contracts.events import NOT_JSON, ResultBody
 
 REVIEWED_ACTIONS = ("opened", "synchronize")
 

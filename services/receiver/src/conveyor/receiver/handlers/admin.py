@@ -15,9 +15,9 @@ from conveyor.receiver.projects_api import org_exists
 from conveyor.receiver.schemas import KeyCreate, KeyCreated, KeyList, KeyView
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared.events import ApiKeyRecord
-from conveyor.shared.http import HTTPError
-from conveyor.shared.tenancy import ADMIN, DEFAULT_PROJECT, Scope
+from conveyor.shared.contracts.events import ApiKeyRecord
+from conveyor.shared.domain.tenancy import ADMIN, DEFAULT_PROJECT, Scope
+from conveyor.shared.runtime.http import HTTPError
 
 _create_decoder = msgspec.json.Decoder(KeyCreate)
 

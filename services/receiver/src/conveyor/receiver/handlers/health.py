@@ -11,16 +11,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 from aiohttp import web
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.schemas import AgentHealth, Health, LovableHealth
 from conveyor.receiver.state import NATS_DOWN, STATE, Receiver
-from conveyor.shared import subjects
-from conveyor.shared.events import job_record_decoder
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import job_record_decoder
 
 _SAMPLE = 200  # job-record updates looked at for /health/agent
 _QUEUE_CACHE_S = 1.0
@@ -53,10 +51,10 @@ async def _queue_depth(st: Receiver, cache: _Cache) -> int | None:
     if not st.available or st.js is None:
         return None
     try:
-        info = await st.js.stream_info(subjects.JOBS)
-    except (*NATS_DOWN, nats.js.errors.NotFoundError):
+        depth = await st.js.stream_messages(subjects.JOBS)
+    except (*NATS_DOWN, bus.NotFound):
         return None
-    return int(cache.put("queue_depth", info.state.messages, _QUEUE_CACHE_S))
+    return int(cache.put("queue_depth", depth, _QUEUE_CACHE_S))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -100,7 +98,7 @@ async def _workers_waiting(st: Receiver) -> int | None:
     assert st.js is not None
     try:
         info = await st.js.consumer_info(subjects.JOBS, subjects.WORKERS)
-    except nats.js.errors.NotFoundError:
+    except bus.NotFound:
         return 0
     return int(info.num_waiting or 0)
 
@@ -113,27 +111,11 @@ async def _recent_records(st: Receiver) -> list[Any]:
     if not info.state.messages:
         return []
     start = max(info.state.first_seq, info.state.last_seq - _SAMPLE + 1)
-    psub = await st.js.pull_subscribe(
-        f"$KV.{subjects.KV_JOBS}.>",
-        stream=stream,
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=10.0,
-            mem_storage=True,
-        ),
-    )
     latest: dict[str, Any] = {}
-    try:
-        with contextlib.suppress(nats.errors.TimeoutError):
-            for msg in await psub.fetch(_SAMPLE, timeout=1.0):
-                with contextlib.suppress(Exception):
-                    record = job_record_decoder.decode(msg.data)
-                    latest[record.job_id] = record
-    finally:
+    for data in await st.js.read_from(stream, f"$KV.{subjects.KV_JOBS}.>", start_seq=start, max_msgs=_SAMPLE):
         with contextlib.suppress(Exception):
-            await psub.unsubscribe()
+            record = job_record_decoder.decode(data)
+            latest[record.job_id] = record
     return list(latest.values())
 
 
@@ -141,8 +123,8 @@ async def lovable(request: web.Request) -> web.Response:
     st = request.app[STATE]
     last: dt.datetime | None = None
     if st.available and st.js is not None:
-        with contextlib.suppress(*NATS_DOWN, nats.js.errors.NotFoundError):
-            msg = await st.js.get_last_msg(subjects.EVENTS, "events.lovable.>")
+        with contextlib.suppress(*NATS_DOWN, bus.NotFound):
+            msg = await st.js.last_msg(subjects.EVENTS, "events.lovable.>")
             last = msg.time
     if last is None:  # NATS unreachable, or nothing stored: what this replica saw
         seen = st.last_webhook.get("lovable")

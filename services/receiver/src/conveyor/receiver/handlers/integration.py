@@ -4,7 +4,7 @@ Signed exactly like a webhook to the same source (Lovable: X-Lovable-Timestamp a
 X-Lovable-Signature over "{timestamp}.{body}"), with a body naming the project the way its
 webhooks do (``{"project_id": ...}``), so only the holder of that project's webhook secret can
 ask. The answer: enabled, the last webhook received, the last callback and its outcome, and
-failed callback attempts in the last hour (conveyor.shared.integration).
+failed callback attempts in the last hour (conveyor.shared.domain.integration).
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
-import nats.js.errors
 from aiohttp import web
 
 from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.sources import unauthorized
 from conveyor.receiver.state import STATE
-from conveyor.shared import signing, subjects
-from conveyor.shared.events import utcnow
-from conveyor.shared.http import HTTPError
-from conveyor.shared.integration import IntegrationStatus, integration_decoder
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import utcnow
+from conveyor.shared.domain import signing
+from conveyor.shared.domain.integration import IntegrationStatus, integration_decoder
+from conveyor.shared.runtime.http import HTTPError
 
 
 class LastCallback(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,7 +64,7 @@ async def status(request: web.Request) -> web.Response:
         try:
             entry = await kv.get(project.project_id)
             record = integration_decoder.decode(entry.value or b"")
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             record = IntegrationStatus(project=project.project_id)
     last = None
     if record.last_callback_at is not None:

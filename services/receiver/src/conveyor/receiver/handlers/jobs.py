@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import msgspec
-import nats.js.errors
 from aiohttp import web
 
 from conveyor.receiver.apikeys import Principal
@@ -14,8 +13,9 @@ from conveyor.receiver.query import query_int, query_time
 from conveyor.receiver.schemas import CancelAccepted, JobCreate, JobList, JobPending, JobSummary
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
-from conveyor.shared import ids, subjects
-from conveyor.shared.events import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import ids, lifecycle, subjects
+from conveyor.shared.contracts.events import (
     CancelRequest,
     DeliveryLog,
     JobLog,
@@ -28,10 +28,9 @@ from conveyor.shared.events import (
     job_record_decoder,
     utcnow,
 )
-from conveyor.shared.http import HTTPError
-from conveyor.shared.streamread import next_message
-from conveyor.shared.tenancy import Project
-from conveyor.shared.urls import callback_url_problem, redact_url
+from conveyor.shared.domain.tenancy import Project
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.urls import callback_url_problem, redact_url
 
 _job_create_decoder = msgspec.json.Decoder(JobCreate)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}\Z")
@@ -42,7 +41,7 @@ def _invalid(field: str, message: str) -> HTTPError:
 
 
 def valid_url(url: str) -> bool:
-    """A URL the deliverer can call back: the deliverer's own check (conveyor.shared.urls)."""
+    """A URL the deliverer can call back: the deliverer's own check (conveyor.shared.runtime.urls)."""
     return callback_url_problem(url) is None
 
 
@@ -114,11 +113,9 @@ async def submit(
         project=project.project_id,
         agent_version=version,
     )
-    record = JobRecord(
-        job_id=job_id,
-        status="queued",
+    record = lifecycle.new(
+        job_id,
         created_at=now,
-        updated_at=now,
         agent=body.agent,
         source="api",
         project_id=body.project_id,
@@ -161,7 +158,7 @@ async def load(st: Receiver, job_id: str, principal: Principal | None) -> tuple[
     with st.nats_errors():
         try:
             entry = await kv.get(job_id)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             raise _not_found(job_id) from None
     record = job_record_decoder.decode(entry.value or b"")
     if not st.sees(principal, record.project):
@@ -243,7 +240,7 @@ async def _optional(st: Receiver, bucket: str, key: str) -> bytes | None:
     with st.nats_errors():
         try:
             entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
     return entry.value or None
 
@@ -280,12 +277,11 @@ async def list_jobs(request: web.Request) -> web.Response:
     seen: set[str] = set()
     next_cursor: int | None = None
     seq, scanned = cursor, 0
-    records = st.job_records
-    assert records is not None
+    records = st.kv[subjects.KV_JOBS]
     with st.nats_errors():
         while scanned < _SCAN_MAX:
-            stored = await next_message(
-                st.rt.requests, subjects.JOBINDEX, subject, seq=seq or 1, since=None if seq else since
+            stored = await st.rt.bus.next_message(
+                subjects.JOBINDEX, subject, seq=seq or 1, since=None if seq else since
             )
             if stored is None:
                 next_cursor = None
@@ -301,10 +297,10 @@ async def list_jobs(request: web.Request) -> web.Response:
                 continue
             if agent is not None and entry.agent != agent:
                 continue
-            got = await records.get(entry.job_id)
+            got = await records.lookup(entry.job_id)
             if got is None:
                 continue  # expired, or never came to be (its publish failed)
-            record = job_record_decoder.decode(got[0])
+            record = job_record_decoder.decode(got.value)
             if record.created_at != entry.created_at:
                 continue  # the entry of a repeated delivery: the job is listed at its first
             if status is not None and record.status != status:

@@ -12,15 +12,15 @@ import asyncio
 import uuid
 
 import msgspec
-import nats.js.errors
 from aiohttp import web
 
 from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.schemas import TestSendCreate, TestSendOutcome
 from conveyor.receiver.sources import decode_json
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import subjects
-from conveyor.shared.events import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import (
     DeliveryLog,
     SendTestEvent,
     delivery_log_decoder,
@@ -28,8 +28,8 @@ from conveyor.shared.events import (
     send_test_decoder,
     utcnow,
 )
-from conveyor.shared.http import HTTPError
-from conveyor.shared.urls import callback_url_problem, redact_url
+from conveyor.shared.runtime.http import HTTPError
+from conveyor.shared.runtime.urls import callback_url_problem, redact_url
 
 _create_decoder = msgspec.json.Decoder(TestSendCreate)
 _FINAL = {"delivered", "failed", "dead_lettered", "skipped"}
@@ -63,7 +63,7 @@ async def _read(st: Receiver, test_id: str) -> DeliveryLog | None:
     with st.nats_errors():
         try:
             entry = await kv.get(_key(test_id))
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
     return delivery_log_decoder.decode(entry.value or b"")
 
@@ -83,9 +83,9 @@ async def create(request: web.Request) -> web.Response:
         await js.publish(
             subjects.control("test_send", test_id),
             encoder.encode(req),
-            timeout=st.settings.publish_timeout_s,
+            timeout_s=st.settings.publish_timeout_s,
             stream=subjects.CONTROL,
-            headers={subjects.MSG_ID: f"test-{test_id}"},
+            msg_id=f"test-{test_id}",
         )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + st.settings.test_send_wait_s
@@ -110,10 +110,10 @@ async def status(request: web.Request) -> web.Response:
     js = st.require_nats()
     with st.nats_errors():
         try:
-            sent = await js.get_last_msg(subjects.CONTROL, subjects.control("test_send", test_id))
-        except nats.js.errors.NotFoundError:
+            sent = await js.last_msg(subjects.CONTROL, subjects.control("test_send", test_id))
+        except bus.NotFound:
             raise missing from None
-    if not st.sees(principal, send_test_decoder.decode(sent.data or b"").project):
+    if not st.sees(principal, send_test_decoder.decode(sent.data).project):
         raise missing  # another project's, answered as a missing one
     log = await _read(st, test_id)
     outcome = _outcome(st, test_id, None, log)

@@ -28,18 +28,16 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from nats.aio.msg import Msg
-from nats.js.kv import KeyValue
 
 from conveyor.receiver.handlers.jobs import load, shown
 from conveyor.receiver.state import STATE, Receiver
-from conveyor.shared import subjects
-from conveyor.shared.events import NOT_JSON, encoder, job_output_decoder, job_record_decoder
-from conveyor.shared.http import HTTPError
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import NOT_JSON, encoder, job_output_decoder, job_record_decoder
+from conveyor.shared.runtime.http import HTTPError
 
 log = logging.getLogger(__name__)
 
-_DELETE_OPS = ("DEL", "PURGE")
 MAX_QUEUED_OUTPUT = 256  # output frames waiting for a slow client, at most
 
 
@@ -80,13 +78,13 @@ async def _serve(request: web.Request, st: Receiver, job_id: str) -> web.StreamR
     feed = _Feed()
     with st.nats_errors():
         # The text first, so none sent after the record's first frame is missed.
-        sub = await st.rt.nc.subscribe(subjects.job_output(job_id), cb=feed.on_output)
+        sub = await st.rt.bus.listen(subjects.job_output(job_id), feed.on_output)
         try:
             # A short inactivity limit: the server drops the watch soon after a client leaves.
             watcher = await kv.watch(job_id, inactive_threshold=30.0)
         except BaseException:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await sub.stop()
             raise
     reader = asyncio.create_task(feed.read(watcher), name=f"sse-{job_id}")
     resp = web.StreamResponse(status=200, headers=st.stream_headers(request))
@@ -102,7 +100,7 @@ async def _serve(request: web.Request, st: Receiver, job_id: str) -> web.StreamR
         with contextlib.suppress(BaseException):
             await reader
         with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+            await sub.stop()
         with contextlib.suppress(Exception):
             await watcher.stop()
     return resp
@@ -116,7 +114,7 @@ class _Feed:
         self.items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.outputs = 0  # output frames queued and not written yet
 
-    async def on_output(self, msg: Msg) -> None:
+    async def on_output(self, msg: bus.Message) -> None:
         if self.outputs >= MAX_QUEUED_OUTPUT:
             return  # a client that cannot keep up loses text (the ``seq`` numbers show where)
         try:
@@ -127,7 +125,7 @@ class _Feed:
         self.outputs += 1
         self.items.put_nowait(("output", b"event: output\ndata: %s\n\n" % data))
 
-    async def read(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def read(self, watcher: bus.Watcher) -> None:
         # Iterated, not ``updates(timeout=)``: its asyncio.wait_for can swallow the cancel that
         # ends this task when an entry arrives at the same moment (Python 3.11).
         try:
@@ -177,7 +175,7 @@ async def _pump(
         if kind == "error":
             raise item
         entry = item
-        if entry.operation in _DELETE_OPS:
+        if entry.deleted:
             await resp.write(f"id: {entry.revision}\nevent: deleted\ndata: {{}}\n\n".encode())
             return
         record = job_record_decoder.decode(entry.value or b"")

@@ -10,11 +10,11 @@ from aiohttp import web
 
 from conveyor.receiver.handlers.webhooks import respond
 from conveyor.receiver.state import STATE
-from conveyor.shared import subjects
-from conveyor.shared.events import utcnow
-from conveyor.shared.http import HTTPError
-from conveyor.shared.tenancy import DEFAULT_PROJECT
-from conveyor.shared.usage import PeriodUsage, UsageTotals, budget_of, read_period, resets_at
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import utcnow
+from conveyor.shared.domain.tenancy import DEFAULT_PROJECT
+from conveyor.shared.domain.usage import PeriodUsage, UsageTotals, budget_of, read_period, resets_at
+from conveyor.shared.runtime.http import HTTPError
 
 
 class PeriodView(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,10 +12,10 @@ from aiohttp import web
 from conveyor.receiver.schemas import Accepted, Ignored
 from conveyor.receiver.sources import Source, peer_host
 from conveyor.receiver.state import CORRELATION_ID, RATE_LIMIT, STATE, Receiver
-from conveyor.shared import ids, subjects
-from conveyor.shared.events import JobRecord, WebhookEvent, encoder, utcnow
-from conveyor.shared.http import HTTPError
-from conveyor.shared.ratelimit import Decision
+from conveyor.shared.contracts import ids, lifecycle, subjects
+from conveyor.shared.contracts.events import WebhookEvent, encoder, utcnow
+from conveyor.shared.domain.ratelimit import Decision
+from conveyor.shared.runtime.http import HTTPError
 
 _OUTCOME = {
     400: "bad_request",
@@ -163,11 +163,9 @@ async def _take(call: Call, st: Receiver, source: Source) -> Answer:
         correlation_id=call.correlation,
         project=project.project_id,
     )
-    record = JobRecord(
-        job_id=job_id,
-        status="queued",
+    record = lifecycle.new(
+        job_id,
         created_at=now,
-        updated_at=now,
         source=name,
         event_type=inbound.event_type,
         project_id=inbound.project_id,

@@ -21,7 +21,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta
 
-from conveyor.shared.events import DEFAULT_PROJECT, NOT_JSON, Message
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, NOT_JSON, Message
 
 # --- Field types --------------------------------------------------------------------------------
 

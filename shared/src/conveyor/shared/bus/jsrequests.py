@@ -18,7 +18,7 @@ popleft. A heap cost two O(log n) steps per wait over every wait of the last tim
 JetStream sees the same messages as before (Nats-Msg-Id, Nats-Expected-Stream,
 Nats-Expected-Last-Subject-Sequence), so what it guarantees is unchanged: a PubAck means the
 message is stored, ``duplicate`` means it was seen before, and a KV create or compare-and-set
-fails when the key's revision is not the expected one. Errors are nats-py's own types.
+fails when the key's revision is not the expected one. Errors are the bus's (errors.py).
 """
 
 from __future__ import annotations
@@ -36,11 +36,18 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from conveyor.shared import reader, wire
+from conveyor.shared.bus import reader, wire
+from conveyor.shared.bus.errors import (
+    WRONG_LAST_SEQUENCE,
+    BusError,
+    Conflict,
+    Timeout,
+    Unavailable,
+    translate,
+)
 
 EXPECTED_STREAM = "Nats-Expected-Stream"
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
-_WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequence(Constant)Err: the key exists
 _SWEEP_S = 0.05  # expiry resolution: waits end at most this much after their deadline
 
 
@@ -60,17 +67,15 @@ class PubAck(msgspec.Struct):
 _ack_decoder = msgspec.json.Decoder(PubAck)
 
 
-def _ack_error(err: _ApiError, headers: dict[str, str] | None) -> Exception:
-    """The error nats-py would raise for this PubAck error."""
-    if err.err_code in _WRONG_LAST_SEQUENCE and headers and EXPECTED_LAST_SUBJECT_SEQUENCE in headers:
-        exc = nats.js.errors.KeyWrongLastSequenceError(description=err.description)
-        exc.code, exc.err_code = err.code, err.err_code  # so is_key_exists() sees it too
-        return exc
-    try:  # ServiceUnavailableError for 503, BadRequestError for 400, ...
+def _ack_error(err: _ApiError, headers: dict[str, str] | None) -> BaseException:
+    """The bus error for this PubAck error (Conflict: the key's revision was not the one given)."""
+    if err.err_code in WRONG_LAST_SEQUENCE and headers and EXPECTED_LAST_SUBJECT_SEQUENCE in headers:
+        return Conflict(err.description, code=err.code, err_code=err.err_code)
+    try:  # Unavailable for 503, BadRequest for 400, ...: as nats-py reads the code
         nats.js.errors.APIError.from_error(msgspec.structs.asdict(err))
     except nats.js.errors.APIError as exc:
-        return exc
-    return nats.js.errors.APIError(description=err.description)
+        return translate(exc)
+    return BusError(err.description, code=err.code, err_code=err.err_code)
 
 
 class JsRequests:
@@ -94,7 +99,7 @@ class JsRequests:
         self._sub = await reader.deliver_directly(self._nc, self._prefix + "*", self._on_reply)
 
     async def stop(self) -> None:
-        """Unsubscribe; whoever still waits gets ConnectionClosedError instead of its timeout."""
+        """Unsubscribe; whoever still waits gets Unavailable instead of its timeout."""
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
@@ -105,7 +110,7 @@ class JsRequests:
         waiting, self._waiting = self._waiting, {}
         for fut, _ in waiting.values():
             if not fut.done():
-                fut.set_exception(nats.errors.ConnectionClosedError())
+                fut.set_exception(Unavailable("connection closed"))
 
     async def _send(
         self,
@@ -128,10 +133,11 @@ class JsRequests:
         if deadline + _SWEEP_S < self._timer_at:  # sooner than the sweep already planned
             self._plan(loop, deadline + _SWEEP_S)
         try:
-            block = wire.header_block(headers) if headers else None
-            await wire.publish(self._nc, subject, data, self._prefix + token, block)
-        except BaseException:
+            await wire.send(self._nc, subject, data, self._prefix + token, headers)
+        except BaseException as exc:
             self._waiting.pop(token, None)
+            if isinstance(exc, nats.errors.Error):
+                raise translate(exc) from exc
             raise
         return fut
 
@@ -144,21 +150,21 @@ class JsRequests:
         self, subject: str, data: bytes, headers: dict[str, str], *, timeout_s: float | None = None
     ) -> asyncio.Future[PubAck]:
         """Hand a JetStream publish to the client; the returned future ends with its PubAck, or
-        with the error JetStream answered, or ``nats.errors.TimeoutError`` after the timeout.
+        with the error JetStream answered, or ``Timeout`` after the timeout.
         Two sends before awaiting either go out in one flush."""
         return await self._send(subject, data, headers, headers, timeout_s)
 
     async def publish(
         self, subject: str, data: bytes, headers: dict[str, str], *, timeout_s: float | None = None
     ) -> PubAck:
-        """``js.publish``: the PubAck, or the error nats-py would raise."""
+        """``js.publish``: the PubAck, or the bus error for what JetStream answered."""
         ack: PubAck = await (await self.send(subject, data, headers, timeout_s=timeout_s))
         return ack
 
     async def publish_unacked(self, subject: str, data: bytes) -> None:
         """A plain publish onto a stream's subject: stored by JetStream, no acknowledgement asked
         for or waited on. For what may be lost without losing accepted work (a list entry)."""
-        await wire.publish(self._nc, subject, data)
+        await wire.send(self._nc, subject, data)
 
     async def request(
         self,
@@ -168,7 +174,7 @@ class JsRequests:
         *,
         timeout_s: float | None = None,
     ) -> Msg:
-        """``nc.request``: the reply message, or nats-py's TimeoutError / NoRespondersError."""
+        """``nc.request``: the reply message, or Timeout / Unavailable (no responders)."""
         msg: Msg = await (await self._send(subject, data, headers, None, timeout_s))
         return msg
 
@@ -180,17 +186,17 @@ class JsRequests:
         no_responders = not msg.data and msg.headers is not None and msg.headers.get("Status") == "503"
         if ack_headers is None:  # a plain request: the caller reads the reply itself
             if no_responders:
-                fut.set_exception(nats.errors.NoRespondersError())
+                fut.set_exception(Unavailable("no responders"))
             else:
                 fut.set_result(msg)
             return
         if no_responders:
-            fut.set_exception(nats.js.errors.NoStreamResponseError())
+            fut.set_exception(Unavailable("no stream answered"))
             return
         try:
             ack = _ack_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
-            fut.set_exception(nats.js.errors.Error(f"unreadable PubAck: {exc}"))
+            fut.set_exception(BusError(f"unreadable PubAck: {exc}"))
             return
         if ack.error is None:
             fut.set_result(ack)
@@ -207,7 +213,7 @@ class JsRequests:
             while queue and queue[0][0] <= now:
                 entry = waiting.pop(queue.popleft()[1], None)
                 if entry is not None and not entry[0].done():
-                    entry[0].set_exception(nats.errors.TimeoutError())
+                    entry[0].set_exception(Timeout("no answer in time"))
             if queue:
                 soonest = min(soonest, queue[0][0])
             else:
@@ -218,4 +224,4 @@ class JsRequests:
 
 def is_key_exists(exc: BaseException) -> bool:
     """Whether a KV create failed because the key has a value (or a delete marker)."""
-    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in _WRONG_LAST_SEQUENCE
+    return isinstance(exc, Conflict)

@@ -21,7 +21,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
-from conveyor.shared import subjects
+from conveyor.shared.contracts import subjects
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def stream_configs(replicas: int = 1) -> dict[str, StreamConfig]:
             retention=RetentionPolicy.LIMITS,
             max_age=7 * DAY,
             duplicate_window=120.0,
-            allow_direct=True,  # pages are read with direct gets (conveyor.shared.streamread)
+            allow_direct=True,  # pages are read with direct gets (conveyor.shared.bus.streamread)
         ),
         subjects.CONTROL: cfg(
             subjects.CONTROL,

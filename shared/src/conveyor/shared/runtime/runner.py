@@ -23,27 +23,27 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-import nats
-import nats.errors
-import nats.js.errors
 from aiohttp import web
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
-from nats.js.kv import KeyValue
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCollector, ProcessCollector
 
-from conveyor.shared.config import BaseSettings, load_settings
-from conveyor.shared.consumer import Consumer, ConsumerMetrics, Handler
-from conveyor.shared.errors import ConfigError
-from conveyor.shared.http import HttpMetrics, error_middleware, health_routes, metrics_middleware
-from conveyor.shared.jsrequests import JsRequests
-from conveyor.shared.logs import setup_logging
-from conveyor.shared.streams import ensure_kv, ensure_streams
-from conveyor.shared.telemetry import init_tracing
-from conveyor.shared.urls import redact_urls
+from conveyor.shared.bus import (
+    Bus,
+    Consumer,
+    ConsumerConfig,
+    ConsumerMetrics,
+    Handler,
+    Kv,
+    Timeout,
+    Unavailable,
+)
+from conveyor.shared.contracts.errors import ConfigError
+from conveyor.shared.runtime.config import BaseSettings, load_settings
+from conveyor.shared.runtime.http import HttpMetrics, error_middleware, health_routes, metrics_middleware
+from conveyor.shared.runtime.logs import setup_logging
+from conveyor.shared.runtime.telemetry import init_tracing
+from conveyor.shared.runtime.urls import redact_urls
 
 log = logging.getLogger(__name__)
 
@@ -54,32 +54,33 @@ GC_THRESHOLDS = (20_000, 20, 20)
 
 @dataclass
 class Runtime(Generic[S]):
-    """What a running service has: settings, NATS, KV handles, HTTP app, metrics, tracer, and
-    ``requests``: JetStream request/reply on the connection, one reply subscription for all."""
+    """What a running service has: settings, the bus (its NATS connection), KV handles, HTTP
+    app, metrics, tracer."""
 
     name: str
     settings: S
     registry: CollectorRegistry
     tracer: trace.Tracer
-    nc: NATS
     app: web.Application
     consumer_metrics: ConsumerMetrics
     instance: str
     started_at: float = field(default_factory=time.time)
-    kv: dict[str, KeyValue] = field(default_factory=dict)
+    kv: dict[str, Kv] = field(default_factory=dict)
     consumers: list[Consumer] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     http_port: int = 0
     setup_done: bool = False
-    requests: JsRequests = field(init=False)  # set once connected
+    _bus: Bus | None = None  # set once connected
 
     @property
-    def js(self) -> JetStreamContext:
-        return self.nc.jetstream()
+    def bus(self) -> Bus:
+        """The service's connection to NATS (conveyor.shared.bus); there once connected."""
+        assert self._bus is not None, "the bus is connected before components start"
+        return self._bus
 
     @property
     def connected(self) -> bool:
-        return self.nc.is_connected
+        return self._bus is not None and self._bus.connected
 
     def ready(self) -> bool:
         return self.setup_done and self.connected and not self.stopping.is_set()
@@ -98,11 +99,10 @@ class Runtime(Generic[S]):
     ) -> Consumer:
         """Start a durable consumer on this connection (stopped and drained with the service).
         ``batch``: the most one pull asks for (default: the concurrency, at most 256)."""
-        consumer = Consumer(
-            js=self.js,
-            stream=stream,
-            config=config,
-            handler=handler,
+        consumer = self.bus.consumer(
+            stream,
+            config,
+            handler,
             stage=stage,
             metrics=self.consumer_metrics,
             concurrency=concurrency,
@@ -164,7 +164,7 @@ class Gauges:
         self.nats_connected = Gauge("nats_connected", "1 while the NATS connection is up.", registry=registry)
 
 
-async def _connect(settings: BaseSettings, name: str, stop: asyncio.Event) -> NATS:
+async def _connect(settings: BaseSettings, name: str, stop: asyncio.Event) -> Bus:
     servers = [s.strip() for s in settings.nats_url.split(",") if s.strip()]
 
     async def on_error(exc: Exception) -> None:
@@ -179,16 +179,12 @@ async def _connect(settings: BaseSettings, name: str, stop: asyncio.Event) -> NA
     delay = 0.2
     while True:
         try:
-            return await nats.connect(
-                servers=servers,
+            return await Bus.connect(
+                servers,
                 name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=1,
-                connect_timeout=2,
-                allow_reconnect=True,
-                error_cb=on_error,
-                disconnected_cb=on_disconnect,
-                reconnected_cb=on_reconnect,
+                on_error=on_error,
+                on_disconnect=on_disconnect,
+                on_reconnect=on_reconnect,
             )
         except Exception as exc:
             if stop.is_set():
@@ -203,19 +199,14 @@ async def _connect(settings: BaseSettings, name: str, stop: asyncio.Event) -> NA
             delay = min(delay * 2, 5.0)
 
 
-async def _bootstrap(rt: Runtime[Any], spec: ServiceSpec, stop: asyncio.Event) -> dict[str, KeyValue]:
+async def _bootstrap(rt: Runtime[Any], spec: ServiceSpec, stop: asyncio.Event) -> dict[str, Kv]:
     """Declare streams and buckets, retrying while JetStream is not yet available (a cluster
     that has not elected its meta leader answers with timeouts or 503s for a few seconds)."""
     delay = 0.5
     while True:
         try:
-            await ensure_streams(rt.js, spec.streams, replicas=rt.settings.nats_replicas)
-            return await ensure_kv(rt.js, spec.buckets, replicas=rt.settings.nats_replicas)
-        except (
-            nats.errors.TimeoutError,
-            nats.js.errors.ServiceUnavailableError,
-            nats.errors.NoRespondersError,
-        ) as exc:
+            return await rt.bus.declare(spec.streams, spec.buckets, replicas=rt.settings.nats_replicas)
+        except (Timeout, Unavailable) as exc:
             if stop.is_set():
                 raise ConnectionError("stopped before JetStream was available") from exc
             log.warning("jetstream not available yet (%s); retrying in %.1fs", type(exc).__name__, delay)
@@ -230,7 +221,7 @@ async def _watch_consumers(rt: Runtime[Any], gauges: Gauges) -> None:
         gauges.nats_connected.set(1 if rt.connected else 0)
         for c in list(rt.consumers):
             with contextlib.suppress(Exception):
-                info = await rt.js.consumer_info(c.stream, c.name, timeout=2)
+                info = await rt.bus.consumer_info(c.stream, c.name, timeout_s=2)
                 gauges.pending.labels(c.stream, c.name).set(info.num_pending or 0)
                 gauges.ack_pending.labels(c.stream, c.name).set(info.num_ack_pending or 0)
         with contextlib.suppress(TimeoutError):
@@ -270,7 +261,6 @@ async def serve(
         settings=settings,
         registry=registry,
         tracer=tracer,
-        nc=NATS(),
         app=app,
         consumer_metrics=ConsumerMetrics(registry, spec.name),
         instance=instance,
@@ -291,20 +281,18 @@ async def serve(
         listening = await asyncio.get_running_loop().create_server(
             front, settings.host, settings.port, reuse_address=True, backlog=1024
         )
-        server = listening
+        if listening.sockets:
+            rt.http_port = listening.sockets[0].getsockname()[1]
     else:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=1024)
         await site.start()
-        server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        rt.http_port = server.sockets[0].getsockname()[1]
+        if runner.addresses:
+            rt.http_port = runner.addresses[0][1]
     log.info("%s http listening on %s:%d", spec.name, settings.host, rt.http_port)
 
     watcher: asyncio.Task[None] | None = None
     try:
-        rt.nc = await _connect(settings, f"conveyor-{spec.name}-{instance}", stop)
-        rt.requests = JsRequests(rt.nc)
-        await rt.requests.start()
+        rt._bus = await _connect(settings, f"conveyor-{spec.name}-{instance}", stop)
         rt.kv = await _bootstrap(rt, spec, stop)
         async with contextlib.AsyncExitStack() as stack:
             if spec.components:
@@ -333,14 +321,9 @@ async def serve(
             listening.close()
             await front.close(settings.shutdown_grace_s)
         await runner.cleanup()
-        if hasattr(rt, "requests"):
+        if rt._bus is not None:
             with contextlib.suppress(Exception):
-                await rt.requests.stop()
-        if rt.nc.is_connected:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(rt.nc.drain(), 10)
-        with contextlib.suppress(Exception):
-            await rt.nc.close()
+                await rt._bus.close(drain_s=10)
         provider.shutdown()
         log.info("%s stopped", spec.name)
 

@@ -1,7 +1,7 @@
 """Dead letters in the DLQ stream: read, replay, delete. No output here (see render.py).
 
 A dead letter is ``dlq.<stage>.<original subject>`` with the original body byte for byte
-and its story in ``Conveyor-*`` headers (conveyor.shared.consumer.dead_letter). Replaying
+and its story in ``Conveyor-*`` headers (conveyor.shared.bus.consumer.dead_letter). Replaying
 republishes the body to ``Conveyor-Original-Subject`` and then deletes the dead letter. The
 republished message carries ``Nats-Msg-Id: replay-DLQ-<seq>``: never the original id (the
 original stream's duplicate window would drop the replay as a repeat), and the same id for
@@ -14,11 +14,8 @@ import datetime as dt
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
-import nats.errors
-import nats.js.errors
-from nats.js import JetStreamContext
-
-from conveyor.shared import subjects
+from conveyor.shared.bus import Bus, BusError, NotFound
+from conveyor.shared.contracts import subjects
 
 # Headers that tell the dead letter's story; they are not part of the original message.
 DLQ_HEADERS = frozenset(
@@ -87,10 +84,10 @@ def subject_filter(stage: str | None = None, subject: str | None = None) -> str:
     return "dlq.>"
 
 
-async def get(js: JetStreamContext, seq: int) -> DeadLetter | None:
+async def get(bus: Bus, seq: int) -> DeadLetter | None:
     try:
-        raw = await js.get_msg(subjects.DLQ, seq)
-    except nats.js.errors.NotFoundError:
+        raw = await bus.get_msg(subjects.DLQ, seq)
+    except NotFound:
         return None
     return DeadLetter(
         seq=int(raw.seq or seq),
@@ -102,17 +99,17 @@ async def get(js: JetStreamContext, seq: int) -> DeadLetter | None:
 
 
 async def scan(
-    js: JetStreamContext, filter_subject: str = "dlq.>", *, limit: int = 0, start: int = 0
+    bus: Bus, filter_subject: str = "dlq.>", *, limit: int = 0, start: int = 0
 ) -> AsyncIterator[DeadLetter]:
     """Dead letters matching ``filter_subject`` in sequence order from ``start``, up to the last
     one stored when the scan began (a letter dead-lettered again during a replay is not picked
     up twice)."""
-    info = await js.stream_info(subjects.DLQ)
+    info = await bus.stream_info(subjects.DLQ)
     seq, last, found = max(info.state.first_seq or 1, start), info.state.last_seq or 0, 0
     while seq <= last and (limit <= 0 or found < limit):
         try:
-            raw = await js.get_msg(subjects.DLQ, seq, subject=filter_subject, next=True)
-        except nats.js.errors.NotFoundError:
+            raw = await bus.get_msg(subjects.DLQ, seq, subject=filter_subject, next=True)
+        except NotFound:
             return
         got = int(raw.seq or 0)
         if got > last or got < seq:
@@ -132,24 +129,25 @@ class Outcome:
     detail: str
 
 
-async def replay_one(js: JetStreamContext, letter: DeadLetter, *, keep: bool = False) -> Outcome:
+async def replay_one(bus: Bus, letter: DeadLetter, *, keep: bool = False) -> Outcome:
     """Republish to the original subject (stored before anything else happens), then delete."""
     target = letter.original_subject
     try:
-        ack = await js.publish(target, letter.data, headers=letter.replay_headers())
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
+        # The letter's own headers (its traceparent included) go on as they are.
+        ack = await bus.publish(target, letter.data, headers=letter.replay_headers(), trace=False)
+    except BusError as exc:
         return Outcome(letter.seq, False, f"publish to {target} failed: {exc or type(exc).__name__}")
     detail = f"-> {target} ({ack.stream} #{ack.seq}{', already replayed' if ack.duplicate else ''})"
     if not keep:
         try:
-            await js.delete_msg(subjects.DLQ, letter.seq)
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            await bus.delete_msg(subjects.DLQ, letter.seq)
+        except BusError as exc:
             return Outcome(letter.seq, False, f"{detail}; could not delete the dead letter: {exc}")
     return Outcome(letter.seq, True, detail)
 
 
 async def replay(
-    js: JetStreamContext,
+    bus: Bus,
     letters: AsyncIterable[DeadLetter] | Iterable[DeadLetter],
     *,
     keep: bool = False,
@@ -168,37 +166,36 @@ async def replay(
 
     outcomes = []
     async for letter in each():
-        outcome = await replay_one(js, letter, keep=keep)
+        outcome = await replay_one(bus, letter, keep=keep)
         outcomes.append(outcome)
         if progress is not None:
             progress(outcome)
     return outcomes
 
 
-async def count(js: JetStreamContext, filter_subject: str = "dlq.>") -> int:
+async def count(bus: Bus, filter_subject: str = "dlq.>") -> int:
     """How many dead letters match ``filter_subject`` (for a progress bar's total)."""
-    if filter_subject == "dlq.>":
-        return int((await js.stream_info(subjects.DLQ)).state.messages or 0)
-    info = await js.stream_info(subjects.DLQ, subjects_filter=filter_subject)
-    return sum((info.state.subjects or {}).values())
+    return await bus.stream_messages(
+        subjects.DLQ, subject=None if filter_subject == "dlq.>" else filter_subject
+    )
 
 
-async def delete(js: JetStreamContext, seqs: list[int]) -> list[Outcome]:
+async def delete(bus: Bus, seqs: list[int]) -> list[Outcome]:
     outcomes = []
     for seq in seqs:
         try:
-            await js.delete_msg(subjects.DLQ, seq)
+            await bus.delete_msg(subjects.DLQ, seq)
             outcomes.append(Outcome(seq, True, "deleted"))
-        except nats.js.errors.NotFoundError:
+        except NotFound:
             outcomes.append(Outcome(seq, False, "no such dead letter"))
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
+        except BusError as exc:
             outcomes.append(Outcome(seq, False, f"could not delete: {exc}"))
     return outcomes
 
 
-async def purge(js: JetStreamContext, filter_subject: str | None) -> int:
+async def purge(bus: Bus, filter_subject: str | None) -> int:
     """Remove every dead letter (matching the filter); returns how many went."""
-    before = (await js.stream_info(subjects.DLQ)).state.messages
-    await js.purge_stream(subjects.DLQ, subject=filter_subject)
-    after = (await js.stream_info(subjects.DLQ)).state.messages
+    before = await bus.stream_messages(subjects.DLQ)
+    await bus.purge(subjects.DLQ, subject=filter_subject)
+    after = await bus.stream_messages(subjects.DLQ)
     return max(0, before - after)

@@ -3,7 +3,7 @@
 One record per project and provider in KV ``connections`` under ``<project>.<provider>``
 (not ``integration``, which is the per-project webhook and callback health status). The
 credential itself (a token, or a GitHub App's private key) is sealed with the rotating
-``CONVEYOR_SECRET_KEYS`` (conveyor.shared.sealing) and bound to its project and provider,
+``CONVEYOR_SECRET_KEYS`` (conveyor.shared.domain.sealing) and bound to its project and provider,
 so a value copied into another record does not open. The receiver writes the records (its
 API and the OAuth callbacks); the executor reads them when a tool asks for a token.
 """
@@ -17,9 +17,9 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from conveyor.shared.events import Message
-from conveyor.shared.sealing import SealedSecret, Sealer
-from conveyor.shared.tenancy import secret_context
+from conveyor.shared.contracts.events import Message
+from conveyor.shared.domain.sealing import SealedSecret, Sealer
+from conveyor.shared.domain.tenancy import secret_context
 
 Provider = Literal["github", "slack"]
 PROVIDERS: tuple[str, ...] = ("github", "slack")

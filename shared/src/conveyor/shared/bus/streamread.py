@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from conveyor.shared.jsrequests import JsRequests
+from conveyor.shared.bus.jsrequests import JsRequests
 
 
 class Stored(NamedTuple):

@@ -25,10 +25,12 @@ other message goes through ``_process_msg``, and every other line (INFO, PING, P
 -ERR, anything unexpected or oddly spaced) through nats-py's own parser, so what they do is
 unchanged. Measured with a buffer of 100 PubAcks: 3.2 us per message before, 1.2 here.
 
-Importing this module installs both on nats-py's client class: every client made after that
-reads with them, across reconnects. They use nats-py internals (``_subs``, ``_pending_queue``,
-``_parse_header_lines``, the parser's state), which is why nats-py is pinned to one minor
-version in the lock file; the tests run every service through them.
+:func:`install` puts both on nats-py's client class (``fastpaths.install`` calls it when the
+bus connects, for a nats-py version they were written for): every client made after that
+reads with them, across reconnects; :func:`uninstall` puts nats-py's own back. They use
+nats-py internals (``_subs``, ``_pending_queue``, ``_parse_header_lines``, the parser's
+state), which is why nats-py is pinned to one minor version; the tests run every service
+through them, and the first path without them.
 """
 
 from __future__ import annotations
@@ -105,7 +107,15 @@ class Direct:
 async def deliver_directly(
     nc: _nats_client.Client, subject: str, handle: Callable[[Msg], None]
 ) -> Subscription:
-    """Subscribe so that ``handle(msg)`` runs for each message in the client's read loop."""
+    """Subscribe so that ``handle(msg)`` runs for each message in the client's read loop (with
+    the fast paths off: from the subscription's own task, as nats-py delivers)."""
+    if not installed():
+
+        async def callback(msg: Msg) -> None:
+            Direct(sub, handle).deliver(msg)
+
+        sub = await nc.subscribe(subject, cb=callback)
+        return sub
     sub = await nc.subscribe(subject)  # no callback: no task of its own
     sub._pending_queue = Direct(sub, handle)  # type: ignore[assignment]
     return sub
@@ -203,5 +213,20 @@ class Parser(nats_parser.Parser):
 
 
 _nats_parse_header_lines = _nats_client.Client.__dict__["_parse_header_lines"]
-_nats_client.Client._parse_header_lines = staticmethod(parse_header_lines)  # type: ignore[method-assign,assignment]
-_nats_client.Parser = Parser  # type: ignore[misc]
+_nats_parser = _nats_client.Parser
+
+
+def install() -> None:
+    """Read with :class:`Parser` and :func:`parse_header_lines` in every client made from now."""
+    _nats_client.Client._parse_header_lines = staticmethod(parse_header_lines)  # type: ignore[method-assign,assignment]
+    _nats_client.Parser = Parser  # type: ignore[misc]
+
+
+def uninstall() -> None:
+    """nats-py's own parser and header reader again, for clients made from now."""
+    _nats_client.Client._parse_header_lines = _nats_parse_header_lines  # type: ignore[method-assign]
+    _nats_client.Parser = _nats_parser  # type: ignore[misc]
+
+
+def installed() -> bool:
+    return _nats_client.Parser is Parser

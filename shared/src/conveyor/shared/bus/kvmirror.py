@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import msgspec
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from conveyor.shared.bus.kv import Kv, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,9 @@ T = TypeVar("T")
 
 
 async def keep_watching(
-    kv: KeyValue,
+    kv: Kv,
     name: str,
-    read: Callable[[KeyValue.KeyWatcher], Awaitable[None]],
+    read: Callable[[Watcher], Awaitable[None]],
     *,
     check_every_s: float = 5.0,
 ) -> None:
@@ -36,7 +37,7 @@ async def keep_watching(
     delay = 0.5
     while True:
         try:
-            watcher = await kv.watchall()
+            watcher = await kv.watch()
         except Exception as exc:
             log.warning("cannot watch kv %s (%s); retrying", name, exc)
             await asyncio.sleep(delay)
@@ -49,10 +50,8 @@ async def keep_watching(
                 await asyncio.wait({reader}, timeout=check_every_s)
                 if reader.done():
                     break
-                try:
-                    await watcher._sub.consumer_info()
-                except Exception as exc:
-                    log.warning("watch of kv %s lost (%s); watching again", name, exc or type(exc).__name__)
+                if not await watcher.alive():
+                    log.warning("watch of kv %s lost; watching again", name)
                     break
         finally:
             reader.cancel()
@@ -65,7 +64,7 @@ async def keep_watching(
 class KvMirror(Generic[T]):
     def __init__(
         self,
-        kv: KeyValue,
+        kv: Kv,
         name: str,
         decode: Callable[[bytes], T],
         *,
@@ -109,7 +108,7 @@ class KvMirror(Generic[T]):
     async def _supervise(self) -> None:
         await keep_watching(self.kv, self.name, self._read, check_every_s=self.check_every_s)
 
-    async def _read(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _read(self, watcher: Watcher) -> None:
         seen: set[str] = set()
         replaying = True
         async for entry in watcher:
@@ -122,10 +121,10 @@ class KvMirror(Generic[T]):
                 continue
             if replaying:
                 seen.add(entry.key)
-            if entry.operation in (KV_DEL, KV_PURGE):
+            if entry.deleted:
                 self._set(entry.key, None)
                 continue
             try:
-                self._set(entry.key, self.decode(entry.value or b""))
+                self._set(entry.key, self.decode(entry.value))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 log.warning("kv %s: key %s does not decode (%s); skipped", self.name, entry.key, exc)

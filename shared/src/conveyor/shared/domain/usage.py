@@ -8,7 +8,7 @@ question asked on every run of a project with a budget is "what has it spent tod
 month", and a record per (project, day) and (project, month) answers it with one direct get.
 A stream would have to be summed (or folded by yet another consumer) on each read. Writers
 keep what they saw in memory and merge it every ``flush_every_s`` (like
-``conveyor.shared.integration``), so a busy project costs one write per period per second
+``conveyor.shared.domain.integration``), so a busy project costs one write per period per second
 per executor replica, not one per response; a crash loses at most that second's reports.
 Between replicas the totals are as fresh as the last merge each one made: budgets are
 enforced approximately (an overshoot of what the other replicas spent in the last second or
@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
-import nats.js.errors
-from nats.js.kv import KeyValue
 
-from conveyor.shared.events import Message, TokenUsage, encoder, utcnow
-from conveyor.shared.tenancy import Project
+from conveyor.shared import bus
+from conveyor.shared.contracts.events import Message, TokenUsage, encoder, utcnow
+from conveyor.shared.domain.tenancy import Project
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +135,11 @@ def over_budget(
     return None
 
 
-async def read_period(kv: KeyValue, project: str, period: Period, at: dt.datetime) -> PeriodUsage:
+async def read_period(kv: bus.Kv, project: str, period: Period, at: dt.datetime) -> PeriodUsage:
     key = usage_key(project, period, at)
     try:
         entry = await kv.get(key)
-    except nats.js.errors.KeyNotFoundError:
+    except bus.NotFound:
         return PeriodUsage(project=project, period=period, start=period_start(period, at))
     return usage_decoder.decode(entry.value or b"")
 
@@ -157,7 +156,7 @@ class UsageRecorder:
     replica knows each project has spent (the last merged or read totals plus what it has not
     written yet), which the running jobs' budget checks read without a round trip."""
 
-    kv: KeyValue
+    kv: bus.Kv
     flush_every_s: float = 1.0
     _pending: dict[str, _Pending] = field(default_factory=dict)  # usage key -> not written yet
     _known: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (cost, monotonic)
@@ -232,7 +231,7 @@ class UsageRecorder:
                 entry = await self.kv.get(key)
                 current = usage_decoder.decode(entry.value or b"")
                 revision: int | None = entry.revision
-            except nats.js.errors.KeyNotFoundError:
+            except bus.NotFound:
                 current = PeriodUsage(project=project, period=period, start=start)  # type: ignore[arg-type]
                 revision = None
             agents = {a: UsageTotals(**msgspec.structs.asdict(t)) for a, t in current.agents.items()}
@@ -251,7 +250,7 @@ class UsageRecorder:
                     await self.kv.create(key, encoder.encode(merged))
                 else:
                     await self.kv.update(key, encoder.encode(merged), last=revision)
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyValueError):
+            except bus.Conflict:
                 # Another replica wrote meanwhile: read and merge again, after a random pause
                 # (replicas flush on the same beat, and would collide again at once).
                 await asyncio.sleep(random.uniform(0, 0.002 * (n + 1)))

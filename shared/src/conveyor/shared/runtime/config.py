@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from conveyor.shared.errors import ConfigError
+from conveyor.shared.contracts.errors import ConfigError
 
 CONFIG_ENV = "CONVEYOR_CONFIG"
 

@@ -14,7 +14,8 @@ at its maximum rate went from 0.75 to 0.95 of a core busy, and from about 10,700
 11,200-11,500 webhooks/s).
 
 This uses nats-py internals (``_pending``, ``_flush_queue``), which is why nats-py is pinned
-to one minor version in the lock file; the tests run every service through them.
+to one minor version; :func:`send` uses it only while the fast paths are on (fastpaths.py),
+and ``nc.publish`` otherwise.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from collections.abc import Mapping
 
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
+
+from conveyor.shared.bus import fastpaths
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +96,14 @@ async def publish(
         await nc._flush_pending()
 
 
-def settled(msg: Msg) -> bool:
-    """Whether ``msg`` was acknowledged, NAKed, terminated or left (nats-py's own flag)."""
-    return bool(msg._ackd)
-
-
-def leave(msg: Msg) -> None:
-    """Settle nothing, and have the consumer treat ``msg`` as settled: another process owns the
-    work now (its in-progress acks keep the message; if it dies, JetStream redelivers)."""
-    msg._ackd = True
-
-
-def max_payload(js: JetStreamContext) -> int:
-    """The connected server's max_payload (what one message, headers included, may be)."""
-    return int(js._nc.max_payload)
-
-
-async def ack(msg: Msg, body: bytes = b"") -> None:
-    """``msg.ack()`` (or a NAK/term body) without the publish machinery; marks it settled."""
-    if not msg.reply:
-        raise nats.errors.Error("not a JetStream message: no reply subject to acknowledge")
-    await publish(msg._client, msg.reply, body)
-    msg._ackd = True
+async def send(
+    nc: Client, subject: str, payload: bytes, reply: str = "", headers: Mapping[str, str] | None = None
+) -> None:
+    """Publish on ``nc``: through :func:`publish` with the fast paths on, ``nc.publish`` if not."""
+    if fastpaths.on():
+        await publish(nc, subject, payload, reply, header_block(headers) if headers else None)
+    else:
+        # nats-py checks the body alone against max_payload; the server counts headers too.
+        if len(payload) + (len(header_block(headers)) if headers else 0) > nc.max_payload:
+            raise nats.errors.MaxPayloadError
+        await nc.publish(subject, payload, reply, headers=dict(headers) if headers else None)

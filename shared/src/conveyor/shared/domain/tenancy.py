@@ -21,8 +21,8 @@ from typing import Literal
 
 import msgspec
 
-from conveyor.shared.events import DEFAULT_PROJECT, Message
-from conveyor.shared.sealing import SealedSecret, Sealer
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, Message
+from conveyor.shared.domain.sealing import SealedSecret, Sealer
 
 DEFAULT_ORG = "default"
 
@@ -39,7 +39,7 @@ class Organisation(Message, frozen=True, kw_only=True):
 
 
 class Project(Message, frozen=True, kw_only=True):
-    """KV ``projects`` under its id. Secrets are sealed (conveyor.shared.sealing), each bound to
+    """KV ``projects`` under its id. Secrets are sealed (conveyor.shared.domain.sealing), each bound to
     this project and field, and never leave the services in clear."""
 
     project_id: str
@@ -72,7 +72,7 @@ class Project(Message, frozen=True, kw_only=True):
     cors_origins: list[str] = []
     """Browser origins allowed to call the API and open SSE streams (exact ``scheme://host[:port]``)."""
     budget_day_usd: float = 0.0
-    """What LLM runs may cost per UTC day (conveyor.shared.usage); 0: no budget."""
+    """What LLM runs may cost per UTC day (conveyor.shared.domain.usage); 0: no budget."""
     budget_month_usd: float = 0.0
     """Likewise per UTC calendar month."""
     progress_callbacks: bool = False

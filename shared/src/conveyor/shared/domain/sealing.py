@@ -20,7 +20,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from conveyor.shared.config import Secret
+from conveyor.shared.runtime.config import Secret
 
 _NONCE_BYTES = 12
 _HINT_CHARS = 6

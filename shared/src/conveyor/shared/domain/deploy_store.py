@@ -24,12 +24,10 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import msgspec
-import nats.js.errors
-from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
-from conveyor.shared import subjects
-from conveyor.shared.deploys import (
+from conveyor.shared import bus
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.deploys import (
     LIVE_KINDS,
     DeploymentKind,
     DeploymentRecord,
@@ -41,8 +39,7 @@ from conveyor.shared.deploys import (
     new_deployment_id,
     site_decoder,
 )
-from conveyor.shared.events import DEFAULT_PROJECT, encoder, utcnow
-from conveyor.shared.telemetry import inject_headers
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, encoder, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +71,7 @@ def deploy_msg_id(deployment_id: str) -> str:
 class DeployStore:
     """Typed access to KV ``sites`` and ``deployments`` plus the DEPLOYS stream."""
 
-    def __init__(self, js: JetStreamContext, sites: KeyValue, deployments: KeyValue) -> None:
+    def __init__(self, js: bus.Bus, sites: bus.Kv, deployments: bus.Kv) -> None:
         self.js = js
         self.sites = sites
         self.deployments = deployments
@@ -88,7 +85,7 @@ class DeployStore:
         """Every site (a list is read whole: sites are few, one per published app)."""
         try:
             keys = await self.sites.keys()
-        except nats.js.errors.NoKeysError:
+        except bus.NotFound:
             return []
         found = await asyncio.gather(*(self.site(k) for k in keys))
         return [rec for rec, _ in (f for f in found if f is not None)]
@@ -159,7 +156,7 @@ class DeployStore:
                 try:
                     await self.sites.create(site_id, encoder.encode(record))
                     return record, True
-                except nats.js.errors.KeyWrongLastSequenceError:
+                except bus.Conflict:
                     continue
             current, rev = found
             if current.project != project:
@@ -178,7 +175,7 @@ class DeployStore:
             try:
                 await self.sites.update(site_id, encoder.encode(record), last=rev)
                 return record, False
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except bus.Conflict:
                 continue
         raise DeployStoreError(409, "conflict", f"site {site_id} is being changed concurrently; retry")
 
@@ -242,7 +239,7 @@ class DeployStore:
             await self.deployments.create(deployment_id, encoder.encode(record))
             try:
                 await self.sites.update(site_id, encoder.encode(new_site), last=rev)
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except bus.Conflict:
                 # Another request won; drop ours and look again (it may be ours to deduplicate).
                 await self.deployments.purge(deployment_id)
                 continue
@@ -300,8 +297,7 @@ class DeployStore:
             subjects.deploy_requested(record.site_id),
             encoder.encode(request),
             stream=subjects.DEPLOYS,
-            # traceparent too, so the deployment is part of the request's trace.
-            headers=inject_headers({subjects.MSG_ID: deploy_msg_id(record.deployment_id)}),
+            msg_id=deploy_msg_id(record.deployment_id),
         )
 
     async def cancel(self, deployment_id: str) -> DeploymentRecord:
@@ -321,11 +317,11 @@ class DeployStore:
 R = TypeVar("R")
 
 
-async def _read(kv: KeyValue, decoder: msgspec.json.Decoder[R], key: str) -> tuple[R, int] | None:
+async def _read(kv: bus.Kv, decoder: msgspec.json.Decoder[R], key: str) -> tuple[R, int] | None:
     """The record under ``key`` and its revision; None when there is none (or a delete marker)."""
     try:
         entry = await kv.get(key)
-    except nats.js.errors.KeyNotFoundError:
+    except bus.NotFound:
         return None
     if entry.value is None:
         return None
@@ -333,7 +329,7 @@ async def _read(kv: KeyValue, decoder: msgspec.json.Decoder[R], key: str) -> tup
 
 
 async def _update(
-    kv: KeyValue,
+    kv: bus.Kv,
     decoder: msgspec.json.Decoder[R],
     key: str,
     change: Callable[[R], R | None],
@@ -351,6 +347,6 @@ async def _update(
         try:
             await kv.update(key, encoder.encode(new), last=rev)
             return new
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except bus.Conflict:
             continue
     raise DeployStoreError(409, "conflict", f"{what} is being changed concurrently; retry")

@@ -22,8 +22,8 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta
 
-from conveyor.shared import subjects
-from conveyor.shared.events import Message
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.events import Message
 
 Kind = Literal["agent", "pipeline"]
 BackendChoice = Literal["auto", "openai", "anthropic", "builtin"]

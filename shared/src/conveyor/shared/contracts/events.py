@@ -18,7 +18,7 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "timeout",
 ResultStatus = Literal["completed", "failed", "timeout"]
 
 
-# Objects made before projects belong to the default project (conveyor.shared.tenancy).
+# Objects made before projects belong to the default project (conveyor.shared.domain.tenancy).
 DEFAULT_PROJECT = "default"
 
 # What msgspec raises for bytes it cannot read as JSON: malformed (DecodeError, and its subclass
@@ -310,7 +310,7 @@ class ApiKeyRecord(Message, frozen=True, kw_only=True):
     per_minute: int = 60
     per_day: int = 10_000
     revoked: bool = False
-    # Scope (conveyor.shared.tenancy): "" for keys made before projects, which act as admin
+    # Scope (conveyor.shared.domain.tenancy): "" for keys made before projects, which act as admin
     # keys (admin=true) or keys of the default project.
     scope: Literal["", "admin", "org", "project"] = ""
     org_id: str | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -16,6 +17,10 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+
+# The span processors of providers init_tracing gave an exporter: spans made through them go
+# somewhere (read from the tracer's public ``span_processor``, not the SDK's private list).
+_exporting: weakref.WeakSet[object] = weakref.WeakSet()
 
 
 def init_tracing(service: str, instance: str, exporter: SpanExporter | None = None) -> TracerProvider:
@@ -34,6 +39,9 @@ def init_tracing(service: str, instance: str, exporter: SpanExporter | None = No
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    else:
+        return provider
+    _exporting.add(provider.get_tracer(__name__).span_processor)  # type: ignore[attr-defined]
     return provider
 
 
@@ -70,9 +78,9 @@ def consumer_span(
 
 
 def exporting(tracer: trace.Tracer) -> bool:
-    """Whether spans made by ``tracer`` go anywhere (some span processor is configured)."""
+    """Whether spans made by ``tracer`` go anywhere (init_tracing gave its provider an exporter)."""
     processor = getattr(tracer, "span_processor", None)
-    return bool(getattr(processor, "_span_processors", True))
+    return processor is not None and processor in _exporting
 
 
 @contextlib.contextmanager

@@ -15,10 +15,9 @@ import logging
 from dataclasses import dataclass, field
 
 import msgspec
-import nats.js.errors
-from nats.js.kv import KeyValue
 
-from conveyor.shared.events import Message, encoder
+from conveyor.shared import bus
+from conveyor.shared.contracts.events import Message, encoder
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class _Pending:
 
 @dataclass
 class IntegrationRecorder:
-    kv: KeyValue
+    kv: bus.Kv
     flush_every_s: float = 2.0
     _pending: dict[str, _Pending] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
@@ -117,7 +116,7 @@ class IntegrationRecorder:
                 entry = await self.kv.get(project)
                 current = integration_decoder.decode(entry.value or b"")
                 revision: int | None = entry.revision
-            except nats.js.errors.KeyNotFoundError:
+            except bus.NotFound:
                 current, revision = IntegrationStatus(project=project), None
             merged = _merged(current, p)
             try:
@@ -126,7 +125,7 @@ class IntegrationRecorder:
                 else:
                     await self.kv.update(project, encoder.encode(merged), last=revision)
                 return
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyValueError):
+            except (bus.Conflict, bus.BusError):
                 continue  # another replica wrote meanwhile: read and merge again
         raise RuntimeError(f"integration status of {project}: the record kept changing")
 

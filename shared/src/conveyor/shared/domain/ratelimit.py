@@ -25,8 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import nats.js.errors
-from nats.js.kv import KeyValue
+from conveyor.shared import bus
 
 PREFETCH_FROM = 200
 PREFETCH_MAX = 256
@@ -88,7 +87,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        kv: KeyValue,
+        kv: bus.Kv,
         *,
         clock: Callable[[], float] = time.time,
         max_conflicts: int = 50,
@@ -199,7 +198,7 @@ class RateLimiter:
                     new.revision = await self._kv.create(key, new.encode())
                 else:
                     new.revision = await self._kv.update(key, new.encode(), last=w.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except bus.Conflict:
                 state.window = None  # another replica counted first: read it next round
                 continue
             state.window = new
@@ -211,7 +210,7 @@ class RateLimiter:
     async def _read(self, key: str) -> _Window | None:
         try:
             entry = await self._kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        except bus.NotFound:
             return None
         try:
             start_ms, count = (entry.value or b"").split()

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 from aiohttp.http_exceptions import BadHttpMessage
 
-from conveyor.shared.telemetry import current_trace_id
+from conveyor.shared.runtime.telemetry import current_trace_id
 
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
 job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)

@@ -31,8 +31,8 @@ from typing import Final, Literal
 
 import msgspec
 
-from conveyor.shared import ids, subjects
-from conveyor.shared.events import DEFAULT_PROJECT, Message
+from conveyor.shared.contracts import ids, subjects
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, Message
 
 Overlap = Literal["skip", "allow"]
 ScheduleStatus = Literal["active", "paused", "ended"]

@@ -1,6 +1,6 @@
 """Durable pull consumers: fetch, run a handler per message with bounded concurrency, settle.
 
-Settlement lives here and nowhere else:
+Settlement lives here and in the Delivery a handler gets (delivery.py), nowhere else:
   handler returns            -> ack (unless the handler settled the message itself)
   RetryableError             -> nak with delay (its own, else exponential backoff with jitter)
   PermanentError, bad decode -> copy to the DLQ, then term
@@ -26,24 +26,29 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from conveyor.shared import reader, subjects, wire
-from conveyor.shared.errors import PermanentError, RetryableError
-from conveyor.shared.events import DEFAULT_PROJECT, NOT_JSON, utcnow
+from conveyor.shared.bus import reader, wire
+from conveyor.shared.bus.delivery import Delivery
+from conveyor.shared.contracts import subjects
+from conveyor.shared.contracts.errors import PermanentError, RetryableError
+from conveyor.shared.contracts.events import DEFAULT_PROJECT, NOT_JSON, utcnow
+
+if TYPE_CHECKING:
+    from conveyor.shared.bus.client import Bus
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Msg], Awaitable[None]]
+Handler = Callable[[Delivery], Awaitable[None]]
 
 # Status codes the server sends on a pull's deliver subject (no body, a Status header).
 STATUS = "Status"
@@ -51,11 +56,6 @@ HEARTBEAT = "100"
 NO_MESSAGES = "404"
 REQUEST_TIMEOUT = "408"
 
-
-# $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, and the form with
-# domain and account hash in front (nats-py's _V1_TOKEN_COUNT and _V2_TOKEN_COUNT).
-_V1_TOKENS = 9
-_V2_TOKENS = 12
 MAX_OPEN_PULLS = 4
 PULL_GRACE_S = 1.0  # past its expiry, a pull with no word from the server is taken as lost
 
@@ -71,20 +71,6 @@ def backoff_delay(attempt: int, base_s: float = 1.0, cap_s: float = 60.0) -> flo
     """Exponential backoff with full jitter for the ``attempt``-th delivery (1-based)."""
     ceiling = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
     return random.uniform(ceiling / 2, ceiling)
-
-
-def attempts_of(msg: Msg) -> int:
-    """The delivery count, read from the reply subject alone (nats-py's ``msg.metadata`` also
-    builds a datetime and two dataclasses, and the deliverer asks on every delivery)."""
-    tokens = (msg.reply or "").split(".")
-    try:
-        if len(tokens) == _V1_TOKENS:
-            return int(tokens[4])
-        if len(tokens) >= _V2_TOKENS - 1:
-            return int(tokens[Msg.Ack.NumDelivered])
-    except ValueError:
-        pass
-    return 1  # a core NATS message (tests): first attempt
 
 
 class ConsumerMetrics:
@@ -113,8 +99,8 @@ class ConsumerMetrics:
 
 
 async def dead_letter(
-    js: JetStreamContext,
-    msg: Msg,
+    bus: Bus,
+    msg: Delivery,
     *,
     stage: str,
     error: str,
@@ -126,11 +112,7 @@ async def dead_letter(
     ``subject`` (default: the message's own) is the original subject recorded for replay."""
     subject = subject or msg.subject
     headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
-    try:
-        md = msg.metadata
-        stream, seq = md.stream, md.sequence.stream
-    except Exception:
-        stream, seq = "", 0
+    stream, seq = msg.stream, msg.stream_seq
     if msg.headers and subjects.MSG_ID in msg.headers:
         headers["Conveyor-Original-Msg-Id"] = msg.headers[subjects.MSG_ID]
     headers.update(
@@ -140,7 +122,7 @@ async def dead_letter(
             subjects.H_ORIGINAL_SEQ: str(seq),
             subjects.H_STAGE: stage,
             subjects.H_ERROR: error[:1000].replace("\r", " ").replace("\n", " "),
-            subjects.H_ATTEMPTS: str(attempts if attempts is not None else attempts_of(msg)),
+            subjects.H_ATTEMPTS: str(attempts if attempts is not None else msg.attempts),
             subjects.H_FAILED_AT: utcnow().isoformat(),
             # One dead letter per original message even if this runs twice.
             subjects.MSG_ID: f"dlq-{stage}-{stream}-{seq}" if seq else f"dlq-{stage}-{time.time_ns()}",
@@ -150,7 +132,9 @@ async def dead_letter(
         headers[subjects.H_LAST_STATUS] = str(last_status)
     if subjects.H_PROJECT not in headers and (project := project_of(msg.data)) is not None:
         headers[subjects.H_PROJECT] = project
-    await js.publish(subjects.dlq(stage, subject), msg.data, stream=subjects.DLQ, headers=headers)
+    await bus.publish(
+        subjects.dlq(stage, subject), msg.data, stream=subjects.DLQ, headers=headers, trace=False
+    )
 
 
 class _Owned(msgspec.Struct):
@@ -174,7 +158,7 @@ def project_of(data: bytes) -> str | None:
 class Consumer:
     """One durable pull consumer run by this process (several replicas share the durable)."""
 
-    js: JetStreamContext
+    bus: Bus
     stream: str
     config: ConsumerConfig
     handler: Handler
@@ -213,9 +197,9 @@ class Consumer:
     async def start(self) -> None:
         """Create or converge the durable, subscribe to its deliveries, and start pulling."""
         # The server's create is create-or-update for a durable: replicas converge on one config.
-        await self.js.add_consumer(self.stream, self.config)
-        nc = self.js._nc
-        self._next = f"{self.js._prefix}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
+        await self.bus.add_consumer(self.stream, self.config)
+        nc = self.bus._nc
+        self._next = f"{self.bus._js._prefix}.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
         self._sub = await reader.deliver_directly(nc, nc.new_inbox() + ".*", self._arrived)
         # Children looked up once: a label lookup per message costs more than the count itself.
         self._outcomes = {
@@ -262,7 +246,7 @@ class Consumer:
         """
         assert self._sub is not None
         prefix = self._sub.subject[:-1]  # "<inbox>."
-        nc = self.js._nc
+        nc = self.bus._nc
         loop = asyncio.get_running_loop()
         expires = int(self.poll_s * 1_000_000_000)
         threshold = max(1, min(self.batch, self.concurrency) // 4)
@@ -283,7 +267,7 @@ class Consumer:
             token = str(next(self._tokens))
             try:
                 request = b'{"batch":%d,"expires":%d}' % (want, expires)
-                await wire.publish(nc, self._next, request, prefix + token)
+                await wire.send(nc, self._next, request, prefix + token)
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                 return
             except Exception as exc:  # NATS unreachable or restarting: keep trying
@@ -334,16 +318,19 @@ class Consumer:
             self._credit -= 1
             if head.left <= 0:
                 self._pulls.popleft()
-        task = asyncio.create_task(self._nak_late(msg) if self._stopping.is_set() else self._settle(msg))
+        delivery = Delivery(msg)
+        task = asyncio.create_task(
+            self._nak_late(delivery) if self._stopping.is_set() else self._settle(delivery)
+        )
         self._inflight.add(task)
         task.add_done_callback(self._slot_freed)
 
-    async def _nak_late(self, msg: Msg) -> None:
+    async def _nak_late(self, msg: Delivery) -> None:
         """A delivery that arrived after stop began: straight back to the stream."""
         with contextlib.suppress(Exception):
             await msg.nak()
 
-    async def _settle(self, msg: Msg) -> None:
+    async def _settle(self, msg: Delivery) -> None:
         started = time.perf_counter()
         outcome = await self.settle(msg)
         counter = self._outcomes.get(outcome) or self.metrics.messages.labels(self.name, outcome)
@@ -351,13 +338,12 @@ class Consumer:
         seconds = self._seconds or self.metrics.handle_seconds.labels(self.name)
         seconds.observe(time.perf_counter() - started)
 
-    async def settle(self, msg: Msg) -> str:
+    async def settle(self, msg: Delivery) -> str:
         try:
             await self.handler(msg)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                if not msg._ackd:
-                    await msg.nak()
+                await msg.nak()
             raise
         except NOT_JSON as exc:
             # Every handler decodes its body first; one that cannot be read never will be.
@@ -368,25 +354,22 @@ class Consumer:
             return await self._dead_letter(msg, str(exc), exc.status_code, exc.attempts, exc.subject)
         except RetryableError as exc:
             # The delivery count is parsed from the reply subject only when something failed.
-            attempt = attempts_of(msg)
+            attempt = msg.attempts
             if self._last(attempt):
                 log.error("dead-lettering %s after %d attempts: %s", msg.subject, attempt, exc)
                 return await self._dead_letter(msg, str(exc), exc.status_code)
             delay = exc.delay_s if exc.delay_s is not None else self.retry_delay(attempt)
-            if not msg._ackd:
-                await msg.nak(delay=delay)  # before the log line: the retry is scheduled sooner
+            await msg.nak(delay=delay)  # before the log line: the retry is scheduled sooner
             log.warning("retrying %s in %.1fs (attempt %d): %s", msg.subject, delay, attempt, exc)
             return "retried"
         except Exception as exc:
-            attempt = attempts_of(msg)
+            attempt = msg.attempts
             log.exception("unexpected error handling %s (attempt %d)", msg.subject, attempt)
             if self._last(attempt):
                 return await self._dead_letter(msg, f"{type(exc).__name__}: {exc}", None)
-            if not msg._ackd:
-                await msg.nak(delay=self.retry_delay(attempt))
+            await msg.nak(delay=self.retry_delay(attempt))
             return "error"
-        if not msg._ackd:
-            await wire.ack(msg)
+        await msg.ack()
         return "ok"
 
     def _last(self, attempt: int) -> bool:
@@ -397,7 +380,7 @@ class Consumer:
 
     async def _dead_letter(
         self,
-        msg: Msg,
+        msg: Delivery,
         error: str,
         status: int | None,
         attempts: int | None = None,
@@ -405,7 +388,7 @@ class Consumer:
     ) -> str:
         try:
             await dead_letter(
-                self.js,
+                self.bus,
                 msg,
                 stage=self.stage,
                 error=error,
@@ -416,29 +399,8 @@ class Consumer:
         except Exception:
             log.exception("could not dead-letter %s; leaving it for redelivery", msg.subject)
             with contextlib.suppress(Exception):
-                await msg.nak(delay=self.retry_delay(attempts_of(msg)))
+                await msg.nak(delay=self.retry_delay(msg.attempts))
             return "error"
         self.metrics.dead_letters.labels(self.stage).inc()
-        if not msg._ackd:
-            await msg.term()
+        await msg.term()
         return "dead_lettered"
-
-
-@contextlib.asynccontextmanager
-async def heartbeat(msg: Msg, every_s: float) -> AsyncIterator[None]:
-    """Send in-progress acks every ``every_s`` while the block runs, so a long job is never
-    redelivered while its worker is alive, and a dead worker's job comes back after AckWait."""
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(every_s)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
