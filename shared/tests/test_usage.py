@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-import nats.errors
 import pytest
 from nats.js import JetStreamContext
 
-from conveyor.shared.bus.streams import ensure_kv
+from conveyor.shared import bus
 from conveyor.shared.contracts import subjects
 from conveyor.shared.contracts.events import TokenUsage
 from conveyor.shared.domain.tenancy import Project
@@ -20,8 +19,8 @@ from conveyor.shared.domain.usage import UsageRecorder, over_budget, read_period
 NOW = dt.datetime(2026, 12, 31, 23, 59, tzinfo=dt.UTC)
 
 
-async def test_replicas_merge_every_report_into_the_day_and_month(js: JetStreamContext) -> None:
-    kv = (await ensure_kv(js, [subjects.KV_USAGE]))[subjects.KV_USAGE]
+async def test_replicas_merge_every_report_into_the_day_and_month(nats_bus: bus.Bus) -> None:
+    kv = (await nats_bus.declare([], [subjects.KV_USAGE]))[subjects.KV_USAGE]
     replicas = [UsageRecorder(kv) for _ in range(4)]
 
     async def work(recorder: UsageRecorder, n: int) -> None:
@@ -49,15 +48,17 @@ async def test_replicas_merge_every_report_into_the_day_and_month(js: JetStreamC
     assert abs(late.spent("p1", NOW)["month"] - 0.25) < 1e-9
 
 
-async def test_a_report_not_written_is_kept_for_the_next_flush(js: JetStreamContext) -> None:
-    kv = (await ensure_kv(js, [subjects.KV_USAGE]))[subjects.KV_USAGE]
+async def test_a_report_not_written_is_kept_for_the_next_flush(
+    js: JetStreamContext, nats_bus: bus.Bus
+) -> None:
+    kv = (await nats_bus.declare([], [subjects.KV_USAGE]))[subjects.KV_USAGE]
     recorder = UsageRecorder(kv)
     recorder.add("p2", "qa", TokenUsage(input_tokens=5, cost_usd=0.5), NOW)
     assert recorder.spent("p2", NOW) == {"day": 0.5, "month": 0.5}  # counted before it is written
     await js.delete_key_value(subjects.KV_USAGE)
-    with pytest.raises(nats.errors.Error):
+    with pytest.raises(bus.BusError):
         await recorder.flush()
-    kv = (await ensure_kv(js, [subjects.KV_USAGE]))[subjects.KV_USAGE]
+    kv = (await nats_bus.declare([], [subjects.KV_USAGE]))[subjects.KV_USAGE]
     recorder.kv = kv
     await recorder.flush()
     assert (await read_period(kv, "p2", "day", NOW)).input_tokens == 5

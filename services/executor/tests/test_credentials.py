@@ -58,8 +58,10 @@ async def fake() -> AsyncIterator[FakeOAuth]:
 
 
 @contextlib.asynccontextmanager
-async def provider(js: Any, github_api_url: str, keys: str = KEYS) -> AsyncIterator[CredentialsProvider]:
-    kv = await js.key_value(subjects.KV_CONNECTIONS)
+async def provider(
+    nats_bus: Any, github_api_url: str, keys: str = KEYS
+) -> AsyncIterator[CredentialsProvider]:
+    kv = await nats_bus.kv(subjects.KV_CONNECTIONS)
     async with httpx.AsyncClient() as http:
         yield CredentialsProvider(kv, Sealer.parse(keys), http, github_api_url)
 
@@ -69,10 +71,10 @@ async def _put(http: httpx.AsyncClient, provider: str, body: dict[str, Any], pro
     assert resp.status_code == 200, resp.text
 
 
-async def test_tokens_of_the_jobs_project(receiver, js, fake) -> None:
+async def test_tokens_of_the_jobs_project(receiver, nats_bus, fake) -> None:
     await _put(receiver, "github", {"token": GITHUB_TOKEN})
     await _put(receiver, "slack", {"bot_token": SLACK_TOKEN})
-    async with provider(js, fake.url) as creds:
+    async with provider(nats_bus, fake.url) as creds:
         shop = creds.of("shop")
         assert await shop("github") == GITHUB_TOKEN
         assert await shop("slack") == SLACK_TOKEN
@@ -86,12 +88,12 @@ async def test_tokens_of_the_jobs_project(receiver, js, fake) -> None:
         assert await shop("github") is None  # removed: at once, no stale copy
 
     # Sealed under a key this executor does not hold: a clear error, not "not connected".
-    async with provider(js, fake.url, keys=new_key_setting("other")) as wrong:
+    async with provider(nats_bus, fake.url, keys=new_key_setting("other")) as wrong:
         with pytest.raises(AgentError, match="slack integration cannot be opened"):
             await wrong.of("shop")("slack")
 
 
-async def test_app_installation_token_is_minted_and_kept(receiver, js, fake) -> None:
+async def test_app_installation_token_is_minted_and_kept(receiver, nats_bus, fake) -> None:
     pem, public = new_rsa_key()
     app = fake.add_app(31337, "conveyor-test", public)
     app.installations[4242] = "acme-org"
@@ -100,7 +102,7 @@ async def test_app_installation_token_is_minted_and_kept(receiver, js, fake) -> 
     def minted() -> list[tuple[str, str, dict[str, str], bytes]]:
         return [r for r in fake.requests if r[1] == "/app/installations/4242/access_tokens"]
 
-    async with provider(js, fake.url) as creds:
+    async with provider(nats_bus, fake.url) as creds:
         token = await creds.of("shop")("github")
         # The fake answered 201 only after verifying the JWT with the App's public key.
         assert token is not None and token.startswith("ghs_") and token == fake.issued[-1]

@@ -320,11 +320,13 @@ def test_a_stage_input_too_large_for_a_message_keeps_the_summaries() -> None:
     assert "trimmed" not in msgspec.json.decode(small)["pipeline"]
 
 
-async def test_a_definition_newer_than_the_mirror_is_read_from_the_bucket(js, make_settings) -> None:
+async def test_a_definition_newer_than_the_mirror_is_read_from_the_bucket(
+    js, nats_bus, make_settings
+) -> None:
     """A pipeline saved a moment before its job arrives: the job names its version, the mirror
     (here never started, so always behind) lacks it, and the bucket is read once instead."""
     settings = make_settings()
-    kvs = await ensure_kv(js, [subjects.KV_AGENTS, subjects.KV_AGENT_ROUTES])
+    kvs = await nats_bus.declare([], [subjects.KV_AGENTS, subjects.KV_AGENT_ROUTES])
     defs = Definitions(
         settings, build_registry(settings), kvs[subjects.KV_AGENTS], kvs[subjects.KV_AGENT_ROUTES]
     )
