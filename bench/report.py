@@ -325,6 +325,28 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
                 ok,
             )
 
+    if "broker" in r and not failed("broker", "broker"):
+        b = r["broker"]
+        idle, per, empty = b["idle"], b["per_job"], b["empty"]
+        n = b["delivered"]
+        # The target is at 100,000 jobs; a smaller run reports the line its growth points to.
+        at_100k = empty["rss_mb"] + per["rss_kb"] * 100_000 / 1000
+        add(
+            "broker",
+            f"nats-server after {n:,} no-op jobs kept, {b['idle_s']:g} s idle: RSS (empty) / disk",
+            f"{idle['rss_mb']:.0f} MB ({empty['rss_mb']:.0f}) / {idle['disk_mb']:.0f} MB"
+            + (f"; lost {b['lost']}" if b.get("lost") else ""),
+            "<= 150 MB at 100,000 jobs",
+            idle["rss_mb"] <= 150 if n >= 100_000 else None,
+        )
+        add(
+            "broker",
+            "per retained job: RSS / Go heap / disk / stream bytes / subjects",
+            f"{per['rss_kb']:.2f} / {per['heap_kb']:.2f} / {per['disk_kb']:.2f} / {per['stream_kb']:.2f} KB"
+            f" / {per['subjects']:.1f}"
+            + ("" if n >= 100_000 else f"; at 100,000 jobs about {at_100k:.0f} MB RSS"),
+        )
+
     if "baseline" in r and not failed("baseline", "baseline"):
         b = r["baseline"]
         v = b.get("versions", {})
