@@ -41,7 +41,7 @@ from conveyor.shared.errors import ConfigError
 from conveyor.shared.http import HttpMetrics, error_middleware, health_routes, metrics_middleware
 from conveyor.shared.jsrequests import JsRequests
 from conveyor.shared.logs import setup_logging
-from conveyor.shared.streams import ensure_kv, ensure_streams
+from conveyor.shared.streams import ensure_kv, ensure_streams, retention_of
 from conveyor.shared.telemetry import init_tracing
 from conveyor.shared.urls import redact_urls
 
@@ -209,8 +209,9 @@ async def _bootstrap(rt: Runtime[Any], spec: ServiceSpec, stop: asyncio.Event) -
     delay = 0.5
     while True:
         try:
-            await ensure_streams(rt.js, spec.streams, replicas=rt.settings.nats_replicas)
-            return await ensure_kv(rt.js, spec.buckets, replicas=rt.settings.nats_replicas)
+            kept, replicas = retention_of(rt.settings), rt.settings.nats_replicas
+            await ensure_streams(rt.js, spec.streams, replicas=replicas, retention=kept)
+            return await ensure_kv(rt.js, spec.buckets, replicas=replicas, retention=kept)
         except (
             nats.errors.TimeoutError,
             nats.js.errors.ServiceUnavailableError,
