@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from conveyor.shared import subjects
@@ -76,6 +77,11 @@ class DeadLetter:
 
 def replay_msg_id(seq: int) -> str:
     return f"replay-{subjects.DLQ}-{seq}"
+
+
+def is_replay(msg: Msg) -> bool:
+    """Whether ``msg`` is a dead letter put back by a replay (its Nats-Msg-Id says so)."""
+    return (msg.headers or {}).get(subjects.MSG_ID, "").startswith(f"replay-{subjects.DLQ}-")
 
 
 def subject_filter(stage: str | None = None, subject: str | None = None) -> str:

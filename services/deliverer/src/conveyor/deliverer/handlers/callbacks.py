@@ -27,6 +27,7 @@ from conveyor.deliverer.retry import RetryPolicy
 from conveyor.deliverer.sender import endpoint_of, post
 from conveyor.shared import subjects
 from conveyor.shared.consumer import attempts_of
+from conveyor.shared.deadletters import is_replay
 from conveyor.shared.errors import PermanentError, RetryableError
 from conveyor.shared.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
 from conveyor.shared.integration import IntegrationRecorder
@@ -74,8 +75,10 @@ class DeliverCallback:
 
     async def deliver(self, msg: Msg, job: JobResult) -> None:
         url = self.target(job)
-        # The executor's message, first delivered: no attempt can have been made yet.
-        first = attempts_of(msg) == 1 and not is_parked(msg)
+        # The executor's message, first delivered: no attempt can have been made yet. A replayed
+        # dead letter is not: a replay run again after RESULTS' duplicate window (2 minutes) is
+        # stored again, and the delivery log is what stops a second callback.
+        first = attempts_of(msg) == 1 and not is_parked(msg) and not is_replay(msg)
         if url is None:
             log.info("job %s (source %s) has no callback URL: skipped", job.job_id, job.source)
             self.metrics.outcome["skipped"].inc()
