@@ -438,6 +438,8 @@ def table(r: dict[str, Any], rs: list[dict[str, str]]) -> str:
     )
     if m.get("overrides"):
         head += f"\nsettings given with --set: {m['overrides']}"
+    if extra := {k: v for k, v in (_get(m, "nats", "env") or {}).items() if k != "GOMAXPROCS"}:
+        head += f"\nnats-server environment given with --nats-env: {extra}"
     if m.get("profiled"):
         head += "\nprofiled run (py-spy attached): rates are lower than in a plain run"
     w_metric = max([len(x["metric"]) for x in rs] + [10])
