@@ -1,6 +1,7 @@
 """Broker memory and disk per retained job: what nats-server keeps after N no-op jobs.
 
-The services run as deployed (default retention), N no-op webhooks go through them at a fixed
+The services run as deployed (default retention), nats-server with the GOMEMLIMIT `make run`
+gives it (``--nats-env GOMEMLIMIT=off`` for none), N no-op webhooks go through them at a fixed
 rate in chunks, and once every callback has arrived and the broker has been idle for a while
 we read nats-server's resident memory (/proc), its streams (/jsz), the store's size on disk,
 and its Go heap (/debug/pprof/heap through ``prof_port``, after a forced collection) grouped
@@ -23,8 +24,10 @@ from typing import Any
 import httpx
 
 from bench import conveyor_sys, payloads
+from bench import procs as procs_mod
 from bench.measure import Ctx, SinkClient, end_to_end
-from bench.procs import memory_mb
+from bench.procs import cpu_seconds, memory_mb
+from conveyor.shared.testing.nats_server import LOCAL_MEMORY_LIMIT
 
 
 def dir_bytes(path: Path) -> int:
@@ -158,8 +161,10 @@ async def broker(
         log_level=ctx.log_level,
         extra=extra,
         nats_prof=True,
+        nats_env={"GOMEMLIMIT": LOCAL_MEMORY_LIMIT},
     )
-    out: dict[str, Any] = {"jobs": jobs, "rate": rate, "idle_s": idle_s}
+    limit = (procs_mod.NATS_ENV.get("GOMEMLIMIT") or LOCAL_MEMORY_LIMIT).strip()
+    out: dict[str, Any] = {"jobs": jobs, "rate": rate, "idle_s": idle_s, "gomemlimit": limit}
     try:
         await asyncio.sleep(3)
         empty = await snapshot(system)
@@ -167,7 +172,7 @@ async def broker(
         growth: list[dict[str, Any]] = []
         delivered = lost = duplicates = 0
         done = 0
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), cpu_seconds(system.nats.proc.pid)
         while done < jobs:
             n = min(chunk, jobs - done)
             batch = payloads.build(
@@ -195,6 +200,8 @@ async def broker(
         out.update(
             delivered=delivered, lost=lost, duplicates=duplicates, load_s=round(time.monotonic() - t0, 1)
         )
+        # nats-server's CPU through the load: what a tighter memory limit costs in collections.
+        out["nats_cpu_s"] = round(cpu_seconds(system.nats.proc.pid) - cpu0, 1)
         out["growth"] = growth
         out["loaded"] = {k: v for k, v in (await snapshot(system)).items() if k != "streams"}
         ctx.log(f"broker: idle {idle_s:.0f} s")

@@ -195,7 +195,9 @@ def per_item(before: dict[str, int], after: dict[str, int], count: int) -> dict[
 NATS_ENV: dict[str, str] = {}
 
 
-async def start_nats(procs: Procs, name: str, store: Path, *, prof: bool = False) -> Nats:
+async def start_nats(
+    procs: Procs, name: str, store: Path, *, prof: bool = False, env: dict[str, str] | None = None
+) -> Nats:
     """nats-server with JetStream file storage fsyncing every second (Redis appendfsync everysec);
     ``prof`` also opens its Go profiling endpoint (/debug/pprof) on a loopback port."""
     store.mkdir(parents=True, exist_ok=True)
@@ -209,7 +211,9 @@ async def start_nats(procs: Procs, name: str, store: Path, *, prof: bool = False
         '  sync_interval: "1s"\n'
         "}\n"
     )
-    p = await procs.start(name, [nats_server_binary(), "-c", str(conf)], port=port, env=NATS_ENV)
+    # ``env`` is the section's; --nats-env (NATS_ENV) wins over it.
+    argv = [nats_server_binary(), "-c", str(conf)]
+    p = await procs.start(name, argv, port=port, env={**(env or {}), **NATS_ENV})
     monitor = f"http://127.0.0.1:{http}"
     await wait_http(p, f"{monitor}/healthz?js-enabled-only=true", timeout=20)
     async with httpx.AsyncClient(timeout=2) as client:

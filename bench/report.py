@@ -333,7 +333,8 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
         at_100k = empty["rss_mb"] + per["rss_kb"] * 100_000 / 1000
         add(
             "broker",
-            f"nats-server after {n:,} no-op jobs kept, {b['idle_s']:g} s idle: RSS (empty) / disk",
+            f"nats-server after {n:,} no-op jobs kept, {b['idle_s']:g} s idle, "
+            f"GOMEMLIMIT {b.get('gomemlimit', 'off')}: RSS (empty) / disk",
             f"{idle['rss_mb']:.0f} MB ({empty['rss_mb']:.0f}) / {idle['disk_mb']:.0f} MB"
             + (f"; lost {b['lost']}" if b.get("lost") else ""),
             "<= 150 MB at 100,000 jobs",
