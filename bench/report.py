@@ -347,6 +347,13 @@ def rows(r: dict[str, Any]) -> list[dict[str, str]]:
             f" / {per['subjects']:.1f}"
             + ("" if n >= 100_000 else f"; at 100,000 jobs about {at_100k:.0f} MB RSS"),
         )
+        if _num(b.get("nats_cpu_s")):
+            # A tight GOMEMLIMIT is paid for in collections: shown next to the memory it saves.
+            add(
+                "broker",
+                "nats-server during the load: CPU per job / Go collections by the reading",
+                f"{b['nats_cpu_s'] / max(n, 1) * 1e6:,.0f} us / {_get(b, 'heap', 'memstats_mb', 'NumGC')}",
+            )
 
     if "baseline" in r and not failed("baseline", "baseline"):
         b = r["baseline"]
