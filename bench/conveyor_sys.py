@@ -60,8 +60,10 @@ async def start(
     callback_url: str,
     log_level: str,
     extra: dict[str, dict[str, str]] | None = None,
+    nats_prof: bool = False,
+    nats_env: dict[str, str] | None = None,
 ) -> System:
-    nats = await start_nats(procs, f"{name}-nats", root / f"{name}-js")
+    nats = await start_nats(procs, f"{name}-nats", root / f"{name}-js", prof=nats_prof, env=nats_env)
     env = {
         "NATS_URL": nats.url,
         "LOVABLE_WEBHOOK_SECRET": secret,

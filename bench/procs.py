@@ -176,6 +176,8 @@ class Nats:
     url: str
     monitor: str
     sync_interval_ns: int
+    store: Path | None = None
+    prof: str = ""  # http://127.0.0.1:<prof_port> when started with a profiling port
 
 
 async def nats_counts(n: Nats) -> dict[str, int]:
@@ -193,20 +195,25 @@ def per_item(before: dict[str, int], after: dict[str, int], count: int) -> dict[
 NATS_ENV: dict[str, str] = {}
 
 
-async def start_nats(procs: Procs, name: str, store: Path) -> Nats:
-    """nats-server with JetStream file storage fsyncing every second (Redis appendfsync everysec)."""
+async def start_nats(
+    procs: Procs, name: str, store: Path, *, prof: bool = False, env: dict[str, str] | None = None
+) -> Nats:
+    """nats-server with JetStream file storage fsyncing every second (Redis appendfsync everysec);
+    ``prof`` also opens its Go profiling endpoint (/debug/pprof) on a loopback port."""
     store.mkdir(parents=True, exist_ok=True)
     port, http = free_port(), free_port()
+    prof_port = free_port() if prof else 0
     conf = procs.root / f"{name}.conf"
     conf.write_text(
         f'listen: "127.0.0.1:{port}"\n'
-        f'http: "127.0.0.1:{http}"\n'
-        "jetstream {\n"
+        f'http: "127.0.0.1:{http}"\n' + (f"prof_port: {prof_port}\n" if prof_port else "") + "jetstream {\n"
         f'  store_dir: "{store}"\n'
         '  sync_interval: "1s"\n'
         "}\n"
     )
-    p = await procs.start(name, [nats_server_binary(), "-c", str(conf)], port=port, env=NATS_ENV)
+    # ``env`` is the section's; --nats-env (NATS_ENV) wins over it.
+    argv = [nats_server_binary(), "-c", str(conf)]
+    p = await procs.start(name, argv, port=port, env={**(env or {}), **NATS_ENV})
     monitor = f"http://127.0.0.1:{http}"
     await wait_http(p, f"{monitor}/healthz?js-enabled-only=true", timeout=20)
     async with httpx.AsyncClient(timeout=2) as client:
@@ -214,4 +221,5 @@ async def start_nats(procs: Procs, name: str, store: Path) -> Nats:
     sync = int(varz.get("jetstream", {}).get("config", {}).get("sync_interval", 0))
     if sync != 1_000_000_000:
         raise RuntimeError(f"nats-server did not take sync_interval 1s (varz says {sync} ns)")
-    return Nats(p, f"nats://127.0.0.1:{port}", monitor, sync)
+    prof_url = f"http://127.0.0.1:{prof_port}" if prof_port else ""
+    return Nats(p, f"nats://127.0.0.1:{port}", monitor, sync, store, prof_url)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import backlog, baseline, conveyor_sys, payloads, profile, report, wrkload
+from bench import backlog, baseline, brokermem, conveyor_sys, payloads, profile, report, wrkload
 from bench import procs as procs_mod
 from bench.ladder import LEVELS
 from bench.measure import (
@@ -47,7 +47,7 @@ from conveyor.shared.testing.nats_server import nats_server_binary
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 SECRET = "bench-webhook-secret"
-SECTIONS = ("floors", "ladder", "ingest", "e2e", "scale", "fanout", "baseline")
+SECTIONS = ("floors", "ladder", "ingest", "e2e", "scale", "fanout", "broker", "baseline")
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,13 @@ class Plan:
     scale_jobs: int
     fanout_events: int
     fanout_ms: int
+    broker_jobs: int  # no-op jobs kept before broker memory and disk are read
+    broker_rate: float  # jobs/s they are sent at (open loop: memory, not speed, is measured)
+    broker_idle_s: float  # idle time before the reading
 
 
-FULL = Plan(10, 20_000, 10_000, 500, 64, 64, 8, 200, 480, 5, 1000)
-QUICK = Plan(3, 3_000, 2_000, 200, 64, 64, 8, 200, 160, 2, 1000)
+FULL = Plan(10, 20_000, 10_000, 500, 64, 64, 8, 200, 480, 5, 1000, 20_000, 2_000, 30)
+QUICK = Plan(3, 3_000, 2_000, 200, 64, 64, 8, 200, 160, 2, 1000, 3_000, 2_000, 5)
 
 
 def with_overrides(ctx: Ctx, extra: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
@@ -504,6 +507,7 @@ def meta(plan: Plan, args: argparse.Namespace, ctx: Ctx) -> dict[str, Any]:
             "storage": "file",
             "sync_interval": "1s (checked in /varz)",
             "gomaxprocs": procs_mod.NATS_ENV.get("GOMAXPROCS", "Go default (all cores)"),
+            "env": dict(procs_mod.NATS_ENV),
         },
         "event_loop": loop,
         "log_level": ctx.log_level,
@@ -525,6 +529,10 @@ async def amain(args: argparse.Namespace) -> int:
         plan = Plan(**{**plan.__dict__, "e2e_jobs": args.jobs})
     if args.duration:
         plan = Plan(**{**plan.__dict__, "duration": args.duration})
+    if args.broker_jobs:
+        plan = Plan(**{**plan.__dict__, "broker_jobs": args.broker_jobs})
+    if args.broker_idle is not None:
+        plan = Plan(**{**plan.__dict__, "broker_idle_s": args.broker_idle})
     overrides: dict[str, dict[str, str]] = {}
     for item in args.set:
         svc, _, kv = item.partition(":")
@@ -557,6 +565,9 @@ async def amain(args: argparse.Namespace) -> int:
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))
     if args.nats_procs > 0:
         procs_mod.NATS_ENV["GOMAXPROCS"] = str(args.nats_procs)
+    for item in args.nats_env:
+        key, _, value = item.partition("=")
+        procs_mod.NATS_ENV[key] = value
     if not args.no_wrk:
         baseline.try_install("wrk", "wrk", log)
     use_wrk = wrkload.available() and not args.no_wrk
@@ -612,6 +623,15 @@ async def amain(args: argparse.Namespace) -> int:
                 fanout_events=plan.fanout_events if "fanout" in sections else 0,
             ),
             "fanout": lambda: scale(ctx, plan, sink, replicas=False, fanout_events=plan.fanout_events),
+            "broker": lambda: brokermem.broker(
+                ctx,
+                sink,
+                jobs=plan.broker_jobs,
+                rate=plan.broker_rate,
+                idle_s=plan.broker_idle_s,
+                secret=SECRET,
+                extra=with_overrides(ctx, {}),
+            ),
             "baseline": lambda: run_baseline(ctx, plan, sink),
         }
         for name in sections:
@@ -668,6 +688,14 @@ def main() -> int:
     p.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     p.add_argument("--skip", help="comma-separated sections to leave out")
     p.add_argument("--jobs", type=int, help="end-to-end job count (default 20000, quick 3000)")
+    p.add_argument(
+        "--broker-jobs",
+        type=int,
+        help="no-op jobs kept before the broker's memory and disk are read (default 20000, quick 3000)",
+    )
+    p.add_argument(
+        "--broker-idle", type=float, help="seconds idle before broker memory is read (default 30, quick 5)"
+    )
     p.add_argument("--duration", type=float, help="seconds of each timed load phase (default 10, quick 3)")
     p.add_argument(
         "--no-uvloop",
@@ -681,6 +709,13 @@ def main() -> int:
         default=1,
         help="GOMAXPROCS of nats-server (default 1: one core for the broker, as Redis has; "
         "0: Go's default, every core)",
+    )
+    p.add_argument(
+        "--nats-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra environment variable for every nats-server (repeatable), e.g. GOMEMLIMIT=100MiB",
     )
     p.add_argument(
         "--profile",

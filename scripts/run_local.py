@@ -27,7 +27,7 @@ import httpx
 from aiohttp import web
 
 from conveyor.shared.domain.signing import SignatureError, standard_verify
-from conveyor.shared.testing.nats_server import start_nats_server
+from conveyor.shared.testing.nats_server import LOCAL_MEMORY_LIMIT, start_nats_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("RUN_DATA_DIR") or ROOT / ".data")
@@ -148,7 +148,10 @@ async def main() -> int:
     nats_url = os.environ.get("NATS_URL")
     if not nats_url:
         nats = await start_nats_server(
-            DATA / "nats", port=int(env("NATS_PORT", "4222")), extra=["-m", env("NATS_MONITOR_PORT", "8222")]
+            DATA / "nats",
+            port=int(env("NATS_PORT", "4222")),
+            extra=["-m", env("NATS_MONITOR_PORT", "8222")],
+            env={"GOMEMLIMIT": env("NATS_GOMEMLIMIT", LOCAL_MEMORY_LIMIT)},
         )
         nats_url = nats.url
     sink = await run_sink(sink_port, signing.split(","), sink_log)

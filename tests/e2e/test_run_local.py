@@ -136,6 +136,11 @@ async def test_make_run_makes_its_own_keys_and_the_printed_curl_gets_its_callbac
     assert not PUBLISHED & set(stored.values())
     assert len(set(stored.values())) == len(KEY_NAMES)
 
+    # The embedded nats-server runs under a Go memory limit (docs/operations.md "Size the brokers").
+    async with httpx.AsyncClient(timeout=10) as http:
+        varz = (await http.get(f"http://127.0.0.1:{run_env['NATS_MONITOR_PORT']}/varz")).json()
+    assert varz["gomemlimit"] == 128 * 1024 * 1024
+
     async with httpx.AsyncClient(base_url=first.receiver, timeout=10) as http:
         admin = await http.get(
             "/api/admin/keys", headers={"Authorization": f"Bearer {stored['ADMIN_API_KEY']}"}

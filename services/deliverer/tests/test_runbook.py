@@ -163,6 +163,58 @@ async def test_runbook_commands_against_real_dead_letters(
         assert ok(await api(nc, f"$JS.API.STREAM.INFO.{subjects.DLQ}"))["state"]["messages"] == 0
 
 
+async def test_a_replay_run_again_after_the_duplicate_window_sends_no_second_callback(
+    nats_url: str, nc: Client, js: JetStreamContext, sink: Any, publish_result: Any
+) -> None:
+    """RESULTS remembers ids for 2 minutes, not a day: a replay interrupted before the dead
+    letter was deleted and run again later is stored a second time. The delivery log stops it."""
+    settings = Settings(
+        nats_url=nats_url,
+        port=0,
+        callback_signing_secrets=Secret("whsec_cnVuYm9vay10ZXN0LWtleQ=="),
+        callback_allowed_networks="127.0.0.0/8",
+        callback_max_attempts=1,
+    )
+    sink.status = 500
+    async with serve(SPEC, settings):
+        kv = await js.key_value(subjects.KV_DELIVERIES)
+        await publish_result("job_a", sink.url())
+
+        async def dead() -> None:
+            assert (await js.stream_info(subjects.DLQ)).state.messages == 1
+
+        await eventually(dead)
+        sink.status = 200
+        seq = (await js.stream_info(subjects.DLQ)).state.first_seq
+        letter = await js.get_msg(subjects.DLQ, seq)
+        headers = {subjects.MSG_ID: f"replay-DLQ-{seq}"}  # the runbook's replay, not deleted after
+        assert not (await js.publish("results.job_a", letter.data, headers=headers)).duplicate
+
+        async def log_says(outcomes: list[str]) -> None:
+            log = delivery_log_decoder.decode((await kv.get("job_a")).value or b"")
+            assert [a.outcome for a in log.attempts] == outcomes
+
+        await eventually(lambda: log_says(["dead_lettered", "delivered"]))
+        # The window passes (cut short here), and the same replay is run again.
+        info = await js.stream_info(subjects.RESULTS)
+        info.config.duplicate_window = 0.2
+        await js.update_stream(info.config)
+
+        async def stored_again() -> None:
+            assert not (await js.publish("results.job_a", letter.data, headers=headers)).duplicate
+
+        await eventually(stored_again)
+
+        async def settled() -> None:
+            assert (await js.stream_info(subjects.RESULTS)).state.messages == 3
+            ci = await js.consumer_info(subjects.RESULTS, subjects.DELIVERER)
+            assert ci.num_pending == 0 and ci.num_ack_pending == 0
+
+        await eventually(settled)
+        assert [r.answered for r in sink.requests] == [500, 200]  # one callback, not two
+        await log_says(["dead_lettered", "delivered"])
+
+
 async def view(nc: Client, filter_subject: str) -> list[Any]:
     """What `nats stream view` does on a limits stream: a short-lived pager consumer, pulled a
     page at a time with no_wait until the server says there is nothing more."""

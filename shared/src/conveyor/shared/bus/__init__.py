@@ -69,8 +69,10 @@ from conveyor.shared.bus.errors import (
 from conveyor.shared.bus.jsrequests import PubAck
 from conveyor.shared.bus.kv import Entry, Kv, Watcher
 from conveyor.shared.bus.kvmirror import KvMirror, keep_watching
+from conveyor.shared.bus.streams import DEFAULT_RETENTION, Retention
 
 __all__ = [
+    "DEFAULT_RETENTION",
     "AckPolicy",
     "BadRequest",
     "Bus",
@@ -88,6 +90,7 @@ __all__ = [
     "Message",
     "NotFound",
     "PubAck",
+    "Retention",
     "Stored",
     "Subscription",
     "Timeout",

@@ -17,7 +17,7 @@ from conveyor.shared.bus.consumer import Consumer, ConsumerMetrics, Handler
 from conveyor.shared.bus.errors import Timeout, mapped
 from conveyor.shared.bus.jsrequests import EXPECTED_STREAM, JsRequests, PubAck
 from conveyor.shared.bus.kv import Kv
-from conveyor.shared.bus.streams import ensure_kv, ensure_streams
+from conveyor.shared.bus.streams import DEFAULT_RETENTION, Retention, ensure_kv, ensure_streams
 from conveyor.shared.contracts import subjects
 from conveyor.shared.runtime.telemetry import inject_headers
 
@@ -246,11 +246,18 @@ class Bus:
 
     # -- KV -----------------------------------------------------------------------------------
 
-    async def declare(self, streams: list[str], buckets: list[str], *, replicas: int = 1) -> dict[str, Kv]:
+    async def declare(
+        self,
+        streams: list[str],
+        buckets: list[str],
+        *,
+        replicas: int = 1,
+        retention: Retention = DEFAULT_RETENTION,
+    ) -> dict[str, Kv]:
         """Create or converge the named streams and KV buckets (streams.py); their handles."""
         with mapped():
-            await ensure_streams(self._js, streams, replicas=replicas)
-            handles = await ensure_kv(self._js, buckets, replicas=replicas)
+            await ensure_streams(self._js, streams, replicas=replicas, retention=retention)
+            handles = await ensure_kv(self._js, buckets, replicas=replicas, retention=retention)
         for name, handle in handles.items():
             self._kv[name] = Kv(handle, self._requests)
         return {name: self._kv[name] for name in handles}

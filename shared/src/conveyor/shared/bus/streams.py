@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -26,15 +27,39 @@ from conveyor.shared.contracts import subjects
 log = logging.getLogger(__name__)
 
 DAY: Final = 24 * 3600.0
+HOUR: Final = 3600.0
 MiB: Final = 1024 * 1024
 
-# How long the server remembers Nats-Msg-Id values: a webhook redelivered by its sender inside
-# this window is dropped by JetStream itself. Senders retry for minutes to hours; a day covers
-# the replay tolerance of every scheme we accept (5 minutes) with a wide margin.
-DUPLICATE_WINDOW_S: Final = DAY
+# How long the server remembers Nats-Msg-Id values. Every id is held in memory on every replica
+# for the whole window (about 120 bytes of Go heap each, and the heap is about twice the live
+# data), so a day-long window on EVENTS and RESULTS cost about 0.5 KB of broker memory per job.
+# They do not need it: idempotency rests on the job record (KV jobs) and on RESULTS itself. A
+# webhook repeated after the window is stored again but answered as a duplicate (its record is
+# older than it) and its JobRequest is dropped by JOBS' window; a job found over publishes its
+# result only when RESULTS has none (executor handlers/results.py). The window covers the
+# retries of one publish: a 503 answered while the event was stored, a PubAck lost in a reconnect.
+DUPLICATE_WINDOW_S: Final = 120.0
+# JOBS keeps a day: one JobRequest per job must be in the work queue while the job lives (a
+# worker that finds a second one of a job still running takes the first for dead), and a late
+# repeat of its webhook, routed again, may come while it waits in a backlog or runs.
+JOBS_DUPLICATE_WINDOW_S: Final = DAY
 
 
-def stream_configs(replicas: int = 1) -> dict[str, StreamConfig]:
+class Retention(msgspec.Struct, frozen=True, kw_only=True):
+    """How long the product keeps what a job leaves behind, in seconds (settings, in hours and
+    days, in conveyor.shared.runtime.config: EVENTS_RETENTION_H, RESULTS_RETENTION_D, JOB_LOGS_RETENTION_D).
+    Every service that declares a stream must be given the same values: each converges the
+    stream to its own."""
+
+    events_s: float = DAY  # raw webhook payloads (EVENTS)
+    results_s: float = 7 * DAY  # results waiting for and after their callback (RESULTS)
+    job_logs_s: float = 30 * DAY  # per-run logs (KV job_logs)
+
+
+DEFAULT_RETENTION: Final = Retention()
+
+
+def stream_configs(replicas: int = 1, retention: Retention = DEFAULT_RETENTION) -> dict[str, StreamConfig]:
     """All streams, keyed by name, at the given replica count (1 locally, 3 in a cluster)."""
 
     def cfg(name: str, subs: list[str], **kw: object) -> StreamConfig:
@@ -52,29 +77,30 @@ def stream_configs(replicas: int = 1) -> dict[str, StreamConfig]:
             subjects.EVENTS,
             ["events.>"],
             retention=RetentionPolicy.LIMITS,
-            max_age=7 * DAY,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            # An event not routed by then (the executor down that long) is gone with it.
+            max_age=retention.events_s,
+            duplicate_window=min(DUPLICATE_WINDOW_S, retention.events_s),
         ),
         subjects.JOBS: cfg(
             subjects.JOBS,
             ["jobs.>"],
             retention=RetentionPolicy.WORK_QUEUE,
             max_age=7 * DAY,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            duplicate_window=JOBS_DUPLICATE_WINDOW_S,
         ),
         subjects.RESULTS: cfg(
             subjects.RESULTS,
             ["results.>"],
             retention=RetentionPolicy.LIMITS,
-            max_age=7 * DAY,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            max_age=retention.results_s,
+            duplicate_window=min(DUPLICATE_WINDOW_S, retention.results_s),
         ),
         subjects.DEPLOYS: cfg(
             subjects.DEPLOYS,
             ["deploys.>"],
             retention=RetentionPolicy.LIMITS,
             max_age=30 * DAY,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            duplicate_window=DAY,
         ),
         subjects.DLQ: cfg(
             subjects.DLQ,
@@ -123,7 +149,7 @@ def stream_configs(replicas: int = 1) -> dict[str, StreamConfig]:
     }
 
 
-def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
+def kv_configs(replicas: int = 1, retention: Retention = DEFAULT_RETENTION) -> dict[str, KeyValueConfig]:
     """All KV buckets, keyed by bucket name."""
 
     def kv(bucket: str, *, ttl: float | None = None, history: int = 1) -> KeyValueConfig:
@@ -145,7 +171,7 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
         subjects.KV_APIKEYS: kv(subjects.KV_APIKEYS),
         subjects.KV_RATELIMITS: kv(subjects.KV_RATELIMITS, ttl=2 * DAY),
         subjects.KV_DELIVERIES: kv(subjects.KV_DELIVERIES, ttl=7 * DAY),
-        subjects.KV_JOB_LOGS: kv(subjects.KV_JOB_LOGS, ttl=7 * DAY),
+        subjects.KV_JOB_LOGS: kv(subjects.KV_JOB_LOGS, ttl=retention.job_logs_s),
         subjects.KV_SITES: kv(subjects.KV_SITES),
         subjects.KV_DEPLOYMENTS: kv(subjects.KV_DEPLOYMENTS, ttl=30 * DAY),
         subjects.KV_DEPLOY_LEASES: kv(subjects.KV_DEPLOY_LEASES),
@@ -165,9 +191,15 @@ def kv_configs(replicas: int = 1) -> dict[str, KeyValueConfig]:
     }
 
 
-async def ensure_streams(js: JetStreamContext, names: list[str], *, replicas: int = 1) -> None:
+async def ensure_streams(
+    js: JetStreamContext,
+    names: list[str],
+    *,
+    replicas: int = 1,
+    retention: Retention = DEFAULT_RETENTION,
+) -> None:
     """Create or converge the named streams; safe to run from every replica at once."""
-    configs = stream_configs(replicas)
+    configs = stream_configs(replicas, retention)
     for name in names:
         config = configs[name]
         try:
@@ -178,14 +210,36 @@ async def ensure_streams(js: JetStreamContext, names: list[str], *, replicas: in
             await js.update_stream(config)
 
 
-async def ensure_kv(js: JetStreamContext, buckets: list[str], *, replicas: int = 1) -> dict[str, KeyValue]:
+async def ensure_kv(
+    js: JetStreamContext,
+    buckets: list[str],
+    *,
+    replicas: int = 1,
+    retention: Retention = DEFAULT_RETENTION,
+) -> dict[str, KeyValue]:
     """Create the named KV buckets if missing and return handles to them."""
-    configs = kv_configs(replicas)
+    configs = kv_configs(replicas, retention)
     handles: dict[str, KeyValue] = {}
     for bucket in buckets:
         try:
             handles[bucket] = await js.create_key_value(configs[bucket])
         except nats.js.errors.BadRequestError:
-            log.warning("kv bucket %s exists with another config; using it as it is", bucket)
             handles[bucket] = await js.key_value(bucket)
+            if not await _converge_ttl(js, configs[bucket]):
+                log.warning("kv bucket %s exists with another config; using it as it is", bucket)
     return handles
+
+
+async def _converge_ttl(js: JetStreamContext, config: KeyValueConfig) -> bool:
+    """Give a bucket made with another TTL (an earlier release, a changed retention setting)
+    ours; True if it was converged. Its other settings are left as they are."""
+    info = await js.stream_info(f"KV_{config.bucket}")
+    want, have = config.ttl or 0.0, info.config.max_age or 0.0  # 0 and None: no limit
+    if abs(want - have) < 0.001:
+        return False
+    info.config.max_age = want
+    if want and (info.config.duplicate_window or 0.0) > want:
+        info.config.duplicate_window = want
+    await js.update_stream(info.config)
+    log.info("kv bucket %s: TTL %.0f s -> %.0f s", config.bucket, have, want)
+    return True

@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
-from conveyor.shared.bus import Bus, BusError, NotFound
+from conveyor.shared.bus import Bus, BusError, Delivery, NotFound
 from conveyor.shared.contracts import subjects
 
 # Headers that tell the dead letter's story; they are not part of the original message.
@@ -73,6 +73,11 @@ class DeadLetter:
 
 def replay_msg_id(seq: int) -> str:
     return f"replay-{subjects.DLQ}-{seq}"
+
+
+def is_replay(msg: Delivery) -> bool:
+    """Whether ``msg`` is a dead letter put back by a replay (its Nats-Msg-Id says so)."""
+    return (msg.headers or {}).get(subjects.MSG_ID, "").startswith(f"replay-{subjects.DLQ}-")
 
 
 def subject_filter(stage: str | None = None, subject: str | None = None) -> str:

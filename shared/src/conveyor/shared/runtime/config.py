@@ -65,6 +65,12 @@ class BaseSettings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     """SHUTDOWN_GRACE_S: how long in-flight work may finish after SIGTERM before the rest is NAKed."""
     nats_replicas: int = 1
     """NATS_REPLICAS: replicas for streams and buckets this service creates (3 in a cluster)."""
+    events_retention_h: float = 24.0
+    """EVENTS_RETENTION_H: hours raw webhook payloads are kept in EVENTS (same on every service)."""
+    results_retention_d: float = 7.0
+    """RESULTS_RETENTION_D: days results are kept in RESULTS (same on every service)."""
+    job_logs_retention_d: float = 30.0
+    """JOB_LOGS_RETENTION_D: days per-run logs are kept in KV job_logs (same on every service)."""
     service_instance: str = ""
     """SERVICE_INSTANCE: a name for this replica in logs and metrics (defaults to host:pid)."""
     conveyor_secret_keys: Secret | None = None

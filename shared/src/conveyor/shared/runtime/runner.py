@@ -35,6 +35,7 @@ from conveyor.shared.bus import (
     ConsumerMetrics,
     Handler,
     Kv,
+    Retention,
     Timeout,
     Unavailable,
 )
@@ -50,6 +51,23 @@ log = logging.getLogger(__name__)
 S = TypeVar("S", bound=BaseSettings)
 
 GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def retention_of(settings: BaseSettings) -> Retention:
+    """The retention a service's settings ask for; a value that is not positive is refused."""
+    kept = Retention(
+        events_s=settings.events_retention_h * 3600.0,
+        results_s=settings.results_retention_d * 86400.0,
+        job_logs_s=settings.job_logs_retention_d * 86400.0,
+    )
+    for name, value in (
+        ("EVENTS_RETENTION_H", kept.events_s),
+        ("RESULTS_RETENTION_D", kept.results_s),
+        ("JOB_LOGS_RETENTION_D", kept.job_logs_s),
+    ):
+        if not value > 0:
+            raise ConfigError(f"{name} must be more than 0", setting=name)
+    return kept
 
 
 @dataclass
@@ -205,7 +223,12 @@ async def _bootstrap(rt: Runtime[Any], spec: ServiceSpec, stop: asyncio.Event) -
     delay = 0.5
     while True:
         try:
-            return await rt.bus.declare(spec.streams, spec.buckets, replicas=rt.settings.nats_replicas)
+            return await rt.bus.declare(
+                spec.streams,
+                spec.buckets,
+                replicas=rt.settings.nats_replicas,
+                retention=retention_of(rt.settings),
+            )
         except (Timeout, Unavailable) as exc:
             if stop.is_set():
                 raise ConnectionError("stopped before JetStream was available") from exc

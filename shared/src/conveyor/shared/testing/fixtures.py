@@ -102,9 +102,10 @@ def cyclic_garbage() -> Iterator[list[object]]:
 
 async def forget_message_ids(js: JetStreamContext, stream: str, probe: str) -> None:
     """Make ``stream`` forget every Nats-Msg-Id it has seen, as it does once its duplicate
-    window (a day) has passed: the window is cut to 0.2 s, and a probe message on subject
-    ``probe`` (in the stream, outside its consumers' filters) shows when its id, the newest,
-    is forgotten. The probes are purged afterwards, so the stream's counts are as before."""
+    window (2 minutes on EVENTS and RESULTS, a day on JOBS) has passed: the window is cut to
+    0.2 s, and a probe message on subject ``probe`` (in the stream, outside its consumers'
+    filters) shows when its id, the newest, is forgotten. The probes are purged afterwards,
+    so the stream's counts are as before."""
     info = await js.stream_info(stream)
     info.config.duplicate_window = 0.2
     await js.update_stream(info.config)

@@ -12,6 +12,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+# GOMEMLIMIT of the nats-server `make run` embeds (and the benchmark's broker section): Go then
+# collects before its heap passes this, and hands freed pages back, instead of letting the
+# garbage of recently written blocks double the heap and keeping it for minutes. Live data
+# measured 48 MB after 100,000 jobs kept (docs/operations.md "Size the brokers").
+LOCAL_MEMORY_LIMIT = "128MiB"
+
 _LISTEN = re.compile(r"Listening for client connections on (.+):(\d+)")
 _READY = re.compile(r"Server is ready")
 
@@ -58,13 +64,23 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 
 async def start_nats_server(
-    store_dir: Path, *, port: int = -1, timeout: float = 15.0, extra: list[str] | None = None
+    store_dir: Path,
+    *,
+    port: int = -1,
+    timeout: float = 15.0,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> NatsServer:
-    """Start nats-server with JetStream on 127.0.0.1 and wait until it says it is ready."""
+    """Start nats-server with JetStream on 127.0.0.1 and wait until it says it is ready;
+    ``env`` is added to this process's environment for it."""
     store_dir.mkdir(parents=True, exist_ok=True)
     args = ["-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir), *(extra or [])]
     proc = await asyncio.create_subprocess_exec(
-        nats_server_binary(), *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        nats_server_binary(),
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env} if env else None,
     )
     assert proc.stderr is not None
     lines: list[str] = []

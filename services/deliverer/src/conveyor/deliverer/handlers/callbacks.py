@@ -29,6 +29,7 @@ from conveyor.shared import bus
 from conveyor.shared.contracts import subjects
 from conveyor.shared.contracts.errors import PermanentError, RetryableError
 from conveyor.shared.contracts.events import DeliveryAttempt, JobResult, encoder, job_result_decoder, utcnow
+from conveyor.shared.domain.deadletters import is_replay
 from conveyor.shared.domain.integration import IntegrationRecorder
 from conveyor.shared.domain.signing import standard_headers
 from conveyor.shared.runtime.logs import bound
@@ -77,8 +78,10 @@ class DeliverCallback:
         if self.on_result is not None:
             self.on_result(job.job_id)
         url = self.target(job)
-        # The executor's message, first delivered: no attempt can have been made yet.
-        first = msg.attempts == 1 and not is_parked(msg)
+        # The executor's message, first delivered: no attempt can have been made yet. A replayed
+        # dead letter is not: a replay run again after RESULTS' duplicate window (2 minutes) is
+        # stored again, and the delivery log is what stops a second callback.
+        first = msg.attempts == 1 and not is_parked(msg) and not is_replay(msg)
         if url is None:
             log.info("job %s (source %s) has no callback URL: skipped", job.job_id, job.source)
             self.metrics.outcome["skipped"].inc()
