@@ -119,6 +119,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             cancel_queued=canceller.cancel_queued,
             tracer=rt.tracer,
             allowed=gates.agents_of.get,
+            worker=worker,
         )
         await cancels.start(canceller.on_cancel)
         await gates.start(worker.handle_limited)  # limits known before the first job is taken
