@@ -34,7 +34,9 @@ def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             filter_subject="events.>",
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30,
+            # The router runs instant agents' jobs itself (Worker.run_routed): an event held by
+            # a dead executor comes back as soon as a job would.
+            ack_wait=settings.ack_wait_s,
             max_deliver=10,
             max_ack_pending=10_000,
         ),
