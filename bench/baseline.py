@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.payloads import JOB_ID_SECRET
 from bench.procs import Proc, Procs, free_port, wait_port
 
 HERE = Path(__file__).parent / "baseline_express"
@@ -141,6 +142,7 @@ async def start(
         "LOVABLE_WEBHOOK_SECRET": secret,
         "CALLBACK_URL": callback_url,
         "CALLBACK_SIGNING_SECRET": signing_secret,
+        "JOB_ID_SECRET": JOB_ID_SECRET,
         "CONCURRENCY": str(concurrency),
         "NODE_ENV": "production",
     }

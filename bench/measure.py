@@ -32,6 +32,7 @@ class Ctx:
     profile: list[str] = field(default_factory=list)
     sink_url: str = ""
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    e2e_rate: float | None = None  # the end-to-end fixed-rate phases at this rate, not half the max
     warnings: list[str] = field(default_factory=list)
     counter: int = 0
 

@@ -260,7 +260,7 @@ async def e2e(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]:
             out["nats_subjects_per_job"] = census.per(out["max"]["delivered"])
         rate = out["max"]["jobs_per_s"]
         log(f"end to end: {rate:.0f} jobs/s, lost {out['max']['lost']}; now half rate")
-        half_rate = max(rate / 2, 10)
+        half_rate = ctx.e2e_rate or max(rate / 2, 10)
         n = int(min(plan.half_jobs_cap, half_rate * plan.duration))
         out["half"] = await end_to_end(
             ctx, "e2e-half", port, sink, make(n), rate=half_rate, watch=system.watch(), keep_pairs=True
@@ -423,7 +423,7 @@ async def run_baseline(ctx: Ctx, plan: Plan, sink: SinkClient) -> dict[str, Any]
         )
         rate = out["e2e_max"]["jobs_per_s"]
         log(f"baseline end to end: {rate:.0f} jobs/s, lost {out['e2e_max']['lost']}; now half rate")
-        half_rate = max(rate / 2, 10)
+        half_rate = ctx.e2e_rate or max(rate / 2, 10)
         n = int(min(plan.half_jobs_cap, half_rate * plan.duration))
         out["e2e_half"] = await end_to_end(
             ctx, "base-e2e-half", b.port, sink, make(n), rate=half_rate, watch=watch
@@ -583,6 +583,7 @@ async def amain(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         profile=[s for s in args.profile.split(",") if s],
         overrides=overrides,
+        e2e_rate=args.e2e_rate,
     )
     if not use_wrk:
         ctx.warnings.append("wrk not installed (Debian package wrk): maximum rates use the Python driver")
@@ -732,6 +733,12 @@ def main() -> int:
     )
     p.add_argument(
         "--log-level", default="INFO", help="LOG_LEVEL of the services (default INFO, as deployed)"
+    )
+    p.add_argument(
+        "--e2e-rate",
+        type=float,
+        help="jobs/s of the end-to-end fixed-rate phases (default: half of each system's maximum); "
+        "one rate for every run compares latency between commits at the same load",
     )
     p.add_argument("--out", help="directory for <timestamp>.json/.png (default bench/results)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, raw driver output)")

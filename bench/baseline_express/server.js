@@ -23,8 +23,11 @@ function problem(req) {
   return null;
 }
 
+// As the receiver derives it (conveyor.shared.ids.job_id_for_delivery, keyed with JOB_ID_SECRET),
+// so the harness matches callbacks to webhooks the same way for both systems.
+const jobIdKey = process.env.JOB_ID_SECRET || '';
 const jobIdFor = (source, delivery) =>
-  'job_' + crypto.createHash('sha256').update(`webhook\x1f${source}\x1f${delivery}`).digest('hex').slice(0, 32);
+  'job_' + crypto.createHmac('sha256', jobIdKey).update(`webhook\x1f${source}\x1f${delivery}`).digest('hex').slice(0, 32);
 
 const app = express();
 app.post('/api/webhooks/lovable', express.raw({ type: '*/*', limit: '1mb' }), async (req, res) => {

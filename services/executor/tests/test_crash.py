@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from conveyor.shared.contracts import subjects
 from conveyor.shared.testing.fixtures import eventually
 from conveyor.shared.testing.procs import ServiceProcess, service_env
 
@@ -43,3 +44,56 @@ async def test_sigkill_mid_job_completes_on_the_other_executor_with_one_result(
     finally:
         for p in procs.values():
             await p.kill()
+
+
+async def test_sigkill_while_routing_instant_jobs_loses_none_and_doubles_none(
+    bus, nats_url: str, tmp_path: Path
+) -> None:
+    """Instant agents' jobs run in the router, on the event's delivery. An executor SIGKILLed in
+    the middle of a backlog of them: every event it held comes back to the other executor,
+    every job ends completed, and each has exactly one result."""
+    events: list[str] = []
+    for _ in range(10):
+        events += await asyncio.gather(
+            *(bus.event("agent.task_requested", {"agent": "noop"}) for _ in range(300))
+        )
+    env = {"ACK_WAIT_S": "2", "LOG_FORMAT": "text"}
+    victim = ServiceProcess(
+        "executor", service_env(nats_url, SERVICE_INSTANCE="a", **env), tmp_path / "a.log"
+    )
+    survivor = ServiceProcess(
+        "executor", service_env(nats_url, SERVICE_INSTANCE="b", **env), tmp_path / "b.log"
+    )
+
+    async def results_by_job() -> dict[str, int]:
+        info = await bus.js.stream_info(subjects.RESULTS, subjects_filter="results.>")
+        return {s.removeprefix("results."): n for s, n in (info.state.subjects or {}).items()}
+
+    try:
+        await victim.start(wait_ready=False)
+
+        async def some_done() -> None:
+            assert (await bus.js.stream_info(subjects.RESULTS)).state.messages >= 20
+
+        await eventually(some_done, interval=0.005)
+        await victim.kill()
+        assert (await bus.js.stream_info(subjects.RESULTS)).state.messages < len(events)  # work was left
+        await survivor.start()
+
+        async def all_done() -> dict[str, int]:
+            found = await results_by_job()
+            assert len(found) == len(events), len(found)
+            return found
+
+        found = await eventually(all_done, timeout=60)
+        router = await bus.js.consumer_info(subjects.EVENTS, subjects.ROUTER)
+        # Events the victim held came back: more deliveries than events.
+        assert router.delivered.consumer_seq > len(events), router.delivered
+        assert await survivor.stop() == 0, survivor.tail()
+        found = await results_by_job()
+        assert found == dict.fromkeys(events, 1)
+        for job_id in events:
+            assert (await bus.record(job_id)).status == "completed"
+    finally:
+        await victim.kill()
+        await survivor.kill()

@@ -312,3 +312,60 @@ async def test_an_instant_agent_that_crashes_fails_after_its_attempts(
         assert result.status == "failed" and "failed after 2 attempt(s)" in result.result.summary
         [dead] = await bus.dead_letters("crash")
         assert "ZeroDivisionError" in dead.headers["Conveyor-Error"]
+
+
+async def test_an_instant_agent_routed_from_an_event_runs_without_the_jobs_hop(bus, make_settings) -> None:
+    """The router runs an instant agent's job on the event's delivery: nothing is ever queued
+    on JOBS, and the job ends as through the workers (one attempt, one result). Other agents
+    still queue on JOBS."""
+    async with serve(SPEC, make_settings()):
+        job_id = await bus.event("agent.task_requested", {"agent": "noop"})
+        rec = await bus.until(job_id, "completed")
+        assert rec.attempts == 1 and rec.agent == "noop" and rec.backend == "builtin"
+        assert rec.started_at is not None and rec.finished_at is not None and rec.progress == 100
+        result = await bus.one_result(job_id)
+        assert result.result.status == "completed" and result.result.agent_id == "noop"
+        assert (await bus.js.stream_info(subjects.JOBS)).state.last_seq == 0
+        slow = await bus.event("agent.task_requested", {"agent": "architect", "files": FILES})
+        await bus.until(slow, "completed")
+        assert (await bus.js.stream_info(subjects.JOBS)).state.last_seq == 1
+
+
+async def test_an_event_routed_again_after_its_instant_job_ended_publishes_only_a_missing_result(
+    bus, make_settings
+) -> None:
+    """The router finished the job and died before publishing (or the sender retried after the
+    duplicate window): routing the event again publishes the stored result, never a second run."""
+    async with serve(SPEC, make_settings()):
+        job_id = await bus.event("agent.task_requested", {"agent": "noop"})
+        first = await bus.until(job_id, "completed")
+        await bus.one_result(job_id)
+        await bus.js.purge_stream(subjects.RESULTS, subject=subjects.result(job_id))
+        await forget_message_ids(bus.js, subjects.RESULTS, "results.probe")
+        # The same event once more (another message id: as a redelivery, the router sees it again).
+        ev = await bus.js.get_last_msg(subjects.EVENTS, "events.lovable.agent.task_requested")
+        await bus.js.publish(ev.subject, ev.data, headers={subjects.MSG_ID: f"lovable:{job_id}:again"})
+        result = await bus.one_result(job_id)
+        assert result.result == first.result
+        assert (await bus.record(job_id)).updated_at == first.updated_at
+
+
+async def test_an_instant_agent_routed_from_an_event_that_fails_takes_the_workers_path(
+    bus, make_settings, monkeypatch
+) -> None:
+    """A routed instant job that does not complete is queued on JOBS as any other, with no
+    attempt used: the workers count its attempts, retry it and dead-letter it."""
+
+    def crash(payload: Any, agent: str) -> Any:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setitem(ANALYSES, "crash", crash)
+    agent = AgentConfig(name="crash", backend="builtin", instant=True, retries=1)
+    async with serve(SPEC, make_settings(agent)):
+        job_id = await bus.event("agent.task_requested", {"agent": "crash"})
+        rec = await bus.until(job_id, "failed")
+        assert rec.attempts == 2 and rec.error == "ZeroDivisionError: division by zero"
+        result = (await bus.one_result(job_id)).result
+        assert result.status == "failed" and "failed after 2 attempt(s)" in result.result.summary
+        [dead] = await bus.dead_letters("crash")
+        assert dead.headers["Conveyor-Original-Subject"] == "jobs.run.crash"

@@ -59,7 +59,7 @@ class Settings(BaseSettings, frozen=True, kw_only=True):
     its PubAck, so a slot costs almost nothing while it waits; with 32 the router fell behind
     the workers under load."""
     ack_wait_s: float = 30.0
-    """ACK_WAIT_S: JetStream AckWait for jobs; in-progress acks every third of it keep a live job."""
+    """ACK_WAIT_S: JetStream AckWait for jobs and routed events; in-progress acks keep a live job."""
     retry_base_ms: int = 1000
     """RETRY_BASE_MS: first retry delay; doubles per attempt (with jitter)."""
     retry_cap_ms: int = 30_000

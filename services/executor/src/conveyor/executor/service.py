@@ -38,7 +38,9 @@ def consumer_configs(settings: Settings) -> dict[str, ConsumerConfig]:
             filter_subject="events.>",
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30,
+            # The router runs instant agents' jobs itself (Worker.run_routed): an event held by
+            # a dead executor comes back as soon as a job would.
+            ack_wait=settings.ack_wait_s,
             max_deliver=10,
             max_ack_pending=10_000,
         ),
@@ -138,6 +140,7 @@ async def components(rt: Runtime[Any]) -> AsyncIterator[None]:
             tracer=rt.tracer,
             allowed=gates.agents_of.get,
             definitions=definitions,
+            worker=worker,
         )
         await definitions.start()  # a project's agents known before its first job is taken
         await cancels.start(canceller.on_cancel)

@@ -1,7 +1,9 @@
 """The router: ``events.<source>.<type>`` -> one ``JobRequest`` per routed agent.
 
 One agent: the job id is the event's job id, published on ``jobs.run.<agent>`` with
-Nats-Msg-Id = job id, so routing the same event twice queues it once. Several agents: a
+Nats-Msg-Id = job id, so routing the same event twice queues it once. An instant agent's job
+(builtin, returns in microseconds) is run right here on the event's delivery instead
+(``Worker.run_routed``): the JOBS hop would cost more than the job. Several agents: a
 fan-out (see fanout.py). An event no agent can take (no route, no or an unknown agent named
 in the payload) ends its job "failed" at once, with a failed result so the caller hears.
 """
@@ -20,6 +22,7 @@ from conveyor.executor.handlers.definitions import Definitions
 from conveyor.executor.handlers.fanout import Fanout
 from conveyor.executor.handlers.jobstore import JobStore, checked_job_id
 from conveyor.executor.handlers.results import Results
+from conveyor.executor.handlers.worker import Worker
 from conveyor.executor.metrics import Metrics
 from conveyor.executor.registry import Agent, route_for
 from conveyor.shared import bus
@@ -90,6 +93,7 @@ class Router:
         tracer: trace.Tracer,
         allowed: Callable[[str], frozenset[str] | None] = lambda project: None,
         definitions: Definitions | None = None,
+        worker: Worker | None = None,  # runs instant agents' jobs without the JOBS hop
     ) -> None:
         self.definitions = definitions
         self.requests = requests
@@ -104,6 +108,7 @@ class Router:
         self.tracer = tracer
         self.tracing = exporting(tracer)
         self.allowed = allowed  # a project's agents, when it lists them (None: every agent)
+        self.worker = worker
 
     def resolve(self, event: WebhookEvent, payload: Any) -> list[Agent]:
         defs = self.definitions
@@ -158,9 +163,9 @@ class Router:
             bound(job=event.job_id, correlation=event.correlation_id),
             message_span(self.tracer, self.tracing, "events.* process", msg.headers, msg.subject),
         ):
-            await self.route(event)
+            await self.route(event, msg)
 
-    async def route(self, event: WebhookEvent) -> None:
+    async def route(self, event: WebhookEvent, msg: bus.Delivery | None = None) -> None:
         try:
             payload = msgspec.json.decode(event.payload) if event.payload else None
         except NOT_JSON:
@@ -200,6 +205,13 @@ class Router:
             callback_url=event.callback_url,
             correlation_id=event.correlation_id,
         )
+        if (
+            msg is not None
+            and self.worker is not None
+            and self.worker.runs_routed(agents[0], request)
+            and await self.worker.run_routed(msg, agents[0], request)
+        ):
+            return
         subject = subjects.job_run(request.agent)
         await self.requests.publish(
             subject, _encoder.encode(request), msg_id=request.job_id, stream=subjects.JOBS

@@ -267,6 +267,37 @@ class Worker:
         checked_job_id(req.job_id)
         await self._process(msg, req)
 
+    def runs_routed(self, agent: Agent, req: JobRequest) -> bool:
+        """Whether the router may run ``req`` itself (:meth:`run_routed`) instead of queueing
+        it on JOBS: an instant agent with no concurrency limit, of a project with no running
+        limit. Anything that can wait, or must wait its turn, goes through JOBS."""
+        return agent.instant and agent.concurrency is None and req.project not in self.limited
+
+    async def run_routed(self, msg: bus.Delivery, agent: Agent, req: JobRequest) -> bool:
+        """Run a routed job of an instant agent on the event's own delivery: no JOBS message,
+        no second delivery and ack. Returns False to have the router queue it on JOBS after
+        all (an earlier attempt exists, or this one did not complete: the worker's path counts
+        attempts, retries and dead-letters), having written nothing.
+
+        The event stays unacknowledged until the record is terminal and the result published,
+        so a crash anywhere before brings the event back to the router (AckWait), which finds
+        the record as the worker would: over (publish its result if RESULTS lacks it) or not."""
+        cur = await self.store.load(req.job_id)
+        if cur.terminal:
+            await self._settle_finished(msg, cur, req)
+            return True
+        if cur.record is not None and cur.record.attempts:
+            return False
+        attempt = Attempt(self.store, req.job_id, 1, cur, quiet=True)
+        t0 = time.perf_counter()
+        outcome = await self._execute_instant(agent, req, attempt)
+        if outcome.status != "completed":
+            return False
+        elapsed = time.perf_counter() - t0
+        self.metrics.took[agent.name, outcome.status].observe(elapsed)
+        await self._conclude(msg, req, agent, attempt, outcome, int(elapsed * 1000))
+        return True
+
     async def _process(self, msg: bus.Delivery, req: JobRequest) -> None:
         with (
             bound(job=req.job_id, correlation=req.correlation_id),
