@@ -36,8 +36,8 @@ from conveyor.receiver.schemas import Accepted, JobCreate, ProjectRef
 from conveyor.receiver.sources import decode_json, invalid_field
 from conveyor.receiver.state import CORRELATION_ID, STATE, Receiver
 from conveyor.shared import bus
-from conveyor.shared.contracts import subjects
-from conveyor.shared.contracts.events import JobRecord, WebhookEvent, encoder, utcnow
+from conveyor.shared.contracts import lifecycle, subjects
+from conveyor.shared.contracts.events import WebhookEvent, encoder, utcnow
 from conveyor.shared.domain.agentdefs import (
     BUILTIN_ANALYSES,
     DELEGATE_EVENT,
@@ -409,11 +409,9 @@ async def delegate(request: web.Request) -> web.Response:
         correlation_id=correlation,
         project=project.project_id,
     )
-    record = JobRecord(
-        job_id=job_id,
-        status="queued",
+    record = lifecycle.new(
+        job_id,
         created_at=now,
-        updated_at=now,
         agent="+".join(body.agents),
         source="api",
         event_type=DELEGATE_EVENT,
