@@ -21,7 +21,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from conveyor.shared.contracts.events import TERMINAL_STATUSES, JobRecord, JobStatus, utcnow
+from conveyor.shared.contracts.events import TERMINAL_STATUSES, JobRecord, JobRequest, JobStatus, utcnow
 
 QUEUED: JobStatus = "queued"
 PROCESSING: JobStatus = "processing"
@@ -50,6 +50,21 @@ def new(job_id: str, *, created_at: dt.datetime, now: dt.datetime | None = None,
     source, event_type, project, project_id, callback_url, parent_id, schedule_id)."""
     return JobRecord(
         job_id=job_id, status=QUEUED, created_at=created_at, updated_at=now or created_at, **fields
+    )
+
+
+def child(parent: JobRequest, child_id: str, agent: str, *, now: dt.datetime) -> JobRecord:
+    """The first record of a job another job started (a fan-out's or a pipeline stage's child,
+    a delegation): in the parent's project, no callback of its own."""
+    return new(
+        child_id,
+        created_at=now,
+        agent=agent,
+        source=parent.source,
+        event_type=parent.event_type,
+        project_id=parent.project_id,
+        project=parent.project,
+        parent_id=parent.job_id,
     )
 
 

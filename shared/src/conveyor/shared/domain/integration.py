@@ -8,18 +8,14 @@ callback costs a dictionary update, not a KV round trip.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
-import logging
 from dataclasses import dataclass, field
 
 import msgspec
 
 from conveyor.shared import bus
-from conveyor.shared.contracts.events import Message, encoder
-
-log = logging.getLogger(__name__)
+from conveyor.shared.contracts.events import Message
+from conveyor.shared.domain.kvmerge import MergingWriter
 
 WINDOW_MIN = 60  # failures are kept per minute for this many minutes
 
@@ -52,82 +48,45 @@ class _Pending:
     failures: dict[int, int] = field(default_factory=dict)
 
 
-@dataclass
-class IntegrationRecorder:
-    kv: bus.Kv
-    flush_every_s: float = 2.0
-    _pending: dict[str, _Pending] = field(default_factory=dict)
-    _task: asyncio.Task[None] | None = None
+class IntegrationRecorder(MergingWriter[_Pending, IntegrationStatus]):
+    what = "integration status"
+
+    def __init__(self, kv: bus.Kv, flush_every_s: float = 2.0) -> None:
+        super().__init__(kv, flush_every_s)
 
     def webhook(self, project: str, at: dt.datetime) -> None:
-        p = self._pending.setdefault(project, _Pending())
+        p = self.pending(project)
         p.webhook_at = at if p.webhook_at is None else max(p.webhook_at, at)
 
     def callback(self, project: str, at: dt.datetime, outcome: str, status_code: int | None) -> None:
-        p = self._pending.setdefault(project, _Pending())
+        p = self.pending(project)
         if p.callback is None or at >= p.callback[0]:
             p.callback = (at, outcome, status_code)
         if outcome != "delivered":
             minute = _minute(at)
             p.failures[minute] = p.failures.get(minute, 0) + 1
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="integration-status")
+    def new_pending(self) -> _Pending:
+        return _Pending()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self.flush()
+    def fold(self, into: _Pending, more: _Pending) -> None:
+        if more.webhook_at is not None:
+            into.webhook_at = (
+                more.webhook_at if into.webhook_at is None else max(into.webhook_at, more.webhook_at)
+            )
+        if more.callback is not None and (into.callback is None or more.callback[0] >= into.callback[0]):
+            into.callback = more.callback
+        for minute, n in more.failures.items():
+            into.failures[minute] = into.failures.get(minute, 0) + n
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_every_s)
-            try:
-                await self.flush()
-            except Exception as exc:  # kept for the next round
-                log.warning("integration status not written (%s); retrying", exc or type(exc).__name__)
+    def decode(self, data: bytes) -> IntegrationStatus:
+        return integration_decoder.decode(data)
 
-    async def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        try:
-            for project, p in list(pending.items()):
-                await self._merge(project, p)
-                del pending[project]
-        finally:
-            for project, p in pending.items():  # not written: merge back for the next round
-                self._pending.setdefault(project, _Pending())
-                self._requeue(project, p)
+    def empty(self, key: str) -> IntegrationStatus:
+        return IntegrationStatus(project=key)
 
-    def _requeue(self, project: str, p: _Pending) -> None:
-        if p.webhook_at is not None:
-            self.webhook(project, p.webhook_at)
-        q = self._pending[project]
-        if p.callback is not None and (q.callback is None or p.callback[0] >= q.callback[0]):
-            q.callback = p.callback
-        for minute, n in p.failures.items():
-            q.failures[minute] = q.failures.get(minute, 0) + n
-
-    async def _merge(self, project: str, p: _Pending) -> None:
-        for _ in range(10):
-            try:
-                entry = await self.kv.get(project)
-                current = integration_decoder.decode(entry.value or b"")
-                revision: int | None = entry.revision
-            except bus.NotFound:
-                current, revision = IntegrationStatus(project=project), None
-            merged = _merged(current, p)
-            try:
-                if revision is None:
-                    await self.kv.create(project, encoder.encode(merged))
-                else:
-                    await self.kv.update(project, encoder.encode(merged), last=revision)
-                return
-            except (bus.Conflict, bus.BusError):
-                continue  # another replica wrote meanwhile: read and merge again
-        raise RuntimeError(f"integration status of {project}: the record kept changing")
+    def merged(self, current: IntegrationStatus, pending: _Pending) -> IntegrationStatus:
+        return _merged(current, pending)
 
 
 def _merged(current: IntegrationStatus, p: _Pending) -> IntegrationStatus:

@@ -17,11 +17,8 @@ so), which the docs say.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,7 +26,8 @@ from typing import Literal
 import msgspec
 
 from conveyor.shared import bus
-from conveyor.shared.contracts.events import Message, TokenUsage, encoder, utcnow
+from conveyor.shared.contracts.events import Message, TokenUsage, utcnow
+from conveyor.shared.domain.kvmerge import MergingWriter
 from conveyor.shared.domain.tenancy import Project
 
 log = logging.getLogger(__name__)
@@ -150,22 +148,21 @@ class _Pending:
     agents: dict[str, UsageTotals] = field(default_factory=dict)
 
 
-@dataclass
-class UsageRecorder:
+class UsageRecorder(MergingWriter[_Pending, PeriodUsage]):
     """An executor's usage reports, merged into KV every ``flush_every_s``; and what this
     replica knows each project has spent (the last merged or read totals plus what it has not
     written yet), which the running jobs' budget checks read without a round trip."""
 
-    kv: bus.Kv
-    flush_every_s: float = 1.0
-    _pending: dict[str, _Pending] = field(default_factory=dict)  # usage key -> not written yet
-    _known: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (cost, monotonic)
-    _task: asyncio.Task[None] | None = None
+    what = "usage"
+
+    def __init__(self, kv: bus.Kv, flush_every_s: float = 1.0) -> None:
+        super().__init__(kv, flush_every_s)
+        self._known: dict[str, tuple[float, float]] = {}  # usage key -> (cost, monotonic)
 
     def add(self, project: str, agent: str, usage: TokenUsage, at: dt.datetime | None = None) -> None:
         at = at or utcnow()
         for period in PERIODS:
-            p = self._pending.setdefault(usage_key(project, period, at), _Pending())
+            p = self.pending(usage_key(project, period, at))
             p.totals.add(usage)
             p.agents.setdefault(agent, UsageTotals()).add(usage)
 
@@ -190,74 +187,41 @@ class UsageRecorder:
             stored = await read_period(self.kv, project, period, at)
             self._known[key] = (stored.cost_usd, time.monotonic())
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="usage")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self.flush()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_every_s)
-            try:
-                await self.flush()
-            except Exception as exc:  # kept for the next round
-                log.warning("usage not written (%s); retrying", exc or type(exc).__name__)
-
     async def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        try:
-            for key, p in list(pending.items()):
-                await self._merge(key, p)
-                del pending[key]
-        finally:
-            for key, p in pending.items():  # not written: back for the next round
-                q = self._pending.setdefault(key, _Pending())
-                _fold(q.totals, p.totals)
-                for agent, t in p.agents.items():
-                    _fold(q.agents.setdefault(agent, UsageTotals()), t)
+        await super().flush()
         if len(self._known) > 10_000:  # old periods and projects gone quiet
             self._known.clear()
 
-    async def _merge(self, key: str, p: _Pending) -> None:
+    def new_pending(self) -> _Pending:
+        return _Pending()
+
+    def fold(self, into: _Pending, more: _Pending) -> None:
+        _fold(into.totals, more.totals)
+        for agent, t in more.agents.items():
+            _fold(into.agents.setdefault(agent, UsageTotals()), t)
+
+    def decode(self, data: bytes) -> PeriodUsage:
+        return usage_decoder.decode(data)
+
+    def empty(self, key: str) -> PeriodUsage:
         project, period, start = key.split(".", 2)
-        for n in range(20):
-            try:
-                entry = await self.kv.get(key)
-                current = usage_decoder.decode(entry.value or b"")
-                revision: int | None = entry.revision
-            except bus.NotFound:
-                current = PeriodUsage(project=project, period=period, start=start)  # type: ignore[arg-type]
-                revision = None
-            agents = {a: UsageTotals(**msgspec.structs.asdict(t)) for a, t in current.agents.items()}
-            for agent, t in p.agents.items():
-                _fold(agents.setdefault(agent, UsageTotals()), t)
-            merged = msgspec.structs.replace(
-                current,
-                input_tokens=current.input_tokens + p.totals.input_tokens,
-                output_tokens=current.output_tokens + p.totals.output_tokens,
-                cost_usd=current.cost_usd + p.totals.cost_usd,
-                agents=agents,
-                updated_at=utcnow(),
-            )
-            try:
-                if revision is None:
-                    await self.kv.create(key, encoder.encode(merged))
-                else:
-                    await self.kv.update(key, encoder.encode(merged), last=revision)
-            except bus.Conflict:
-                # Another replica wrote meanwhile: read and merge again, after a random pause
-                # (replicas flush on the same beat, and would collide again at once).
-                await asyncio.sleep(random.uniform(0, 0.002 * (n + 1)))
-                continue
-            self._known[key] = (merged.cost_usd, time.monotonic())
-            return
-        raise RuntimeError(f"usage {key}: the record kept changing")
+        return PeriodUsage(project=project, period=period, start=start)  # type: ignore[arg-type]
+
+    def merged(self, current: PeriodUsage, pending: _Pending) -> PeriodUsage:
+        agents = {a: UsageTotals(**msgspec.structs.asdict(t)) for a, t in current.agents.items()}
+        for agent, t in pending.agents.items():
+            _fold(agents.setdefault(agent, UsageTotals()), t)
+        return msgspec.structs.replace(
+            current,
+            input_tokens=current.input_tokens + pending.totals.input_tokens,
+            output_tokens=current.output_tokens + pending.totals.output_tokens,
+            cost_usd=current.cost_usd + pending.totals.cost_usd,
+            agents=agents,
+            updated_at=utcnow(),
+        )
+
+    def written(self, key: str, record: PeriodUsage) -> None:
+        self._known[key] = (record.cost_usd, time.monotonic())
 
 
 def _fold(into: UsageTotals, more: UsageTotals) -> None:

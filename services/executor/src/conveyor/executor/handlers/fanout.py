@@ -266,16 +266,7 @@ class Fanout:
     async def _spawn(self, parent: JobRequest, child_id: str, agent: str, now: dt.datetime) -> None:
         """One child: its record ("queued"), then its request. Both idempotent (a create that
         finds the record, a publish deduplicated by its id), so any replica may do it again."""
-        record = lifecycle.new(
-            child_id,
-            created_at=now,
-            agent=agent,
-            source=parent.source,
-            event_type=parent.event_type,
-            project_id=parent.project_id,
-            project=parent.project,
-            parent_id=parent.job_id,
-        )
+        record = lifecycle.child(parent, child_id, agent, now=now)
         try:
             await self.store.save(child_id, record, 0)
         except Conflict:

@@ -509,16 +509,7 @@ class Worker:
         if not subjects.is_token(child_id):
             raise AgentError(f"delegate: job id {child_id[:80]!r} is not usable")
         now = utcnow()
-        record = lifecycle.new(
-            child_id,
-            created_at=now,
-            agent=name,
-            source=req.source,
-            event_type=req.event_type,
-            project_id=req.project_id,
-            project=req.project,
-            parent_id=req.job_id,
-        )
+        record = lifecycle.child(req, child_id, name, now=now)
         with contextlib.suppress(Conflict):
             await self.store.save(child_id, record, 0)
         request = JobRequest(
