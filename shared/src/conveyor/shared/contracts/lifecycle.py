@@ -21,7 +21,14 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from conveyor.shared.contracts.events import TERMINAL_STATUSES, JobRecord, JobRequest, JobStatus, utcnow
+from conveyor.shared.contracts.events import (
+    TERMINAL_STATUSES,
+    JobRecord,
+    JobRequest,
+    JobStatus,
+    WebhookEvent,
+    utcnow,
+)
 
 QUEUED: JobStatus = "queued"
 PROCESSING: JobStatus = "processing"
@@ -50,6 +57,38 @@ def new(job_id: str, *, created_at: dt.datetime, now: dt.datetime | None = None,
     source, event_type, project, project_id, callback_url, parent_id, schedule_id)."""
     return JobRecord(
         job_id=job_id, status=QUEUED, created_at=created_at, updated_at=now or created_at, **fields
+    )
+
+
+def received(event: WebhookEvent, *, now: dt.datetime) -> JobRecord:
+    """The queued record an event's job has when the executor finds none (the receiver's
+    write was lost, or the event came another way): what the event says of the job."""
+    return new(
+        event.job_id,
+        created_at=event.received_at,
+        now=now,
+        source=event.source,
+        event_type=event.type,
+        project_id=event.project_id,
+        project=event.project,
+        callback_url=event.callback_url,
+    )
+
+
+def requested(req: JobRequest, *, now: dt.datetime, agent: str | None = None) -> JobRecord:
+    """The queued record of a requested job whose record is missing: what the request says."""
+    return new(
+        req.job_id,
+        created_at=req.created_at,
+        now=now,
+        agent=agent,
+        source=req.source,
+        event_type=req.event_type,
+        project_id=req.project_id,
+        project=req.project,
+        callback_url=req.callback_url,
+        parent_id=req.parent_id,
+        schedule_id=req.schedule_id,
     )
 
 

@@ -218,16 +218,7 @@ class Fanout:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is not None and (r.terminal or (r.status == "processing" and r.children == list(children))):
                 return None  # over already, or this event was routed before
-            base = r or lifecycle.new(
-                parent_id,
-                created_at=event.received_at,
-                now=now,
-                source=event.source,
-                event_type=event.type,
-                project_id=event.project_id,
-                project=event.project,
-                callback_url=event.callback_url,
-            )
+            base = r or lifecycle.received(event, now=now)
             return lifecycle.start(
                 base,
                 attempt=1,
@@ -462,18 +453,7 @@ class Fanout:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is not None and (r.terminal or r.pipeline is not None):
                 return None
-            base = r or lifecycle.new(
-                req.job_id,
-                created_at=req.created_at,
-                now=now,
-                source=req.source,
-                event_type=req.event_type,
-                project_id=req.project_id,
-                project=req.project,
-                callback_url=req.callback_url,
-                parent_id=req.parent_id,
-                schedule_id=req.schedule_id,
-            )
+            base = r or lifecycle.requested(req, now=now)
             return lifecycle.move(
                 base,
                 "processing",

@@ -232,16 +232,7 @@ class Router:
         def change(r: JobRecord | None) -> JobRecord | None:
             if r is not None and r.terminal:
                 return None
-            base = r or lifecycle.new(
-                event.job_id,
-                created_at=event.received_at,
-                now=now,
-                source=event.source,
-                event_type=event.type,
-                project_id=event.project_id,
-                project=event.project,
-                callback_url=event.callback_url,
-            )
+            base = r or lifecycle.received(event, now=now)
             return lifecycle.finish(base, "failed", now=now, error=error, result=result, agent=agent)
 
         written, cur = await self.store.advance(event.job_id, await self.store.load(event.job_id), change)

@@ -597,19 +597,7 @@ class Worker:
     # --- endings ---------------------------------------------------------------------------------
 
     def _new_record(self, req: JobRequest) -> JobRecord:
-        return lifecycle.new(
-            req.job_id,
-            created_at=req.created_at,
-            now=utcnow(),
-            agent=req.agent,
-            source=req.source,
-            event_type=req.event_type,
-            project_id=req.project_id,
-            project=req.project,
-            callback_url=req.callback_url,
-            parent_id=req.parent_id,
-            schedule_id=req.schedule_id,
-        )
+        return lifecycle.requested(req, now=utcnow(), agent=req.agent)
 
     def _processing(
         self, r: JobRecord | None, req: JobRequest, agent: Agent, number: int, now: object
