@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.shared.testing.rawhttp import serve_app
+from conveyor.shared.testing.rawhttp import LocalServer
 
 
 @dataclass
@@ -41,27 +41,18 @@ def _error(status: int, message: str) -> web.Response:
     )
 
 
-class FakeGitHub:
+class FakeGitHub(LocalServer):
     def __init__(self, token: str = "ghp_test_token") -> None:
+        super().__init__()
         self.token = token
         self.pulls: dict[tuple[str, int], PullRequest] = {}
         self.comments: list[Comment] = []
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # method, path, headers
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> FakeGitHub:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/repos/{owner}/{repo}/pulls/{number}/files", self._files)
         app.router.add_get("/repos/{owner}/{repo}/pulls/{number}", self._pull)
         app.router.add_post("/repos/{owner}/{repo}/issues/{number}/comments", self._comment)
-        self._runner, port = await serve_app(app, shutdown_timeout=0.5)
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def add_pull(self, repo: str, number: int, diff: str, *, private: bool = False) -> PullRequest:
         files = []

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.shared.testing.rawhttp import serve_app
+from conveyor.shared.testing.rawhttp import LocalServer
 
 
 @dataclass
@@ -138,27 +138,18 @@ def _anthropic_problem(body: dict[str, Any]) -> str | None:
     return None
 
 
-class FakeLLM:
+class FakeLLM(LocalServer):
     def __init__(self, script: list[Step] | None = None) -> None:
+        super().__init__()
         self.script: list[Step] = list(script or [])
         self.requests: list[Request] = []
         self.hold: asyncio.Event | None = None  # set: a held stream goes on
-        self.url = ""
         self.api_key = "sk-test"
-        self._runner: web.AppRunner | None = None
         self._ids = 0
 
-    async def start(self) -> FakeLLM:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
-        self._runner, port = await serve_app(app, shutdown_timeout=0.5)
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def _next(self, body: dict[str, Any]) -> Turn:
         step = self.script.pop(0) if self.script else Turn(text='{"summary": "done"}')

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from conveyor.shared.testing.rawhttp import serve_app
+from conveyor.shared.testing.rawhttp import LocalServer
 
 
 @dataclass
@@ -22,24 +22,17 @@ class Message:
     headers: dict[str, str]
 
 
-class FakeSlack:
+class FakeSlack(LocalServer):
+    base_path = "/api"
+
     def __init__(self, token: str = "xoxb-test-token", channels: tuple[str, ...] = ("C0123456789",)) -> None:
+        super().__init__()
         self.token = token
         self.channels = set(channels)
         self.messages: list[Message] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> FakeSlack:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/chat.postMessage", self._post)
-        self._runner, port = await serve_app(app, shutdown_timeout=0.5)
-        self.url = f"http://127.0.0.1:{port}/api"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     async def _post(self, request: web.Request) -> web.Response:
         def fail(error: str) -> web.Response:

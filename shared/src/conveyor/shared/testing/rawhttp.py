@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -63,3 +63,28 @@ async def serve_app(app: web.Application, **runner_options: Any) -> tuple[web.Ap
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, int(runner.addresses[0][1])
+
+
+class LocalServer:
+    """A stand-in for a third party's HTTP API on a free loopback port: a subclass adds its
+    routes; ``url`` is its base URL (plus ``base_path``) once started."""
+
+    base_path = ""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> Self:
+        app = web.Application()
+        self.routes(app)
+        self._runner, port = await serve_app(app, shutdown_timeout=0.5)
+        self.url = f"http://127.0.0.1:{port}{self.base_path}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
