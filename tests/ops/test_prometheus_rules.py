@@ -65,6 +65,8 @@ def test_every_alert_has_a_unit_test() -> None:
         ("ServiceMemoryHigh", "warning", "> 0.8"),
         ("HostMemoryHigh", "warning", "> 0.8"),
         ("DiskAlmostFull", "critical", "> 0.9"),
+        ("BudgetRefusing", "warning", "[15m])) > 0"),
+        ("LLMSpendHigh", "warning", "conveyor:llm_spend_alert_usd_per_hour"),
     ],
 )
 def test_promised_thresholds(alert: str, severity: str, needle: str) -> None:
