@@ -44,6 +44,7 @@ TOOLS = {
     "wait_for_job",
     "cancel_job",
     "list_jobs",
+    "get_usage",
     "create_schedule",
     "list_schedules",
     "delete_schedule",
@@ -201,6 +202,14 @@ async def test_mcp_tools_against_the_running_system(system: System, transport: A
         )
         assert error_of(unknown) == {"status": 422, **rest.json()}
         assert (await a.call_tool("get_job", {"job_id": job_id})).structured_content["status"] == "completed"
+
+        # Usage is what GET /api/usage answers for the key's project; another project's is a 404.
+        usage = await a.call_tool("get_usage", {})
+        assert not usage.is_error, usage
+        rest = await system.http.get("/api/usage", headers={"Authorization": f"Bearer {system.keys['a']}"})
+        assert usage.structured_content["project"] == "a" == rest.json()["project"]
+        assert usage.structured_content["day"]["cost_usd"] == rest.json()["day"]["cost_usd"]
+        assert error_of(await b.call_tool("get_usage", {"project": "a"}))["status"] == 404
 
 
 async def subscribe(client: Client, uri: str, *, on: bool = True) -> None:

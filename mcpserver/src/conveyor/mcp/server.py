@@ -303,6 +303,14 @@ def build(
         return dict(body)
 
     @tool
+    async def get_usage(ctx: Context, project: Project = None) -> dict[str, Any]:
+        """What the project's LLM runs cost today and this month (UTC): tokens and US dollars,
+        in all and per agent, with the day and month budgets and what is left of them. Over a
+        budget, new runs are refused (budget_exceeded) until the period turns."""
+        _, body = await api(ctx).call("GET", "/api/usage", params={"project": project} if project else None)
+        return dict(body)
+
+    @tool
     async def create_schedule(
         ctx: Context,
         agent: str,
