@@ -107,6 +107,7 @@ async def system(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Syste
         OPENAI_BASE_URL=llm.url,
         OPENAI_API_KEY="sk-test",
         OPENAI_MODEL="gpt-test",
+        SCHEDULE_MIN_INTERVAL_S="1",  # a schedule of a definition fires within the test
     )
     procs = [ServiceProcess(name, env, tmp_path / f"{name}.log") for name in ("receiver", "executor")]
     try:
@@ -268,6 +269,37 @@ async def test_a_job_records_the_version_it_ran(system: System) -> None:
     builtin = (await http.post("/api/agents/qa/run", json={"prompt": "go"}, headers=a)).json()
     rec = await finished(system, builtin["job_id"], a)
     assert rec["status"] == "completed" and rec["agent_version"] is None
+
+
+async def test_a_schedule_runs_the_projects_definition(system: System) -> None:
+    http, a, b = system.http, system.keys["a"], system.keys["b"]
+    await http.post("/api/agents", json={"id": "nightly", **agent("TAG-nightly")}, headers=a)
+    body = {"agent": "nightly", "every": "1s", "callback_url": "http://127.0.0.1:9/cb", "prompt": "go"}
+    resp = await http.post("/api/schedules", json=body, headers=a)
+    assert resp.status_code == 201, resp.text
+    sid = resp.json()["schedule_id"]
+    # Another project has no such agent: refused by name, as POST /api/jobs refuses it.
+    refused = await http.post("/api/schedules", json=body, headers=b)
+    assert (refused.status_code, refused.json()["field"]) == (422, "agent"), refused.text
+    # Nor may a schedule be switched to an agent the project cannot run.
+    patched = await http.patch(f"/api/schedules/{sid}", json={"agent": "nobody"}, headers=a)
+    assert (patched.status_code, patched.json()["error"]) == (422, "unknown_agent"), patched.text
+
+    async def ran() -> str:
+        view = (await http.get(f"/api/schedules/{sid}", headers=a)).json()
+        assert view["last_run"] is not None, view
+        return str(view["last_run"]["job_id"])
+
+    job = await eventually(ran, timeout=20, interval=0.25)
+    rec = await finished(system, job, a)
+    assert (rec["status"], rec["agent"], rec["schedule_id"], rec["agent_version"]) == (
+        "completed",
+        "nightly",
+        sid,
+        1,
+    ), rec
+    assert rec["result"]["result"]["summary"] == "TAG-nightly done"
+    assert (await http.delete(f"/api/schedules/{sid}", headers=a)).status_code in (200, 204)
 
 
 async def test_delegate_runs_three_agents_in_parallel_with_one_result(system: System) -> None:

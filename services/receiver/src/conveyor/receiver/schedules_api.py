@@ -58,6 +58,7 @@ from conveyor.shared.contracts.schedules import (
     schedule_record_decoder,
     timing,
 )
+from conveyor.shared.domain.tenancy import Project
 from conveyor.shared.runtime.http import HTTPError
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,15 @@ _CRON_DOC = (
 _TZ_DOC = "IANA time zone of a cron expression (default UTC); not allowed with every."
 _OVERLAP_DOC = "skip: no new run while the previous one is queued or running; allow: run anyway."
 
-Agent = Annotated[str, Meta(min_length=1, max_length=128, description="One of the configured agents.")]
+Agent = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=128,
+        description="An agent the project may run: a configured one, a built-in pipeline or one of "
+        "its definitions.",
+    ),
+]
 Url = Annotated[str, Meta(min_length=1, max_length=2048, description="Where each run's result is POSTed.")]
 Prompt = Annotated[str, Meta(min_length=1, max_length=5000)]
 Every = Annotated[str, Meta(min_length=1, max_length=64, description=_EVERY_DOC)]
@@ -357,12 +366,15 @@ def _invalid(field: str, message: str) -> HTTPError:
     return HTTPError(422, "invalid_field", f"{field}: {message}", field=field)
 
 
-def _check_job(st: Receiver, agent: str, callback_url: str, prompt: str | None) -> None:
-    if agent not in st.agents:
+def _check_job(st: Receiver, project: Project, agent: str, callback_url: str, prompt: str | None) -> None:
+    # What POST /api/jobs may run: the deployment's agents the project lists, the built-in
+    # pipelines and the project's own definitions (the firing runs the latest version).
+    if not st.may_run(project, agent)[0]:
+        known = ", ".join(st.runnable(project))
         raise HTTPError(
             422,
             "unknown_agent",
-            f"agent: unknown agent {agent[:64]!r}; known: {', '.join(st.agents)}",
+            f"agent: unknown agent {agent[:64]!r}; known: {known}",
             field="agent",
         )
     if not valid_url(callback_url):
@@ -478,11 +490,7 @@ async def create(request: web.Request) -> web.Response:
     body: ScheduleCreate = decode_json(_create_decoder, await st.read_body(request))
     project = st.writable(principal, body.project)
     now = utcnow()
-    _check_job(st, body.agent, body.callback_url, body.prompt)
-    if not project.may_run(body.agent):
-        raise HTTPError(
-            422, "unknown_agent", f"agent: project {project.project_id} may not run it", field="agent"
-        )
+    _check_job(st, project, body.agent, body.callback_url, body.prompt)
     t = _check_timing(st, body.every, body.cron, body.timezone, now)
     _check_window(body.start_at, body.end_at, now)
     await st.limit_work(project)
@@ -614,7 +622,10 @@ def _apply(
     agent = given(patch.agent, old.agent)
     callback_url = given(patch.callback_url, old.callback_url)
     prompt = given(patch.prompt, old.prompt)
-    _check_job(st, agent, callback_url, prompt)
+    project = st.directory.get(old.project)
+    if project is None:  # deleted meanwhile: its schedules are gone with it
+        raise HTTPError(404, "schedule_not_found", f"no schedule {old.schedule_id!r}")
+    _check_job(st, project, agent, callback_url, prompt)
 
     t = record_timing(old)
     every = format_every(old.every_s) if old.every_s is not None else None
