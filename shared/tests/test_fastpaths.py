@@ -116,8 +116,8 @@ async def test_the_bus_works_on_stock_nats_py(nats_url: str, restore_fast_paths:
 
             async def acked() -> None:
                 assert seen == [1, 2]
-                info = await conn.consumer_info(subjects.JOBS, "stock")
-                assert info.num_ack_pending == 0 and info.num_pending == 0
+                state = await conn.consumer_state(subjects.JOBS, "stock")
+                assert state.ack_pending == 0 and state.pending == 0
 
             await eventually(acked)
         finally:

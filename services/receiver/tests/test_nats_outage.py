@@ -60,8 +60,8 @@ async def test_outage_and_recovery(nats_server: NatsServer, start_receiver, new_
             assert (await r.http.get("/health")).json()["status"] == "ok"
             # Only the two webhooks answered 202 are in the stream: nothing refused got in.
             assert (await r.http.get("/health")).json()["queue_depth"] == 1
-            events = await r.rt.bus.stream_info("EVENTS")
-            assert events.state.messages == 2
+            events = await r.rt.bus.stream_state("EVENTS")
+            assert events.messages == 2
         finally:
             if restarted is not None:
                 await restarted.stop()

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from conveyor.shared.contracts.events import TokenUsage
+from conveyor.shared.domain.tenancy import DEFAULT_PROJECT
 
 STATUSES = ("completed", "failed", "timeout", "cancelled")
 
@@ -86,6 +87,10 @@ class Metrics:
         self.took = {(a, s): self.duration.labels(a, s) for a in self.running for s in STATUSES}
         for outcome in ("single", "fanout", "unroutable"):
             self.routed.labels(outcome)
+        # Zeros from the start, so the budget and spend alerts have series to read.
+        for budget in ("day", "month"):
+            self.budget_stops.labels(budget)
+        self.project_cost.labels(DEFAULT_PROJECT)
 
     def count_usage(self, project: str, agent: str, usage: TokenUsage) -> None:
         self.agent_tokens.labels(agent, "input").inc(usage.input_tokens)

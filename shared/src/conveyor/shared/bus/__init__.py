@@ -40,7 +40,8 @@ does with NATS goes through it::
 A bucket read on every request is kept in memory by ``bus.KvMirror`` (a watch that is
 remade when a NATS restart loses it). Stream reads and admin (``stream_messages``,
 ``subject_counts``, ``next_message``, ``get_msg``, ``last_msg``, ``delete_msg``, ``purge``,
-``add_consumer``, ``consumer_info``, ``declare``) are on :class:`Bus` as well. Stream and
+``stream_state``, ``add_consumer``, ``consumer_state``, ``declare``; states as the
+bus's own ``StreamState`` and ``ConsumerState``, not nats-py's) are on :class:`Bus` as well. Stream and
 bucket configurations are in ``bus.streams``.
 
 Fast paths (fastpaths.py): a leaner parser, publish path and KV requests are installed when
@@ -53,7 +54,7 @@ tests/test_boundaries.py checks it.
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from conveyor.shared.bus.client import Bus, Message, Stored, Subscription
+from conveyor.shared.bus.client import Bus, ConsumerState, Message, Stored, StreamState, Subscription
 from conveyor.shared.bus.consumer import Consumer, ConsumerMetrics, Handler, backoff_delay, dead_letter
 from conveyor.shared.bus.delivery import Delivery, heartbeat
 from conveyor.shared.bus.errors import (
@@ -81,6 +82,7 @@ __all__ = [
     "Consumer",
     "ConsumerConfig",
     "ConsumerMetrics",
+    "ConsumerState",
     "DeliverPolicy",
     "Delivery",
     "Entry",
@@ -92,6 +94,7 @@ __all__ = [
     "PubAck",
     "Retention",
     "Stored",
+    "StreamState",
     "Subscription",
     "Timeout",
     "TooLarge",

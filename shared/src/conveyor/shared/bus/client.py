@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Protocol
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, StreamInfo
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 from conveyor.shared.bus import fastpaths, reader, streamread
 from conveyor.shared.bus.consumer import Consumer, ConsumerMetrics, Handler
@@ -38,6 +38,27 @@ class Stored(NamedTuple):
     data: bytes
     headers: dict[str, str] | None
     time: dt.datetime | None = None
+
+
+class StreamState(NamedTuple):
+    """What a stream holds now (``subjects``: counts per subject, when read with a filter)."""
+
+    messages: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+    consumers: int
+    subjects: dict[str, int]
+
+
+class ConsumerState(NamedTuple):
+    """A durable consumer's backlog: not yet delivered, delivered and not acknowledged, and
+    pull requests waiting for messages."""
+
+    pending: int
+    ack_pending: int
+    waiting: int
+    redelivered: int
 
 
 class Subscription:
@@ -275,21 +296,28 @@ class Bus:
 
     # -- streams ------------------------------------------------------------------------------
 
-    async def stream_info(self, stream: str, *, subjects_filter: str | None = None) -> StreamInfo:
-        """The stream's config and state (``state.messages``, ``state.subjects`` when filtered)."""
+    async def stream_state(self, stream: str, *, subjects_filter: str | None = None) -> StreamState:
+        """What ``stream`` holds now; with ``subjects_filter``, its count per matching subject."""
         with mapped():
-            return await self._js.stream_info(stream, subjects_filter=subjects_filter)
+            st = (await self._js.stream_info(stream, subjects_filter=subjects_filter)).state
+        return StreamState(
+            messages=st.messages or 0,
+            bytes=st.bytes or 0,
+            first_seq=st.first_seq or 0,
+            last_seq=st.last_seq or 0,
+            consumers=st.consumer_count or 0,
+            subjects=dict(st.subjects or {}),
+        )
 
     async def stream_messages(self, stream: str, *, subject: str | None = None) -> int:
         """How many messages ``stream`` holds (on ``subject`` only, when given)."""
         if subject is None:
-            return int((await self.stream_info(stream)).state.messages or 0)
+            return (await self.stream_state(stream)).messages
         return sum((await self.subject_counts(stream, subject)).values())
 
     async def subject_counts(self, stream: str, subject_filter: str) -> dict[str, int]:
         """How many messages ``stream`` holds on each subject matching ``subject_filter``."""
-        info = await self.stream_info(stream, subjects_filter=subject_filter)
-        return dict(info.state.subjects or {})
+        return (await self.stream_state(stream, subjects_filter=subject_filter)).subjects
 
     async def get_msg(
         self, stream: str, seq: int = 0, *, subject: str | None = None, next: bool = False
@@ -334,9 +362,18 @@ class Bus:
         with mapped():
             return await self._js.add_consumer(stream, config)
 
-    async def consumer_info(self, stream: str, name: str, *, timeout_s: float | None = None) -> ConsumerInfo:
+    async def consumer_state(
+        self, stream: str, name: str, *, timeout_s: float | None = None
+    ) -> ConsumerState:
+        """The backlog of ``stream``'s durable consumer ``name`` (NotFound when it has none)."""
         with mapped():
-            return await self._js.consumer_info(stream, name, timeout=timeout_s)
+            info = await self._js.consumer_info(stream, name, timeout=timeout_s)
+        return ConsumerState(
+            pending=info.num_pending or 0,
+            ack_pending=info.num_ack_pending or 0,
+            waiting=info.num_waiting or 0,
+            redelivered=info.num_redelivered or 0,
+        )
 
     async def read_from(
         self, stream: str, subject_filter: str, *, start_seq: int, max_msgs: int, timeout_s: float = 1.0

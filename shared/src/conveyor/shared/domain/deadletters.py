@@ -109,8 +109,8 @@ async def scan(
     """Dead letters matching ``filter_subject`` in sequence order from ``start``, up to the last
     one stored when the scan began (a letter dead-lettered again during a replay is not picked
     up twice)."""
-    info = await bus.stream_info(subjects.DLQ)
-    seq, last, found = max(info.state.first_seq or 1, start), info.state.last_seq or 0, 0
+    state = await bus.stream_state(subjects.DLQ)
+    seq, last, found = max(state.first_seq or 1, start), state.last_seq, 0
     while seq <= last and (limit <= 0 or found < limit):
         try:
             raw = await bus.get_msg(subjects.DLQ, seq, subject=filter_subject, next=True)

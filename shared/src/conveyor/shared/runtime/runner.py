@@ -244,9 +244,9 @@ async def _watch_consumers(rt: Runtime[Any], gauges: Gauges) -> None:
         gauges.nats_connected.set(1 if rt.connected else 0)
         for c in list(rt.consumers):
             with contextlib.suppress(Exception):
-                info = await rt.bus.consumer_info(c.stream, c.name, timeout_s=2)
-                gauges.pending.labels(c.stream, c.name).set(info.num_pending or 0)
-                gauges.ack_pending.labels(c.stream, c.name).set(info.num_ack_pending or 0)
+                state = await rt.bus.consumer_state(c.stream, c.name, timeout_s=2)
+                gauges.pending.labels(c.stream, c.name).set(state.pending)
+                gauges.ack_pending.labels(c.stream, c.name).set(state.ack_pending)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rt.stopping.wait(), 5)
 

@@ -97,20 +97,19 @@ async def agent(request: web.Request) -> web.Response:
 async def _workers_waiting(st: Receiver) -> int | None:
     assert st.js is not None
     try:
-        info = await st.js.consumer_info(subjects.JOBS, subjects.WORKERS)
+        return (await st.js.consumer_state(subjects.JOBS, subjects.WORKERS)).waiting
     except bus.NotFound:
         return 0
-    return int(info.num_waiting or 0)
 
 
 async def _recent_records(st: Receiver) -> list[Any]:
     """The latest record of each job among the last ``_SAMPLE`` updates of KV ``jobs``."""
     assert st.js is not None
     stream = f"KV_{subjects.KV_JOBS}"
-    info = await st.js.stream_info(stream)
-    if not info.state.messages:
+    state = await st.js.stream_state(stream)
+    if not state.messages:
         return []
-    start = max(info.state.first_seq, info.state.last_seq - _SAMPLE + 1)
+    start = max(state.first_seq, state.last_seq - _SAMPLE + 1)
     latest: dict[str, Any] = {}
     for data in await st.js.read_from(stream, f"$KV.{subjects.KV_JOBS}.>", start_seq=start, max_msgs=_SAMPLE):
         with contextlib.suppress(Exception):
