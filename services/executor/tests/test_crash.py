@@ -72,23 +72,32 @@ async def test_sigkill_while_routing_instant_jobs_loses_none_and_doubles_none(
     try:
         await victim.start(wait_ready=False)
 
-        async def some_done() -> None:
+        async def some_done_some_held() -> None:
             assert (await bus.js.stream_info(subjects.RESULTS)).state.messages >= 20
+            # Killed while it holds events unacknowledged (not between two fetches).
+            assert (await bus.js.consumer_info(subjects.EVENTS, subjects.ROUTER)).num_ack_pending > 0
 
-        await eventually(some_done, interval=0.005)
+        await eventually(some_done_some_held, interval=0.005)
         await victim.kill()
+        # What the dead process held stays pending on the server until AckWait (2 s) ends.
+        held = (await bus.js.consumer_info(subjects.EVENTS, subjects.ROUTER)).num_ack_pending
+        assert held > 0
         assert (await bus.js.stream_info(subjects.RESULTS)).state.messages < len(events)  # work was left
         await survivor.start()
 
         async def all_done() -> dict[str, int]:
             found = await results_by_job()
             assert len(found) == len(events), len(found)
+            # And every event settled: those the victim held (some with their job already
+            # done and its result stored) came back after AckWait and were acknowledged.
+            router = await bus.js.consumer_info(subjects.EVENTS, subjects.ROUTER)
+            assert router.num_ack_pending == 0 and router.num_pending == 0, router
             return found
 
         found = await eventually(all_done, timeout=60)
         router = await bus.js.consumer_info(subjects.EVENTS, subjects.ROUTER)
-        # Events the victim held came back: more deliveries than events.
-        assert router.delivered.consumer_seq > len(events), router.delivered
+        # Events the victim held came back: delivered again, on top of one delivery each.
+        assert router.delivered.consumer_seq >= len(events) + held, (router.delivered, held)
         assert await survivor.stop() == 0, survivor.tail()
         found = await results_by_job()
         assert found == dict.fromkeys(events, 1)
