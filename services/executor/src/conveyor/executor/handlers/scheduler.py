@@ -187,25 +187,6 @@ class Scheduler:
     async def start_job(self, fire: ScheduleFire, job_id: str, schedule_id: str) -> None:
         """Queue the job the way the receiver queues an API job: record first, then the request."""
         now = utcnow()
-        record = lifecycle.new(
-            job_id,
-            created_at=now,
-            agent=fire.agent,
-            source=SOURCE,
-            project_id=fire.project_id,
-            project=fire.project,
-            callback_url=fire.callback_url,
-            schedule_id=schedule_id,
-        )
-        with contextlib.suppress(bus.Conflict):  # exists: a redelivery
-            await self.jobs.create(job_id, _encoder.encode(record))
-        # Listed with the project's jobs (GET /api/jobs); a redelivery's repeat entry is skipped
-        # by the list (its time is not the record's).
-        await self.js.publish(
-            subjects.job_index(fire.project),
-            _encoder.encode(JobIndexEntry.of(record)),
-            stream=subjects.JOBINDEX,
-        )
         request = JobRequest(
             job_id=job_id,
             agent=fire.agent,
@@ -219,6 +200,16 @@ class Scheduler:
             timeout_ms=fire.timeout_ms,
             schedule_id=schedule_id,
             correlation_id=schedule_id,
+        )
+        record = lifecycle.requested(request, now=now, agent=fire.agent)
+        with contextlib.suppress(bus.Conflict):  # exists: a redelivery
+            await self.jobs.create(job_id, _encoder.encode(record))
+        # Listed with the project's jobs (GET /api/jobs); a redelivery's repeat entry is skipped
+        # by the list (its time is not the record's).
+        await self.js.publish(
+            subjects.job_index(fire.project),
+            _encoder.encode(JobIndexEntry.of(record)),
+            stream=subjects.JOBINDEX,
         )
         await self.js.publish(
             subjects.job_run(fire.agent),
