@@ -367,16 +367,8 @@ def _invalid(field: str, message: str) -> HTTPError:
 
 
 def _check_job(st: Receiver, project: Project, agent: str, callback_url: str, prompt: str | None) -> None:
-    # What POST /api/jobs may run: the deployment's agents the project lists, the built-in
-    # pipelines and the project's own definitions (the firing runs the latest version).
-    if not st.may_run(project, agent)[0]:
-        known = ", ".join(st.runnable(project))
-        raise HTTPError(
-            422,
-            "unknown_agent",
-            f"agent: unknown agent {agent[:64]!r}; known: {known}",
-            field="agent",
-        )
+    # What POST /api/jobs may run (a definition's firing runs its latest version).
+    st.require_runnable(project, agent)
     if not valid_url(callback_url):
         raise _invalid("callback_url", "must be an absolute http(s) URL")
     if prompt is not None and len(prompt) > st.settings.max_prompt_chars:

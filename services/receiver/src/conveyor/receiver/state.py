@@ -187,6 +187,16 @@ class Receiver:
             ), found
         return True, found
 
+    def require_runnable(self, project: Project, name: str) -> AgentDefinition | None:
+        """:meth:`may_run`, or 422 ``unknown_agent`` naming the field and what the project may run."""
+        allowed, found = self.may_run(project, name)
+        if not allowed:
+            known = ", ".join(self.runnable(project))
+            raise HTTPError(
+                422, "unknown_agent", f"agent: unknown agent {name[:64]!r}; known: {known}", field="agent"
+            )
+        return found
+
     def runnable(self, project: Project) -> dict[str, AgentDefinition | None]:
         """What ``project`` may run: the deployment's agents it lists (None: every one), the
         built-in pipelines whose agents it may all run, and its own definitions."""

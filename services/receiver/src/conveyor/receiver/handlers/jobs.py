@@ -62,14 +62,7 @@ async def create(request: web.Request) -> web.Response:
     st.require_nats()
     body: JobCreate = decode_json(_job_create_decoder, await st.read_body(request))
     project = st.writable(principal, body.project)
-    allowed, found = st.may_run(project, body.agent)
-    if not allowed:
-        raise HTTPError(
-            422,
-            "unknown_agent",
-            f"agent: unknown agent {body.agent[:64]!r}; known: {', '.join(st.runnable(project))}",
-            field="agent",
-        )
+    found = st.require_runnable(project, body.agent)
     return await submit(
         st, request, principal, project, body, None if found is None or found.read_only else found.version
     )
